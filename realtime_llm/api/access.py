@@ -1,0 +1,49 @@
+"""Who is asking: the bearer token of a request, checked."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from realtime_llm.auth import InvalidToken, TokenClaims
+from realtime_llm.errors import Unauthorized
+from realtime_llm.services import Services
+from realtime_llm.store.users import User
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: User
+    claims: TokenClaims
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    return connection.app.state.services  # type: ignore[no-any-return]
+
+
+def bearer_token(connection: HTTPConnection) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def authenticate_token(services: Services, token: str | None) -> Caller:
+    """The user a token speaks for; any doubt (forged, expired, revoked, user gone) is a 401."""
+    if not token:
+        raise Unauthorized("missing bearer token")
+    try:
+        claims = services.tokens.verify(token)
+    except InvalidToken:
+        raise Unauthorized("invalid or expired token") from None
+    if await services.revocations.is_revoked(claims.jti):
+        raise Unauthorized("token has been revoked")
+    user = await services.users.by_id(claims.user_id)
+    if user is None:
+        raise Unauthorized("invalid or expired token")
+    return Caller(user=user, claims=claims)
+
+
+async def require_caller(connection: HTTPConnection) -> Caller:
+    return await authenticate_token(services_of(connection), bearer_token(connection))

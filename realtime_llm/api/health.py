@@ -1,0 +1,33 @@
+"""Liveness (/healthz), readiness (/readyz) and the model list."""
+from __future__ import annotations
+
+import anyio
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from realtime_llm.api.access import require_caller, services_of
+
+READINESS_TIMEOUT = 2.0
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    services = services_of(request)
+    checks = {"database": "ok"}
+    try:
+        with anyio.fail_after(READINESS_TIMEOUT):
+            await services.database.fetch_val(sa.text("SELECT 1"))
+    except Exception as exc:  # any failure means "not ready", reported, never raised
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503)
+
+
+async def models(request: Request) -> JSONResponse:
+    await require_caller(request)
+    services = services_of(request)
+    return JSONResponse({"default": services.settings.llm.default_model, "models": services.catalog.listing()})

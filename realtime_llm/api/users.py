@@ -1,0 +1,68 @@
+"""POST /api/users/register, /login, /logout and GET /api/users/me."""
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from realtime_llm.api.access import require_caller, services_of
+from realtime_llm.bodies import read_json_object, required_string
+from realtime_llm.errors import BadRequest, Unauthorized
+from realtime_llm.store.users import UsernameTaken
+
+USERNAME = re.compile(r"[A-Za-z0-9_.@-]+")
+
+
+async def register(request: Request) -> JSONResponse:
+    services = services_of(request)
+    username, password = await _credentials(request)
+    rules = services.settings.auth
+    if not USERNAME.fullmatch(username):
+        raise BadRequest("username may only contain letters, digits and _ . @ -")
+    if len(password) < rules.min_password_length:
+        raise BadRequest(f"password must be at least {rules.min_password_length} characters")
+    if await services.users.by_username(username) is not None:
+        raise BadRequest("username already taken")
+    password_hash = await services.hasher.hash(password)
+    try:
+        await services.users.create(username, password_hash)
+    except UsernameTaken:
+        raise BadRequest("username already taken") from None
+    return JSONResponse({"message": "User registered successfully"}, status_code=201)
+
+
+async def login(request: Request) -> JSONResponse:
+    services = services_of(request)
+    username, password = await _credentials(request)
+    user = await services.users.by_username(username)
+    # An unknown user is checked against a dummy hash: same answer, about the same time.
+    ok = await services.hasher.verify(password, user.password_hash if user else None)
+    if user is None or not ok:
+        raise Unauthorized("invalid username or password")
+    return JSONResponse({"token": services.tokens.issue(user.id)})
+
+
+async def me(request: Request) -> JSONResponse:
+    caller = await require_caller(request)
+    user = caller.user
+    return JSONResponse({"user_id": user.id, "username": user.username, "created_time": user.created_time})
+
+
+async def logout(request: Request) -> JSONResponse:
+    caller = await require_caller(request)
+    await services_of(request).revocations.revoke(caller.claims.jti, caller.claims.expires_at)
+    return JSONResponse({"message": "Logged out successfully"})
+
+
+async def _credentials(request: Request) -> tuple[str, str]:
+    services = services_of(request)
+    rules = services.settings.auth
+    body = await read_json_object(request, services.settings.server.max_body_bytes)
+    username = required_string(body, "username", max_chars=rules.max_username_length)
+    password = required_string(body, "password", max_chars=rules.max_password_length)
+    if not username:
+        raise BadRequest("'username' must not be empty")
+    if not password:
+        raise BadRequest("'password' must not be empty")
+    return username, password

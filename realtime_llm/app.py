@@ -1,0 +1,40 @@
+"""create_app(settings): the URL map, the error mapping and the lifespan that owns resources."""
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from realtime_llm.api import conversations, health, openapi, users
+from realtime_llm.config import Settings
+from realtime_llm.errors import EXCEPTION_HANDLERS
+from realtime_llm.services import open_services
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/users/register", users.register, methods=["POST"]),
+        Route("/api/users/login", users.login, methods=["POST"]),
+        Route("/api/users/me", users.me, methods=["GET"]),
+        Route("/api/users/logout", users.logout, methods=["POST"]),
+        Route("/api/models", health.models, methods=["GET"]),
+        Route("/api/conversations/create", conversations.create, methods=["POST"]),
+        Route("/api/conversations/list", conversations.list_conversations, methods=["GET"]),
+        Route("/api/conversations/history/{id}", conversations.history, methods=["GET"]),
+        Route("/api/conversations/del/{id}", conversations.delete, methods=["POST"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi, methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_services(settings) as services:
+            app.state.services = services
+            yield
+
+    return Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]

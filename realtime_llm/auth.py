@@ -1,0 +1,89 @@
+"""Passwords (bcrypt, in a worker thread) and access tokens (JWT HS256)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+import uuid
+from dataclasses import dataclass
+
+import anyio.to_thread
+import bcrypt
+import jwt
+
+ALGORITHM = "HS256"
+
+
+class PasswordHasher:
+    """bcrypt over an HMAC-SHA256 of the password.
+
+    bcrypt reads at most 72 bytes; hashing first means every byte of a long password
+    counts, and the base64 digest (44 bytes, no NUL) always fits. The HMAC key is a
+    constant "pepper" that only marks the scheme, not a secret.
+    """
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        # Checked against when the user does not exist, so that answer takes as long.
+        self._dummy_hash = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds))
+
+    @staticmethod
+    def _prehash(password: str) -> bytes:
+        digest = hmac.new(b"realtime-llm/password/v1", password.encode(), hashlib.sha256).digest()
+        return base64.b64encode(digest)
+
+    async def hash(self, password: str) -> str:
+        salt = bcrypt.gensalt(self.rounds)
+        hashed = await anyio.to_thread.run_sync(bcrypt.hashpw, self._prehash(password), salt)
+        return hashed.decode()
+
+    async def verify(self, password: str, hashed: str | None) -> bool:
+        target = hashed.encode() if hashed else self._dummy_hash
+        ok = await anyio.to_thread.run_sync(bcrypt.checkpw, self._prehash(password), target)
+        return ok and hashed is not None
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: int
+    jti: str
+    expires_at: int
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class TokenIssuer:
+    """Issues and checks HS256 tokens; the algorithm is pinned on decode (no "none")."""
+
+    def __init__(self, secret: str, ttl_seconds: int) -> None:
+        self._secret = secret
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, user_id: int) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": str(user_id),
+            "iat": now,
+            "exp": now + self.ttl_seconds,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> TokenClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["sub", "exp", "iat", "jti"]},
+            )
+            user_id = int(claims["sub"])
+            jti = claims["jti"]
+            if not isinstance(jti, str) or not jti:
+                raise InvalidToken("bad jti")
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise InvalidToken(str(exc)) from None
+        return TokenClaims(user_id=user_id, jti=jti, expires_at=int(claims["exp"]))

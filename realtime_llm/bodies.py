@@ -1,0 +1,70 @@
+"""Reading and checking JSON request bodies: every bad input becomes a clear 4xx."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from realtime_llm.errors import BadRequest, PayloadTooLarge
+
+
+async def read_json_object(request: Request, limit: int, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, read no further than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("invalid Content-Length header")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise BadRequest("request body must be a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def optional_string(body: dict[str, Any], name: str, *, max_chars: int) -> str | None:
+    """The field as a string, or None when it is absent or null."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string")
+    if len(value) > max_chars:
+        raise BadRequest(f"'{name}' is longer than {max_chars} characters")
+    if "\x00" in value:
+        raise BadRequest(f"'{name}' must not contain NUL characters")
+    return value
+
+
+def required_string(body: dict[str, Any], name: str, *, max_chars: int) -> str:
+    value = optional_string(body, name, max_chars=max_chars)
+    if value is None:
+        raise BadRequest(f"'{name}' is required")
+    return value
+
+
+def path_id(request: Request, name: str = "id") -> int:
+    """An integer id from the path: a non-integer is a 400; one no row can have matches nothing."""
+    raw = request.path_params[name]
+    digits = raw[1:] if raw.startswith("-") else raw
+    if not (digits.isascii() and digits.isdigit()):
+        raise BadRequest("conversation id must be an integer")
+    if raw.startswith("-") or len(digits) > 16:  # ids are positive and below 2**53
+        return -1
+    return int(digits)

@@ -1,0 +1,99 @@
+"""The command line: realtime-llm serve [--config PATH] [--host H] [--port P] [--workers N]."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from urllib.parse import urlsplit, urlunsplit
+
+import uvicorn
+
+from realtime_llm.app import create_app
+from realtime_llm.config import ConfigError, Settings, load_settings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="realtime-llm", description="Real-time LLM chat backend.")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the server (the default command)")
+    for target in (parser, serve):
+        target.add_argument("--config", help="path to config.yaml (default: $REALTIME_LLM_CONFIG or ./config.yaml)")
+        target.add_argument("--host", help="address to listen on (server.host)")
+        target.add_argument("--port", type=int, help="port to listen on (server.port)")
+        target.add_argument("--workers", type=int, help="number of worker processes (needs Redis when > 1)")
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    server = {}
+    if args.host is not None:
+        server["host"] = args.host
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError("--port must be between 0 and 65535")
+        server["port"] = args.port
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        server["workers"] = args.workers
+    settings = settings.replace(server=server) if server else settings
+    if settings.server.workers > 1 and not settings.redis.enabled:
+        raise ConfigError("more than one worker needs Redis: set redis.address or REDIS_URL")
+    return settings
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def describe(settings: Settings, host: str, port: int) -> str:
+    broker = f"redis ({redact_url(settings.redis.connection_url())})" if settings.redis.enabled else "in-process"
+    return (
+        f"realtime-llm listening on http://{host}:{port} | "
+        f"database: {redact_url(settings.database_url)} | broker: {broker}"
+    )
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        lifespan="on",
+        log_level="info",
+        access_log=False,
+        server_header=False,
+    )
+
+
+async def serve(settings: Settings, server: uvicorn.Server) -> int:
+    running = asyncio.ensure_future(server.serve())
+    while not server.started and not running.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        print(describe(settings, host, port), flush=True)
+    await running
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"realtime-llm: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.server.workers > 1:
+        print("realtime-llm: --workers > 1 is not available yet in this version", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(uvicorn_config(settings))
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        return runner.run(serve(settings, server))

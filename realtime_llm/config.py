@@ -1,0 +1,279 @@
+"""YAML configuration -> frozen dataclasses, with environment overrides and strict validation."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration problem, told in one line that names the key or file."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080  # the original wrote it as a string ("8080"); both are accepted
+    workers: int = 1
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    address: str = ""  # "host:port"; empty = in-process broker and cache
+    password: str = ""
+    db: int = 0
+    url: str = ""  # redis://... ; REDIS_URL sets it and wins over address
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url or self.address)
+
+    def connection_url(self) -> str:
+        if self.url:
+            return self.url
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.address}/{self.db}"
+
+
+@dataclass(frozen=True)
+class SqliteSettings:
+    path: str = "./llm_backend.db"
+    max_open_conns: int = 10
+    max_idle_conns: int = 5
+    conn_max_lifetime: int = 300
+    busy_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""  # e.g. postgresql://user@host/db; overrides sqlite
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    secret: str = ""  # empty = generated once, kept beside the database
+    ttl_seconds: int = 86400
+    secret_file: str = ""  # where a generated secret is kept; default: beside the SQLite file
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    bcrypt_rounds: int = 12
+    min_password_length: int = 8
+    max_password_length: int = 1024
+    max_username_length: int = 64
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_title_chars: int = 200
+    max_message_chars: int = 32_000
+    max_system_prompt_chars: int = 8_000
+    max_api_key_chars: int = 512
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    name: str = ""
+    kind: str = ""  # "openai" or "demo"
+    models: tuple[str, ...] = ()
+    base_url: str = ""
+    api_key: str = ""
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    delay_ms: int = 30  # demo: pause between tokens
+
+
+PROVIDER_KINDS = ("openai", "demo")
+
+
+def _default_providers() -> tuple[ProviderSettings, ...]:
+    return (
+        ProviderSettings(name="demo", kind="demo", models=("demo", "demo-*")),
+        ProviderSettings(
+            name="openai", kind="openai", base_url="https://api.openai.com/v1", models=("gpt-*",)
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    default_model: str = "demo"
+    system_prompt: str = "You are a helpful assistant."
+    providers: tuple[ProviderSettings, ...] = field(default_factory=_default_providers)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of one server process."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    sqlite: SqliteSettings = field(default_factory=SqliteSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.sqlite.path}"
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def replace(self, **sections: Any) -> Settings:
+        """A copy with some fields of some sections changed: replace(server={"port": 0})."""
+        changed = {
+            name: dataclasses.replace(getattr(self, name), **values)
+            for name, values in sections.items()
+        }
+        return dataclasses.replace(self, **changed)
+
+
+ENV_OVERRIDES = {
+    "DATABASE_URL": ("database", "url"),
+    "REDIS_URL": ("redis", "url"),
+    "JWT_SECRET": ("jwt", "secret"),
+}
+
+
+def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the config file (explicit path, REALTIME_LLM_CONFIG, or ./config.yaml if present)."""
+    environ = os.environ if environ is None else environ
+    raw = _read_yaml(path, environ)
+    for variable, (section, key) in ENV_OVERRIDES.items():
+        if environ.get(variable):
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"config: '{section}' must be a mapping")
+            raw[section][key] = environ[variable]
+    settings = _build(Settings, raw, "")
+    settings = _apply_openai_key(settings, environ.get("OPENAI_API_KEY", ""))
+    _validate(settings)
+    return settings
+
+
+def _read_yaml(path: str | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    explicit = path or environ.get("REALTIME_LLM_CONFIG")
+    if explicit:
+        file = Path(explicit)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+    else:
+        file = Path("config.yaml")
+        if not file.is_file():
+            return {}
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"config file {file} is not valid YAML{line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping at the top level")
+    return data
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: '{where or 'top level'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"config: unknown key '{dotted}'")
+        values[key] = _coerce(hints[key], value, dotted)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"config: '{where}' must be a list")
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is int:
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config: '{where}' must be an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config: '{where}' must be a number")
+    if hint is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ConfigError(f"config: '{where}' must be a string")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config: '{where}' must be true or false")
+        return value
+    raise ConfigError(f"config: '{where}' has an unsupported type")  # pragma: no cover
+
+
+def _apply_openai_key(settings: Settings, key: str) -> Settings:
+    if not key:
+        return settings
+    providers = tuple(
+        dataclasses.replace(p, api_key=key) if p.kind == "openai" and not p.api_key else p
+        for p in settings.llm.providers
+    )
+    return dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, providers=providers))
+
+
+def _validate(settings: Settings) -> None:
+    if not 0 <= settings.server.port <= 65535:
+        raise ConfigError("config: 'server.port' must be between 0 and 65535")
+    if settings.server.workers < 1:
+        raise ConfigError("config: 'server.workers' must be at least 1")
+    if settings.server.max_body_bytes < 1024:
+        raise ConfigError("config: 'server.max_body_bytes' must be at least 1024")
+    if settings.jwt.ttl_seconds < 1:
+        raise ConfigError("config: 'jwt.ttl_seconds' must be positive")
+    if not 4 <= settings.auth.bcrypt_rounds <= 31:
+        raise ConfigError("config: 'auth.bcrypt_rounds' must be between 4 and 31")
+    if settings.sqlite.max_open_conns < 1:
+        raise ConfigError("config: 'sqlite.max_open_conns' must be at least 1")
+    url = settings.database_url
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError("config: 'database.url' must start with postgresql:// (or be empty)")
+    seen = set()
+    for i, provider in enumerate(settings.llm.providers):
+        where = f"llm.providers[{i}]"
+        if provider.kind not in PROVIDER_KINDS:
+            raise ConfigError(
+                f"config: '{where}.kind' must be one of {', '.join(PROVIDER_KINDS)}"
+                f" (got {provider.kind!r})"
+            )
+        if not provider.name or provider.name in seen:
+            raise ConfigError(f"config: '{where}.name' must be given and unique")
+        seen.add(provider.name)
+        if provider.kind == "openai" and not provider.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"config: '{where}.base_url' must be an http(s) URL")
+        if not provider.models:
+            raise ConfigError(f"config: '{where}.models' must list at least one model pattern")
+    from realtime_llm.catalog import ModelCatalog
+
+    if not ModelCatalog(settings.llm.providers).can_serve(settings.llm.default_model):
+        raise ConfigError("config: 'llm.default_model' is not served by any provider's models")

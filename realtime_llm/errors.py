@@ -1,0 +1,100 @@
+"""Errors raised by views and services, mapped to JSON responses in one place."""
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+logger = logging.getLogger("realtime_llm")
+
+
+class APIError(Exception):
+    """An error a client caused or should know about; becomes {"error": message}."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+
+class BadRequest(APIError):
+    pass
+
+
+class Unauthorized(APIError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str = "authentication required") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(APIError):
+    status_code = 404
+    code = "not_found"
+
+
+class ConversationNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("conversation not found")
+
+
+class Conflict(APIError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(APIError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class UpstreamError(APIError):
+    status_code = 502
+    code = "upstream_error"
+
+
+class ServiceUnavailable(APIError):
+    status_code = 503
+    code = "unavailable"
+
+
+def error_response(status_code: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message, "code": code}, status_code=status_code, headers=headers)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc.status_code, exc.message, exc.code, exc.headers)
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "not found", 405: "method not allowed"}
+    message = messages.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, message, HTTP_CODES.get(exc.status_code, "error"), exc.headers)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal server error", "internal")
+
+
+EXCEPTION_HANDLERS = {
+    APIError: handle_api_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,78 @@
+"""Opening the SQL database and bringing its schema up to date."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import sqlalchemy as sa
+from databases import Database
+
+from realtime_llm.config import Settings
+from realtime_llm.store import schema
+
+logger = logging.getLogger("realtime_llm.store")
+
+# `databases` logs every query with its arguments at DEBUG; those carry password hashes
+# and sealed keys, so its logger never goes below INFO.
+logging.getLogger("databases").setLevel(logging.INFO)
+
+MIGRATION_LOCK_ID = 0x72746C6C6D  # "rtllm": serialises concurrent start-ups on PostgreSQL
+
+
+class AppDatabase(Database):
+    """`databases.Database` with a pooled, configured SQLite backend."""
+
+    SUPPORTED_BACKENDS = {
+        **Database.SUPPORTED_BACKENDS,
+        "sqlite": "realtime_llm.store.sqlite_pool:PooledSQLiteBackend",
+    }
+
+
+def create_database(settings: Settings) -> Database:
+    url = settings.database_url
+    if settings.uses_sqlite:
+        Path(settings.sqlite.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return AppDatabase(
+            url,
+            max_open=settings.sqlite.max_open_conns,
+            max_idle=settings.sqlite.max_idle_conns,
+            max_lifetime=settings.sqlite.conn_max_lifetime,
+            busy_timeout_ms=settings.sqlite.busy_timeout_ms,
+        )
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    return AppDatabase(url, min_size=1, max_size=settings.sqlite.max_open_conns, command_timeout=30)
+
+
+async def migrate(database: Database) -> int:
+    """Create the tables on a new database, or run the upgrades an older one lacks."""
+    async with database.transaction():
+        if database.url.dialect == "postgresql":
+            await database.execute(sa.text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})"))
+        version = await _current_version(database)
+        if version is None:
+            for table in schema.BASELINE:
+                await database.execute(sa.schema.CreateTable(table, if_not_exists=True))
+                for index in table.indexes:
+                    await database.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+            await database.execute(schema.schema_version.insert().values(version=schema.SCHEMA_VERSION))
+            logger.info("created database schema version %d", schema.SCHEMA_VERSION)
+            return schema.SCHEMA_VERSION
+        if version > schema.SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database has schema version {version}, newer than this program's "
+                f"{schema.SCHEMA_VERSION}; upgrade realtime-llm"
+            )
+        for statements in schema.UPGRADES[version - 1:]:
+            for statement in statements:
+                await database.execute(sa.text(statement))
+        if version < schema.SCHEMA_VERSION:
+            await database.execute(schema.schema_version.update().values(version=schema.SCHEMA_VERSION))
+            logger.info("upgraded database schema %d -> %d", version, schema.SCHEMA_VERSION)
+        return schema.SCHEMA_VERSION
+
+
+async def _current_version(database: Database) -> int | None:
+    await database.execute(sa.schema.CreateTable(schema.schema_version, if_not_exists=True))
+    row = await database.fetch_one(sa.select(schema.schema_version.c.version))
+    return None if row is None else int(row[0])

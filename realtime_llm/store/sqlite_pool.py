@@ -1,0 +1,117 @@
+"""A pooled SQLite backend for `databases`.
+
+The stock backend opens a new aiosqlite connection (and thread) for every query, which
+costs a connection set-up each time and loses per-connection settings such as
+`foreign_keys`. This one keeps up to `max_open_conns` connections open, configures each
+once, and starts write transactions with BEGIN IMMEDIATE so that concurrent writers wait
+for the busy timeout instead of failing on a lock upgrade.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import typing
+
+import aiosqlite
+from databases.backends.sqlite import SQLiteBackend, SQLiteConnection, SQLiteTransaction
+from databases.core import DatabaseURL
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+)
+
+
+class SQLiteConnectionPool:
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_open: int,
+        max_idle: int,
+        max_lifetime: float,
+        busy_timeout_ms: int,
+    ) -> None:
+        self.path = path
+        self.max_idle = max_idle
+        self.max_lifetime = max_lifetime
+        self.busy_timeout_ms = busy_timeout_ms
+        self._slots = asyncio.Semaphore(max_open)
+        self._idle: list[tuple[float, aiosqlite.Connection]] = []
+        self._born: dict[int, float] = {}
+
+    async def acquire(self) -> aiosqlite.Connection:
+        await self._slots.acquire()
+        try:
+            while self._idle:
+                born, connection = self._idle.pop()
+                if time.monotonic() - born < self.max_lifetime:
+                    return connection
+                await self._close(connection)
+            return await self._open()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def release(self, connection: aiosqlite.Connection) -> None:
+        try:
+            if connection.in_transaction:
+                await connection.rollback()
+            born = self._born.get(id(connection), 0.0)
+            fresh = time.monotonic() - born < self.max_lifetime
+            if fresh and len(self._idle) < self.max_idle:
+                self._idle.append((born, connection))
+            else:
+                await self._close(connection)
+        except Exception:
+            await self._close(connection)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for _, connection in idle:
+            await self._close(connection)
+
+    async def _open(self) -> aiosqlite.Connection:
+        connection = await aiosqlite.connect(
+            self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
+        )
+        for pragma in (*PRAGMAS, f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}"):
+            await connection.execute(pragma)
+        self._born[id(connection)] = time.monotonic()
+        return connection
+
+    async def _close(self, connection: aiosqlite.Connection) -> None:
+        self._born.pop(id(connection), None)
+        try:
+            await connection.close()
+        except Exception:  # closing a broken connection must not mask the first error
+            pass
+
+
+class ImmediateTransaction(SQLiteTransaction):
+    async def start(self, is_root: bool, extra_options: dict[typing.Any, typing.Any]) -> None:
+        if not is_root:
+            return await super().start(is_root, extra_options)
+        self._is_root = True
+        assert self._connection._connection is not None
+        await self._connection._connection.execute("BEGIN IMMEDIATE")
+
+
+class PooledSQLiteConnection(SQLiteConnection):
+    def transaction(self) -> ImmediateTransaction:
+        return ImmediateTransaction(self)
+
+
+class PooledSQLiteBackend(SQLiteBackend):
+    def __init__(self, database_url: DatabaseURL | str, **options: typing.Any) -> None:
+        super().__init__(database_url)
+        self._pool = SQLiteConnectionPool(DatabaseURL(database_url).database, **options)  # type: ignore[assignment]
+
+    async def disconnect(self) -> None:
+        await self._pool.close()  # type: ignore[attr-defined]
+
+    def connection(self) -> PooledSQLiteConnection:
+        return PooledSQLiteConnection(self._pool, self._dialect)  # type: ignore[arg-type]

@@ -1,0 +1,79 @@
+"""Users and revoked tokens."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from databases import Database
+
+from realtime_llm.store.schema import revoked_tokens, users
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    password_hash: str
+    created_time: int
+
+
+class UsernameTaken(Exception):
+    pass
+
+
+class UserStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def create(self, username: str, password_hash: str) -> User:
+        now = int(time.time())
+        # Check, then insert: the unique index still decides a race, and its violation
+        # is recognised portably by re-checking rather than by driver-specific errors.
+        if await self.by_username(username) is not None:
+            raise UsernameTaken(username)
+        try:
+            user_id = await self.database.execute(
+                users.insert().values(username=username, password_hash=password_hash, created_time=now)
+            )
+        except Exception:
+            if await self.by_username(username) is not None:
+                raise UsernameTaken(username) from None
+            raise
+        return User(id=int(user_id), username=username, password_hash=password_hash, created_time=now)
+
+    async def by_username(self, username: str) -> User | None:
+        row = await self.database.fetch_one(sa.select(users).where(users.c.username == username))
+        return _user(row)
+
+    async def by_id(self, user_id: int) -> User | None:
+        row = await self.database.fetch_one(sa.select(users).where(users.c.id == user_id))
+        return _user(row)
+
+
+def _user(row: object) -> User | None:
+    if row is None:
+        return None
+    m = row._mapping  # type: ignore[attr-defined]
+    return User(id=m["id"], username=m["username"], password_hash=m["password_hash"], created_time=m["created_time"])
+
+
+class RevocationStore:
+    """Token ids revoked by logout, kept until the token would have expired anyway."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def revoke(self, jti: str, expires_at: int) -> None:
+        async with self.database.transaction():
+            if not await self.is_revoked(jti):
+                await self.database.execute(revoked_tokens.insert().values(jti=jti, expires_at=expires_at))
+            await self.database.execute(
+                revoked_tokens.delete().where(revoked_tokens.c.expires_at < int(time.time()))
+            )
+
+    async def is_revoked(self, jti: str) -> bool:
+        row = await self.database.fetch_one(
+            sa.select(revoked_tokens.c.jti).where(revoked_tokens.c.jti == jti)
+        )
+        return row is not None

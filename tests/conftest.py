@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from tests.backends import create_postgres_database, drop_postgres_database
+from tests.servers import ServerProcess, write_config
+
+PASSWORD = "correct horse battery"
+
+
+def base_config(workdir: Path, database: str) -> dict[str, Any]:
+    """A test server's config: fast bcrypt, the given database, everything else default."""
+    config: dict[str, Any] = {
+        "auth": {"bcrypt_rounds": 4},
+        "jwt": {"secret_file": str(workdir / "jwt.secret")},
+        "llm": {
+            "default_model": "demo",
+            "providers": [{"name": "demo", "kind": "demo", "models": ["demo", "demo-*"], "delay_ms": 1}],
+        },
+    }
+    if database == "sqlite":
+        config["sqlite"] = {"path": str(workdir / "chat.db")}
+    else:
+        config["database"] = {"url": database}
+    return config
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """'sqlite', or the URL of a fresh PostgreSQL database of this session's own."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    workdir = tmp_path_factory.mktemp("server")
+    config = write_config(workdir / "config.yaml", base_config(workdir, database))
+    process = ServerProcess(config, workdir).start()
+    yield process
+    process.stop()
+
+
+class Api:
+    """An HTTP client for one running server, with the steps tests repeat."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def register(self, username: str | None = None, password: str = PASSWORD) -> str:
+        username = username or f"user_{uuid.uuid4().hex[:10]}"
+        response = self.http.post("/api/users/register", json={"username": username, "password": password})
+        assert response.status_code == 201, response.text
+        return username
+
+    def login(self, username: str, password: str = PASSWORD) -> str:
+        response = self.http.post("/api/users/login", json={"username": username, "password": password})
+        assert response.status_code == 200, response.text
+        return str(response.json()["token"])
+
+    def new_user(self) -> dict[str, str]:
+        """Registers a fresh user and returns the Authorization header of their token."""
+        token = self.login(self.register())
+        return {"Authorization": f"Bearer {token}"}
+
+    def create_conversation(self, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+        response = self.http.post("/api/conversations/create", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+
+@pytest.fixture
+def api(server: ServerProcess) -> Iterator[Api]:
+    client = Api(server.url)
+    yield client
+    client.http.close()
