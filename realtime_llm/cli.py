@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
@@ -73,6 +74,10 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 
 async def serve(settings: Settings, server: uvicorn.Server) -> int:
+    # uvicorn re-raises the signal that stopped it once it has shut down; after a
+    # graceful shutdown that should end the process with status 0, not "killed by SIGTERM".
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     running = asyncio.ensure_future(server.serve())
     while not server.started and not running.done():
         await asyncio.sleep(0.02)

@@ -1,0 +1,119 @@
+"""Configuration: the schema, environment overrides, and one-line errors from the real command."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from realtime_llm.config import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_yaml_loads() -> None:
+    """The config.yaml at the top of the repo is valid and matches the embedded defaults' shape."""
+    settings = load_settings(str(REPO / "config.yaml"), environ={})
+    assert settings.llm.default_model == "demo"
+    assert settings.server.port == 8080
+    assert not settings.redis.enabled
+    assert settings.uses_sqlite
+
+
+def test_no_file_means_embedded_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None, environ={})
+    assert settings.database_url == "sqlite:///./llm_backend.db"
+    assert settings.llm.default_model == "demo"
+
+
+def test_original_port_string_is_accepted(tmp_path: Path) -> None:
+    """The original wrote port: "8080" as a string; it keeps its meaning."""
+    path = tmp_path / "c.yaml"
+    path.write_text('server:\n  port: "9090"\n')
+    assert load_settings(str(path), environ={}).server.port == 9090
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("jwt:\n  secret: from-file\n")
+    settings = load_settings(
+        str(path),
+        environ={
+            "DATABASE_URL": "postgresql://u@h/db",
+            "REDIS_URL": "redis://127.0.0.1:6379/3",
+            "JWT_SECRET": "from-env",
+            "OPENAI_API_KEY": "sk-env",
+        },
+    )
+    assert settings.database_url == "postgresql://u@h/db"
+    assert settings.redis.connection_url() == "redis://127.0.0.1:6379/3"
+    assert settings.jwt.secret == "from-env"
+    openai = [p for p in settings.llm.providers if p.kind == "openai"][0]
+    assert openai.api_key == "sk-env"
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text("server:\n  port: 7070\n")
+    assert load_settings(None, environ={"REALTIME_LLM_CONFIG": str(path)}).server.port == 7070
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("server:\n  prot: 80\n", "server.prot"),
+        ("bogus: 1\n", "bogus"),
+        ("server:\n  port: eighty\n", "server.port"),
+        ("jwt:\n  ttl_seconds: [1]\n", "jwt.ttl_seconds"),
+        ("redis: 5\n", "redis"),
+        ("llm:\n  providers:\n    - {name: x, kind: magic, models: [a]}\n", "llm.providers[0].kind"),
+        ("llm:\n  providers:\n    - {name: x, kind: demo, models: [a], extra: 1}\n", "llm.providers[0].extra"),
+        ("llm:\n  default_model: nothing-serves-this\n", "llm.default_model"),
+        ("server: [1, 2]\n", "server"),
+        ("- a\n- b\n", "mapping"),
+        ("server:\n  port: 70000\n", "server.port"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path), environ={})
+    assert named in str(caught.value)
+
+
+def _serve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "realtime_llm", "serve", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        (None, "missing.yaml"),
+        ("server: {port: 1\n", "not valid YAML"),
+        ("server:\n  nope: 1\n", "server.nope"),
+        ("jwt:\n  ttl_seconds: soon\n", "jwt.ttl_seconds"),
+    ],
+)
+def test_cli_bad_config_exits_with_one_line(tmp_path: Path, content: str | None, named: str) -> None:
+    """A bad config stops start-up with a non-zero exit and a single line naming the key or file."""
+    path = tmp_path / "missing.yaml"
+    if content is not None:
+        path.write_text(content)
+    result = _serve("--config", str(path), cwd=tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_cli_refuses_workers_without_redis(tmp_path: Path) -> None:
+    result = _serve("--workers", "2", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Redis" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,132 @@
+"""The SQL store on a real SQLite file and a real PostgreSQL database."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from realtime_llm.config import Settings
+from realtime_llm.keys import APIKeyBox
+from realtime_llm.store import schema
+from realtime_llm.store.conversations import ConversationStore
+from realtime_llm.store.database import create_database, migrate
+from realtime_llm.store.users import UserStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def settings_for(database: str, tmp_path: Path) -> Settings:
+    if database == "sqlite":
+        return Settings().replace(sqlite={"path": str(tmp_path / "store.db")})
+    return Settings().replace(database={"url": database})
+
+
+@pytest.fixture
+async def db(database: str, tmp_path: Path) -> AsyncIterator[object]:
+    connection = create_database(settings_for(database, tmp_path))
+    await connection.connect()
+    async with connection.transaction():  # each test starts from empty tables
+        await migrate(connection)
+        for table in reversed(schema.metadata.sorted_tables):
+            if table is not schema.schema_version:
+                await connection.execute(table.delete())
+    yield connection
+    await connection.disconnect()
+
+
+async def test_migrate_is_idempotent_and_versioned(db) -> None:
+    """Running the migration again changes nothing and keeps the recorded version."""
+    assert await migrate(db) == schema.SCHEMA_VERSION
+    assert await db.fetch_val(sa.select(sa.func.count()).select_from(schema.schema_version)) == 1
+    assert await db.fetch_val(sa.select(schema.schema_version.c.version)) == schema.SCHEMA_VERSION
+
+
+async def test_upgrades_run_in_order(db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database at an older version gets exactly the upgrades it lacks."""
+    statements = [["CREATE TABLE upgrade_probe (n INTEGER)"], ["INSERT INTO upgrade_probe (n) VALUES (2)"]]
+    monkeypatch.setattr(schema, "UPGRADES", schema.UPGRADES + statements)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 2)
+    try:
+        assert await migrate(db) == schema.SCHEMA_VERSION
+        assert await db.fetch_val(sa.text("SELECT n FROM upgrade_probe")) == 2
+        assert await migrate(db) == schema.SCHEMA_VERSION  # nothing runs twice
+        assert await db.fetch_val(sa.text("SELECT count(*) FROM upgrade_probe")) == 1
+    finally:
+        await db.execute(sa.text("DROP TABLE IF EXISTS upgrade_probe"))
+        await db.execute(schema.schema_version.update().values(version=1 + len(schema.UPGRADES) - 2))
+
+
+async def test_newer_schema_is_refused(db) -> None:
+    await db.execute(schema.schema_version.update().values(version=schema.SCHEMA_VERSION + 1))
+    try:
+        with pytest.raises(RuntimeError, match="newer"):
+            await migrate(db)
+    finally:
+        await db.execute(schema.schema_version.update().values(version=schema.SCHEMA_VERSION))
+
+
+async def test_message_ids_count_up_under_concurrency(db) -> None:
+    """Concurrent appends get distinct message ids 1..N, in a conversation of their own."""
+    user = await UserStore(db).create("concurrent", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    a = await store.create(user.id, title="a", model="demo", system_prompt="", api_key="")
+    b = await store.create(user.id, title="b", model="demo", system_prompt="", api_key="")
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(store.add_message, a.id if i % 2 else b.id, "user", f"m{i}")
+    for conversation in (a, b):
+        ids = [m.message_id for m in await store.messages(conversation.id)]
+        assert ids == list(range(1, 11))
+
+
+async def test_deleting_a_user_cascades(db) -> None:
+    """Foreign keys are enforced: rows of a deleted user do not linger."""
+    user = await UserStore(db).create("cascade", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
+    await store.add_message(conversation.id, "user", "hello")
+    await db.execute(schema.users.delete().where(schema.users.c.id == user.id))
+    assert await db.fetch_val(sa.select(sa.func.count()).select_from(schema.conversations)) == 0
+    assert await db.fetch_val(sa.select(sa.func.count()).select_from(schema.messages)) == 0
+
+
+async def test_api_key_is_not_stored_in_clear(db) -> None:
+    user = await UserStore(db).create("keys", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="sk-live-abcdef123456")
+    row = await db.fetch_one(sa.select(schema.conversations).where(schema.conversations.c.id == conversation.id))
+    assert "abcdef123456" not in str(dict(row._mapping))
+    assert store.box.open(row["api_key_sealed"]) == "sk-live-abcdef123456"
+
+
+async def test_sqlite_connections_are_configured(tmp_path: Path) -> None:
+    """Every pooled SQLite connection has WAL, foreign keys and a busy timeout."""
+    connection = create_database(settings_for("sqlite", tmp_path))
+    await connection.connect()
+    try:
+        results = []
+
+        async def probe() -> None:
+            async with connection.connection() as conn:
+                raw = conn.raw_connection
+                values = []
+                for pragma in ("journal_mode", "foreign_keys", "busy_timeout"):
+                    async with raw.execute(f"PRAGMA {pragma}") as cursor:
+                        values.append((await cursor.fetchone())[0])
+                results.append(values)
+                await anyio.sleep(0.05)  # hold it so the others open their own
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(probe)
+        assert results == [["wal", 1, 5000]] * 3
+    finally:
+        await connection.disconnect()
