@@ -7,7 +7,7 @@ from typing import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from realtime_llm.api import conversations, health, openapi, users
+from realtime_llm.api import chat, conversations, health, openapi, users
 from realtime_llm.config import Settings
 from realtime_llm.errors import EXCEPTION_HANDLERS
 from realtime_llm.services import open_services
@@ -24,6 +24,9 @@ def routes() -> list[Route]:
         Route("/api/conversations/list", conversations.list_conversations, methods=["GET"]),
         Route("/api/conversations/history/{id}", conversations.history, methods=["GET"]),
         Route("/api/conversations/del/{id}", conversations.delete, methods=["POST"]),
+        Route("/api/chat/{id}", chat.chat, methods=["POST"]),
+        Route("/api/chat/{id}/events", chat.events, methods=["GET"]),
+        Route("/api/chat/{id}/stop", chat.stop, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),

@@ -79,6 +79,17 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    batch_ms: int = 25  # deltas closer together than this go out as one event
+    replay_events: int = 2000  # events kept per conversation for resume
+    replay_ttl_seconds: int = 3600  # an idle conversation's replay buffer is dropped after this
+    subscriber_queue: int = 1000  # events a slow subscriber may fall behind before it is cut off
+    keepalive_seconds: float = 15.0  # SSE comment / WebSocket ping when idle
+    lock_ttl_seconds: float = 30.0  # a generation's lock expires unless its process renews it
+    max_generation_seconds: float = 600.0  # a generation running longer than this is stopped
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
     name: str = ""
     kind: str = ""  # "openai" or "demo"
@@ -106,6 +117,7 @@ def _default_providers() -> tuple[ProviderSettings, ...]:
 class LlmSettings:
     default_model: str = "demo"
     system_prompt: str = "You are a helpful assistant."
+    context_budget_tokens: int = 6000  # history sent to the model, newest first, estimated
     providers: tuple[ProviderSettings, ...] = field(default_factory=_default_providers)
 
 
@@ -120,6 +132,7 @@ class Settings:
     jwt: JwtSettings = field(default_factory=JwtSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
 
     @property
@@ -253,6 +266,13 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: 'jwt.ttl_seconds' must be positive")
     if not 4 <= settings.auth.bcrypt_rounds <= 31:
         raise ConfigError("config: 'auth.bcrypt_rounds' must be between 4 and 31")
+    stream = settings.stream
+    if stream.batch_ms < 0 or stream.replay_events < 1 or stream.subscriber_queue < 1:
+        raise ConfigError("config: 'stream' sizes must be positive (batch_ms may be 0)")
+    if stream.keepalive_seconds <= 0 or stream.lock_ttl_seconds < 1:
+        raise ConfigError("config: 'stream.keepalive_seconds' and 'stream.lock_ttl_seconds' must be positive")
+    if settings.llm.context_budget_tokens < 1:
+        raise ConfigError("config: 'llm.context_budget_tokens' must be positive")
     if settings.sqlite.max_open_conns < 1:
         raise ConfigError("config: 'sqlite.max_open_conns' must be at least 1")
     url = settings.database_url

@@ -10,9 +10,12 @@ import anyio.to_thread
 from databases import Database
 
 from realtime_llm.auth import PasswordHasher, TokenIssuer
+from realtime_llm.broker import Broker, create_broker
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
+from realtime_llm.generation import GenerationEngine
 from realtime_llm.keys import APIKeyBox, load_or_create_secret, secret_file_path
+from realtime_llm.providers import Provider, create_provider
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, migrate
 from realtime_llm.store.users import RevocationStore, UserStore
@@ -32,6 +35,9 @@ class Services:
     hasher: PasswordHasher
     tokens: TokenIssuer
     catalog: ModelCatalog
+    broker: Broker
+    providers: dict[str, Provider]
+    engine: GenerationEngine
 
 
 def server_secret(settings: Settings) -> str:
@@ -42,21 +48,39 @@ def server_secret(settings: Settings) -> str:
 
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Open everything in dependency order; close in reverse, whatever fails."""
     secret = server_secret(settings)
-    database = create_database(settings)
-    await database.connect()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        database = create_database(settings)
+        await database.connect()
+        stack.push_async_callback(database.disconnect)
         await migrate(database)
+
+        broker = create_broker(settings)
+        await broker.start()
+        stack.push_async_callback(broker.close)
+
+        providers = {p.name: create_provider(p) for p in settings.llm.providers}
+        for provider in providers.values():
+            await provider.start()
+            stack.push_async_callback(provider.close)
+
+        conversations = ConversationStore(database, APIKeyBox(secret))
+        catalog = ModelCatalog(settings.llm.providers)
+        engine = GenerationEngine(settings, conversations, broker, providers, catalog)
+        stack.push_async_callback(engine.close)
+
         hasher = await anyio.to_thread.run_sync(PasswordHasher, settings.auth.bcrypt_rounds)
         yield Services(
             settings=settings,
             database=database,
             users=UserStore(database),
             revocations=RevocationStore(database),
-            conversations=ConversationStore(database, APIKeyBox(secret)),
+            conversations=conversations,
             hasher=hasher,
             tokens=TokenIssuer(secret, settings.jwt.ttl_seconds),
-            catalog=ModelCatalog(settings.llm.providers),
+            catalog=catalog,
+            broker=broker,
+            providers=providers,
+            engine=engine,
         )
-    finally:
-        await database.disconnect()

@@ -8,20 +8,28 @@ import httpx
 import pytest
 
 from tests.backends import create_postgres_database, drop_postgres_database
+from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerProcess, write_config
 
 PASSWORD = "correct horse battery"
+PROVIDER_KEY = "sk-provider-key-0000000000"
 
 
-def base_config(workdir: Path, database: str) -> dict[str, Any]:
-    """A test server's config: fast bcrypt, the given database, everything else default."""
+def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = None) -> dict[str, Any]:
+    """A test server's config: fast bcrypt, the given database, the fake upstream serving
+    "fake-*" models, short keep-alives; everything else default."""
+    providers: list[dict[str, Any]] = [{"name": "demo", "kind": "demo", "models": ["demo", "demo-*"], "delay_ms": 1}]
+    if upstream is not None:
+        providers.append({"name": "fake", "kind": "openai", "base_url": upstream.base_url,
+                          "api_key": PROVIDER_KEY, "models": ["fake-*"], "read_timeout": 3})
+        # Nothing listens on port 9 (discard) here: a provider that cannot be reached.
+        providers.append({"name": "dead", "kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+                          "models": ["dead-*"], "connect_timeout": 2})
     config: dict[str, Any] = {
         "auth": {"bcrypt_rounds": 4},
         "jwt": {"secret_file": str(workdir / "jwt.secret")},
-        "llm": {
-            "default_model": "demo",
-            "providers": [{"name": "demo", "kind": "demo", "models": ["demo", "demo-*"], "delay_ms": 1}],
-        },
+        "stream": {"keepalive_seconds": 1, "batch_ms": 0},
+        "llm": {"default_model": "demo", "providers": providers},
     }
     if database == "sqlite":
         config["sqlite"] = {"path": str(workdir / "chat.db")}
@@ -42,9 +50,16 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def server(database: str, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("server")
-    config = write_config(workdir / "config.yaml", base_config(workdir, database))
+    config = write_config(workdir / "config.yaml", base_config(workdir, database, upstream))
     process = ServerProcess(config, workdir).start()
     yield process
     process.stop()

@@ -76,5 +76,9 @@ async def history(request: Request) -> JSONResponse:
 async def delete(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     conversation_id = path_id(request)
-    await services_of(request).conversations.delete_owned(conversation_id, caller.user.id)
+    services = services_of(request)
+    await services.conversations.delete_owned(conversation_id, caller.user.id)
+    # A generation still running is stopped; its buffered events and subscriptions go too.
+    await services.broker.request_stop(conversation_id)
+    await services.broker.drop(conversation_id)
     return JSONResponse({"message": "Conversation deleted successfully"})

@@ -22,6 +22,7 @@ class Conversation:
     api_key_sealed: str
     api_key_hint: str
     created_time: int
+    last_event_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,48 @@ class ConversationStore:
             .order_by(messages.c.message_id)
         )
         return [Message(r["message_id"], r["role"], r["content"], r["created_time"]) for r in rows]
+
+    async def recent_messages(self, conversation_id: int, budget_chars: int, page: int = 64) -> list[Message]:
+        """The newest messages whose contents fit in the budget (the newest always), oldest
+        first; read a page at a time so a long conversation costs no more than the budget."""
+        chosen: list[Message] = []
+        used = 0
+        before: int | None = None
+        while True:
+            query = (
+                sa.select(messages.c.message_id, messages.c.role, messages.c.content, messages.c.created_time)
+                .where(messages.c.conversation_id == conversation_id)
+                .order_by(messages.c.message_id.desc())
+                .limit(page)
+            )
+            if before is not None:
+                query = query.where(messages.c.message_id < before)
+            rows = await self.database.fetch_all(query)
+            for r in rows:
+                if chosen and used + len(r["content"]) > budget_chars:
+                    return chosen[::-1]
+                chosen.append(Message(r["message_id"], r["role"], r["content"], r["created_time"]))
+                used += len(r["content"])
+            if len(rows) < page:
+                return chosen[::-1]
+            before = rows[-1]["message_id"]
+
+    async def exists(self, conversation_id: int) -> bool:
+        row = await self.database.fetch_one(sa.select(conversations.c.id).where(conversations.c.id == conversation_id))
+        return row is not None
+
+    async def event_watermark(self, conversation_id: int) -> int:
+        value = await self.database.fetch_val(
+            sa.select(conversations.c.last_event_id).where(conversations.c.id == conversation_id)
+        )
+        return int(value or 0)
+
+    async def save_event_watermark(self, conversation_id: int, last_event_id: int) -> None:
+        await self.database.execute(
+            conversations.update()
+            .where(conversations.c.id == conversation_id, conversations.c.last_event_id < last_event_id)
+            .values(last_event_id=last_event_id)
+        )
 
     async def add_message(self, conversation_id: int, role: str, content: str) -> Message:
         """Append a message; its message_id is the conversation's next, taken atomically."""

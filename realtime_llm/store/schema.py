@@ -32,6 +32,9 @@ conversations = sa.Table(
     sa.Column("api_key_hint", sa.String(16), nullable=False, server_default=""),
     sa.Column("created_time", sa.BigInteger, nullable=False),
     sa.Column("last_message_id", sa.Integer, nullable=False, server_default="0"),
+    # The highest event id published so far, so ids keep increasing after a restart
+    # or a Redis flush; written when a generation ends.
+    sa.Column("last_event_id", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_conversations_user_newest", "user_id", sa.text("id DESC")),
 )
 

@@ -1,0 +1,102 @@
+"""POST /api/chat/{id} (start and stream), GET /api/chat/{id}/events (watch, resume), POST .../stop."""
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from realtime_llm.api.access import require_caller, services_of
+from realtime_llm.bodies import path_id, read_json_object, required_string
+from realtime_llm.broker.base import ConversationGone, SubscriberOverflow
+from realtime_llm.errors import BadRequest, PayloadTooLarge, UpstreamError
+from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, make_event, sse_frame
+from realtime_llm.services import Services
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+
+
+async def chat(request: Request) -> StreamingResponse:
+    caller = await require_caller(request)
+    conversation_id = path_id(request)
+    services = services_of(request)
+    limit = services.settings.limits.max_message_chars
+    body = await read_json_object(request, services.settings.server.max_body_bytes)
+    text = required_string(body, "message", max_chars=services.settings.server.max_body_bytes)
+    if len(text) > limit:
+        raise PayloadTooLarge(f"message is longer than {limit} characters")
+    if not text.strip():
+        raise BadRequest("'message' must not be empty")
+    conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    generation = await services.engine.start(conversation, text)
+    # Hold the response until the upstream has accepted, so a refusal is a plain 502.
+    refusal = await asyncio.shield(generation.accepted)
+    if refusal is not None:
+        raise UpstreamError(refusal)
+    events = stream_events(services, conversation_id, after=generation.user_event_id - 1, until_terminal=True)
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def events(request: Request) -> StreamingResponse:
+    caller = await require_caller(request)
+    conversation_id = path_id(request)
+    services = services_of(request)
+    after = last_event_id(request)
+    await services.conversations.get_owned(conversation_id, caller.user.id)
+    stream = stream_events(services, conversation_id, after=after, until_terminal=False)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def stop(request: Request) -> JSONResponse:
+    caller = await require_caller(request)
+    conversation_id = path_id(request)
+    services = services_of(request)
+    await services.conversations.get_owned(conversation_id, caller.user.id)
+    stopped = await services.broker.request_stop(conversation_id)
+    message = "Generation stopped" if stopped else "No generation was running"
+    return JSONResponse({"message": message, "stopped": stopped})
+
+
+def last_event_id(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16:
+        raise BadRequest("Last-Event-ID must be a non-negative integer")
+    return int(raw)
+
+
+async def stream_events(
+    services: Services, conversation_id: int, *, after: int | None, until_terminal: bool
+) -> AsyncIterator[bytes]:
+    """SSE frames of the conversation's events; comments keep an idle stream alive.
+
+    With `until_terminal` the stream ends after the first `full_response` or `error`
+    following `after` (the POST that started a generation); otherwise it runs until the
+    client leaves.
+    """
+    keepalive = services.settings.stream.keepalive_seconds
+    async with services.broker.subscribe(conversation_id, after) as subscription:
+        while True:
+            try:
+                event = await subscription.get(timeout=keepalive)
+            except (SubscriberOverflow, ConversationGone) as exc:
+                yield _local_error(subscription.last_id, conversation_id, exc)
+                return
+            if event is None:
+                yield SSE_KEEPALIVE
+                continue
+            yield sse_frame(event)
+            if until_terminal and event.type in TERMINAL:
+                return
+
+
+def _local_error(last_id: int, conversation_id: int, exc: Exception) -> bytes:
+    """An error for this client only: no `id:` line, so its Last-Event-ID stays valid for resuming."""
+    if isinstance(exc, ConversationGone):
+        message = "this conversation was deleted"
+    else:
+        message = "you fell too far behind the stream; reconnect with Last-Event-ID to resume"
+    event = make_event(last_id, ERROR, message, conversation_id=conversation_id)
+    return b"event: error\ndata: %s\n\n" % event.json

@@ -1,0 +1,128 @@
+"""What every broker does: publish, subscribe with replay, a lock per conversation, a stop signal."""
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+from typing import Any, AsyncContextManager, Callable, Iterable
+
+from realtime_llm.events import Event
+
+
+class SubscriberOverflow(Exception):
+    """The subscriber fell further behind than its queue allows and was cut off."""
+
+
+class ConversationGone(Exception):
+    """The conversation was deleted while subscribed."""
+
+
+class BrokerUnavailable(Exception):
+    """The broker's backing service cannot be reached."""
+
+
+_FAILED = object()
+
+
+class Subscription:
+    """One subscriber's events: the replayed backlog first, then live events, bounded."""
+
+    def __init__(self, conversation_id: int, max_queue: int, backlog: Iterable[Event] = ()) -> None:
+        self.conversation_id = conversation_id
+        self.last_id = 0
+        self._backlog = collections.deque(backlog)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(max_queue)
+        self._failure: Exception | None = None
+
+    def deliver(self, event: Event) -> None:
+        """Called by the broker for each live event; never blocks."""
+        if self._failure is not None:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.fail(SubscriberOverflow("subscriber fell behind"))
+
+    def fail(self, error: Exception) -> None:
+        """End the subscription: the reader gets `error` once it has no events in hand."""
+        if self._failure is not None:
+            return
+        self._failure = error
+        while not self._queue.empty():  # make room for the wake-up; the reader is cut off anyway
+            self._queue.get_nowait()
+        self._queue.put_nowait(_FAILED)
+
+    async def get(self, timeout: float | None = None) -> Event | None:
+        """The next event after the last one returned, or None when `timeout` passes first."""
+        while True:
+            if self._backlog:
+                event = self._backlog.popleft()
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        event = await self._queue.get()
+                except TimeoutError:
+                    return None
+                if event is _FAILED:
+                    self._queue.put_nowait(_FAILED)
+                    assert self._failure is not None
+                    raise self._failure
+            if event.id > self.last_id:  # replay and live may overlap at the seam; drop repeats
+                self.last_id = event.id
+                return event  # type: ignore[no-any-return]
+
+
+class Broker(abc.ABC):
+    """Carries events of conversations between generations and subscribers."""
+
+    name = "broker"
+
+    async def start(self) -> None:
+        """Open connections and background tasks; called once from the lifespan."""
+
+    async def close(self) -> None:
+        """Close what start() opened."""
+
+    @abc.abstractmethod
+    async def publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
+        """Give the event the conversation's next id, buffer it for replay, deliver it to all."""
+
+    @abc.abstractmethod
+    def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncContextManager[Subscription]:
+        """Live events from now on; with `after`, first every buffered event with a larger id."""
+
+    @abc.abstractmethod
+    async def last_event_id(self, conversation_id: int) -> int:
+        """The id of the conversation's latest event (0 if none is known)."""
+
+    @abc.abstractmethod
+    async def ensure_event_floor(self, conversation_id: int, floor: int) -> None:
+        """Make sure ids published from now on are larger than `floor`."""
+
+    @abc.abstractmethod
+    async def acquire_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
+        """Take the conversation's generation lock unless someone holds it; it expires after ttl."""
+
+    @abc.abstractmethod
+    async def refresh_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
+        """Extend a lock this owner holds; False if it was lost."""
+
+    @abc.abstractmethod
+    async def release_lock(self, conversation_id: int, owner: str) -> None:
+        """Release the lock if this owner still holds it."""
+
+    @abc.abstractmethod
+    async def lock_holder(self, conversation_id: int) -> str | None:
+        """Who holds the conversation's lock, if anyone."""
+
+    @abc.abstractmethod
+    def on_stop(self, conversation_id: int, callback: Callable[[], None]) -> AsyncContextManager[None]:
+        """While inside, `callback` runs when a stop is requested for the conversation."""
+
+    @abc.abstractmethod
+    async def request_stop(self, conversation_id: int) -> bool:
+        """Ask whoever runs the conversation's generation to stop it; True if someone listened."""
+
+    @abc.abstractmethod
+    async def drop(self, conversation_id: int) -> None:
+        """Forget the conversation: its buffer, its counter; end its subscriptions."""

@@ -1,0 +1,141 @@
+"""The in-process broker: one process, no Redis; the embedded default."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from realtime_llm.broker.base import Broker, ConversationGone, Subscription
+from realtime_llm.config import StreamSettings
+from realtime_llm.events import Event, make_event
+
+
+@dataclass
+class _Channel:
+    buffer: collections.deque[Event]
+    last_id: int = 0
+    touched: float = field(default_factory=time.monotonic)
+    subscribers: set[Subscription] = field(default_factory=set)
+    stop_callbacks: set[Callable[[], None]] = field(default_factory=set)
+    lock_owner: str | None = None
+    lock_expires: float = 0.0
+
+
+class MemoryBroker(Broker):
+    """Everything in dictionaries of this process; every step is free of awaits, hence atomic."""
+
+    name = "in-process"
+
+    def __init__(self, settings: StreamSettings) -> None:
+        self.settings = settings
+        self._channels: dict[int, _Channel] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="memory-broker-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    def _channel(self, conversation_id: int) -> _Channel:
+        channel = self._channels.get(conversation_id)
+        if channel is None:
+            channel = _Channel(buffer=collections.deque(maxlen=self.settings.replay_events))
+            self._channels[conversation_id] = channel
+        channel.touched = time.monotonic()
+        return channel
+
+    async def publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
+        channel = self._channel(conversation_id)
+        channel.last_id += 1
+        event = make_event(channel.last_id, event_type, data, conversation_id=conversation_id, **metadata)
+        channel.buffer.append(event)
+        for subscription in channel.subscribers:
+            subscription.deliver(event)
+        return event
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncIterator[Subscription]:
+        channel = self._channel(conversation_id)
+        backlog = [e for e in channel.buffer if e.id > after] if after is not None else []
+        subscription = Subscription(conversation_id, self.settings.subscriber_queue, backlog)
+        if after is None:
+            subscription.last_id = channel.last_id
+        channel.subscribers.add(subscription)
+        try:
+            yield subscription
+        finally:
+            channel.subscribers.discard(subscription)
+
+    async def last_event_id(self, conversation_id: int) -> int:
+        return self._channel(conversation_id).last_id
+
+    async def ensure_event_floor(self, conversation_id: int, floor: int) -> None:
+        channel = self._channel(conversation_id)
+        channel.last_id = max(channel.last_id, floor)
+
+    async def acquire_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
+        channel = self._channel(conversation_id)
+        now = time.monotonic()
+        if channel.lock_owner is not None and channel.lock_expires > now:
+            return False
+        channel.lock_owner, channel.lock_expires = owner, now + ttl
+        return True
+
+    async def refresh_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
+        channel = self._channel(conversation_id)
+        if channel.lock_owner != owner:
+            return False
+        channel.lock_expires = time.monotonic() + ttl
+        return True
+
+    async def release_lock(self, conversation_id: int, owner: str) -> None:
+        channel = self._channels.get(conversation_id)
+        if channel is not None and channel.lock_owner == owner:
+            channel.lock_owner = None
+
+    async def lock_holder(self, conversation_id: int) -> str | None:
+        channel = self._channels.get(conversation_id)
+        if channel is None or channel.lock_owner is None or channel.lock_expires <= time.monotonic():
+            return None
+        return channel.lock_owner
+
+    @contextlib.asynccontextmanager
+    async def on_stop(self, conversation_id: int, callback: Callable[[], None]) -> AsyncIterator[None]:
+        channel = self._channel(conversation_id)
+        channel.stop_callbacks.add(callback)
+        try:
+            yield
+        finally:
+            channel.stop_callbacks.discard(callback)
+
+    async def request_stop(self, conversation_id: int) -> bool:
+        channel = self._channels.get(conversation_id)
+        callbacks = list(channel.stop_callbacks) if channel else []
+        for callback in callbacks:
+            callback()
+        return bool(callbacks)
+
+    async def drop(self, conversation_id: int) -> None:
+        channel = self._channels.pop(conversation_id, None)
+        if channel is None:
+            return
+        for subscription in list(channel.subscribers):
+            subscription.fail(ConversationGone("conversation deleted"))
+
+    async def _sweep_idle(self) -> None:
+        """Drop replay buffers of conversations nobody has touched for replay_ttl_seconds."""
+        ttl = self.settings.replay_ttl_seconds
+        while True:
+            await asyncio.sleep(min(60.0, ttl / 2))
+            cutoff = time.monotonic() - ttl
+            for conversation_id, channel in list(self._channels.items()):
+                idle = not channel.subscribers and not channel.stop_callbacks and channel.lock_owner is None
+                if idle and channel.touched < cutoff:
+                    del self._channels[conversation_id]

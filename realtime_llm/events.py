@@ -1,0 +1,53 @@
+"""The one event shape of SSE and WebSocket, serialised once per event."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+USER_MESSAGE = "user_message"
+MESSAGE = "message"
+DONE = "done"
+FULL_RESPONSE = "full_response"
+ERROR = "error"
+TITLE = "title"
+
+# Events after which a generation has ended, one way or the other.
+TERMINAL = frozenset({FULL_RESPONSE, ERROR})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One published event: its id, its type and its JSON object, already encoded."""
+
+    id: int
+    type: str
+    json: bytes
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return orjson.loads(self.json)  # type: ignore[no-any-return]
+
+
+def encode_json(body: Any) -> bytes:
+    """JSON with U+2028, U+2029 and U+0085 escaped: they are valid raw in JSON, but many
+    line readers (Python's splitlines, so httpx and httpx-sse) break lines on them."""
+    raw = orjson.dumps(body)
+    if b"\xe2\x80\xa8" in raw or b"\xe2\x80\xa9" in raw or b"\xc2\x85" in raw:
+        raw = raw.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+        raw = raw.replace(b"\xc2\x85", b"\\u0085")
+    return raw
+
+
+def make_event(event_id: int, event_type: str, data: str, **metadata: Any) -> Event:
+    body = {"event": event_type, "data": data, "id": event_id, **metadata}
+    return Event(event_id, event_type, encode_json(body))
+
+
+def sse_frame(event: Event) -> bytes:
+    """A standards-conforming SSE frame; orjson escapes every CR and LF inside the JSON."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), event.json)
+
+
+SSE_KEEPALIVE = b": ping\n\n"

@@ -1,0 +1,267 @@
+"""Generations: one model answer per conversation at a time, run on the server and published.
+
+A generation belongs to no connection: the client that asked for it may leave, and every
+subscriber of the conversation sees it. Its lifecycle is DESIGN.md's: save the user
+message, publish it, stream deltas (batched), save the answer, publish `done` and
+`full_response` — or `error`, with the user message kept.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from realtime_llm.broker import Broker
+from realtime_llm.catalog import ModelCatalog
+from realtime_llm.config import Settings
+from realtime_llm.errors import Conflict, ConversationNotFound
+from realtime_llm.events import DONE, ERROR, FULL_RESPONSE, MESSAGE, USER_MESSAGE
+from realtime_llm.providers import ChatMessage, ChatRequest, Provider, UpstreamError
+from realtime_llm.store.conversations import Conversation, ConversationStore
+
+logger = logging.getLogger("realtime_llm.generation")
+
+CHARS_PER_TOKEN = 4  # the budget is in tokens; this estimate avoids a tokenizer per model
+
+
+@dataclass
+class Generation:
+    """A running generation, as the code that started it sees it."""
+
+    conversation_id: int
+    owner: str
+    user_event_id: int
+    user_message_id: int
+    # Resolves once the upstream has accepted the request (None) or refused it (the reason).
+    accepted: asyncio.Future[str | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    stop_requested: bool = False
+    finishing: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def settle(self, refusal: str | None) -> None:
+        if not self.accepted.done():
+            self.accepted.set_result(refusal)
+
+
+class GenerationEngine:
+    """Starts generations and owns their tasks: closing the engine stops them all."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ConversationStore,
+        broker: Broker,
+        providers: dict[str, Provider],
+        catalog: ModelCatalog,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.providers = providers
+        self.catalog = catalog
+        self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._running: dict[int, Generation] = {}
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    async def start(self, conversation: Conversation, text: str) -> Generation:
+        """Take the conversation's lock, save and publish the user message, start the answer."""
+        cid = conversation.id
+        owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
+        ttl = self.settings.stream.lock_ttl_seconds
+        if not await self.broker.acquire_lock(cid, owner, ttl):
+            raise Conflict("a generation is already running in this conversation")
+        try:
+            await self.broker.ensure_event_floor(cid, await self.store.event_watermark(cid))
+            message = await self.store.add_message(cid, "user", text)
+            event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id)
+        except BaseException:
+            await self.broker.release_lock(cid, owner)
+            raise
+        generation = Generation(cid, owner, event.id, message.message_id)
+        self._running[cid] = generation
+        generation.task = asyncio.create_task(self._run(generation, conversation), name=f"generation-{cid}")
+        return generation
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop every running generation (each saves its partial answer) and wait for them."""
+        generations = list(self._running.values())
+        for generation in generations:
+            self._stop(generation)
+        tasks = [g.task for g in generations if g.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+
+    def _stop(self, generation: Generation) -> None:
+        if not (generation.stop_requested or generation.finishing) and generation.task is not None:
+            generation.stop_requested = True
+            generation.task.cancel()
+
+    async def _run(self, generation: Generation, conversation: Conversation) -> None:
+        cid = generation.conversation_id
+        parts: list[str] = []
+        try:
+            async with self.broker.on_stop(cid, lambda: self._stop(generation)), self._keep_lock(generation):
+                reason = await self._stream_answer(generation, conversation, parts)
+                await self._finish(generation, "".join(parts), reason)
+        except UpstreamError as exc:
+            generation.settle(str(exc))
+            await self._publish_error(generation, str(exc))
+        except asyncio.CancelledError:
+            if not generation.stop_requested:
+                raise
+            # Stopped before the stream began: still end it properly for subscribers.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            generation.finishing = True
+            await self._finish(generation, "".join(parts), "cancelled")
+        except Exception:  # a bug must still end the stream for its subscribers
+            logger.exception("generation failed in conversation %d", cid)
+            generation.settle("internal error")
+            await self._publish_error(generation, "the answer failed because of an internal error")
+        finally:
+            generation.settle("the generation ended before the model answered")
+            self._running.pop(cid, None)
+            await self._release(generation)
+
+    async def _stream_answer(self, generation: Generation, conversation: Conversation, parts: list[str]) -> str:
+        """Relay the model's deltas; returns the done reason. A stop cancels this task, and
+        the cancellation is absorbed here so that the partial answer can still be saved."""
+        try:
+            async with asyncio.timeout(self.settings.stream.max_generation_seconds):
+                request = ChatRequest(
+                    model=conversation.model,
+                    messages=await self.prompt(conversation),
+                    api_key=self.store.box.open(conversation.api_key_sealed),
+                )
+                async with self.provider_for(conversation.model).stream(request) as deltas:
+                    generation.settle(None)
+                    await self._relay(generation.conversation_id, deltas, parts)
+            return "stop"
+        except asyncio.CancelledError:
+            if not generation.stop_requested:
+                raise  # shutdown or another outside cancel: not ours to absorb
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            return "cancelled"
+        except TimeoutError:
+            logger.info("generation in conversation %d hit max_generation_seconds", generation.conversation_id)
+            return "cancelled"
+        finally:
+            generation.finishing = True  # from here on a stop has nothing left to interrupt
+
+    async def _relay(self, cid: int, deltas: AsyncIterator[str], parts: list[str]) -> None:
+        """Publish deltas, coalescing those that come within `batch_ms` of the last publish.
+
+        A delta after a quiet spell goes out at once (no added latency); a burst is held
+        until the window ends, so one event — one broker round trip — carries many tokens.
+        A separate reader task lets the window close on time while the upstream is silent.
+        """
+        window = self.settings.stream.batch_ms / 1000
+        queue: asyncio.Queue[str | None | BaseException] = asyncio.Queue()
+        reader = asyncio.create_task(_pump(deltas, queue))
+        pending: list[str] = []
+        last_flush = float("-inf")
+        try:
+            while True:
+                timeout = max(0.0, last_flush + window - time.monotonic()) if pending else None
+                try:
+                    async with asyncio.timeout(timeout):
+                        item = await queue.get()
+                except TimeoutError:
+                    item = ""
+                if isinstance(item, str) and item:
+                    pending.append(item)
+                    parts.append(item)
+                if pending and (item is None or time.monotonic() - last_flush >= window):
+                    await self.broker.publish(cid, MESSAGE, "".join(pending))
+                    pending.clear()
+                    last_flush = time.monotonic()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    if pending:
+                        await self.broker.publish(cid, MESSAGE, "".join(pending))
+                    raise item
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _finish(self, generation: Generation, answer: str, reason: str) -> None:
+        cid = generation.conversation_id
+        try:
+            if answer or reason == "stop":
+                saved = await self.store.add_message(cid, "assistant", answer)
+                message_id: int | None = saved.message_id
+            elif await self.store.exists(cid):
+                message_id = None
+            else:
+                raise ConversationNotFound()
+        except ConversationNotFound:
+            return  # deleted mid-answer: nothing to save and nobody left to tell
+        meta = {"message_id": message_id} if message_id is not None else {}
+        await self.broker.publish(cid, DONE, "Stream finished", reason=reason, **meta)
+        await self.broker.publish(cid, FULL_RESPONSE, answer, **meta)
+
+    async def _publish_error(self, generation: Generation, message: str) -> None:
+        try:
+            await self.broker.publish(generation.conversation_id, ERROR, message)
+        except Exception:
+            logger.exception("could not publish the error of conversation %d", generation.conversation_id)
+
+    async def _release(self, generation: Generation) -> None:
+        cid = generation.conversation_id
+        try:
+            await self.store.save_event_watermark(cid, await self.broker.last_event_id(cid))
+        except Exception:
+            logger.exception("could not save the event watermark of conversation %d", cid)
+        await self.broker.release_lock(cid, generation.owner)
+
+    @contextlib.asynccontextmanager
+    async def _keep_lock(self, generation: Generation) -> AsyncIterator[None]:
+        """Renew the lock while the generation runs, so only a dead process lets it expire."""
+        ttl = self.settings.stream.lock_ttl_seconds
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(ttl / 3)
+                if not await self.broker.refresh_lock(generation.conversation_id, generation.owner, ttl):
+                    logger.warning("lost the lock of conversation %d", generation.conversation_id)
+
+        beating = asyncio.create_task(heartbeat())
+        try:
+            yield
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
+    def provider_for(self, model: str) -> Provider:
+        settings = self.catalog.provider_for(model)
+        if settings is None:
+            raise UpstreamError(f"model {model!r} is no longer served here")
+        return self.providers[settings.name]
+
+    async def prompt(self, conversation: Conversation) -> tuple[ChatMessage, ...]:
+        """System prompt, then the newest history that fits the context budget."""
+        system = conversation.system_prompt or self.settings.llm.system_prompt
+        budget = self.settings.llm.context_budget_tokens * CHARS_PER_TOKEN - len(system)
+        history = await self.store.recent_messages(conversation.id, max(budget, 1))
+        return (ChatMessage("system", system), *(ChatMessage(m.role, m.content) for m in history))
+
+
+async def _pump(deltas: AsyncIterator[str], queue: asyncio.Queue[str | None | BaseException]) -> None:
+    try:
+        async for delta in deltas:
+            queue.put_nowait(delta)
+        queue.put_nowait(None)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # handed to the relay, which raises it in the generation task
+        queue.put_nowait(exc)

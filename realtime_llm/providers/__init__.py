@@ -1,0 +1,17 @@
+"""Model providers, chosen per model by the `models` patterns in config."""
+from __future__ import annotations
+
+from realtime_llm.config import ProviderSettings
+from realtime_llm.providers.base import ChatMessage, ChatRequest, Provider, UpstreamError
+
+__all__ = ["ChatMessage", "ChatRequest", "Provider", "UpstreamError", "create_provider"]
+
+
+def create_provider(settings: ProviderSettings) -> Provider:
+    if settings.kind == "openai":
+        from realtime_llm.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(settings)
+    from realtime_llm.providers.demo import DemoProvider
+
+    return DemoProvider(settings)

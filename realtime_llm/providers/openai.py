@@ -1,0 +1,129 @@
+"""Any OpenAI-compatible /chat/completions endpoint, streamed, through one pooled client."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, AsyncIterator
+
+import httpx
+import orjson
+
+from realtime_llm.config import ProviderSettings
+from realtime_llm.providers.base import ChatRequest, Provider, UpstreamError
+from realtime_llm.providers.sse_reader import sse_data
+
+MAX_ERROR_BODY = 4096
+
+
+class OpenAIProvider(Provider):
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.settings = settings
+        self.url = settings.base_url.rstrip("/") + "/chat/completions"
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        timeout = httpx.Timeout(
+            connect=self.settings.connect_timeout,
+            read=self.settings.read_timeout,
+            write=self.settings.connect_timeout,
+            pool=self.settings.connect_timeout,
+        )
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[str]]:
+        assert self._client is not None, "provider not started"
+        key = request.api_key or self.settings.api_key
+        headers = {"Accept": "text/event-stream"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        body = {
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": True,
+        }
+        try:
+            async with self._client.stream(
+                "POST", self.url, content=orjson.dumps(body), headers={**headers, "Content-Type": "application/json"}
+            ) as response:
+                if response.status_code != 200:
+                    raise UpstreamError(await _refusal(response, key))
+                yield _deltas(response, key)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(_network_message(exc, self.settings.name)) from None
+
+
+async def _deltas(response: httpx.Response, key: str) -> AsyncIterator[str]:
+    finished = False
+    try:
+        async for data in sse_data(response.aiter_text()):
+            if data.strip() == "[DONE]":
+                return
+            chunk = _parse_chunk(data, key)
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                delta = choice.get("delta") or {}
+                content = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(content, str) and content:
+                    yield content
+                if choice.get("finish_reason"):
+                    finished = True
+    except httpx.HTTPError as exc:
+        raise UpstreamError(_network_message(exc, "upstream")) from None
+    if not finished:
+        raise UpstreamError("the model's stream ended before the answer was complete")
+
+
+def _parse_chunk(data: str, key: str) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("the model sent malformed data") from None
+    if not isinstance(chunk, dict):
+        raise UpstreamError("the model sent malformed data")
+    if chunk.get("error"):
+        raise UpstreamError(f"the model reported an error: {_redact(_error_text(chunk['error']), key)}")
+    return chunk
+
+
+async def _refusal(response: httpx.Response, key: str) -> str:
+    raw = b""
+    async for part in response.aiter_bytes():
+        raw += part
+        if len(raw) >= MAX_ERROR_BODY:
+            break
+    detail = ""
+    try:
+        body = orjson.loads(raw)
+        detail = _error_text(body.get("error", body) if isinstance(body, dict) else body)
+    except orjson.JSONDecodeError:
+        detail = raw[:300].decode("utf-8", "replace").strip()
+    message = f"the model refused the request (HTTP {response.status_code})"
+    return f"{message}: {_redact(detail, key)}" if detail else message
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("error") or error.get("type") or ""
+    return str(error)[:300]
+
+
+def _redact(text: str, key: str) -> str:
+    return text.replace(key, "[redacted]") if key and len(key) >= 4 else text
+
+
+def _network_message(exc: httpx.HTTPError, name: str) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"could not reach the model provider {name!r} in time"
+    if isinstance(exc, httpx.ConnectError):
+        return f"could not reach the model provider {name!r}"
+    if isinstance(exc, httpx.TimeoutException):
+        return "the model stopped answering (timed out)"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return "the model's connection closed in the middle of the answer"
+    return f"the model request failed ({type(exc).__name__})"

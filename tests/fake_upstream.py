@@ -1,0 +1,155 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server on loopback, steered per request.
+
+The last user message steers it with a directive line, e.g.
+
+    #fake tokens=20 delay_ms=50 drop_after=5
+
+    tokens=N          answer with N tokens "t0 ", "t1 ", ... (default 5)
+    echo=1            answer with the text after the directive line, 3 characters a chunk
+    delay_ms=D        pause before each token
+    status=S          refuse with HTTP S and an OpenAI-style error body
+    drop_after=K      close the connection abruptly after K tokens
+    malformed_after=K send a chunk that is not JSON after K tokens
+    error_after=K     send an in-stream error object after K tokens
+    hang=1            send headers, then nothing
+    no_finish=1       end the stream after the tokens with no finish_reason and no [DONE]
+
+Every request is recorded: its JSON body, its headers, and whether the client closed the
+stream before it ended.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.servers import free_port
+
+
+@dataclass
+class Received:
+    body: dict[str, Any]
+    headers: dict[str, str]
+    completed: bool = False
+    closed_early: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+def parse_directive(messages: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
+    last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    first, _, rest = last.partition("\n")
+    if not first.startswith("#fake"):
+        return {}, last
+    options = dict(part.split("=", 1) for part in first.split()[1:] if "=" in part)
+    return options, rest
+
+
+def _chunk(content: str | None = None, finish: str | None = None, role: str | None = None) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    if role:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": "fake",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def _frame(payload: dict[str, Any], index: int) -> bytes:
+    text = orjson.dumps(payload).decode()
+    if index % 3 == 1:  # exercise multi-line data: the JSON split over two data lines
+        cut = text.index(",") + 1
+        return f"data: {text[:cut]}\ndata: {text[cut:]}\n\n".encode()
+    if index % 3 == 2:  # and comments, and CRLF line endings
+        return f": keep-alive\r\ndata: {text}\r\n\r\n".encode()
+    return f"data: {text}\n\n".encode()
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[Received] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
+
+    async def completions(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        record = Received(body=body, headers=dict(request.headers))
+        self.received.append(record)
+        options, rest = parse_directive(body.get("messages", []))
+        if "status" in options:
+            status = int(options["status"])
+            record.completed = True
+            return JSONResponse({"error": {"message": f"fake refusal {status}", "type": "test"}}, status_code=status)
+        if options.get("echo"):
+            tokens = [rest[i:i + 3] for i in range(0, len(rest), 3)]
+        else:
+            tokens = [f"t{i} " for i in range(int(options.get("tokens", 5)))]
+        return StreamingResponse(self._stream(record, options, tokens), media_type="text/event-stream")
+
+    async def _stream(self, record: Received, options: dict[str, str], tokens: list[str]) -> AsyncIterator[bytes]:
+        delay = int(options.get("delay_ms", 0)) / 1000
+        try:
+            yield _frame(_chunk(role="assistant"), 0)
+            if options.get("hang"):
+                await asyncio.sleep(3600)
+            for i, token in enumerate(tokens):
+                if delay:
+                    await asyncio.sleep(delay)
+                if str(i) == options.get("drop_after"):
+                    raise ConnectionAbortedError("fake upstream drops the connection")
+                if str(i) == options.get("malformed_after"):
+                    yield b"data: {this is not json\n\n"
+                if str(i) == options.get("error_after"):
+                    yield _frame({"error": {"message": "fake in-stream failure"}}, 0)
+                yield _frame(_chunk(token), i + 1)
+            if options.get("no_finish"):
+                record.completed = True
+                return
+            yield _frame(_chunk(finish="stop"), 0)
+            yield b"data: [DONE]\n\n"
+            record.completed = True
+        finally:
+            if not record.completed:
+                record.closed_early = True
+
+    def start(self) -> FakeUpstream:
+        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return False
