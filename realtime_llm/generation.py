@@ -126,7 +126,7 @@ class GenerationEngine:
             generation.settle("internal error")
             await self._publish_error(generation, "the answer failed because of an internal error")
         finally:
-            generation.settle("the generation ended before the model answered")
+            generation.settle(None)  # stopped before the upstream answered: stream what there is
             self._running.pop(cid, None)
             await self._release(generation)
 

@@ -146,6 +146,21 @@ class FakeUpstream:
         if self._thread is not None:
             self._thread.join(5)
 
+    def request_for(self, message: str, timeout: float = 10.0) -> Received:
+        """The recorded request whose last message is `message`, once it has arrived."""
+        def find() -> Received | None:
+            for record in reversed(self.received):
+                messages = record.body.get("messages") or [{}]
+                if messages[-1].get("content") == message:
+                    return record
+            return None
+
+        if not self.wait_for(lambda: find() is not None, timeout):
+            raise AssertionError(f"the upstream never received {message!r}")
+        found = find()
+        assert found is not None
+        return found
+
     def wait_for(self, predicate, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -108,7 +109,7 @@ def test_upstream_receives_prompt_history_and_key(api: Api, upstream: FakeUpstre
     headers, cid = new_chat(api, system_prompt="You are terse.")
     chat_events(api, headers, cid, "#fake tokens=1\none")
     chat_events(api, headers, cid, "#fake tokens=1\ntwo")
-    body = upstream.received[-1].body
+    body = upstream.request_for("#fake tokens=1\ntwo").body
     assert body["stream"] is True and body["model"] == "fake-model"
     assert body["messages"] == [
         {"role": "system", "content": "You are terse."},
@@ -116,7 +117,7 @@ def test_upstream_receives_prompt_history_and_key(api: Api, upstream: FakeUpstre
         {"role": "assistant", "content": "t0 "},
         {"role": "user", "content": "#fake tokens=1\ntwo"},
     ]
-    assert upstream.received[-1].headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert upstream.request_for("#fake tokens=1\ntwo").headers["authorization"] == f"Bearer {PROVIDER_KEY}"
 
     own_key = "sk-conversation-own-key-1234"
     headers, cid = new_chat(api, api_key=own_key)
@@ -166,9 +167,9 @@ def test_second_chat_while_running_is_409(api: Api) -> None:
 def test_stop_closes_upstream_and_saves_partial(api: Api, upstream: FakeUpstream) -> None:
     """Stop really closes the upstream request, saves the partial answer, ends with done(cancelled)."""
     headers, cid = new_chat(api)
-    running = _slow_chat_in_background(api, headers, cid, "#fake tokens=100 delay_ms=50")
-    _wait_running(api, headers, cid)
-    record = upstream.received[-1]
+    message = f"#fake tokens=100 delay_ms=50\n{uuid.uuid4()}"
+    running = _slow_chat_in_background(api, headers, cid, message)
+    record = upstream.request_for(message)
     time.sleep(0.3)
     response = api.http.post(f"/api/chat/{cid}/stop", headers=headers)
     assert response.status_code == 200 and response.json()["stopped"] is True
@@ -186,12 +187,12 @@ def test_stop_closes_upstream_and_saves_partial(api: Api, upstream: FakeUpstream
 def test_disconnect_does_not_stop_generation(api: Api, upstream: FakeUpstream) -> None:
     """A client that hangs up mid-answer leaves the generation running; the answer is saved."""
     headers, cid = new_chat(api)
-    with api.http.stream("POST", f"/api/chat/{cid}", json={"message": "#fake tokens=15 delay_ms=40"},
-                         headers=headers) as response:
+    message = f"#fake tokens=15 delay_ms=40\n{uuid.uuid4()}"
+    with api.http.stream("POST", f"/api/chat/{cid}", json={"message": message}, headers=headers) as response:
         frames = iter_frames(response.iter_lines())
         assert next(frames)["event"] == "user_message"
         assert next(frames)["event"] == "message"
-    record = upstream.received[-1]
+    record = upstream.request_for(message)
     assert upstream.wait_for(lambda: record.completed, 10)
     deadline = time.monotonic() + 5
     while len(history(api, headers, cid)) < 2 and time.monotonic() < deadline:
@@ -330,12 +331,13 @@ def test_bad_last_event_id_is_400(api: Api) -> None:
 def test_delete_mid_generation_stops_it(api: Api, upstream: FakeUpstream) -> None:
     """Deleting a conversation mid-answer closes the upstream and ends its streams."""
     headers, cid = new_chat(api)
-    running = _slow_chat_in_background(api, headers, cid, "#fake tokens=100 delay_ms=50")
-    _wait_running(api, headers, cid)
-    record = upstream.received[-1]
+    message = f"#fake tokens=100 delay_ms=50\n{uuid.uuid4()}"
+    running = _slow_chat_in_background(api, headers, cid, message)
+    record = upstream.request_for(message)
     assert api.http.post(f"/api/conversations/del/{cid}", headers=headers).status_code == 200
     running["thread"].join(15)
     assert not running["thread"].is_alive()
+    assert running["status"] == 200, running
     assert running["events"][-1]["event"] == "error" and "deleted" in running["events"][-1]["data"]
     assert upstream.wait_for(lambda: record.closed_early, 5)
     assert api.http.get(f"/api/conversations/history/{cid}", headers=headers).status_code == 404

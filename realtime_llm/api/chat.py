@@ -85,6 +85,10 @@ async def stream_events(
                 yield _local_error(subscription.last_id, conversation_id, exc)
                 return
             if event is None:
+                ended = await _ended_unseen(services, conversation_id, until_terminal)
+                if ended is not None:
+                    yield _local_error(subscription.last_id, conversation_id, ended)
+                    return
                 yield SSE_KEEPALIVE
                 continue
             yield sse_frame(event)
@@ -92,10 +96,26 @@ async def stream_events(
                 return
 
 
+class GenerationVanished(Exception):
+    pass
+
+
+async def _ended_unseen(services: Services, conversation_id: int, until_terminal: bool) -> Exception | None:
+    """On an idle stream: has the conversation gone, or the awaited generation ended without
+    its final event reaching us? Both would otherwise leave the stream waiting forever."""
+    if not await services.conversations.exists(conversation_id):
+        return ConversationGone()
+    if until_terminal and await services.broker.lock_holder(conversation_id) is None:
+        return GenerationVanished()
+    return None
+
+
 def _local_error(last_id: int, conversation_id: int, exc: Exception) -> bytes:
     """An error for this client only: no `id:` line, so its Last-Event-ID stays valid for resuming."""
     if isinstance(exc, ConversationGone):
         message = "this conversation was deleted"
+    elif isinstance(exc, GenerationVanished):
+        message = "the answer was interrupted; reload the conversation to see what was saved"
     else:
         message = "you fell too far behind the stream; reconnect with Last-Event-ID to resume"
     event = make_event(last_id, ERROR, message, conversation_id=conversation_id)

@@ -1,0 +1,81 @@
+"""Shared pieces of the benchmarks: processes, percentiles, users."""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.servers import ServerProcess, free_port, write_config
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+class UpstreamProcess:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.upstream", str(self.port)])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.post(self.base_url + "/chat/completions", json={"messages": []}, timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("bench upstream did not start")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def start_server(workdir: Path, upstream: UpstreamProcess, **sections: Any) -> ServerProcess:
+    config: dict[str, Any] = {
+        "sqlite": {"path": str(workdir / f"bench-{uuid.uuid4().hex[:6]}.db")},
+        "auth": {"bcrypt_rounds": 4},
+        "llm": {
+            "default_model": "demo",
+            "providers": [
+                {"name": "demo", "kind": "demo", "models": ["demo"]},
+                {"name": "fake", "kind": "openai", "base_url": upstream.base_url, "models": ["fake-*"],
+                 "api_key": "sk-bench"},
+            ],
+        },
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path = write_config(workdir / f"config-{uuid.uuid4().hex[:6]}.yaml", config)
+    return ServerProcess(path, workdir).start()
+
+
+def make_users(base_url: str, count: int) -> list[tuple[dict[str, str], int]]:
+    """`count` users, each with one fake-model conversation: (auth headers, conversation id)."""
+    result = []
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        for _ in range(count):
+            name = f"bench_{uuid.uuid4().hex[:12]}"
+            credentials = {"username": name, "password": "benchmark password"}
+            http.post("/api/users/register", json=credentials).raise_for_status()
+            token = http.post("/api/users/login", json=credentials).json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            cid = http.post("/api/conversations/create", json={"model": "fake-bench"}, headers=headers).json()["conversation_id"]
+            result.append((headers, cid))
+    return result

@@ -1,0 +1,96 @@
+"""Relay overhead of SSE chat: time to first token through realtime-llm minus calling the
+fake upstream directly, at several concurrencies, measured in the same run.
+
+    .venv/bin/python -m bench.relay_overhead [--concurrency 1 100] [--rounds 5]
+
+The upstream, the server and this load generator are three processes. Each stream asks for
+a few tokens; TTFT is from sending the request to receiving the first content delta.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from bench.common import UpstreamProcess, make_users, median, percentile, start_server
+
+PROMPT = "#fake tokens=5 delay_ms=5\nhello"
+
+
+async def direct_ttft(client: httpx.AsyncClient, url: str) -> float:
+    body = {"model": "fake-bench", "stream": True, "messages": [{"role": "user", "content": PROMPT}]}
+    start = time.perf_counter()
+    ttft = None
+    async with client.stream("POST", url + "/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if ttft is None and '"content"' in line:
+                ttft = time.perf_counter() - start
+    if ttft is None:
+        raise RuntimeError("no token from the upstream")
+    return ttft
+
+
+async def relay_ttft(client: httpx.AsyncClient, headers: dict[str, str], cid: int) -> float:
+    start = time.perf_counter()
+    ttft = None
+    async with client.stream("POST", f"/api/chat/{cid}", json={"message": PROMPT}, headers=headers) as response:
+        async for line in response.aiter_lines():
+            if ttft is None and line.startswith("event: message"):
+                ttft = time.perf_counter() - start
+    if ttft is None:
+        raise RuntimeError(f"no token through the server (HTTP {response.status_code})")
+    return ttft
+
+
+async def measure(concurrency: int, rounds: int, upstream_url: str, server_url: str,
+                  users: list[tuple[dict[str, str], int]]) -> tuple[list[float], list[float]]:
+    limits = httpx.Limits(max_connections=concurrency * 2)
+    direct: list[float] = []
+    relay: list[float] = []
+    async with httpx.AsyncClient(timeout=60, limits=limits) as up, \
+            httpx.AsyncClient(base_url=server_url, timeout=60, limits=limits) as srv:
+        for _ in range(rounds):  # alternate so both see the same machine noise
+            direct += await asyncio.gather(*(direct_ttft(up, upstream_url) for _ in range(concurrency)))
+            relay += await asyncio.gather(*(relay_ttft(srv, h, c) for h, c in users[:concurrency]))
+    return direct, relay
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 100])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-ms", type=int, default=25)
+    args = parser.parse_args()
+    upstream = UpstreamProcess()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            server = start_server(Path(tmp), upstream, stream={"batch_ms": args.batch_ms})
+            try:
+                users = make_users(server.url, max(args.concurrency))
+                rows = []
+                for concurrency in args.concurrency:
+                    rounds = args.rounds * (20 if concurrency == 1 else 1)
+                    asyncio.run(measure(concurrency, 1, upstream.base_url, server.url, users))  # warm up
+                    direct, relay = asyncio.run(measure(concurrency, rounds, upstream.base_url, server.url, users))
+                    rows.append((concurrency, len(relay), direct, relay))
+            finally:
+                server.stop()
+    finally:
+        upstream.stop()
+    print("SSE time to first token, ms (direct = the fake upstream called without realtime-llm)")
+    print(f"{'conc':>5} {'n':>5} {'direct p50':>11} {'relay p50':>10} {'added p50':>10}"
+          f" {'direct p99':>11} {'relay p99':>10} {'added p99':>10}")
+    for concurrency, n, direct, relay in rows:
+        d50, r50 = median(direct) * 1000, median(relay) * 1000
+        d99, r99 = percentile(direct, 0.99) * 1000, percentile(relay, 0.99) * 1000
+        print(f"{concurrency:>5} {n:>5} {d50:>11.2f} {r50:>10.2f} {r50 - d50:>10.2f}"
+              f" {d99:>11.2f} {r99:>10.2f} {r99 - d99:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The broker contract, for every implementation: ids, replay, fan-out, bounds, lock, stop."""
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import pytest
+
+from realtime_llm.broker import Broker, SubscriberOverflow, create_broker
+from realtime_llm.broker.base import ConversationGone
+from realtime_llm.config import Settings
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def broker_settings(kind: str) -> Settings:
+    stream = {"replay_events": 50, "subscriber_queue": 20}
+    return Settings().replace(stream=stream)
+
+
+@pytest.fixture(params=["memory"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    instance = create_broker(broker_settings(request.param))
+    await instance.start()
+    yield instance
+    await instance.close()
+
+
+CID = 4242
+
+
+async def test_ids_increase_and_carry_metadata(broker: Broker) -> None:
+    first = await broker.publish(CID, "message", "a", message_id=3)
+    second = await broker.publish(CID, "message", "b")
+    assert second.id == first.id + 1
+    assert first.payload == {"event": "message", "data": "a", "id": first.id, "conversation_id": CID, "message_id": 3}
+    assert await broker.last_event_id(CID) == second.id
+
+
+async def test_event_floor(broker: Broker) -> None:
+    """After ensure_event_floor(n) every new id is above n, and a lower floor changes nothing."""
+    await broker.ensure_event_floor(CID, 100)
+    assert (await broker.publish(CID, "message", "x")).id == 101
+    await broker.ensure_event_floor(CID, 5)
+    assert (await broker.publish(CID, "message", "y")).id == 102
+
+
+async def test_live_subscribers_all_receive_in_order(broker: Broker) -> None:
+    async with broker.subscribe(CID) as one, broker.subscribe(CID) as two:
+        sent = [await broker.publish(CID, "message", str(i)) for i in range(10)]
+        for subscription in (one, two):
+            got = [await subscription.get(timeout=2) for _ in sent]
+            assert [e.id for e in got] == [e.id for e in sent]
+        assert await one.get(timeout=0.05) is None  # nothing more: a timeout, not a hang
+
+
+async def test_replay_after_id_then_live(broker: Broker) -> None:
+    """Subscribing with `after` yields every buffered event after it, then live ones, no gap or repeat."""
+    sent = [await broker.publish(CID, "message", str(i)) for i in range(5)]
+    async with broker.subscribe(CID, after=sent[1].id) as subscription:
+        sent.append(await broker.publish(CID, "message", "live"))
+        got = [await subscription.get(timeout=2) for _ in range(4)]
+    assert [e.id for e in got] == [e.id for e in sent[2:]]
+
+
+async def test_replay_buffer_is_bounded(broker: Broker) -> None:
+    sent = [await broker.publish(CID, "message", str(i)) for i in range(80)]
+    async with broker.subscribe(CID, after=0) as subscription:
+        got = []
+        while (event := await subscription.get(timeout=0.2)) is not None:
+            got.append(event.id)
+    assert got == [e.id for e in sent[-50:]]
+
+
+async def test_slow_subscriber_is_cut_off(broker: Broker) -> None:
+    """A subscriber that does not read is cut off once its queue is full; others are unaffected."""
+    async with broker.subscribe(CID) as slow, broker.subscribe(CID) as fast:
+        for i in range(30):
+            await broker.publish(CID, "message", str(i))
+            assert (await fast.get(timeout=2)) is not None
+        with pytest.raises(SubscriberOverflow):
+            while True:
+                await slow.get(timeout=2)
+
+
+async def test_lock_is_exclusive_and_expires(broker: Broker) -> None:
+    assert await broker.acquire_lock(CID, "a", ttl=0.3)
+    assert not await broker.acquire_lock(CID, "b", ttl=0.3)
+    assert await broker.lock_holder(CID) == "a"
+    assert await broker.refresh_lock(CID, "a", ttl=0.3)
+    assert not await broker.refresh_lock(CID, "b", ttl=0.3)
+    await broker.release_lock(CID, "b")  # not the holder: no effect
+    assert await broker.lock_holder(CID) == "a"
+    await asyncio.sleep(0.4)
+    assert await broker.lock_holder(CID) is None
+    assert await broker.acquire_lock(CID, "b", ttl=5)
+    await broker.release_lock(CID, "b")
+    assert await broker.lock_holder(CID) is None
+
+
+async def test_stop_reaches_the_listener(broker: Broker) -> None:
+    stopped = asyncio.Event()
+    assert not await broker.request_stop(CID)
+    async with broker.on_stop(CID, stopped.set):
+        assert await broker.request_stop(CID)
+        await asyncio.wait_for(stopped.wait(), 2)
+    assert not await broker.request_stop(CID)
+
+
+async def test_drop_ends_subscriptions_and_forgets(broker: Broker) -> None:
+    await broker.publish(CID, "message", "x")
+    async with broker.subscribe(CID) as subscription:
+        await broker.drop(CID)
+        with pytest.raises(ConversationGone):
+            await subscription.get(timeout=2)
+    async with broker.subscribe(CID, after=0) as subscription:
+        assert await subscription.get(timeout=0.1) is None
