@@ -78,13 +78,19 @@ async def serve(settings: Settings, server: uvicorn.Server) -> int:
     # graceful shutdown that should end the process with status 0, not "killed by SIGTERM".
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    running = asyncio.ensure_future(server.serve())
-    while not server.started and not running.done():
-        await asyncio.sleep(0.02)
-    if server.started:
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.02)
         host, port = server.servers[0].sockets[0].getsockname()[:2]
         print(describe(settings, host, port), flush=True)
-    await running
+
+    announcing = asyncio.create_task(announce())
+    try:
+        await server.serve()
+    except SystemExit as exc:  # uvicorn exits this way when it cannot bind or start up
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        announcing.cancel()
     return 0 if server.started else 1
 
 
