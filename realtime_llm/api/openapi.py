@@ -138,6 +138,16 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "ChatMessage": {
+        "type": "object",
+        "required": ["message"],
+        "properties": {"message": {"type": "string", "minLength": 1}},
+    },
+    "Stopped": {
+        "type": "object",
+        "required": ["message", "stopped"],
+        "properties": {"message": {"type": "string"}, "stopped": {"type": "boolean"}},
+    },
     "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
 }
 
@@ -167,6 +177,32 @@ PATHS: dict[str, Any] = {
     },
     "/api/conversations/del/{id}": {
         "post": _op("Delete a conversation", {"200": _json(_ref("Message"), "deleted")}, params=True)
+    },
+    "/api/chat/{id}": {
+        "post": _op(
+            "Send a message; the answer streams as Server-Sent Events",
+            {"200": {"description": "events until full_response or error",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+             "409": ERROR, "502": ERROR},
+            body="ChatMessage", params=True,
+        )
+    },
+    "/api/chat/{id}/events": {
+        "get": {
+            **_op("The conversation's events, live; replays after Last-Event-ID first",
+                  {"200": {"description": "events, until the client leaves",
+                           "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                  params=True),
+            "parameters": [
+                ID_PARAM,
+                {"name": "last_event_id", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+            ],
+        }
+    },
+    "/api/chat/{id}/stop": {
+        "post": _op("Stop the running generation (the partial answer is saved)",
+                    {"200": _json(_ref("Stopped"), "stop requested")}, params=True)
     },
     "/healthz": {"get": _op("Process is up", {"200": _json(_ref("Status"), "up")}, secured=False)},
     "/readyz": {
