@@ -204,6 +204,9 @@ PATHS: dict[str, Any] = {
         "post": _op("Stop the running generation (the partial answer is saved)",
                     {"200": _json(_ref("Stopped"), "stop requested")}, params=True)
     },
+    "/openapi.json": {
+        "get": _op("This document", {"200": _json({"type": "object"}, "the OpenAPI document")}, secured=False)
+    },
     "/healthz": {"get": _op("Process is up", {"200": _json(_ref("Status"), "up")}, secured=False)},
     "/readyz": {
         "get": _op("Database reachable", {"200": _json(_ref("Status"), "ready"),
