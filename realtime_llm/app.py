@@ -5,15 +5,15 @@ import contextlib
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
-from realtime_llm.api import chat, conversations, health, openapi, users
+from realtime_llm.api import chat, conversations, health, openapi, users, ws
 from realtime_llm.config import Settings
 from realtime_llm.errors import EXCEPTION_HANDLERS
 from realtime_llm.services import open_services
 
 
-def routes() -> list[Route]:
+def routes() -> list[Route | WebSocketRoute]:
     return [
         Route("/api/users/register", users.register, methods=["POST"]),
         Route("/api/users/login", users.login, methods=["POST"]),
@@ -27,6 +27,7 @@ def routes() -> list[Route]:
         Route("/api/chat/{id}", chat.chat, methods=["POST"]),
         Route("/api/chat/{id}/events", chat.events, methods=["GET"]),
         Route("/api/chat/{id}/stop", chat.stop, methods=["POST"]),
+        WebSocketRoute("/ws/conversations/{id}", ws.conversation_socket),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),

@@ -70,6 +70,12 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         log_level="info",
         access_log=False,
         server_header=False,
+        ws_max_size=settings.limits.max_ws_frame_bytes,
+        ws_ping_interval=settings.stream.keepalive_seconds,
+        ws_ping_timeout=settings.stream.keepalive_seconds,
+        # Token deltas are small frames: compression costs more CPU than it saves bytes.
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=10,
     )
 
 

@@ -76,6 +76,7 @@ class LimitsSettings:
     max_message_chars: int = 32_000
     max_system_prompt_chars: int = 8_000
     max_api_key_chars: int = 512
+    max_ws_frame_bytes: int = 262_144  # larger WebSocket frames close the socket with 1009
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class StreamSettings:
     keepalive_seconds: float = 15.0  # SSE comment / WebSocket ping when idle
     lock_ttl_seconds: float = 30.0  # a generation's lock expires unless its process renews it
     max_generation_seconds: float = 600.0  # a generation running longer than this is stopped
+    ws_auth_timeout_seconds: float = 10.0  # a socket must authenticate within this
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,12 @@ def make_event(event_id: int, event_type: str, data: str, **metadata: Any) -> Ev
     return Event(event_id, event_type, encode_json(body))
 
 
+def local_json(event_type: str, data: str, **metadata: Any) -> bytes:
+    """A frame for one client only (ready, pong, its own errors). It has no id: it is not
+    part of the conversation's sequence, so a client's last event id stays valid."""
+    return encode_json({"event": event_type, "data": data, **metadata})
+
+
 def sse_frame(event: Event) -> bytes:
     """A standards-conforming SSE frame; orjson escapes every CR and LF inside the JSON."""
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), event.json)

@@ -28,7 +28,7 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
     config: dict[str, Any] = {
         "auth": {"bcrypt_rounds": 4},
         "jwt": {"secret_file": str(workdir / "jwt.secret")},
-        "stream": {"keepalive_seconds": 1, "batch_ms": 0},
+        "stream": {"keepalive_seconds": 1, "batch_ms": 0, "ws_auth_timeout_seconds": 1, "subscriber_queue": 50},
         "llm": {"default_model": "demo", "providers": providers},
     }
     if database == "sqlite":

@@ -5,6 +5,7 @@ The last user message steers it with a directive line, e.g.
     #fake tokens=20 delay_ms=50 drop_after=5
 
     tokens=N          answer with N tokens "t0 ", "t1 ", ... (default 5)
+    size=N            pad each token with "x" to N characters
     echo=1            answer with the text after the directive line, 3 characters a chunk
     delay_ms=D        pause before each token
     status=S          refuse with HTTP S and an OpenAI-style error body
@@ -99,7 +100,8 @@ class FakeUpstream:
         if options.get("echo"):
             tokens = [rest[i:i + 3] for i in range(0, len(rest), 3)]
         else:
-            tokens = [f"t{i} " for i in range(int(options.get("tokens", 5)))]
+            size = int(options.get("size", 0))
+            tokens = [f"t{i} ".ljust(size, "x") for i in range(int(options.get("tokens", 5)))]
         return StreamingResponse(self._stream(record, options, tokens), media_type="text/event-stream")
 
     async def _stream(self, record: Received, options: dict[str, str], tokens: list[str]) -> AsyncIterator[bytes]:

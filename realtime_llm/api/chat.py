@@ -9,9 +9,9 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.bodies import path_id, read_json_object, required_string
-from realtime_llm.broker.base import ConversationGone, SubscriberOverflow
+from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, SubscriberOverflow
 from realtime_llm.errors import BadRequest, PayloadTooLarge, UpstreamError
-from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, make_event, sse_frame
+from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_frame
 from realtime_llm.services import Services
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -81,13 +81,13 @@ async def stream_events(
         while True:
             try:
                 event = await subscription.get(timeout=keepalive)
-            except (SubscriberOverflow, ConversationGone) as exc:
-                yield _local_error(subscription.last_id, conversation_id, exc)
+            except (SubscriberOverflow, ConversationGone, ShuttingDown, BrokerUnavailable) as exc:
+                yield _local_error(conversation_id, exc)
                 return
             if event is None:
                 ended = await _ended_unseen(services, conversation_id, until_terminal)
                 if ended is not None:
-                    yield _local_error(subscription.last_id, conversation_id, ended)
+                    yield _local_error(conversation_id, ended)
                     return
                 yield SSE_KEEPALIVE
                 continue
@@ -110,13 +110,19 @@ async def _ended_unseen(services: Services, conversation_id: int, until_terminal
     return None
 
 
-def _local_error(last_id: int, conversation_id: int, exc: Exception) -> bytes:
-    """An error for this client only: no `id:` line, so its Last-Event-ID stays valid for resuming."""
+def stream_end_message(exc: Exception) -> str:
+    """Why a subscriber's stream ended, in words for a person."""
     if isinstance(exc, ConversationGone):
-        message = "this conversation was deleted"
-    elif isinstance(exc, GenerationVanished):
-        message = "the answer was interrupted; reload the conversation to see what was saved"
-    else:
-        message = "you fell too far behind the stream; reconnect with Last-Event-ID to resume"
-    event = make_event(last_id, ERROR, message, conversation_id=conversation_id)
-    return b"event: error\ndata: %s\n\n" % event.json
+        return "this conversation was deleted"
+    if isinstance(exc, GenerationVanished):
+        return "the answer was interrupted; reload the conversation to see what was saved"
+    if isinstance(exc, ShuttingDown):
+        return "the server is restarting; reconnect to resume"
+    if isinstance(exc, BrokerUnavailable):
+        return "live updates are unavailable right now; reconnect to resume"
+    return "you fell too far behind the stream; reconnect with Last-Event-ID to resume"
+
+
+def _local_error(conversation_id: int, exc: Exception) -> bytes:
+    """An error for this client only: no `id:` line, so its Last-Event-ID stays valid for resuming."""
+    return b"event: error\ndata: %s\n\n" % local_json(ERROR, stream_end_message(exc), conversation_id=conversation_id)

@@ -6,6 +6,7 @@ import asyncio
 import collections
 from typing import Any, AsyncContextManager, Callable, Iterable
 
+from realtime_llm.errors import ServiceUnavailable
 from realtime_llm.events import Event
 
 
@@ -17,8 +18,15 @@ class ConversationGone(Exception):
     """The conversation was deleted while subscribed."""
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(ServiceUnavailable):
     """The broker's backing service cannot be reached."""
+
+    def __init__(self, message: str = "the message broker is unavailable; try again shortly") -> None:
+        super().__init__(message)
+
+
+class ShuttingDown(Exception):
+    """This server process is shutting down; reconnect (to another one) and resume."""
 
 
 _FAILED = object()
@@ -73,9 +81,55 @@ class Subscription:
 
 
 class Broker(abc.ABC):
-    """Carries events of conversations between generations and subscribers."""
+    """Carries events of conversations between generations and subscribers.
+
+    Every implementation keeps this process's subscriptions in `_local`, so that ending
+    them (on delete, on shutdown, when the backing service fails) works the same way.
+    """
 
     name = "broker"
+
+    def __init__(self) -> None:
+        self._local: dict[int, set[Subscription]] = {}
+
+    def _add_local(self, subscription: Subscription) -> bool:
+        """Register a subscription; True if it is the conversation's first in this process."""
+        subscriptions = self._local.setdefault(subscription.conversation_id, set())
+        subscriptions.add(subscription)
+        return len(subscriptions) == 1
+
+    def _remove_local(self, subscription: Subscription) -> bool:
+        """Unregister a subscription; True if it was the conversation's last in this process."""
+        subscriptions = self._local.get(subscription.conversation_id)
+        if subscriptions is None:
+            return False
+        subscriptions.discard(subscription)
+        if subscriptions:
+            return False
+        del self._local[subscription.conversation_id]
+        return True
+
+    def _deliver_local(self, conversation_id: int, event: Event) -> None:
+        for subscription in self._local.get(conversation_id, ()):
+            subscription.deliver(event)
+
+    def _fail_local(self, conversation_id: int | None, error: Exception) -> None:
+        """End this process's subscriptions of one conversation, or of all (None)."""
+        if conversation_id is None:
+            groups = list(self._local.values())
+        else:
+            groups = [self._local.get(conversation_id, set())]
+        for subscriptions in groups:
+            for subscription in list(subscriptions):
+                subscription.fail(error)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._local.values())
+
+    def end_all_subscriptions(self, error: Exception) -> None:
+        """On shutdown: every stream and socket of this process ends (and closes 1001)."""
+        self._fail_local(None, error)
 
     async def start(self) -> None:
         """Open connections and background tasks; called once from the lifespan."""
@@ -90,6 +144,10 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncContextManager[Subscription]:
         """Live events from now on; with `after`, first every buffered event with a larger id."""
+
+    @abc.abstractmethod
+    async def replay(self, conversation_id: int, after: int) -> list[Event]:
+        """The buffered events with ids above `after`, oldest first."""
 
     @abc.abstractmethod
     async def last_event_id(self, conversation_id: int) -> int:

@@ -18,7 +18,6 @@ class _Channel:
     buffer: collections.deque[Event]
     last_id: int = 0
     touched: float = field(default_factory=time.monotonic)
-    subscribers: set[Subscription] = field(default_factory=set)
     stop_callbacks: set[Callable[[], None]] = field(default_factory=set)
     lock_owner: str | None = None
     lock_expires: float = 0.0
@@ -30,6 +29,7 @@ class MemoryBroker(Broker):
     name = "in-process"
 
     def __init__(self, settings: StreamSettings) -> None:
+        super().__init__()
         self.settings = settings
         self._channels: dict[int, _Channel] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -56,22 +56,24 @@ class MemoryBroker(Broker):
         channel.last_id += 1
         event = make_event(channel.last_id, event_type, data, conversation_id=conversation_id, **metadata)
         channel.buffer.append(event)
-        for subscription in channel.subscribers:
-            subscription.deliver(event)
+        self._deliver_local(conversation_id, event)
         return event
 
     @contextlib.asynccontextmanager
     async def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncIterator[Subscription]:
         channel = self._channel(conversation_id)
-        backlog = [e for e in channel.buffer if e.id > after] if after is not None else []
+        backlog = await self.replay(conversation_id, after) if after is not None else []
         subscription = Subscription(conversation_id, self.settings.subscriber_queue, backlog)
         if after is None:
             subscription.last_id = channel.last_id
-        channel.subscribers.add(subscription)
+        self._add_local(subscription)
         try:
             yield subscription
         finally:
-            channel.subscribers.discard(subscription)
+            self._remove_local(subscription)
+
+    async def replay(self, conversation_id: int, after: int) -> list[Event]:
+        return [e for e in self._channel(conversation_id).buffer if e.id > after]
 
     async def last_event_id(self, conversation_id: int) -> int:
         return self._channel(conversation_id).last_id
@@ -123,11 +125,8 @@ class MemoryBroker(Broker):
         return bool(callbacks)
 
     async def drop(self, conversation_id: int) -> None:
-        channel = self._channels.pop(conversation_id, None)
-        if channel is None:
-            return
-        for subscription in list(channel.subscribers):
-            subscription.fail(ConversationGone("conversation deleted"))
+        self._channels.pop(conversation_id, None)
+        self._fail_local(conversation_id, ConversationGone("conversation deleted"))
 
     async def _sweep_idle(self) -> None:
         """Drop replay buffers of conversations nobody has touched for replay_ttl_seconds."""
@@ -136,6 +135,6 @@ class MemoryBroker(Broker):
             await asyncio.sleep(min(60.0, ttl / 2))
             cutoff = time.monotonic() - ttl
             for conversation_id, channel in list(self._channels.items()):
-                idle = not channel.subscribers and not channel.stop_callbacks and channel.lock_owner is None
+                idle = conversation_id not in self._local and not channel.stop_callbacks and channel.lock_owner is None
                 if idle and channel.touched < cutoff:
                     del self._channels[conversation_id]

@@ -1,0 +1,219 @@
+"""/ws/conversations/{id}: one WebSocket per open conversation (DESIGN.md, WebSocket section)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from realtime_llm.api.access import Caller, authenticate_token, bearer_token, services_of
+from realtime_llm.api.chat import stream_end_message
+from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, Subscription, SubscriberOverflow
+from realtime_llm.errors import APIError, ConversationNotFound, Unauthorized
+from realtime_llm.events import ERROR, local_json
+from realtime_llm.services import Services
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+CLOSE_AUTH = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+class CloseSocket(Exception):
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+async def conversation_socket(websocket: WebSocket) -> None:
+    services = services_of(websocket)
+    await websocket.accept()
+    try:
+        caller, after = await _authenticate(websocket, services)
+        conversation_id = _socket_id(websocket.path_params["id"])
+        await services.conversations.get_owned(conversation_id, caller.user.id)
+        async with services.broker.subscribe(conversation_id, after) as subscription:
+            await ConversationSocket(websocket, services, caller, conversation_id, subscription).run()
+    except CloseSocket as close:
+        await _close(websocket, close.code, close.reason)
+    except ConversationNotFound:
+        await _close(websocket, CLOSE_NOT_FOUND, "conversation not found")
+    except BrokerUnavailable:
+        await _close(websocket, CLOSE_TRY_AGAIN, "live updates are unavailable right now")
+    except WebSocketDisconnect:
+        pass
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):  # the peer may be gone already
+        await websocket.close(code, reason)
+
+
+def _socket_id(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16:
+        raise CloseSocket(CLOSE_NOT_FOUND, "conversation not found")
+    return int(raw)
+
+
+def _event_id(value: Any) -> int | None:
+    """A client-supplied last event id: a non-negative integer, or None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    raise ValueError("last_event_id must be a non-negative integer")
+
+
+async def _authenticate(websocket: WebSocket, services: Services) -> tuple[Caller, int | None]:
+    """Header auth on the upgrade, else a first {"type":"auth"} frame within 10 seconds."""
+    token = bearer_token(websocket)
+    raw_after: Any = websocket.query_params.get("last_event_id")
+    if token is None:
+        try:
+            async with asyncio.timeout(services.settings.stream.ws_auth_timeout_seconds):
+                message = await websocket.receive()
+        except TimeoutError:
+            raise CloseSocket(CLOSE_AUTH, "authentication timed out") from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        frame = _parse(message.get("text"))
+        if not isinstance(frame, dict) or frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
+            raise CloseSocket(CLOSE_AUTH, 'the first frame must be {"type":"auth","token":...}')
+        token, raw_after = frame["token"], frame.get("last_event_id")
+    try:
+        after = _event_id(raw_after)
+    except ValueError:
+        raise CloseSocket(CLOSE_AUTH, "last_event_id must be a non-negative integer") from None
+    try:
+        return await authenticate_token(services, token), after
+    except Unauthorized as exc:
+        raise CloseSocket(CLOSE_AUTH, exc.message) from None
+
+
+def _parse(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class ConversationSocket:
+    """An authenticated socket on one conversation: events out, commands in."""
+
+    def __init__(self, websocket: WebSocket, services: Services, caller: Caller, conversation_id: int,
+                 subscription: Subscription) -> None:
+        self.websocket = websocket
+        self.services = services
+        self.caller = caller
+        self.conversation_id = conversation_id
+        self.subscription = subscription
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, payload: bytes) -> None:
+        async with self._send_lock:
+            await self.websocket.send_text(payload.decode())
+
+    async def send_error(self, message: str, code: str = "bad_request") -> None:
+        await self.send(local_json(ERROR, message, conversation_id=self.conversation_id, code=code))
+
+    async def run(self) -> None:
+        holder = await self.services.broker.lock_holder(self.conversation_id)
+        await self.send(local_json(
+            "ready", "", conversation_id=self.conversation_id, generating=holder is not None,
+            last_event_id=max(self.subscription.last_id, await self.services.broker.last_event_id(self.conversation_id)),
+        ))
+        pump = asyncio.create_task(self._pump_events())
+        read = asyncio.create_task(self._read_frames())
+        try:
+            done, _ = await asyncio.wait({pump, read}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, read):
+                task.cancel()
+            await asyncio.gather(pump, read, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _pump_events(self) -> None:
+        """Conversation events to the socket. A client that stops reading blocks the send,
+        its bounded queue fills, and it is cut off: it never grows the server's memory."""
+        try:
+            while True:
+                event = await self.subscription.get()
+                assert event is not None
+                await self.send(event.json)
+        except (SubscriberOverflow, ShuttingDown, ConversationGone, BrokerUnavailable) as exc:
+            code = {SubscriberOverflow: CLOSE_POLICY, ShuttingDown: CLOSE_GOING_AWAY,
+                    ConversationGone: CLOSE_NOT_FOUND, BrokerUnavailable: CLOSE_TRY_AGAIN}[type(exc)]
+            if not isinstance(exc, SubscriberOverflow):  # a client that does not read gets nothing more
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        await self.send_error(stream_end_message(exc), code="stream_ended")
+            raise CloseSocket(code, stream_end_message(exc)[:120]) from None
+
+    async def _read_frames(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                raise CloseSocket(CLOSE_UNSUPPORTED, "binary frames are not supported")
+            frame = _parse(message.get("text"))
+            if not isinstance(frame, dict):
+                await self.send_error("a frame must be a JSON object")
+                continue
+            try:
+                await self._handle(frame)
+            except ConversationNotFound:
+                raise CloseSocket(CLOSE_NOT_FOUND, "conversation not found") from None
+            except APIError as exc:
+                await self.send_error(exc.message, exc.code)
+
+    async def _handle(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "ping":
+            await self.send(local_json("pong", ""))
+        elif kind == "message":
+            await self._start_generation(frame)
+        elif kind == "stop":
+            await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
+            await self.services.broker.request_stop(self.conversation_id)
+        elif kind == "resume":
+            await self._resume(frame)
+        elif kind == "auth":
+            await self.send_error("this socket is already authenticated")
+        elif isinstance(kind, str):
+            await self.send_error(f"unknown frame type {kind[:40]!r}")
+        else:
+            await self.send_error("a frame needs a string 'type'")
+
+    async def _start_generation(self, frame: dict[str, Any]) -> None:
+        content = frame.get("content")
+        limit = self.services.settings.limits.max_message_chars
+        if not isinstance(content, str):
+            await self.send_error("'content' must be a string")
+        elif not content.strip():
+            await self.send_error("'content' must not be empty")
+        elif len(content) > limit:
+            await self.send_error(f"'content' is longer than {limit} characters", code="payload_too_large")
+        else:
+            conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
+            await self.services.engine.start(conversation, content)
+
+    async def _resume(self, frame: dict[str, Any]) -> None:
+        try:
+            after = _event_id(frame.get("last_event_id"))
+        except ValueError as exc:
+            await self.send_error(str(exc))
+            return
+        for event in await self.services.broker.replay(self.conversation_id, after or 0):
+            await self.send(event.json)

@@ -1,0 +1,210 @@
+"""The conversation WebSocket through the real server: auth, events, commands, hostile clients."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import Api
+from tests.servers import ServerProcess
+from tests.test_chat import assert_complete, chat_events, history, new_chat
+from tests.wsclient import Socket, bearer
+
+
+def ready(socket: Socket) -> dict:
+    frame = socket.recv()
+    assert frame["event"] == "ready", frame
+    return frame
+
+
+def test_header_auth_ready_and_chat(server: ServerProcess, api: Api) -> None:
+    """Header auth gets `ready`; a message frame streams the whole sequence to the socket."""
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as socket:
+        frame = ready(socket)
+        assert frame == {"event": "ready", "data": "", "conversation_id": cid, "generating": False,
+                         "last_event_id": frame["last_event_id"]}
+        socket.send({"type": "message", "content": "#fake tokens=4"})
+        events = socket.recv_until("full_response")
+    assert assert_complete(events, cid) == "t0 t1 t2 t3 "
+    assert [m["role"] for m in history(api, headers, cid)] == ["user", "assistant"]
+
+
+def test_first_frame_auth(server: ServerProcess, api: Api) -> None:
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid) as socket:
+        socket.send({"type": "auth", "token": bearer(headers)})
+        assert ready(socket)["conversation_id"] == cid
+        socket.send({"type": "ping"})
+        assert socket.recv() == {"event": "pong", "data": ""}
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["not json", {"type": "auth"}, {"type": "auth", "token": "garbage"}, {"type": "message", "content": "hi"},
+     {"type": "auth", "token": 5}],
+)
+def test_bad_auth_closes_4401(server: ServerProcess, api: Api, first) -> None:
+    _, cid = new_chat(api)
+    with Socket(server.url, cid) as socket:
+        socket.send(first)
+        assert socket.close_code() == 4401
+
+
+def test_bad_header_token_and_logged_out_token_close_4401(server: ServerProcess, api: Api) -> None:
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, {"Authorization": "Bearer forged.token.here"}) as socket:
+        assert socket.close_code() == 4401
+    api.http.post("/api/users/logout", headers=headers)
+    with Socket(server.url, cid, headers) as socket:
+        assert socket.close_code() == 4401
+
+
+def test_auth_timeout_closes_4401(server: ServerProcess, api: Api) -> None:
+    """A socket that never authenticates is closed (the test server allows 1 s)."""
+    _, cid = new_chat(api)
+    with Socket(server.url, cid) as socket:
+        assert socket.close_code(timeout=5) == 4401
+
+
+def test_someone_elses_or_missing_conversation_closes_4404(server: ServerProcess, api: Api) -> None:
+    """Another user's conversation closes exactly like a missing one."""
+    _, cid = new_chat(api)
+    intruder = api.new_user()
+    for target in (cid, 2**52, "abc", "-1"):
+        with Socket(server.url, target, intruder) as socket:
+            assert socket.close_code() == 4404, target
+
+
+def test_second_tab_sees_everything(server: ServerProcess, api: Api) -> None:
+    """Two sockets on one conversation both get the user message and the whole stream, in order."""
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as first, Socket(server.url, cid, headers) as second:
+        ready(first), ready(second)
+        first.send({"type": "message", "content": "#fake tokens=5 delay_ms=10"})
+        a, b = first.recv_until("full_response"), second.recv_until("full_response")
+    assert a == b
+    assert a[0]["event"] == "user_message" and a[0]["data"] == "#fake tokens=5 delay_ms=10"
+
+
+def test_sse_chat_reaches_the_socket(server: ServerProcess, api: Api) -> None:
+    """A generation started over HTTP streams to the conversation's sockets too."""
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as socket:
+        ready(socket)
+        sse = chat_events(api, headers, cid, "#fake tokens=3")
+        assert socket.recv_until("full_response") == sse
+
+
+def test_stop_frame(server: ServerProcess, api: Api) -> None:
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as socket:
+        ready(socket)
+        socket.send({"type": "message", "content": "#fake tokens=200 delay_ms=20"})
+        socket.recv_until("message")
+        socket.send({"type": "stop"})
+        events = socket.recv_until("full_response")
+    assert [e for e in events if e["event"] == "done"][0]["reason"] == "cancelled"
+
+
+def test_generating_flag_and_conflict(server: ServerProcess, api: Api) -> None:
+    """`ready` says a generation runs; a message meanwhile gets an error event, the socket stays."""
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as first:
+        ready(first)
+        first.send({"type": "message", "content": "#fake tokens=50 delay_ms=20"})
+        first.recv_until("message")
+        with Socket(server.url, cid, headers) as second:
+            assert ready(second)["generating"] is True
+            second.send({"type": "message", "content": "again"})
+            error = second.recv_until("error")[-1]
+            assert error["code"] == "conflict" and "id" not in error
+        first.send({"type": "stop"})
+        first.recv_until("full_response")
+
+
+def test_resume_on_connect_and_on_open_socket(server: ServerProcess, api: Api) -> None:
+    """last_event_id on connect replays after it (after `ready`); a resume frame re-sends."""
+    headers, cid = new_chat(api)
+    events = chat_events(api, headers, cid, "#fake tokens=4")
+    pivot = events[2]["id"]
+    with Socket(server.url, cid) as socket:
+        socket.send({"type": "auth", "token": bearer(headers), "last_event_id": pivot})
+        assert ready(socket)["last_event_id"] == events[-1]["id"]
+        assert socket.recv_until("full_response") == events[3:]
+        socket.send({"type": "resume", "last_event_id": events[0]["id"]})
+        assert socket.recv_until("full_response") == events[1:]
+    with Socket(server.url, cid, headers, query=f"last_event_id={pivot}") as socket:
+        ready(socket)
+        assert socket.recv_until("full_response") == events[3:]
+
+
+@pytest.mark.parametrize(
+    "frame, words",
+    [
+        ("{not json", "JSON object"),
+        ("[1, 2]", "JSON object"),
+        ({"type": "dance"}, "unknown frame type"),
+        ({"type": 5}, "string 'type'"),
+        ({"no": "type"}, "string 'type'"),
+        ({"type": "message"}, "'content' must be a string"),
+        ({"type": "message", "content": 12}, "'content' must be a string"),
+        ({"type": "message", "content": "   "}, "must not be empty"),
+        ({"type": "message", "content": "x" * 32_001}, "longer than"),
+        ({"type": "resume", "last_event_id": "abc"}, "non-negative integer"),
+        ({"type": "resume", "last_event_id": -5}, "non-negative integer"),
+        ({"type": "auth", "token": "x"}, "already authenticated"),
+    ],
+)
+def test_bad_frames_get_error_and_socket_stays(server: ServerProcess, api: Api, frame, words: str) -> None:
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as socket:
+        ready(socket)
+        socket.send(frame)
+        error = socket.recv()
+        assert error["event"] == "error" and words in error["data"], error
+        socket.send({"type": "ping"})
+        assert socket.recv()["event"] == "pong"
+    assert history(api, headers, cid) == []
+
+
+def test_binary_frame_closes_1003(server: ServerProcess, api: Api) -> None:
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as socket:
+        ready(socket)
+        socket.send(b"\x00\x01binary")
+        assert socket.close_code() == 1003
+
+
+def test_oversized_frame_closes_1009(server: ServerProcess, api: Api) -> None:
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as socket:
+        ready(socket)
+        socket.send({"type": "message", "content": "x" * 300_000})
+        assert socket.close_code() == 1009
+    assert api.http.get("/healthz").status_code == 200
+
+
+def test_client_that_does_not_read_is_cut_off(server: ServerProcess, api: Api) -> None:
+    """A socket that never reads fills its bounded queue and is closed 1008; others carry on."""
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as lazy:
+        lazy.send({"type": "message", "content": "#fake tokens=3000 size=2000"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(history(api, headers, cid)) < 2:
+            time.sleep(0.1)
+        assert len(history(api, headers, cid)) == 2  # the generation finished regardless
+        assert lazy.close_code(timeout=30) == 1008
+    with Socket(server.url, cid, headers) as fresh:
+        ready(fresh)
+        fresh.send({"type": "ping"})
+        assert fresh.recv()["event"] == "pong"
+
+
+def test_deleting_the_conversation_closes_its_sockets(server: ServerProcess, api: Api) -> None:
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as socket:
+        ready(socket)
+        api.http.post(f"/api/conversations/del/{cid}", headers=headers)
+        assert socket.recv()["event"] == "error"
+        assert socket.close_code() == 4404

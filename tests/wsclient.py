@@ -1,0 +1,64 @@
+"""A small synchronous WebSocket client for tests, on the `websockets` library."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+
+class Socket:
+    """A conversation socket: send frames, read events, see how it closed."""
+
+    def __init__(self, base_url: str, cid: int | str, headers: dict[str, str] | None = None, query: str = "") -> None:
+        url = base_url.replace("http://", "ws://") + f"/ws/conversations/{cid}" + (f"?{query}" if query else "")
+        self._connecting = connect(url, additional_headers=headers or {}, open_timeout=10,
+                                   max_size=None, compression=None)
+        self.conn: ClientConnection = self._connecting.__enter__()
+
+    def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        self.conn.send(frame if isinstance(frame, (str, bytes)) else orjson.dumps(frame).decode())
+
+    def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        return orjson.loads(self.conn.recv(timeout=timeout))  # type: ignore[no-any-return]
+
+    def recv_until(self, event: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Events up to and including the first of type `event`."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            frame = self.recv(timeout=max(0.01, deadline - time.monotonic()))
+            seen.append(frame)
+            if frame["event"] == event:
+                return seen
+
+    def close_code(self, timeout: float = 10.0) -> int | None:
+        """Read until the server closes; its close code."""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                self.conn.recv(timeout=max(0.01, deadline - time.monotonic()))
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        except TimeoutError:
+            return None
+        return None
+
+    def close(self) -> None:
+        self._connecting.__exit__(None, None, None)
+
+    def __enter__(self) -> Socket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def auth_socket(base_url: str, cid: int | str, headers: dict[str, str], **kwargs: Any) -> Socket:
+    return Socket(base_url, cid, headers=headers, **kwargs)
+
+
+def bearer(headers: dict[str, str]) -> str:
+    return headers["Authorization"].split(" ", 1)[1]
