@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,6 +62,18 @@ def describe(settings: Settings, host: str, port: int) -> str:
     )
 
 
+class RealtimeServer(uvicorn.Server):
+    """uvicorn would close WebSockets with 1012 and wait for endless SSE streams; ours end
+    them first, sockets with 1001 as DESIGN.md promises."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        services = getattr(self.config.app.state, "services", None)
+        if services is not None:
+            services.begin_shutdown()
+            await asyncio.sleep(0.2)  # let the closing frames go out
+        await super().shutdown(sockets)
+
+
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         create_app(settings),
@@ -111,6 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     if settings.server.workers > 1:
         print("realtime-llm: --workers > 1 is not available yet in this version", file=sys.stderr)
         return 2
-    server = uvicorn.Server(uvicorn_config(settings))
+    server = RealtimeServer(uvicorn_config(settings))
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         return runner.run(serve(settings, server))

@@ -11,6 +11,7 @@ from databases import Database
 
 from realtime_llm.auth import PasswordHasher, TokenIssuer
 from realtime_llm.broker import Broker, create_broker
+from realtime_llm.broker.base import ShuttingDown
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
 from realtime_llm.generation import GenerationEngine
@@ -38,6 +39,11 @@ class Services:
     broker: Broker
     providers: dict[str, Provider]
     engine: GenerationEngine
+
+    def begin_shutdown(self) -> None:
+        """End every stream and socket of this process (sockets close with 1001), so clients
+        reconnect — to another process — and resume from their last event id."""
+        self.broker.end_all_subscriptions(ShuttingDown())
 
 
 def server_secret(settings: Settings) -> str:
