@@ -29,6 +29,8 @@ class RedisSettings:
     password: str = ""
     db: int = 0
     url: str = ""  # redis://... ; REDIS_URL sets it and wins over address
+    key_prefix: str = "rtllm"  # every key and channel starts with this
+    socket_timeout: float = 5.0  # every Redis call gives up after this
 
     @property
     def enabled(self) -> bool:

@@ -45,6 +45,14 @@ def make_event(event_id: int, event_type: str, data: str, **metadata: Any) -> Ev
     return Event(event_id, event_type, encode_json(body))
 
 
+def event_template(event_type: str, data: str, **metadata: Any) -> tuple[bytes, bytes]:
+    """The event's JSON in two halves around its id, for a broker that assigns the id
+    elsewhere (inside Redis): prefix + str(id) + suffix == make_event(id, ...).json."""
+    prefix = encode_json({"event": event_type, "data": data})[:-1] + b',"id":'
+    suffix = b"," + encode_json(metadata)[1:] if metadata else b"}"
+    return prefix, suffix
+
+
 def local_json(event_type: str, data: str, **metadata: Any) -> bytes:
     """A frame for one client only (ready, pong, its own errors). It has no id: it is not
     part of the conversation's sequence, so a client's last event id stays valid."""

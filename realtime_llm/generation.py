@@ -75,8 +75,7 @@ class GenerationEngine:
         """Take the conversation's lock, save and publish the user message, start the answer."""
         cid = conversation.id
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
-        ttl = self.settings.stream.lock_ttl_seconds
-        if not await self.broker.acquire_lock(cid, owner, ttl):
+        if not await self._acquire(cid, owner):
             raise Conflict("a generation is already running in this conversation")
         try:
             await self.broker.ensure_event_floor(cid, await self.store.event_watermark(cid))
@@ -89,6 +88,17 @@ class GenerationEngine:
         self._running[cid] = generation
         generation.task = asyncio.create_task(self._run(generation, conversation), name=f"generation-{cid}")
         return generation
+
+    async def _acquire(self, cid: int, owner: str, patience: float = 0.3) -> bool:
+        """Take the lock; if it is held, wait a moment in case its generation is just
+        finishing (its client saw full_response a hair before the lock was released)."""
+        ttl = self.settings.stream.lock_ttl_seconds
+        deadline = time.monotonic() + patience
+        while not await self.broker.acquire_lock(cid, owner, ttl):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop every running generation (each saves its partial answer) and wait for them."""
@@ -190,8 +200,7 @@ class GenerationEngine:
                     raise item
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await _finish_task(reader)
 
     async def _finish(self, generation: Generation, answer: str, reason: str) -> None:
         cid = generation.conversation_id
@@ -216,31 +225,40 @@ class GenerationEngine:
             logger.exception("could not publish the error of conversation %d", generation.conversation_id)
 
     async def _release(self, generation: Generation) -> None:
+        """Free the conversation at once (a client may send its next message the moment it
+        sees full_response), then record how far its event ids went."""
         cid = generation.conversation_id
+        await self.broker.release_lock(cid, generation.owner)
         try:
             await self.store.save_event_watermark(cid, await self.broker.last_event_id(cid))
         except Exception:
             logger.exception("could not save the event watermark of conversation %d", cid)
-        await self.broker.release_lock(cid, generation.owner)
 
     @contextlib.asynccontextmanager
     async def _keep_lock(self, generation: Generation) -> AsyncIterator[None]:
         """Renew the lock while the generation runs, so only a dead process lets it expire."""
         ttl = self.settings.stream.lock_ttl_seconds
+        done = asyncio.Event()
 
         async def heartbeat() -> None:
-            while True:
-                await asyncio.sleep(ttl / 3)
-                if not await self.broker.refresh_lock(generation.conversation_id, generation.owner, ttl):
-                    logger.warning("lost the lock of conversation %d", generation.conversation_id)
+            # Ends on `done`, not only on cancel: a cancel that lands inside a client's own
+            # timeout handling can be swallowed (Python 3.11), and this must still stop.
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ttl / 3):
+                        await done.wait()
+                if done.is_set():
+                    return
+                with contextlib.suppress(Exception):
+                    if not await self.broker.refresh_lock(generation.conversation_id, generation.owner, ttl):
+                        logger.warning("lost the lock of conversation %d", generation.conversation_id)
 
         beating = asyncio.create_task(heartbeat())
         try:
             yield
         finally:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
+            done.set()
+            await _finish_task(beating)
 
     def provider_for(self, model: str) -> Provider:
         settings = self.catalog.provider_for(model)
@@ -254,6 +272,22 @@ class GenerationEngine:
         budget = self.settings.llm.context_budget_tokens * CHARS_PER_TOKEN - len(system)
         history = await self.store.recent_messages(conversation.id, max(budget, 1))
         return (ChatMessage("system", system), *(ChatMessage(m.role, m.content) for m in history))
+
+
+async def _finish_task(task: asyncio.Task[None], timeout: float = 2.0) -> None:
+    """Wait for a helper task to end, but not forever: a library that swallows a cancel
+    must not hang the generation that owns the task."""
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(task)
+    except TimeoutError:
+        task.cancel()
+        logger.warning("a helper task did not stop in %.0fs; left cancelled", timeout)
+    except asyncio.CancelledError:
+        if not task.done():
+            raise  # we ourselves are being cancelled
+    except Exception:
+        pass  # the helper's own failure was handled where it happened
 
 
 async def _pump(deltas: AsyncIterator[str], queue: asyncio.Queue[str | None | BaseException]) -> None:

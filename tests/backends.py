@@ -42,3 +42,71 @@ def create_postgres_database() -> str:
 def drop_postgres_database(url: str) -> None:
     name = urlsplit(url).path.lstrip("/")
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+REDIS_HELP = (
+    "Redis is not reachable at {url} ({error}); start it (redis-server --daemonize yes --port 6379 "
+    "--save '' --appendonly no) or set REDIS_URL to one"
+)
+_redis_checked: dict[str, str] = {}
+
+
+def redis_url() -> str:
+    """The Redis tests use: REDIS_URL, default the local one; if none answers, a private
+    redis-server when the binary is at hand; else the tests fail with a line saying why."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if url not in _redis_checked:
+        import atexit
+
+        import redis
+
+        try:
+            redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3).ping()
+            _redis_checked[url] = url
+        except redis.RedisError as exc:
+            try:
+                private = PrivateRedis()
+            except RuntimeError as missing:
+                raise RuntimeError(REDIS_HELP.format(url=url, error=f"{exc}; {missing}")) from None
+            atexit.register(private.stop)
+            _redis_checked[url] = private.url
+    return _redis_checked[url]
+
+
+class PrivateRedis:
+    """A redis-server of the tests' own on a free port, for tests that flush or stop Redis."""
+
+    def __init__(self) -> None:
+        import shutil
+        import subprocess
+
+        from tests.servers import free_port
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH; install it (apt-get install redis-server)")
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        import time
+
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis.from_url(self.url, socket_timeout=1).ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.backends import create_postgres_database, drop_postgres_database
+from tests.backends import create_postgres_database, drop_postgres_database, redis_url
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerProcess, write_config
 
@@ -15,7 +15,8 @@ PASSWORD = "correct horse battery"
 PROVIDER_KEY = "sk-provider-key-0000000000"
 
 
-def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = None) -> dict[str, Any]:
+def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = None,
+                broker: str = "memory") -> dict[str, Any]:
     """A test server's config: fast bcrypt, the given database, the fake upstream serving
     "fake-*" models, short keep-alives; everything else default."""
     providers: list[dict[str, Any]] = [{"name": "demo", "kind": "demo", "models": ["demo", "demo-*"], "delay_ms": 1}]
@@ -31,6 +32,9 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
         "stream": {"keepalive_seconds": 1, "batch_ms": 0, "ws_auth_timeout_seconds": 1, "subscriber_queue": 50},
         "llm": {"default_model": "demo", "providers": providers},
     }
+    if broker != "memory":  # a Redis URL; each server config gets a key prefix of its own
+        config["redis"] = {"url": broker, "key_prefix": f"rtllm-test-{uuid.uuid4().hex[:8]}"}
+        config["stream"]["lock_ttl_seconds"] = 3
     if database == "sqlite":
         config["sqlite"] = {"path": str(workdir / "chat.db")}
     else:
@@ -49,6 +53,12 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
     drop_postgres_database(url)
 
 
+@pytest.fixture(scope="session", params=["memory", "redis"])
+def broker(request: pytest.FixtureRequest) -> str:
+    """'memory', or the URL of the Redis the tests use."""
+    return "memory" if request.param == "memory" else redis_url()
+
+
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[FakeUpstream]:
     fake = FakeUpstream().start()
@@ -57,9 +67,10 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="session")
-def server(database: str, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(database: str, broker: str, upstream: FakeUpstream,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("server")
-    config = write_config(workdir / "config.yaml", base_config(workdir, database, upstream))
+    config = write_config(workdir / "config.yaml", base_config(workdir, database, upstream, broker))
     process = ServerProcess(config, workdir).start()
     yield process
     process.stop()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import AsyncIterator
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from realtime_llm.broker import Broker, SubscriberOverflow, create_broker
 from realtime_llm.broker.base import ConversationGone
 from realtime_llm.config import Settings
+from tests.backends import redis_url
 
 pytestmark = pytest.mark.anyio
 
@@ -20,10 +22,13 @@ def anyio_backend() -> str:
 
 def broker_settings(kind: str) -> Settings:
     stream = {"replay_events": 50, "subscriber_queue": 20}
-    return Settings().replace(stream=stream)
+    settings = Settings().replace(stream=stream)
+    if kind == "redis":
+        settings = settings.replace(redis={"url": redis_url(), "key_prefix": f"rtllm-test-{uuid.uuid4().hex[:8]}"})
+    return settings
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     instance = create_broker(broker_settings(request.param))
     await instance.start()

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.bodies import path_id, read_json_object, required_string
-from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, SubscriberOverflow
+from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, SubscriberOverflow, Subscription
 from realtime_llm.errors import BadRequest, PayloadTooLarge, UpstreamError
 from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_frame
 from realtime_llm.services import Services
@@ -85,7 +85,7 @@ async def stream_events(
                 yield _local_error(conversation_id, exc)
                 return
             if event is None:
-                ended = await _ended_unseen(services, conversation_id, until_terminal)
+                ended = await _ended_unseen(services, subscription, until_terminal)
                 if ended is not None:
                     yield _local_error(conversation_id, ended)
                     return
@@ -100,12 +100,20 @@ class GenerationVanished(Exception):
     pass
 
 
-async def _ended_unseen(services: Services, conversation_id: int, until_terminal: bool) -> Exception | None:
+async def _ended_unseen(services: Services, subscription: Subscription, until_terminal: bool) -> Exception | None:
     """On an idle stream: has the conversation gone, or the awaited generation ended without
-    its final event reaching us? Both would otherwise leave the stream waiting forever."""
+    its final event reaching us? Both would otherwise leave the stream waiting forever.
+
+    With Redis, pub/sub delivery may trail the lock's release, so events the replay buffer
+    holds beyond what we have seen are taken from there (repeats are dropped by id)."""
+    conversation_id = subscription.conversation_id
     if not await services.conversations.exists(conversation_id):
         return ConversationGone()
     if until_terminal and await services.broker.lock_holder(conversation_id) is None:
+        missed = await services.broker.replay(conversation_id, subscription.last_id)
+        if missed:
+            subscription.add_backlog(missed)
+            return None
         return GenerationVanished()
     return None
 

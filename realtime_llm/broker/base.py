@@ -42,6 +42,10 @@ class Subscription:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(max_queue)
         self._failure: Exception | None = None
 
+    def add_backlog(self, events: Iterable[Event]) -> None:
+        """Replayed events, delivered before anything live (repeats are dropped by id)."""
+        self._backlog.extend(events)
+
     def deliver(self, event: Event) -> None:
         """Called by the broker for each live event; never blocks."""
         if self._failure is not None:

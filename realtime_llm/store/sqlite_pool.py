@@ -40,6 +40,7 @@ class SQLiteConnectionPool:
         self._slots = asyncio.Semaphore(max_open)
         self._idle: list[tuple[float, aiosqlite.Connection]] = []
         self._born: dict[int, float] = {}
+        self._open_connections: dict[int, aiosqlite.Connection] = {}
 
     async def acquire(self) -> aiosqlite.Connection:
         await self._slots.acquire()
@@ -70,21 +71,29 @@ class SQLiteConnectionPool:
             self._slots.release()
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for _, connection in idle:
+        """Close every connection, idle or not: each holds a non-daemon thread that would
+        otherwise keep the process from exiting."""
+        self._idle = []
+        for connection in list(self._open_connections.values()):
             await self._close(connection)
 
     async def _open(self) -> aiosqlite.Connection:
         connection = await aiosqlite.connect(
             self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
         )
-        for pragma in (*PRAGMAS, f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}"):
-            await connection.execute(pragma)
+        self._open_connections[id(connection)] = connection
+        try:
+            for pragma in (*PRAGMAS, f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}"):
+                await connection.execute(pragma)
+        except BaseException:
+            await asyncio.shield(self._close(connection))
+            raise
         self._born[id(connection)] = time.monotonic()
         return connection
 
     async def _close(self, connection: aiosqlite.Connection) -> None:
         self._born.pop(id(connection), None)
+        self._open_connections.pop(id(connection), None)
         try:
             await connection.close()
         except Exception:  # closing a broken connection must not mask the first error
