@@ -88,7 +88,7 @@ class StreamSettings:
     replay_ttl_seconds: int = 3600  # an idle conversation's replay buffer is dropped after this
     subscriber_queue: int = 1000  # events a slow subscriber may fall behind before it is cut off
     keepalive_seconds: float = 15.0  # SSE comment / WebSocket ping when idle
-    lock_ttl_seconds: float = 30.0  # a generation's lock expires unless its process renews it
+    lock_ttl_seconds: float = 10.0  # a generation's lock expires unless its process renews it
     max_generation_seconds: float = 600.0  # a generation running longer than this is stopped
     ws_auth_timeout_seconds: float = 10.0  # a socket must authenticate within this
 

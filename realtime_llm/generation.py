@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from realtime_llm.broker import Broker
+from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
 from realtime_llm.errors import Conflict, ConversationNotFound
@@ -124,6 +125,11 @@ class GenerationEngine:
         except UpstreamError as exc:
             generation.settle(str(exc))
             await self._publish_error(generation, str(exc))
+        except BrokerUnavailable:
+            # Nobody can be told (subscribers got their error from the broker itself), but
+            # the answer so far is not lost: SQL does not need the broker.
+            logger.warning("broker unavailable during the answer in conversation %d; saving it", cid)
+            await self._save_quietly(cid, "".join(parts))
         except asyncio.CancelledError:
             if not generation.stop_requested:
                 raise
@@ -218,9 +224,19 @@ class GenerationEngine:
         await self.broker.publish(cid, DONE, "Stream finished", reason=reason, **meta)
         await self.broker.publish(cid, FULL_RESPONSE, answer, **meta)
 
+    async def _save_quietly(self, cid: int, answer: str) -> None:
+        if not answer:
+            return
+        try:
+            await self.store.add_message(cid, "assistant", answer)
+        except Exception:
+            logger.exception("could not save the partial answer of conversation %d", cid)
+
     async def _publish_error(self, generation: Generation, message: str) -> None:
         try:
             await self.broker.publish(generation.conversation_id, ERROR, message)
+        except BrokerUnavailable:
+            logger.warning("could not publish the error of conversation %d", generation.conversation_id)
         except Exception:
             logger.exception("could not publish the error of conversation %d", generation.conversation_id)
 
@@ -231,6 +247,8 @@ class GenerationEngine:
         await self.broker.release_lock(cid, generation.owner)
         try:
             await self.store.save_event_watermark(cid, await self.broker.last_event_id(cid))
+        except BrokerUnavailable:
+            logger.warning("broker unavailable: event watermark of conversation %d not saved", cid)
         except Exception:
             logger.exception("could not save the event watermark of conversation %d", cid)
 

@@ -12,6 +12,7 @@ from databases import Database
 from realtime_llm.auth import PasswordHasher, TokenIssuer
 from realtime_llm.broker import Broker, create_broker
 from realtime_llm.broker.base import ShuttingDown
+from realtime_llm.cache import HistoryCache
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
 from realtime_llm.generation import GenerationEngine
@@ -46,6 +47,16 @@ class Services:
         self.broker.end_all_subscriptions(ShuttingDown())
 
 
+def create_history_cache(settings: Settings, broker: Broker) -> HistoryCache:
+    """Histories are cached in Redis when there is one; one process alone reads SQL directly."""
+    redis = getattr(broker, "redis", None)
+    if redis is None:
+        return HistoryCache()
+    from realtime_llm.cache import RedisHistoryCache
+
+    return RedisHistoryCache(redis, settings.redis.key_prefix, settings.stream.replay_ttl_seconds)
+
+
 def server_secret(settings: Settings) -> str:
     if settings.jwt.secret:
         return settings.jwt.secret
@@ -71,7 +82,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await provider.start()
             stack.push_async_callback(provider.close)
 
-        conversations = ConversationStore(database, APIKeyBox(secret))
+        conversations = ConversationStore(database, APIKeyBox(secret), create_history_cache(settings, broker))
         catalog = ModelCatalog(settings.llm.providers)
         engine = GenerationEngine(settings, conversations, broker, providers, catalog)
         stack.push_async_callback(engine.close)

@@ -76,7 +76,7 @@ def redis_url() -> str:
 class PrivateRedis:
     """A redis-server of the tests' own on a free port, for tests that flush or stop Redis."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         import shutil
         import subprocess
 
@@ -85,7 +85,7 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH; install it (apt-get install redis-server)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -6,6 +6,7 @@ The last user message steers it with a directive line, e.g.
 
     tokens=N          answer with N tokens "t0 ", "t1 ", ... (default 5)
     size=N            pad each token with "x" to N characters
+    stamp=1           each token is "<unix time of emission>" (benchmarks measure delivery delay)
     echo=1            answer with the text after the directive line, 3 characters a chunk
     delay_ms=D        pause before each token
     status=S          refuse with HTTP S and an OpenAI-style error body
@@ -119,7 +120,7 @@ class FakeUpstream:
                     yield b"data: {this is not json\n\n"
                 if str(i) == options.get("error_after"):
                     yield _frame({"error": {"message": "fake in-stream failure"}}, 0)
-                yield _frame(_chunk(token), i + 1)
+                yield _frame(_chunk(f"<{time.time():.6f}>" if options.get("stamp") else token), i + 1)
             if options.get("no_finish"):
                 record.completed = True
                 return

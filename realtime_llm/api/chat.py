@@ -77,23 +77,33 @@ async def stream_events(
     client leaves.
     """
     keepalive = services.settings.stream.keepalive_seconds
-    async with services.broker.subscribe(conversation_id, after) as subscription:
-        while True:
-            try:
-                event = await subscription.get(timeout=keepalive)
-            except (SubscriberOverflow, ConversationGone, ShuttingDown, BrokerUnavailable) as exc:
-                yield _local_error(conversation_id, exc)
+    try:
+        async with services.broker.subscribe(conversation_id, after) as subscription:
+            async for frame in _frames(services, subscription, keepalive, until_terminal):
+                yield frame
+    except BrokerUnavailable as exc:  # the response has started: the error can only go in-band
+        yield _local_error(conversation_id, exc)
+
+
+async def _frames(services: Services, subscription: Subscription, keepalive: float,
+                  until_terminal: bool) -> AsyncIterator[bytes]:
+    conversation_id = subscription.conversation_id
+    while True:
+        try:
+            event = await subscription.get(timeout=keepalive)
+        except (SubscriberOverflow, ConversationGone, ShuttingDown, BrokerUnavailable) as exc:
+            yield _local_error(conversation_id, exc)
+            return
+        if event is None:
+            ended = await _ended_unseen(services, subscription, until_terminal)
+            if ended is not None:
+                yield _local_error(conversation_id, ended)
                 return
-            if event is None:
-                ended = await _ended_unseen(services, subscription, until_terminal)
-                if ended is not None:
-                    yield _local_error(conversation_id, ended)
-                    return
-                yield SSE_KEEPALIVE
-                continue
-            yield sse_frame(event)
-            if until_terminal and event.type in TERMINAL:
-                return
+            yield SSE_KEEPALIVE
+            continue
+        yield sse_frame(event)
+        if until_terminal and event.type in TERMINAL:
+            return
 
 
 class GenerationVanished(Exception):

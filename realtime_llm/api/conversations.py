@@ -53,21 +53,12 @@ async def history(request: Request) -> JSONResponse:
     conversation_id = path_id(request)
     store = services_of(request).conversations
     conversation = await store.get_owned(conversation_id, caller.user.id)
-    messages = await store.messages(conversation.id)
     return JSONResponse(
         {
             "conversation_id": conversation.id,
             "title": conversation.title,
             "model": conversation.model,
-            "messages": [
-                {
-                    "role": m.role,
-                    "content": m.content,
-                    "message_id": m.message_id,
-                    "created_time": m.created_time,
-                }
-                for m in messages
-            ],
+            "messages": await store.history(conversation),
             "created_time": conversation.created_time,
         }
     )

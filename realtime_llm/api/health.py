@@ -1,6 +1,8 @@
 """Liveness (/healthz), readiness (/readyz) and the model list."""
 from __future__ import annotations
 
+from typing import Awaitable
+
 import anyio
 import sqlalchemy as sa
 from starlette.requests import Request
@@ -17,14 +19,21 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     services = services_of(request)
-    checks = {"database": "ok"}
-    try:
-        with anyio.fail_after(READINESS_TIMEOUT):
-            await services.database.fetch_val(sa.text("SELECT 1"))
-    except Exception as exc:  # any failure means "not ready", reported, never raised
-        checks["database"] = f"unavailable: {type(exc).__name__}"
+    checks = {
+        "database": await _check(services.database.fetch_val(sa.text("SELECT 1"))),
+        "broker": await _check(services.broker.ping()),
+    }
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503)
+
+
+async def _check(probe: Awaitable[object]) -> str:
+    try:
+        with anyio.fail_after(READINESS_TIMEOUT):
+            await probe
+    except Exception as exc:  # any failure means "not ready", reported, never raised
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
 
 
 async def models(request: Request) -> JSONResponse:

@@ -141,6 +141,9 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Close what start() opened."""
 
+    async def ping(self) -> None:
+        """Raise BrokerUnavailable if the backing service does not answer."""
+
     @abc.abstractmethod
     async def publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
         """Give the event the conversation's next id, buffer it for replay, deliver it to all."""

@@ -83,6 +83,7 @@ class RedisBroker(Broker):
         self._channel_cid: dict[bytes, int] = {}
         self._stop_callbacks: dict[int, set[Callable[[], None]]] = {}
         self._scripts: dict[str, Any] = {}
+        self._connected = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -110,6 +111,10 @@ class RedisBroker(Broker):
                 await self._pubsub.aclose()
         if self.redis is not None:
             await self.redis.aclose()
+
+    async def ping(self) -> None:
+        assert self.redis is not None
+        await self._call(self.redis.ping())
 
     def key(self, conversation_id: int, suffix: str) -> str:
         return f"{self.prefix}:{{conv:{conversation_id}}}:{suffix}"
@@ -217,14 +222,17 @@ class RedisBroker(Broker):
 
     async def _ensure_channel(self, channel: bytes, conversation_id: int) -> None:
         """Subscribe this process to a channel (once), and wait until Redis confirms it."""
+        if not self._connected.is_set():  # reconnecting: give it a moment before giving up
+            try:
+                async with asyncio.timeout(2.0):
+                    await self._connected.wait()
+            except TimeoutError:
+                raise BrokerUnavailable() from None
         confirmed = self._confirmations.get(channel)
         if confirmed is None:
             confirmed = asyncio.get_running_loop().create_future()
             self._confirmations[channel] = confirmed
             self._channel_cid[channel] = conversation_id
-            if self._pubsub is None:
-                self._confirmations.pop(channel, None)
-                raise BrokerUnavailable()
             try:
                 await self._call(self._pubsub.subscribe(channel))
             except BrokerUnavailable:
@@ -254,6 +262,7 @@ class RedisBroker(Broker):
             self._channel_cid[channel] = conversation_id
             await pubsub.subscribe(channel)
         self._pubsub = pubsub
+        self._connected.set()
 
     async def _listen(self) -> None:
         """Read the pub/sub connection; when it fails, end local streams and reconnect."""
@@ -268,6 +277,7 @@ class RedisBroker(Broker):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection lost: streams end with an error, we retry
+                self._connected.clear()
                 if self._pubsub is not None:
                     logger.warning("redis pub/sub connection lost (%s); reconnecting", type(exc).__name__)
                 self._fail_local(None, BrokerUnavailable())
@@ -281,7 +291,7 @@ class RedisBroker(Broker):
                     with contextlib.suppress(Exception):
                         await old.aclose()
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]

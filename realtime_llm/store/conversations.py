@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from databases import Database
 
+from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.keys import APIKeyBox, mask_api_key
 from realtime_llm.store.schema import conversations, messages
@@ -22,6 +23,7 @@ class Conversation:
     api_key_sealed: str
     api_key_hint: str
     created_time: int
+    last_message_id: int = 0
     last_event_id: int = 0
 
 
@@ -34,9 +36,10 @@ class Message:
 
 
 class ConversationStore:
-    def __init__(self, database: Database, box: APIKeyBox) -> None:
+    def __init__(self, database: Database, box: APIKeyBox, cache: HistoryCache | None = None) -> None:
         self.database = database
         self.box = box
+        self.cache = cache or HistoryCache()
 
     async def create(
         self, user_id: int, *, title: str, model: str, system_prompt: str, api_key: str
@@ -81,6 +84,16 @@ class ConversationStore:
             await self.get_owned(conversation_id, user_id)
             await self.database.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
             await self.database.execute(conversations.delete().where(conversations.c.id == conversation_id))
+        await self.cache.drop(conversation_id)
+
+    async def history(self, conversation: Conversation) -> list[dict[str, object]]:
+        """All messages as the history route shows them: from the cache when it is current."""
+        cached = await self.cache.get(conversation.id, conversation.last_message_id)
+        if cached is not None:
+            return cached
+        messages = [message_json(m) for m in await self.messages(conversation.id)]
+        await self.cache.put(conversation.id, messages)
+        return messages  # type: ignore[return-value]
 
     async def messages(self, conversation_id: int) -> list[Message]:
         rows = await self.database.fetch_all(
@@ -155,4 +168,15 @@ class ConversationStore:
                     created_time=now,
                 )
             )
-        return Message(int(message_id), role, content, now)
+        message = Message(int(message_id), role, content, now)
+        await self.cache.append(conversation_id, message_json(message))
+        return message
+
+
+def message_json(message: Message) -> dict[str, object]:
+    return {
+        "role": message.role,
+        "content": message.content,
+        "message_id": message.message_id,
+        "created_time": message.created_time,
+    }
