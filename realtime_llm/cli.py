@@ -10,6 +10,7 @@ import sys
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
+from starlette.applications import Starlette
 
 from realtime_llm.app import create_app
 from realtime_llm.config import ConfigError, Settings, load_settings
@@ -66,17 +67,21 @@ class RealtimeServer(uvicorn.Server):
     """uvicorn would close WebSockets with 1012 and wait for endless SSE streams; ours end
     them first, sockets with 1001 as DESIGN.md promises."""
 
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        services = getattr(self.config.app.state, "services", None)
+        services = getattr(self.app.state, "services", None)
         if services is not None:
             services.begin_shutdown()
             await asyncio.sleep(0.2)  # let the closing frames go out
         await super().shutdown(sockets)
 
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
+def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         lifespan="on",
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.server.workers > 1:
         print("realtime-llm: --workers > 1 is not available yet in this version", file=sys.stderr)
         return 2
-    server = RealtimeServer(uvicorn_config(settings))
+    app = create_app(settings)
+    server = RealtimeServer(uvicorn_config(settings, app), app)
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         return runner.run(serve(settings, server))

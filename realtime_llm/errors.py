@@ -85,7 +85,8 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "not found", 405: "method not allowed"}
     message = messages.get(exc.status_code, str(exc.detail))
-    return error_response(exc.status_code, message, HTTP_CODES.get(exc.status_code, "error"), exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, message, HTTP_CODES.get(exc.status_code, "error"), headers)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

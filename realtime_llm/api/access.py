@@ -37,11 +37,9 @@ async def authenticate_token(services: Services, token: str | None) -> Caller:
         claims = services.tokens.verify(token)
     except InvalidToken:
         raise Unauthorized("invalid or expired token") from None
-    if await services.revocations.is_revoked(claims.jti):
-        raise Unauthorized("token has been revoked")
-    user = await services.users.by_id(claims.user_id)
-    if user is None:
-        raise Unauthorized("invalid or expired token")
+    user = await services.users.active(claims.user_id, claims.jti)
+    if user is None:  # the user is gone, or this token was revoked by logout
+        raise Unauthorized("invalid, expired or revoked token")
     return Caller(user=user, claims=claims)
 
 

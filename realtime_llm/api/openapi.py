@@ -24,7 +24,7 @@ ID_PARAM = {
     "required": True,
     "schema": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
 }
-SECURED = [{"bearer": []}]
+SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _op(summary: str, responses: dict[str, Any], *, body: str | None = None, params: bool = False,
