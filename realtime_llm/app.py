@@ -5,15 +5,16 @@ import contextlib
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
-from realtime_llm.api import chat, conversations, health, openapi, users, ws
+from realtime_llm.api import chat, conversations, health, openapi, page, users, ws
 from realtime_llm.config import Settings
 from realtime_llm.errors import EXCEPTION_HANDLERS
 from realtime_llm.services import open_services
 
 
-def routes() -> list[Route | WebSocketRoute]:
+def routes() -> list[Route | WebSocketRoute | Mount]:
     return [
         Route("/api/users/register", users.register, methods=["POST"]),
         Route("/api/users/login", users.login, methods=["POST"]),
@@ -31,6 +32,8 @@ def routes() -> list[Route | WebSocketRoute]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
+        Route("/", page.index, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static"),
     ]
 
 

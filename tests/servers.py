@@ -28,10 +28,11 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 class ServerProcess:
     """`python -m realtime_llm serve` in a subprocess, on a free port of its own."""
 
-    def __init__(self, config_path: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, workdir: Path, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
         self.config_path = config_path
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET")}
         self.env.update(env or {})
         self.log_path = workdir / f"server-{self.port}.log"

@@ -204,6 +204,10 @@ PATHS: dict[str, Any] = {
         "post": _op("Stop the running generation (the partial answer is saved)",
                     {"200": _json(_ref("Stopped"), "stop requested")}, params=True)
     },
+    "/": {
+        "get": {"summary": "The chat page", "responses": {"200": {"description": "HTML",
+                "content": {"text/html": {"schema": {"type": "string"}}}}}}
+    },
     "/openapi.json": {
         "get": _op("This document", {"200": _json({"type": "object"}, "the OpenAPI document")}, secured=False)
     },

@@ -1,0 +1,355 @@
+// realtime-llm chat page: plain JavaScript, no build step.
+// Model output is untrusted: it only ever reaches the page through textContent.
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: sessionStorage.getItem("token"),
+  conversations: [],
+  current: null, // {id, title}
+  socket: null,
+  lastEventId: null, // the last conversation event id seen: resume point
+  retries: 0,
+  reconnectTimer: null,
+  generating: false,
+  assistantBubble: null,
+  replay: null, // while replaying: {lastId, lastRole} of the history already shown
+  skipping: false, // replayed events of an answer that history already shows
+};
+
+const FRIENDLY = {
+  conflict: "An answer is still being written. Wait for it, or press Stop.",
+  payload_too_large: "That message is too long.",
+  unavailable: "The server cannot stream right now. Retrying…",
+};
+
+function showError(where, message) {
+  const el = $(where);
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers });
+  } catch {
+    throw new Error("Cannot reach the server. Check your connection.");
+  }
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401 && state.token) {
+    logout("Your session has ended. Please log in again.");
+  }
+  if (!response.ok) throw new Error(body.error || `The server answered ${response.status}.`);
+  return body;
+}
+
+// --- auth -----------------------------------------------------------------------------
+
+async function login() {
+  const username = $("username").value.trim();
+  const password = $("password").value;
+  const body = await api("/api/users/login", { method: "POST", body: JSON.stringify({ username, password }) });
+  state.token = body.token;
+  sessionStorage.setItem("token", body.token);
+  await showApp();
+}
+
+async function register() {
+  const username = $("username").value.trim();
+  const password = $("password").value;
+  await api("/api/users/register", { method: "POST", body: JSON.stringify({ username, password }) });
+  await login();
+}
+
+function logout(message = "") {
+  if (state.token) api("/api/users/logout", { method: "POST" }).catch(() => {});
+  closeSocket();
+  state.token = null;
+  state.current = null;
+  sessionStorage.removeItem("token");
+  $("app").hidden = true;
+  $("auth").hidden = false;
+  showError("auth-error", message);
+}
+
+// --- conversations ----------------------------------------------------------------------
+
+async function showApp() {
+  const me = await api("/api/users/me");
+  $("me").textContent = me.username;
+  $("auth").hidden = true;
+  $("app").hidden = false;
+  showError("auth-error", "");
+  await Promise.all([loadModels(), loadConversations()]);
+  const saved = Number(sessionStorage.getItem("conversation"));
+  const again = state.conversations.find((c) => c.conversation_id === saved);
+  if (again) await openConversation(again);
+}
+
+async function loadModels() {
+  const body = await api("/api/models");
+  const select = $("model-select");
+  select.replaceChildren();
+  for (const model of body.models.filter((m) => !m.pattern)) {
+    const option = new Option(model.id, model.id, false, model.id === body.default);
+    select.append(option);
+  }
+}
+
+async function loadConversations() {
+  state.conversations = await api("/api/conversations/list");
+  const list = $("conversations");
+  list.replaceChildren();
+  for (const conversation of state.conversations) {
+    const item = document.createElement("li");
+    item.dataset.testid = "conversation-item";
+    item.dataset.id = conversation.conversation_id;
+    item.classList.toggle("active", state.current?.id === conversation.conversation_id);
+    const title = document.createElement("span");
+    title.textContent = conversation.title || `Conversation ${conversation.conversation_id}`;
+    const remove = document.createElement("button");
+    remove.dataset.testid = "delete-conversation";
+    remove.className = "secondary";
+    remove.textContent = "✕";
+    remove.title = "Delete";
+    remove.addEventListener("click", (event) => {
+      event.stopPropagation();
+      deleteConversation(conversation.conversation_id).catch((e) => showError("chat-error", e.message));
+    });
+    item.append(title, remove);
+    item.addEventListener("click", () => openConversation(conversation).catch((e) => showError("chat-error", e.message)));
+    list.append(item);
+  }
+}
+
+async function createConversation() {
+  const body = { model: $("model-select").value };
+  const title = $("conversation-title").value.trim();
+  const key = $("conversation-key").value.trim();
+  if (title) body.title = title;
+  if (key) body.api_key = key;
+  const created = await api("/api/conversations/create", { method: "POST", body: JSON.stringify(body) });
+  $("create-form").hidden = true;
+  $("conversation-title").value = "";
+  $("conversation-key").value = "";
+  await loadConversations();
+  await openConversation(created);
+}
+
+async function deleteConversation(id) {
+  await api(`/api/conversations/del/${id}`, { method: "POST" });
+  if (state.current?.id === id) {
+    closeSocket();
+    state.current = null;
+    sessionStorage.removeItem("conversation");
+    $("messages").replaceChildren();
+    $("chat-title").textContent = "No conversation open";
+    setComposer(false);
+  }
+  await loadConversations();
+}
+
+async function openConversation(conversation) {
+  closeSocket();
+  const id = conversation.conversation_id;
+  const history = await api(`/api/conversations/history/${id}`);
+  state.current = { id, title: history.title };
+  sessionStorage.setItem("conversation", String(id));
+  $("chat-title").textContent = history.title || `Conversation ${id}`;
+  $("app").classList.remove("sidebar-open");
+  showError("chat-error", "");
+  const messages = $("messages");
+  messages.replaceChildren();
+  for (const message of history.messages) addBubble(message.role, message.content);
+  const last = history.messages[history.messages.length - 1];
+  // Replaying the buffer from the start, skip what history already shows; an answer still
+  // being written (its user message is history's last) is rebuilt from its deltas.
+  state.replay = { lastId: last ? last.message_id : 0, lastRole: last ? last.role : null };
+  state.skipping = true;
+  state.assistantBubble = null;
+  state.lastEventId = 0;
+  for (const item of document.querySelectorAll("#conversations li")) {
+    item.classList.toggle("active", Number(item.dataset.id) === id);
+  }
+  connect();
+}
+
+// --- the conversation socket --------------------------------------------------------------
+
+function connect() {
+  if (!state.current) return;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/conversations/${state.current.id}`);
+  state.socket = socket;
+  setStatus("connecting…");
+  socket.addEventListener("open", () => {
+    socket.send(JSON.stringify({ type: "auth", token: state.token, last_event_id: state.lastEventId }));
+  });
+  socket.addEventListener("message", (message) => {
+    if (socket !== state.socket) return;
+    let frame;
+    try { frame = JSON.parse(message.data); } catch { return; }
+    handleEvent(frame);
+  });
+  socket.addEventListener("close", (event) => {
+    if (socket !== state.socket) return;
+    state.socket = null;
+    setComposer(false);
+    if (event.code === 4401) return logout("Your session has ended. Please log in again.");
+    if (event.code === 4404) {
+      showError("chat-error", "This conversation no longer exists.");
+      state.current = null;
+      loadConversations().catch(() => {});
+      return;
+    }
+    // Anything else is a blip or a restart: come back, with backoff, and resume.
+    const delay = Math.min(10000, 300 * 2 ** state.retries) * (0.75 + Math.random() / 2);
+    state.retries += 1;
+    setStatus("reconnecting…");
+    state.reconnectTimer = setTimeout(connect, delay);
+  });
+}
+
+function closeSocket() {
+  clearTimeout(state.reconnectTimer);
+  const socket = state.socket;
+  state.socket = null;
+  if (socket) socket.close(1000);
+}
+
+function handleEvent(frame) {
+  if (typeof frame.id === "number") {
+    if (frame.id <= state.lastEventId) return; // already seen (a resume overlaps)
+    state.lastEventId = frame.id;
+  }
+  switch (frame.event) {
+    case "ready":
+      state.retries = 0;
+      if (state.generating && !frame.generating && state.assistantBubble && frame.last_event_id < state.lastEventId) {
+        // Back on a server that has no record of the stream we were reading (a restart
+        // without Redis): the answer ended while we were away, so show what was saved.
+        openConversation({ conversation_id: state.current.id }).catch((e) => showError("chat-error", e.message));
+        return;
+      }
+      state.generating = frame.generating;
+      setStatus(frame.generating ? "answering…" : "");
+      setComposer(true);
+      break;
+    case "user_message":
+      if (state.replay && frame.message_id <= state.replay.lastId) {
+        // Known from history: skip its answer, unless history shows it still unanswered.
+        state.skipping = !(frame.message_id === state.replay.lastId && state.replay.lastRole === "user");
+        if (!state.skipping) state.assistantBubble = null;
+        break;
+      }
+      state.skipping = false;
+      addBubble("user", frame.data);
+      state.assistantBubble = null;
+      state.generating = true;
+      setComposer(true);
+      setStatus("answering…");
+      break;
+    case "message":
+      if (state.skipping) break;
+      if (!state.assistantBubble) state.assistantBubble = addBubble("assistant", "", true);
+      state.assistantBubble.textContent += frame.data;
+      scrollDown();
+      break;
+    case "done":
+      break;
+    case "full_response":
+      if (!state.skipping) finishAnswer(frame.data);
+      state.skipping = false;
+      break;
+    case "error":
+      if (typeof frame.id !== "number") { // for this socket only
+        showError("chat-error", FRIENDLY[frame.code] || frame.data);
+        break;
+      }
+      if (!state.skipping) {
+        finishAnswer(state.assistantBubble ? state.assistantBubble.textContent : null);
+        showError("chat-error", `The answer failed: ${frame.data}`);
+      }
+      state.skipping = false;
+      break;
+    default:
+      break; // pong, title, and events of later versions
+  }
+}
+
+function finishAnswer(text) {
+  if (state.assistantBubble) {
+    if (text !== null) state.assistantBubble.textContent = text;
+    state.assistantBubble.classList.remove("streaming");
+  } else if (text) {
+    addBubble("assistant", text);
+  }
+  state.assistantBubble = null;
+  state.generating = false;
+  setStatus("");
+  setComposer(true);
+}
+
+function addBubble(role, text, streaming = false) {
+  const bubble = document.createElement("li");
+  bubble.className = role + (streaming ? " streaming" : "");
+  bubble.dataset.testid = role === "user" ? "message-user" : "message-assistant";
+  bubble.textContent = text; // never innerHTML: model output is untrusted
+  $("messages").append(bubble);
+  scrollDown();
+  return bubble;
+}
+
+function scrollDown() {
+  const messages = $("messages");
+  messages.scrollTop = messages.scrollHeight;
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function setComposer(connected) {
+  const open = connected && state.socket && state.socket.readyState === WebSocket.OPEN;
+  $("message-input").disabled = !open;
+  $("send").disabled = !open || state.generating;
+  $("stop").disabled = !open || !state.generating;
+}
+
+function sendMessage() {
+  const input = $("message-input");
+  const content = input.value;
+  if (!content.trim() || !state.socket || state.socket.readyState !== WebSocket.OPEN) return;
+  showError("chat-error", "");
+  state.socket.send(JSON.stringify({ type: "message", content }));
+  input.value = "";
+}
+
+// --- wiring -------------------------------------------------------------------------------
+
+function guard(where, action) {
+  return (event) => {
+    event?.preventDefault();
+    action().catch((error) => showError(where, error.message));
+  };
+}
+
+$("auth-form").addEventListener("submit", guard("auth-error", login));
+$("register").addEventListener("click", guard("auth-error", register));
+$("logout").addEventListener("click", () => logout());
+$("new-conversation").addEventListener("click", () => { $("create-form").hidden = !$("create-form").hidden; });
+$("create-form").addEventListener("submit", guard("chat-error", createConversation));
+$("composer").addEventListener("submit", (event) => { event.preventDefault(); sendMessage(); });
+$("message-input").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    sendMessage();
+  }
+});
+$("stop").addEventListener("click", () => state.socket?.send(JSON.stringify({ type: "stop" })));
+$("show-sidebar").addEventListener("click", () => $("app").classList.toggle("sidebar-open"));
+
+if (state.token) showApp().catch(() => logout());
