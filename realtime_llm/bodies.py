@@ -59,6 +59,19 @@ def required_string(body: dict[str, Any], name: str, *, max_chars: int) -> str:
     return value
 
 
+def validate_message(content: object, limit: int, name: str = "message") -> str:
+    """A chat message: a non-blank string without NUL, at most `limit` characters."""
+    if not isinstance(content, str):
+        raise BadRequest(f"'{name}' must be a string")
+    if len(content) > limit:
+        raise PayloadTooLarge(f"'{name}' is longer than {limit} characters")
+    if not content.strip():
+        raise BadRequest(f"'{name}' must not be empty")
+    if "\x00" in content:
+        raise BadRequest(f"'{name}' must not contain NUL characters")
+    return content
+
+
 def path_id(request: Request, name: str = "id") -> int:
     """An integer id from the path: a non-integer is a 400; one no row can have matches nothing."""
     raw = request.path_params[name]

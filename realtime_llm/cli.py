@@ -48,11 +48,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, rebuilt from its parts (never by search)."""
     parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def describe(settings: Settings, host: str, port: int) -> str:

@@ -6,6 +6,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, Mapping
 
 import yaml
@@ -39,7 +40,7 @@ class RedisSettings:
     def connection_url(self) -> str:
         if self.url:
             return self.url
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{self.address}/{self.db}"
 
 

@@ -54,12 +54,9 @@ class PayloadTooLarge(APIError):
     code = "payload_too_large"
 
 
-class UnsupportedMediaType(APIError):
-    status_code = 415
-    code = "unsupported_media_type"
-
-
 class UpstreamError(APIError):
+    """The model upstream failed; the message is fit to show a person and holds no secrets."""
+
     status_code = 502
     code = "upstream_error"
 

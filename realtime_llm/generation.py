@@ -42,6 +42,7 @@ class Generation:
     accepted: asyncio.Future[str | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stop_requested: bool = False
     finishing: bool = False
+    saved: bool = False  # the answer is in SQL: never save it again
     task: asyncio.Task[None] | None = None
 
     def settle(self, refusal: str | None) -> None:
@@ -67,10 +68,6 @@ class GenerationEngine:
         self.catalog = catalog
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._running: dict[int, Generation] = {}
-
-    @property
-    def running_count(self) -> int:
-        return len(self._running)
 
     async def start(self, conversation: Conversation, text: str) -> Generation:
         """Take the conversation's lock, save and publish the user message, start the answer."""
@@ -108,7 +105,11 @@ class GenerationEngine:
             self._stop(generation)
         tasks = [g.task for g in generations if g.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:  # nothing may outlive the broker and database it uses
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
 
     def _stop(self, generation: Generation) -> None:
         if not (generation.stop_requested or generation.finishing) and generation.task is not None:
@@ -129,7 +130,8 @@ class GenerationEngine:
             # Nobody can be told (subscribers got their error from the broker itself), but
             # the answer so far is not lost: SQL does not need the broker.
             logger.warning("broker unavailable during the answer in conversation %d; saving it", cid)
-            await self._save_quietly(cid, "".join(parts))
+            if not generation.saved:
+                await self._save_quietly(cid, "".join(parts))
         except asyncio.CancelledError:
             if not generation.stop_requested:
                 raise
@@ -193,16 +195,17 @@ class GenerationEngine:
                     item = ""
                 if isinstance(item, str) and item:
                     pending.append(item)
-                    parts.append(item)
-                if pending and (item is None or time.monotonic() - last_flush >= window):
+                if pending and (item is None or isinstance(item, BaseException)
+                                or time.monotonic() - last_flush >= window):
                     await self.broker.publish(cid, MESSAGE, "".join(pending))
+                    # Only what was published is part of the answer, so full_response is
+                    # always the concatenation of the message events, even after a stop.
+                    parts.extend(pending)
                     pending.clear()
                     last_flush = time.monotonic()
                 if item is None:
                     return
                 if isinstance(item, BaseException):
-                    if pending:
-                        await self.broker.publish(cid, MESSAGE, "".join(pending))
                     raise item
         finally:
             reader.cancel()
@@ -213,6 +216,7 @@ class GenerationEngine:
         try:
             if answer or reason == "stop":
                 saved = await self.store.add_message(cid, "assistant", answer)
+                generation.saved = True
                 message_id: int | None = saved.message_id
             elif await self.store.exists(cid):
                 message_id = None
@@ -269,7 +273,10 @@ class GenerationEngine:
                     return
                 with contextlib.suppress(Exception):
                     if not await self.broker.refresh_lock(generation.conversation_id, generation.owner, ttl):
-                        logger.warning("lost the lock of conversation %d", generation.conversation_id)
+                        # Another process may now start a generation here: stop ours (saving it).
+                        logger.warning("lost the lock of conversation %d; stopping", generation.conversation_id)
+                        self._stop(generation)
+                        return
 
         beating = asyncio.create_task(heartbeat())
         try:

@@ -152,10 +152,15 @@ async function deleteConversation(id) {
   await loadConversations();
 }
 
+let opening = 0;
+
 async function openConversation(conversation) {
   closeSocket();
+  const attempt = ++opening;
   const id = conversation.conversation_id;
   const history = await api(`/api/conversations/history/${id}`);
+  if (attempt !== opening) return; // another conversation was opened meanwhile
+  closeSocket();
   state.current = { id, title: history.title };
   sessionStorage.setItem("conversation", String(id));
   $("chat-title").textContent = history.title || `Conversation ${id}`;

@@ -348,3 +348,21 @@ def test_event_ids_keep_increasing_across_generations(api: Api) -> None:
     first = chat_events(api, headers, cid, "#fake tokens=2")
     second = chat_events(api, headers, cid, "#fake tokens=2")
     assert second[0]["id"] > first[-1]["id"]
+
+
+def test_nul_in_message_is_400(api: Api) -> None:
+    headers, cid = new_chat(api)
+    response = api.http.post(f"/api/chat/{cid}", json={"message": "a\x00b"}, headers=headers)
+    assert response.status_code == 400 and "NUL" in response.json()["error"]
+
+
+def test_stopped_full_response_equals_the_deltas(api: Api) -> None:
+    """Even when a stop lands inside a batch window, full_response is exactly the deltas sent."""
+    headers, cid = new_chat(api)
+    running = _slow_chat_in_background(api, headers, cid, "#fake tokens=400 delay_ms=2")
+    _wait_running(api, headers, cid)
+    time.sleep(0.1)
+    api.http.post(f"/api/chat/{cid}/stop", headers=headers)
+    running["thread"].join(15)
+    assert_complete(running["events"], cid)
+    assert history(api, headers, cid)[-1]["content"] == running["events"][-1]["data"]

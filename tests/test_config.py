@@ -117,3 +117,16 @@ def test_cli_refuses_workers_without_redis(tmp_path: Path) -> None:
     result = _serve("--workers", "2", cwd=tmp_path)
     assert result.returncode != 0
     assert "Redis" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_redis_password_is_quoted_and_redacted() -> None:
+    """A password with URL-special characters neither breaks the URL nor shows in the start-up line."""
+    from realtime_llm.cli import redact_url
+    from realtime_llm.config import RedisSettings
+
+    url = RedisSettings(address="127.0.0.1:6379", password="p/a#s?s@w:rd").connection_url()
+    import redis
+
+    assert redis.connection.parse_url(url)["password"] == "p/a#s?s@w:rd"
+    assert "p/a" not in redact_url(url) and "***" in redact_url(url)
+    assert redact_url("postgresql://u:secret@db.example:5432/x") == "postgresql://u:***@db.example:5432/x"

@@ -208,3 +208,25 @@ def test_deleting_the_conversation_closes_its_sockets(server: ServerProcess, api
         api.http.post(f"/api/conversations/del/{cid}", headers=headers)
         assert socket.recv()["event"] == "error"
         assert socket.close_code() == 4404
+
+
+def test_nul_in_content_is_an_error_event(server: ServerProcess, api: Api) -> None:
+    """A NUL character (which PostgreSQL cannot store) is refused like any bad frame."""
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as socket:
+        ready(socket)
+        socket.send({"type": "message", "content": "a\x00b"})
+        assert "NUL" in socket.recv()["data"]
+        socket.send({"type": "resume"})
+        assert "required" in socket.recv()["data"]
+        socket.send({"type": "ping"})
+        assert socket.recv()["event"] == "pong"
+
+
+def test_logout_ends_an_open_socket_at_its_next_command(server: ServerProcess, api: Api) -> None:
+    headers, cid = new_chat(api)
+    with Socket(server.url, cid, headers) as socket:
+        ready(socket)
+        api.http.post("/api/users/logout", headers=headers)
+        socket.send({"type": "message", "content": "still there?"})
+        assert socket.close_code() == 4401

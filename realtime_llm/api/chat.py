@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from realtime_llm.api.access import require_caller, services_of
-from realtime_llm.bodies import path_id, read_json_object, required_string
+from realtime_llm.bodies import path_id, read_json_object, validate_message
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, SubscriberOverflow, Subscription
-from realtime_llm.errors import BadRequest, PayloadTooLarge, UpstreamError
+from realtime_llm.errors import BadRequest, UpstreamError
 from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_frame
 from realtime_llm.services import Services
 
@@ -21,13 +21,8 @@ async def chat(request: Request) -> StreamingResponse:
     caller = await require_caller(request)
     conversation_id = path_id(request)
     services = services_of(request)
-    limit = services.settings.limits.max_message_chars
     body = await read_json_object(request, services.settings.server.max_body_bytes)
-    text = required_string(body, "message", max_chars=services.settings.server.max_body_bytes)
-    if len(text) > limit:
-        raise PayloadTooLarge(f"message is longer than {limit} characters")
-    if not text.strip():
-        raise BadRequest("'message' must not be empty")
+    text = validate_message(body.get("message"), services.settings.limits.max_message_chars)
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
     generation = await services.engine.start(conversation, text)
     # Hold the response until the upstream has accepted, so a refusal is a plain 502.

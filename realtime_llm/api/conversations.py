@@ -1,10 +1,13 @@
 """/api/conversations/*: create, list, history, delete — each on the caller's own only."""
 from __future__ import annotations
 
+import contextlib
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from realtime_llm.api.access import require_caller, services_of
+from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.bodies import optional_string, path_id, read_json_object
 from realtime_llm.errors import BadRequest
 from realtime_llm.store.conversations import Conversation
@@ -70,6 +73,9 @@ async def delete(request: Request) -> JSONResponse:
     services = services_of(request)
     await services.conversations.delete_owned(conversation_id, caller.user.id)
     # A generation still running is stopped; its buffered events and subscriptions go too.
-    await services.broker.request_stop(conversation_id)
-    await services.broker.drop(conversation_id)
+    # The delete itself has succeeded in SQL: a broker outage must not turn it into an error
+    # (its Redis keys expire on their own).
+    with contextlib.suppress(BrokerUnavailable):
+        await services.broker.request_stop(conversation_id)
+        await services.broker.drop(conversation_id)
     return JSONResponse({"message": "Conversation deleted successfully"})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, services_of
 from realtime_llm.api.chat import stream_end_message
+from realtime_llm.bodies import validate_message
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, Subscription, SubscriberOverflow
 from realtime_llm.errors import APIError, ConversationNotFound, Unauthorized
 from realtime_llm.events import ERROR, local_json
@@ -180,6 +182,8 @@ class ConversationSocket:
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
+        if kind in ("message", "stop", "resume"):
+            await self._still_authorised()
         if kind == "ping":
             await self.send(local_json("pong", ""))
         elif kind == "message":
@@ -196,18 +200,17 @@ class ConversationSocket:
         else:
             await self.send_error("a frame needs a string 'type'")
 
+    async def _still_authorised(self) -> None:
+        """A socket lives longer than a check at the door: an expired or logged-out token
+        ends it (4401) at its next command."""
+        claims = self.caller.claims
+        if claims.expires_at <= time.time() or await self.services.users.active(claims.user_id, claims.jti) is None:
+            raise CloseSocket(CLOSE_AUTH, "token expired or revoked")
+
     async def _start_generation(self, frame: dict[str, Any]) -> None:
-        content = frame.get("content")
-        limit = self.services.settings.limits.max_message_chars
-        if not isinstance(content, str):
-            await self.send_error("'content' must be a string")
-        elif not content.strip():
-            await self.send_error("'content' must not be empty")
-        elif len(content) > limit:
-            await self.send_error(f"'content' is longer than {limit} characters", code="payload_too_large")
-        else:
-            conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
-            await self.services.engine.start(conversation, content)
+        content = validate_message(frame.get("content"), self.services.settings.limits.max_message_chars, "content")
+        conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
+        await self.services.engine.start(conversation, content)
 
     async def _resume(self, frame: dict[str, Any]) -> None:
         try:
@@ -215,5 +218,8 @@ class ConversationSocket:
         except ValueError as exc:
             await self.send_error(str(exc))
             return
-        for event in await self.services.broker.replay(self.conversation_id, after or 0):
+        if after is None:
+            await self.send_error("'last_event_id' is required: a non-negative integer")
+            return
+        for event in await self.services.broker.replay(self.conversation_id, after):
             await self.send(event.json)

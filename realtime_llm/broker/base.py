@@ -127,10 +127,6 @@ class Broker(abc.ABC):
             for subscription in list(subscriptions):
                 subscription.fail(error)
 
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._local.values())
-
     def end_all_subscriptions(self, error: Exception) -> None:
         """On shutdown: every stream and socket of this process ends (and closes 1001)."""
         self._fail_local(None, error)

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import AsyncContextManager, AsyncIterator
 
 
-class UpstreamError(Exception):
-    """The model upstream failed; the message is fit to show a person and holds no secrets."""
+from realtime_llm.errors import UpstreamError  # noqa: F401  (raised by every provider)
 
 
 @dataclass(frozen=True)

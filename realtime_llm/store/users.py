@@ -52,10 +52,6 @@ class UserStore:
         row = await self.database.fetch_one(sa.select(users).where(users.c.id == user_id, ~revoked))
         return _user(row)
 
-    async def by_id(self, user_id: int) -> User | None:
-        row = await self.database.fetch_one(sa.select(users).where(users.c.id == user_id))
-        return _user(row)
-
 
 def _user(row: object) -> User | None:
     if row is None:
@@ -71,12 +67,16 @@ class RevocationStore:
         self.database = database
 
     async def revoke(self, jti: str, expires_at: int) -> None:
-        async with self.database.transaction():
-            if not await self.is_revoked(jti):
-                await self.database.execute(revoked_tokens.insert().values(jti=jti, expires_at=expires_at))
-            await self.database.execute(
-                revoked_tokens.delete().where(revoked_tokens.c.expires_at < int(time.time()))
-            )
+        try:
+            async with self.database.transaction():
+                if not await self.is_revoked(jti):
+                    await self.database.execute(revoked_tokens.insert().values(jti=jti, expires_at=expires_at))
+                await self.database.execute(
+                    revoked_tokens.delete().where(revoked_tokens.c.expires_at < int(time.time()))
+                )
+        except Exception:
+            if not await self.is_revoked(jti):  # a concurrent logout of the same token won the insert
+                raise
 
     async def is_revoked(self, jti: str) -> bool:
         row = await self.database.fetch_one(
