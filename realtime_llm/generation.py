@@ -75,16 +75,22 @@ class GenerationEngine:
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if not await self._acquire(cid, owner):
             raise Conflict("a generation is already running in this conversation")
+        generation = Generation(cid, owner, user_event_id=0, user_message_id=0)
+        # Listen for stop before anyone can know the generation exists (the user_message
+        # below), so a stop sent the moment it appears is never lost.
+        listening = contextlib.AsyncExitStack()
         try:
+            await listening.enter_async_context(self.broker.on_stop(cid, lambda: self._stop(generation)))
             await self.broker.ensure_event_floor(cid, await self.store.event_watermark(cid))
             message = await self.store.add_message(cid, "user", text)
             event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id)
         except BaseException:
+            await listening.aclose()
             await self.broker.release_lock(cid, owner)
             raise
-        generation = Generation(cid, owner, event.id, message.message_id)
+        generation.user_event_id, generation.user_message_id = event.id, message.message_id
         self._running[cid] = generation
-        generation.task = asyncio.create_task(self._run(generation, conversation), name=f"generation-{cid}")
+        generation.task = asyncio.create_task(self._run(generation, conversation, listening), name=f"generation-{cid}")
         return generation
 
     async def _acquire(self, cid: int, owner: str, patience: float = 0.3) -> bool:
@@ -112,15 +118,18 @@ class GenerationEngine:
                 await asyncio.wait(late, timeout=1.0)
 
     def _stop(self, generation: Generation) -> None:
-        if not (generation.stop_requested or generation.finishing) and generation.task is not None:
-            generation.stop_requested = True
+        if generation.stop_requested or generation.finishing:
+            return
+        generation.stop_requested = True
+        if generation.task is not None:  # else _stream_answer sees the flag when it begins
             generation.task.cancel()
 
-    async def _run(self, generation: Generation, conversation: Conversation) -> None:
+    async def _run(self, generation: Generation, conversation: Conversation,
+                   listening: contextlib.AsyncExitStack) -> None:
         cid = generation.conversation_id
         parts: list[str] = []
         try:
-            async with self.broker.on_stop(cid, lambda: self._stop(generation)), self._keep_lock(generation):
+            async with listening, self._keep_lock(generation):
                 reason = await self._stream_answer(generation, conversation, parts)
                 await self._finish(generation, "".join(parts), reason)
         except UpstreamError as exc:
@@ -152,6 +161,8 @@ class GenerationEngine:
         """Relay the model's deltas; returns the done reason. A stop cancels this task, and
         the cancellation is absorbed here so that the partial answer can still be saved."""
         try:
+            if generation.stop_requested:
+                return "cancelled"
             async with asyncio.timeout(self.settings.stream.max_generation_seconds):
                 request = ChatRequest(
                     model=conversation.model,

@@ -233,9 +233,10 @@ function handleEvent(frame) {
   switch (frame.event) {
     case "ready":
       state.retries = 0;
-      if (state.generating && !frame.generating && state.assistantBubble && frame.last_event_id < state.lastEventId) {
-        // Back on a server that has no record of the stream we were reading (a restart
-        // without Redis): the answer ended while we were away, so show what was saved.
+      if (state.generating && !frame.generating) {
+        // The answer we were reading ended while we were away (and the server may have no
+        // record of its last events, e.g. a restart without Redis): show what was saved.
+        state.generating = false;
         openConversation({ conversation_id: state.current.id }).catch((e) => showError("chat-error", e.message));
         return;
       }

@@ -366,3 +366,12 @@ def test_stopped_full_response_equals_the_deltas(api: Api) -> None:
     running["thread"].join(15)
     assert_complete(running["events"], cid)
     assert history(api, headers, cid)[-1]["content"] == running["events"][-1]["data"]
+
+
+def test_resuming_from_beyond_the_servers_ids_moves_them_past(api: Api) -> None:
+    """A client whose last id is ahead of the server (its buffer was lost) gets new ids above it."""
+    headers, cid = new_chat(api)
+    with api.http.stream("GET", f"/api/chat/{cid}/events", headers={**headers, "Last-Event-ID": "5000"}) as response:
+        assert response.status_code == 200
+    events = chat_events(api, headers, cid, "#fake tokens=1")
+    assert events[0]["id"] > 5000

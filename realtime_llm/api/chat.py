@@ -39,6 +39,7 @@ async def events(request: Request) -> StreamingResponse:
     services = services_of(request)
     after = last_event_id(request)
     await services.conversations.get_owned(conversation_id, caller.user.id)
+    await align_event_ids(services, conversation_id, after)
     stream = stream_events(services, conversation_id, after=after, until_terminal=False)
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -51,6 +52,14 @@ async def stop(request: Request) -> JSONResponse:
     stopped = await services.broker.request_stop(conversation_id)
     message = "Generation stopped" if stopped else "No generation was running"
     return JSONResponse({"message": message, "stopped": stopped})
+
+
+async def align_event_ids(services: Services, conversation_id: int, after: int | None) -> None:
+    """A client that has seen ids beyond this server's latest (its buffer was lost: a
+    restart without Redis, a flush) gets ids above its own from now on, never repeats it
+    would drop as duplicates. The owner's own conversation only; ids stay below 2**52."""
+    if after is not None and after < 2**52 and after > await services.broker.last_event_id(conversation_id):
+        await services.broker.ensure_event_floor(conversation_id, after)
 
 
 def last_event_id(request: Request) -> int | None:

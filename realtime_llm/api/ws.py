@@ -10,7 +10,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, services_of
-from realtime_llm.api.chat import stream_end_message
+from realtime_llm.api.chat import align_event_ids, stream_end_message
 from realtime_llm.bodies import validate_message
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, Subscription, SubscriberOverflow
 from realtime_llm.errors import APIError, ConversationNotFound, Unauthorized
@@ -39,6 +39,7 @@ async def conversation_socket(websocket: WebSocket) -> None:
         caller, after = await _authenticate(websocket, services)
         conversation_id = _socket_id(websocket.path_params["id"])
         await services.conversations.get_owned(conversation_id, caller.user.id)
+        await align_event_ids(services, conversation_id, after)
         async with services.broker.subscribe(conversation_id, after) as subscription:
             await ConversationSocket(websocket, services, caller, conversation_id, subscription).run()
     except CloseSocket as close:
