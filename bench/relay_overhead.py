@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 
 from bench.common import UpstreamProcess, make_users, median, percentile, start_server
 

@@ -72,6 +72,18 @@ def validate_message(content: object, limit: int, name: str = "message") -> str:
     return content
 
 
+def event_id(value: Any, name: str = "last_event_id") -> int | None:
+    """A client's last event id (header, query or JSON): a non-negative integer below
+    2**53, or None when absent; anything else is a 400."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    raise BadRequest(f"{name} must be a non-negative integer")
+
+
 def path_id(request: Request, name: str = "id") -> int:
     """An integer id from the path: a non-integer is a 400; one no row can have matches nothing."""
     raw = request.path_params[name]

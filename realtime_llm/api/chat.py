@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from realtime_llm.api.access import require_caller, services_of
-from realtime_llm.bodies import path_id, read_json_object, validate_message
+from realtime_llm.bodies import event_id, path_id, read_json_object, validate_message
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, SubscriberOverflow, Subscription
-from realtime_llm.errors import BadRequest, UpstreamError
+from realtime_llm.errors import UpstreamError
 from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_frame
 from realtime_llm.services import Services
 
@@ -64,11 +64,7 @@ async def align_event_ids(services: Services, conversation_id: int, after: int |
 
 def last_event_id(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    if raw is None or raw == "":
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16:
-        raise BadRequest("Last-Event-ID must be a non-negative integer")
-    return int(raw)
+    return event_id(raw, "Last-Event-ID")
 
 
 async def stream_events(

@@ -11,9 +11,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, services_of
 from realtime_llm.api.chat import align_event_ids, stream_end_message
-from realtime_llm.bodies import validate_message
+from realtime_llm.bodies import event_id, validate_message
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, Subscription, SubscriberOverflow
-from realtime_llm.errors import APIError, ConversationNotFound, Unauthorized
+from realtime_llm.errors import APIError, BadRequest, ConversationNotFound, Unauthorized
 from realtime_llm.events import ERROR, local_json
 from realtime_llm.services import Services
 
@@ -63,17 +63,6 @@ def _socket_id(raw: str) -> int:
     return int(raw)
 
 
-def _event_id(value: Any) -> int | None:
-    """A client-supplied last event id: a non-negative integer, or None when absent."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
-        return value
-    raise ValueError("last_event_id must be a non-negative integer")
-
-
 async def _authenticate(websocket: WebSocket, services: Services) -> tuple[Caller, int | None]:
     """Header auth on the upgrade, else a first {"type":"auth"} frame within 10 seconds."""
     token = bearer_token(websocket)
@@ -91,9 +80,9 @@ async def _authenticate(websocket: WebSocket, services: Services) -> tuple[Calle
             raise CloseSocket(CLOSE_AUTH, 'the first frame must be {"type":"auth","token":...}')
         token, raw_after = frame["token"], frame.get("last_event_id")
     try:
-        after = _event_id(raw_after)
-    except ValueError:
-        raise CloseSocket(CLOSE_AUTH, "last_event_id must be a non-negative integer") from None
+        after = event_id(raw_after)
+    except BadRequest as exc:
+        raise CloseSocket(CLOSE_AUTH, exc.message) from None
     try:
         return await authenticate_token(services, token), after
     except Unauthorized as exc:
@@ -214,11 +203,7 @@ class ConversationSocket:
         await self.services.engine.start(conversation, content)
 
     async def _resume(self, frame: dict[str, Any]) -> None:
-        try:
-            after = _event_id(frame.get("last_event_id"))
-        except ValueError as exc:
-            await self.send_error(str(exc))
-            return
+        after = event_id(frame.get("last_event_id"))  # a bad one is an error event, via _read_frames
         if after is None:
             await self.send_error("'last_event_id' is required: a non-negative integer")
             return
