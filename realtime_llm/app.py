@@ -5,9 +5,11 @@ import contextlib
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from realtime_llm import metrics
 from realtime_llm.api import chat, conversations, health, openapi, page, users, ws
 from realtime_llm.config import Settings
 from realtime_llm.errors import EXCEPTION_HANDLERS
@@ -31,6 +33,7 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         WebSocketRoute("/ws/conversations/{id}", ws.conversation_socket),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
         Route("/", page.index, methods=["GET"]),
         Mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static"),
@@ -44,4 +47,9 @@ def create_app(settings: Settings) -> Starlette:
             app.state.services = services
             yield
 
-    return Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]
+    return Starlette(
+        routes=routes(),
+        middleware=[Middleware(metrics.RequestMetrics)],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import sys
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
@@ -14,6 +15,8 @@ from starlette.applications import Starlette
 
 from realtime_llm.app import create_app
 from realtime_llm.config import ConfigError, Settings, load_settings
+
+STARTUP_FAILURE = 3  # a process that could not start (bind, database, Redis): restarting will not help
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,15 +64,21 @@ def redact_url(url: str) -> str:
 
 def describe(settings: Settings, host: str, port: int) -> str:
     broker = f"redis ({redact_url(settings.redis.connection_url())})" if settings.redis.enabled else "in-process"
+    workers = f" | workers: {settings.server.workers}" if settings.server.workers > 1 else ""
+    if ":" in host:
+        host = f"[{host}]"
     return (
         f"realtime-llm listening on http://{host}:{port} | "
-        f"database: {redact_url(settings.database_url)} | broker: {broker}"
+        f"database: {redact_url(settings.database_url)} | broker: {broker}{workers}"
     )
 
 
 class RealtimeServer(uvicorn.Server):
-    """uvicorn would close WebSockets with 1012 and wait for endless SSE streams; ours end
-    them first, sockets with 1001 as DESIGN.md promises."""
+    """Graceful shutdown as DESIGN.md and the deployment need it: stop accepting, let running
+    answers finish within `server.shutdown_grace_seconds` (then stop them, saving what was
+    said), and only then end streams and close sockets with 1001, so clients reconnect to
+    another process and resume. uvicorn alone would close sockets with 1012 at once and
+    wait for endless SSE streams."""
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
@@ -78,6 +87,9 @@ class RealtimeServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         services = getattr(self.app.state, "services", None)
         if services is not None:
+            for listener in self.servers:  # new connections go to the other processes
+                listener.close()
+            await services.engine.drain(services.settings.server.shutdown_grace_seconds)
             services.begin_shutdown()
             await asyncio.sleep(0.2)  # let the closing frames go out
         await super().shutdown(sockets)
@@ -97,29 +109,45 @@ def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
         ws_ping_timeout=settings.stream.keepalive_seconds,
         # Token deltas are small frames: compression costs more CPU than it saves bytes.
         ws_per_message_deflate=False,
+        # Once generations are done and our streams are ended, what is left is plain requests.
         timeout_graceful_shutdown=10,
     )
 
 
-async def serve(settings: Settings, server: uvicorn.Server) -> int:
+async def serve(server: RealtimeServer, sockets: list[socket.socket] | None,
+                on_started: Callable[[str, int], None]) -> int:
     # uvicorn re-raises the signal that stopped it once it has shut down; after a
     # graceful shutdown that should end the process with status 0, not "killed by SIGTERM".
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
+
     async def announce() -> None:
         while not server.started:
             await asyncio.sleep(0.02)
         host, port = server.servers[0].sockets[0].getsockname()[:2]
-        print(describe(settings, host, port), flush=True)
+        on_started(host, port)
 
     announcing = asyncio.create_task(announce())
     try:
-        await server.serve()
+        await server.serve(sockets)
     except SystemExit as exc:  # uvicorn exits this way when it cannot bind or start up
-        return exc.code if isinstance(exc.code, int) else 1
+        return exc.code if isinstance(exc.code, int) else STARTUP_FAILURE
     finally:
         announcing.cancel()
-    return 0 if server.started else 1
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def run_server(settings: Settings, sockets: list[socket.socket] | None,
+               on_started: Callable[[str, int], None]) -> int:
+    """One process serving the app: the whole server, or one worker of several."""
+    app = create_app(settings)
+    server = RealtimeServer(uvicorn_config(settings, app), app)
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        return runner.run(serve(server, sockets, on_started))
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,11 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"realtime-llm: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     if settings.server.workers > 1:
-        print("realtime-llm: --workers > 1 is not available yet in this version", file=sys.stderr)
-        return 2
-    app = create_app(settings)
-    server = RealtimeServer(uvicorn_config(settings, app), app)
-    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        return runner.run(serve(settings, server))
+        from realtime_llm.workers import run_workers
+
+        return run_workers(settings)
+    return run_server(settings, None, lambda host, port: print(describe(settings, host, port), flush=True))

@@ -22,6 +22,8 @@ class ServerSettings:
     port: int = 8080  # the original wrote it as a string ("8080"); both are accepted
     workers: int = 1
     max_body_bytes: int = 1_048_576
+    # On SIGTERM running answers get this long to finish before they are stopped (and saved).
+    shutdown_grace_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: 'server.workers' must be at least 1")
     if settings.server.max_body_bytes < 1024:
         raise ConfigError("config: 'server.max_body_bytes' must be at least 1024")
+    if not 0 <= settings.server.shutdown_grace_seconds <= 3600:
+        raise ConfigError("config: 'server.shutdown_grace_seconds' must be between 0 and 3600")
     if settings.jwt.ttl_seconds < 1:
         raise ConfigError("config: 'jwt.ttl_seconds' must be positive")
     if not 4 <= settings.auth.bcrypt_rounds <= 31:

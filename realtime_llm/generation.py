@@ -16,12 +16,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from prometheus_client import Histogram
+
 from realtime_llm.broker import Broker
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
-from realtime_llm.errors import Conflict, ConversationNotFound
+from realtime_llm.errors import Conflict, ConversationNotFound, ServiceUnavailable
 from realtime_llm.events import DONE, ERROR, FULL_RESPONSE, MESSAGE, USER_MESSAGE
+from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS, UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
 from realtime_llm.providers import ChatMessage, ChatRequest, Provider, UpstreamError
 from realtime_llm.store.conversations import Conversation, ConversationStore
 
@@ -68,11 +71,14 @@ class GenerationEngine:
         self.catalog = catalog
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._running: dict[int, Generation] = {}
+        self.draining = False
 
     async def start(self, conversation: Conversation, text: str) -> Generation:
         """Take the conversation's lock, save and publish the user message, start the answer."""
         cid = conversation.id
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
+        if self.draining:
+            raise ServiceUnavailable("this server is shutting down: send the message again to reach another")
         if not await self._acquire(cid, owner):
             raise Conflict("a generation is already running in this conversation")
         generation = Generation(cid, owner, user_event_id=0, user_message_id=0)
@@ -104,6 +110,16 @@ class GenerationEngine:
             await asyncio.sleep(0.02)
         return True
 
+    async def drain(self, grace: float) -> None:
+        """Refuse new generations and give the running ones `grace` seconds to finish; then
+        stop the rest, each saving its partial answer."""
+        self.draining = True
+        tasks = [g.task for g in self._running.values() if g.task is not None]
+        if tasks:
+            logger.info("waiting up to %.0fs for %d running generation(s)", grace, len(tasks))
+            await asyncio.wait(tasks, timeout=grace)
+        await self.close()
+
     async def close(self, grace: float = 5.0) -> None:
         """Stop every running generation (each saves its partial answer) and wait for them."""
         generations = list(self._running.values())
@@ -128,10 +144,13 @@ class GenerationEngine:
                    listening: contextlib.AsyncExitStack) -> None:
         cid = generation.conversation_id
         parts: list[str] = []
+        outcome = "error"
+        RUNNING_GENERATIONS.inc()
         try:
             async with listening, self._keep_lock(generation):
                 reason = await self._stream_answer(generation, conversation, parts)
                 await self._finish(generation, "".join(parts), reason)
+                outcome = reason
         except UpstreamError as exc:
             generation.settle(str(exc))
             await self._publish_error(generation, str(exc))
@@ -148,11 +167,14 @@ class GenerationEngine:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             generation.finishing = True
             await self._finish(generation, "".join(parts), "cancelled")
+            outcome = "cancelled"
         except Exception:  # a bug must still end the stream for its subscribers
             logger.exception("generation failed in conversation %d", cid)
             generation.settle("internal error")
             await self._publish_error(generation, "the answer failed because of an internal error")
         finally:
+            RUNNING_GENERATIONS.dec()
+            GENERATIONS.labels(outcome).inc()
             generation.settle(None)  # stopped before the upstream answered: stream what there is
             self._running.pop(cid, None)
             await self._release(generation)
@@ -169,9 +191,16 @@ class GenerationEngine:
                     messages=await self.prompt(conversation),
                     api_key=self.store.box.open(conversation.api_key_sealed),
                 )
-                async with self.provider_for(conversation.model).stream(request) as deltas:
-                    generation.settle(None)
-                    await self._relay(generation.conversation_id, deltas, parts)
+                provider = self.provider_for(conversation.model)
+                began = time.monotonic()
+                try:
+                    async with provider.stream(request) as deltas:
+                        generation.settle(None)
+                        await self._relay(generation.conversation_id, deltas, parts,
+                                          UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name), began)
+                except UpstreamError:
+                    UPSTREAM_ERRORS.labels(provider.name).inc()
+                    raise
             return "stop"
         except asyncio.CancelledError:
             if not generation.stop_requested:
@@ -184,7 +213,8 @@ class GenerationEngine:
         finally:
             generation.finishing = True  # from here on a stop has nothing left to interrupt
 
-    async def _relay(self, cid: int, deltas: AsyncIterator[str], parts: list[str]) -> None:
+    async def _relay(self, cid: int, deltas: AsyncIterator[str], parts: list[str],
+                     first_token: Histogram, began: float) -> None:
         """Publish deltas, coalescing those that come within `batch_ms` of the last publish.
 
         A delta after a quiet spell goes out at once (no added latency); a burst is held
@@ -205,6 +235,8 @@ class GenerationEngine:
                 except TimeoutError:
                     item = ""
                 if isinstance(item, str) and item:
+                    if not parts and not pending:
+                        first_token.observe(time.monotonic() - began)
                     pending.append(item)
                 if pending and (item is None or isinstance(item, BaseException)
                                 or time.monotonic() - last_flush >= window):

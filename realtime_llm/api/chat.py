@@ -12,6 +12,7 @@ from realtime_llm.bodies import event_id, path_id, read_json_object, validate_me
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, SubscriberOverflow, Subscription
 from realtime_llm.errors import UpstreamError
 from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_frame
+from realtime_llm.metrics import OPEN_SSE_STREAMS
 from realtime_llm.services import Services
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -77,12 +78,15 @@ async def stream_events(
     client leaves.
     """
     keepalive = services.settings.stream.keepalive_seconds
+    OPEN_SSE_STREAMS.inc()
     try:
         async with services.broker.subscribe(conversation_id, after) as subscription:
             async for frame in _frames(services, subscription, keepalive, until_terminal):
                 yield frame
     except BrokerUnavailable as exc:  # the response has started: the error can only go in-band
         yield _local_error(conversation_id, exc)
+    finally:
+        OPEN_SSE_STREAMS.dec()
 
 
 async def _frames(services: Services, subscription: Subscription, keepalive: float,

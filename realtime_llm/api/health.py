@@ -1,4 +1,4 @@
-"""Liveness (/healthz), readiness (/readyz) and the model list."""
+"""Liveness (/healthz), readiness (/readyz: database, broker, not draining) and the model list."""
 from __future__ import annotations
 
 from typing import Awaitable
@@ -23,6 +23,8 @@ async def readyz(request: Request) -> JSONResponse:
         "database": await _check(services.database.fetch_val(sa.text("SELECT 1"))),
         "broker": await _check(services.broker.ping()),
     }
+    if services.engine.draining:  # shutting down: a load balancer should send no one new here
+        return JSONResponse({"status": "draining", **checks}, status_code=503)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503)
 

@@ -16,6 +16,7 @@ from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, Shutti
 from realtime_llm.errors import APIError, BadRequest, ConversationNotFound, Unauthorized
 from realtime_llm.events import ERROR, local_json
 from realtime_llm.services import Services
+from realtime_llm.metrics import OPEN_WEBSOCKETS
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
@@ -35,6 +36,7 @@ class CloseSocket(Exception):
 async def conversation_socket(websocket: WebSocket) -> None:
     services = services_of(websocket)
     await websocket.accept()
+    OPEN_WEBSOCKETS.inc()
     try:
         caller, after = await _authenticate(websocket, services)
         conversation_id = _socket_id(websocket.path_params["id"])
@@ -50,6 +52,8 @@ async def conversation_socket(websocket: WebSocket) -> None:
         await _close(websocket, CLOSE_TRY_AGAIN, "live updates are unavailable right now")
     except WebSocketDisconnect:
         pass
+    finally:
+        OPEN_WEBSOCKETS.dec()
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator, Callable
 from realtime_llm.broker.base import Broker, ConversationGone, Subscription
 from realtime_llm.config import StreamSettings
 from realtime_llm.events import Event, make_event
+from realtime_llm.metrics import EVENTS_PUBLISHED
 
 
 @dataclass
@@ -52,6 +53,7 @@ class MemoryBroker(Broker):
         return channel
 
     async def publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
+        EVENTS_PUBLISHED.labels(event_type).inc()
         channel = self._channel(conversation_id)
         channel.last_id += 1
         event = make_event(channel.last_id, event_type, data, conversation_id=conversation_id, **metadata)

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone, Subscription
 from realtime_llm.config import Settings
 from realtime_llm.events import ERROR, TERMINAL, Event, event_template
+from realtime_llm.metrics import EVENTS_PUBLISHED
 
 logger = logging.getLogger("realtime_llm.broker.redis")
 
@@ -129,6 +130,7 @@ class RedisBroker(Broker):
     # -- events ----------------------------------------------------------------------
 
     async def publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
+        EVENTS_PUBLISHED.labels(event_type).inc()
         prefix, suffix = event_template(event_type, data, conversation_id=conversation_id, **metadata)
         event_id = int(await self._call(self._scripts["publish"](
             keys=[self.key(conversation_id, "seq"), self.key(conversation_id, "events")],

@@ -8,10 +8,14 @@ __all__ = ["ChatMessage", "ChatRequest", "Provider", "UpstreamError", "create_pr
 
 
 def create_provider(settings: ProviderSettings) -> Provider:
+    provider: Provider
     if settings.kind == "openai":
         from realtime_llm.providers.openai import OpenAIProvider
 
-        return OpenAIProvider(settings)
-    from realtime_llm.providers.demo import DemoProvider
+        provider = OpenAIProvider(settings)
+    else:
+        from realtime_llm.providers.demo import DemoProvider
 
-    return DemoProvider(settings)
+        provider = DemoProvider(settings)
+    provider.name = settings.name
+    return provider

@@ -25,6 +25,8 @@ class ChatRequest:
 class Provider(abc.ABC):
     """Serves the models its configured patterns match."""
 
+    name = ""  # the config's provider name, set by create_provider (metrics use it)
+
     async def start(self) -> None:
         """Open pooled connections; called once from the lifespan."""
 
