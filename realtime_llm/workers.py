@@ -78,8 +78,7 @@ def run_workers(settings: Settings) -> int:
     workers = [Worker(i, settings, listener) for i in range(n)]
     try:
         if not _wait_started(workers, stopping):
-            stopping.set()
-            return STARTUP_FAILURE
+            return 0 if stopping.is_set() else STARTUP_FAILURE
         host, port = listener.getsockname()[:2]
         print(describe(settings, host, port), flush=True)
         while not stopping.wait(CHECK_INTERVAL):

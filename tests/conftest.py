@@ -27,6 +27,7 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
         providers.append({"name": "dead", "kind": "openai", "base_url": "http://127.0.0.1:9/v1",
                           "models": ["dead-*"], "connect_timeout": 2})
     config: dict[str, Any] = {
+        "server": {"shutdown_grace_seconds": 3},
         "auth": {"bcrypt_rounds": 4},
         "jwt": {"secret_file": str(workdir / "jwt.secret")},
         "stream": {"keepalive_seconds": 1, "batch_ms": 0, "ws_auth_timeout_seconds": 1, "subscriber_queue": 50},

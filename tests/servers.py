@@ -29,8 +29,9 @@ class ServerProcess:
     """`python -m realtime_llm serve` in a subprocess, on a free port of its own."""
 
     def __init__(self, config_path: Path, workdir: Path, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.config_path = config_path
+        self.args = args
         self.workdir = workdir
         self.port = port or free_port()
         self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET")}
@@ -46,7 +47,7 @@ class ServerProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "realtime_llm", "serve", "--config", str(self.config_path),
-             "--host", "127.0.0.1", "--port", str(self.port)],
+             "--host", "127.0.0.1", "--port", str(self.port), *self.args],
             cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
@@ -75,3 +76,40 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The worker processes of a `serve --workers N` parent (not multiprocessing's helper)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def established_connections(pid: int, port: int) -> int:
+    """How many established TCP connections to `port` the process holds (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count

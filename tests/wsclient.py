@@ -15,7 +15,7 @@ class Socket:
     def __init__(self, base_url: str, cid: int | str, headers: dict[str, str] | None = None, query: str = "") -> None:
         url = base_url.replace("http://", "ws://") + f"/ws/conversations/{cid}" + (f"?{query}" if query else "")
         self._connecting = connect(url, additional_headers=headers or {}, open_timeout=10,
-                                   max_size=None, compression=None)
+                                   max_size=None, compression=None, close_timeout=2)
         self.conn: ClientConnection = self._connecting.__enter__()
 
     def send(self, frame: dict[str, Any] | str | bytes) -> None:
