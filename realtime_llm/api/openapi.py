@@ -213,8 +213,13 @@ PATHS: dict[str, Any] = {
     },
     "/healthz": {"get": _op("Process is up", {"200": _json(_ref("Status"), "up")}, secured=False)},
     "/readyz": {
-        "get": _op("Database reachable", {"200": _json(_ref("Status"), "ready"),
-                                          "503": _json(_ref("Status"), "not ready")}, secured=False)
+        "get": _op("Database and broker reachable, and not draining for shutdown",
+                   {"200": _json(_ref("Status"), "ready"),
+                    "503": _json(_ref("Status"), "not ready, or draining")}, secured=False)
+    },
+    "/metrics": {
+        "get": {"summary": "Prometheus metrics (all worker processes)", "responses": {"200": {
+            "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}
     },
 }
 
