@@ -12,10 +12,13 @@ from websockets.sync.client import ClientConnection, connect
 class Socket:
     """A conversation socket: send frames, read events, see how it closed."""
 
-    def __init__(self, base_url: str, cid: int | str, headers: dict[str, str] | None = None, query: str = "") -> None:
+    def __init__(self, base_url: str, cid: int | str, headers: dict[str, str] | None = None, query: str = "",
+                 max_queue: int | None = 16) -> None:
+        """max_queue=None buffers everything, for a test that reads its events late (the
+        default stops reading when 16 wait, so a lagging test would miss server pings)."""
         url = base_url.replace("http://", "ws://") + f"/ws/conversations/{cid}" + (f"?{query}" if query else "")
         self._connecting = connect(url, additional_headers=headers or {}, open_timeout=10,
-                                   max_size=None, compression=None, close_timeout=2)
+                                   max_size=None, compression=None, close_timeout=2, max_queue=max_queue)
         self.conn: ClientConnection = self._connecting.__enter__()
 
     def send(self, frame: dict[str, Any] | str | bytes) -> None:
