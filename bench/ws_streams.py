@@ -1,5 +1,7 @@
 """WebSocket streaming: N concurrent clients each receiving an answer from the fake upstream
-(20 tokens/s), through 1 process (in-process broker) and 2 processes sharing Redis, in one run.
+(20 tokens/s), through 1 process (in-process broker), 2 processes sharing Redis (clients
+split between their ports), and the same 2 processes behind Caddy (the repo's Caddyfile,
+one public port), in one run.
 Also the Redis cost of one 1,000-token answer, from Redis's own INFO counters.
 
     .venv/bin/python -m bench.ws_streams [--clients 50 200] [--tokens 60] [--repeat 3]
@@ -22,7 +24,7 @@ from websockets.asyncio.client import connect
 
 from bench.common import UpstreamProcess, make_users, median, percentile, start_server
 from tests.backends import PrivateRedis
-from tests.servers import ServerProcess
+from tests.servers import Caddy, ServerProcess
 
 STAMP = re.compile(r"<(\d+\.\d+)>")
 
@@ -43,7 +45,7 @@ async def one_client(url: str, headers: dict[str, str], cid: int, tokens: int, d
                 return events
 
 
-async def run_load(servers: list[ServerProcess], users: list[tuple[dict[str, str], int]], tokens: int) -> tuple[float, list[float]]:
+async def run_load(servers: list[ServerProcess] | list[Caddy], users: list[tuple[dict[str, str], int]], tokens: int) -> tuple[float, list[float]]:
     delays: list[float] = []
     start = time.perf_counter()
     counts = await asyncio.gather(*(
@@ -89,9 +91,12 @@ def main() -> None:
             config = {"redis": {"url": private.url, "key_prefix": f"bench-{uuid.uuid4().hex[:6]}"}}
             first = start_server(workdir, upstream, **config)
             pair = [first, ServerProcess(first.config_path, workdir).start()]
+            caddy = Caddy(workdir, [f"127.0.0.1:{server.port}" for server in pair])
+            setups = (("1 process, in-process broker", single), ("2 processes + Redis", pair),
+                      ("2 processes + Redis, Caddy", [caddy]))
             try:
                 for clients in args.clients:
-                    for name, servers in (("1 process, in-process broker", single), ("2 processes + Redis", pair)):
+                    for name, servers in setups:
                         users = make_users(servers[0].url, clients)
                         rates, p50s, p99s = [], [], []
                         for _ in range(args.repeat):
@@ -101,6 +106,7 @@ def main() -> None:
                             p99s.append(percentile(delays, 0.99) * 1000)
                         rows.append((clients, name, median(rates), median(p50s), median(p99s)))
             finally:
+                caddy.stop()
                 for server in (*single, *pair):
                     server.stop()
             cost = redis_cost(workdir, upstream, private)
@@ -108,9 +114,9 @@ def main() -> None:
         upstream.stop()
         private.stop()
     print(f"WebSocket streams, fake upstream at 20 tokens/s, {args.tokens} tokens each; medians of {args.repeat} runs")
-    print(f"{'clients':>7}  {'setup':<30} {'events/s':>9} {'delay p50 ms':>13} {'delay p99 ms':>13}")
+    print(f"{'clients':>7}  {'setup':<32} {'events/s':>9} {'delay p50 ms':>13} {'delay p99 ms':>13}")
     for clients, name, rate, p50, p99 in rows:
-        print(f"{clients:>7}  {name:<30} {rate:>9.0f} {p50:>13.2f} {p99:>13.2f}")
+        print(f"{clients:>7}  {name:<32} {rate:>9.0f} {p50:>13.2f} {p99:>13.2f}")
     calls, written, size, events = cost
     print(f"\nRedis cost of one 1,000-token answer ({size} bytes, {events} message events, batch_ms 25):")
     print(f"  commands: {calls}   bytes written to Redis: {written} ({written / size:.2f} x the answer)")

@@ -89,7 +89,8 @@ class RealtimeServer(uvicorn.Server):
         if services is not None:
             for listener in self.servers:  # new connections go to the other processes
                 listener.close()
-            await services.engine.drain(services.settings.server.shutdown_grace_seconds)
+            await services.engine.drain(services.settings.server.shutdown_grace_seconds,
+                                        cut_short=lambda: self.force_exit)
             services.begin_shutdown()
             await asyncio.sleep(0.2)  # let the closing frames go out
         await super().shutdown(sockets)

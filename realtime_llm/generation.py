@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from prometheus_client import Histogram
 
@@ -110,14 +110,16 @@ class GenerationEngine:
             await asyncio.sleep(0.02)
         return True
 
-    async def drain(self, grace: float) -> None:
-        """Refuse new generations and give the running ones `grace` seconds to finish; then
-        stop the rest, each saving its partial answer."""
+    async def drain(self, grace: float, cut_short: Callable[[], bool] = lambda: False) -> None:
+        """Refuse new generations and give the running ones `grace` seconds to finish (less
+        if `cut_short()` turns true: a second Ctrl-C); then stop the rest, each saving its
+        partial answer."""
         self.draining = True
-        tasks = [g.task for g in self._running.values() if g.task is not None]
-        if tasks:
-            logger.info("waiting up to %.0fs for %d running generation(s)", grace, len(tasks))
-            await asyncio.wait(tasks, timeout=grace)
+        if self._running:
+            logger.info("waiting up to %.0fs for %d running generation(s)", grace, len(self._running))
+        deadline = time.monotonic() + grace
+        while self._running and time.monotonic() < deadline and not cut_short():
+            await asyncio.sleep(0.05)
         await self.close()
 
     async def close(self, grace: float = 5.0) -> None:

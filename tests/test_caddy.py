@@ -2,11 +2,8 @@
 of two real app processes that share the real Redis and a PostgreSQL database of their own."""
 from __future__ import annotations
 
-import os
 import queue
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,63 +15,12 @@ import pytest
 from tests.backends import create_postgres_database, drop_postgres_database, redis_url
 from tests.conftest import Api, base_config
 from tests.fake_upstream import FakeUpstream
-from tests.servers import ServerProcess, free_port, write_config
+from tests.servers import Caddy, ServerProcess, write_config
 from tests.sse import iter_frames
 from tests.test_chat import assert_complete, new_chat
 from tests.wsclient import Socket
 
 REPO = Path(__file__).resolve().parent.parent
-CADDY_HELP = "caddy is not installed: apt-get install caddy (.ci/run installs it when missing)"
-
-
-class Caddy:
-    """`caddy run` on the repo's Caddyfile, configured through its environment variables."""
-
-    def __init__(self, workdir: Path, upstreams: list[str]) -> None:
-        binary = shutil.which("caddy")
-        if binary is None:
-            raise RuntimeError(CADDY_HELP)
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "SITE_ADDRESS": f"http://127.0.0.1:{self.port}",
-            "APP_UPSTREAMS": " ".join(upstreams),
-            "STATIC_ROOT": str(REPO / "static"),
-            "CADDY_ADMIN": f"127.0.0.1:{free_port()}",
-            "HOME": str(workdir), "XDG_DATA_HOME": str(workdir / "data"), "XDG_CONFIG_HOME": str(workdir / "config"),
-        }
-        self.log_path = workdir / "caddy.log"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [binary, "run", "--config", str(REPO / "Caddyfile"), "--adapter", "caddyfile"],
-                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"caddy exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"caddy did not start:\n{self.log()}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 class Deployment:
