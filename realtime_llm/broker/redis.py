@@ -22,6 +22,9 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone, Subscription
@@ -92,6 +95,10 @@ class RedisBroker(Broker):
         self.redis = aioredis.Redis.from_url(
             self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
             health_check_interval=30,
+            # After Redis restarts, every pooled connection is dead and the first command on
+            # each would fail: retry once on a fresh connection. Only connection errors, not
+            # timeouts (a slow Redis must not double the wait).
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         for name, source in (("publish", PUBLISH), ("floor", RAISE_FLOOR),
                              ("refresh", REFRESH_LOCK), ("release", RELEASE_LOCK)):
