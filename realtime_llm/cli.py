@@ -89,10 +89,8 @@ class RealtimeServer(uvicorn.Server):
         if services is not None:
             for listener in self.servers:  # new connections go to the other processes
                 listener.close()
-            await services.engine.drain(services.settings.server.shutdown_grace_seconds,
-                                        cut_short=lambda: self.force_exit)
-            services.begin_shutdown()
-            await asyncio.sleep(0.2)  # let the closing frames go out
+            await services.shut_down(services.settings.server.shutdown_grace_seconds,
+                                     cut_short=lambda: self.force_exit)
         await super().shutdown(sockets)
 
 
@@ -112,6 +110,9 @@ def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
         ws_per_message_deflate=False,
         # Once generations are done and our streams are ended, what is left is plain requests.
         timeout_graceful_shutdown=10,
+        # Longer than a proxy's idle keep-alive (the Caddyfile's 60 s): the proxy, not the
+        # app, closes idle connections, so it never sends a request on one being closed.
+        timeout_keep_alive=75,
     )
 
 

@@ -71,14 +71,22 @@ class GenerationEngine:
         self.catalog = catalog
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._running: dict[int, Generation] = {}
+        self._starting = 0  # start() calls past the draining check, not yet in _running
         self.draining = False
 
     async def start(self, conversation: Conversation, text: str) -> Generation:
         """Take the conversation's lock, save and publish the user message, start the answer."""
-        cid = conversation.id
-        owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if self.draining:
             raise ServiceUnavailable("this server is shutting down: send the message again to reach another")
+        self._starting += 1  # drain() waits for this start too
+        try:
+            return await self._start(conversation, text)
+        finally:
+            self._starting -= 1
+
+    async def _start(self, conversation: Conversation, text: str) -> Generation:
+        cid = conversation.id
+        owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if not await self._acquire(cid, owner):
             raise Conflict("a generation is already running in this conversation")
         generation = Generation(cid, owner, user_event_id=0, user_message_id=0)
@@ -118,9 +126,12 @@ class GenerationEngine:
         if self._running:
             logger.info("waiting up to %.0fs for %d running generation(s)", grace, len(self._running))
         deadline = time.monotonic() + grace
-        while self._running and time.monotonic() < deadline and not cut_short():
+        while (self._running or self._starting) and time.monotonic() < deadline and not cut_short():
             await asyncio.sleep(0.05)
         await self.close()
+
+    def running_conversations(self) -> set[int]:
+        return set(self._running)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop every running generation (each saves its partial answer) and wait for them."""

@@ -1,10 +1,11 @@
 """The shared resources of one process, opened together and closed together."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import anyio.to_thread
 from databases import Database
@@ -41,10 +42,19 @@ class Services:
     providers: dict[str, Provider]
     engine: GenerationEngine
 
-    def begin_shutdown(self) -> None:
-        """End every stream and socket of this process (sockets close with 1001), so clients
-        reconnect — to another process — and resume from their last event id."""
-        self.broker.end_all_subscriptions(ShuttingDown())
+    async def shut_down(self, grace: float, cut_short: Callable[[], bool] = lambda: False) -> None:
+        """The graceful part of stopping this process (its listening socket already closed).
+
+        Streams and sockets watching no answer running here end at once (sockets close with
+        1001), so their clients reconnect to another process and resume from their last event
+        id. Running answers get `grace` seconds to finish, then are stopped and saved; once
+        their last events are delivered, the remaining streams and sockets end the same way.
+        """
+        self.broker.end_subscriptions(ShuttingDown(), keep=self.engine.running_conversations())
+        await self.engine.drain(grace, cut_short)
+        await asyncio.sleep(0.1)  # with Redis, the last events come back over pub/sub
+        self.broker.end_subscriptions(ShuttingDown())
+        await asyncio.sleep(0.2)  # let the closing frames go out
 
 
 def create_history_cache(settings: Settings, broker: Broker) -> HistoryCache:

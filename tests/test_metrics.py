@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +22,13 @@ def scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def scrape_until(api: Api, condition: Any, timeout: float = 5) -> dict:
+    deadline = time.monotonic() + timeout
+    while not condition(samples := scrape(api)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return samples
 
 
@@ -49,7 +57,9 @@ def test_generation_metrics_follow_a_chat(api: Api) -> None:
     headers, cid = new_chat(api)
     before = scrape(api)
     chat(api, headers, cid, "#fake tokens=5")
-    after = scrape(api)
+    # The generation is counted as it ends, a moment after its last event went out.
+    after = scrape_until(api, lambda s: value(s, "realtime_llm_generations_total", outcome="stop")
+                         > value(before, "realtime_llm_generations_total", outcome="stop"))
     published = "realtime_llm_events_published_total"
     assert value(after, published, type="message") - value(before, published, type="message") >= 1
     for kind in ("user_message", "done", "full_response"):
@@ -65,7 +75,8 @@ def test_upstream_errors_are_counted_by_provider(api: Api) -> None:
     before = scrape(api)
     refused = api.http.post(f"/api/chat/{cid}", json={"message": "#fake status=500"}, headers=headers)
     assert refused.status_code == 502
-    after = scrape(api)
+    after = scrape_until(api, lambda s: value(s, "realtime_llm_generations_total", outcome="error")
+                         > value(before, "realtime_llm_generations_total", outcome="error"))
     errors = "realtime_llm_upstream_errors_total"
     assert value(after, errors, provider="fake") - value(before, errors, provider="fake") == 1
     assert value(after, "realtime_llm_generations_total", outcome="error") > value(before, "realtime_llm_generations_total", outcome="error")

@@ -18,8 +18,9 @@ from tests.test_chat import history, new_chat
 from tests.wsclient import Socket
 
 
-def start_server(tmp_path: Path, database: str, upstream: FakeUpstream, grace: float) -> tuple[Path, ServerProcess]:
-    config = base_config(tmp_path, database, upstream)
+def start_server(tmp_path: Path, database: str, broker: str, upstream: FakeUpstream,
+                 grace: float) -> tuple[Path, ServerProcess]:
+    config = base_config(tmp_path, database, upstream, broker)
     config["server"]["shutdown_grace_seconds"] = grace
     path = write_config(tmp_path / "config.yaml", config)
     return path, ServerProcess(path, tmp_path).start()
@@ -44,10 +45,11 @@ def read_to_close(socket: Socket) -> tuple[list[dict[str, Any]], int | None]:
         return frames, socket.conn.close_code
 
 
-def test_sigterm_lets_a_running_answer_finish(database: str, upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_sigterm_lets_a_running_answer_finish(database: str, broker: str, upstream: FakeUpstream,
+                                              tmp_path: Path) -> None:
     """Within the grace period the answer completes for every watcher and is saved whole;
     meanwhile the process says it is draining and starts nothing new."""
-    config, server = start_server(tmp_path, database, upstream, grace=20)
+    config, server = start_server(tmp_path, database, broker, upstream, grace=20)
     api = Api(server.url)
     headers, cid = new_chat(api)
     other = api.create_conversation(headers, model="fake-model")["conversation_id"]
@@ -55,13 +57,17 @@ def test_sigterm_lets_a_running_answer_finish(database: str, upstream: FakeUpstr
     assert probe.get("/readyz").status_code == 200
     sse_frames: list[dict[str, Any]] = []
     try:
-        with Socket(server.url, cid, headers) as socket:
-            assert socket.recv()["event"] == "ready"
+        with Socket(server.url, cid, headers) as socket, Socket(server.url, other, headers) as idle:
+            assert socket.recv()["event"] == "ready" and idle.recv()["event"] == "ready"
             watcher = watch_sse(api, headers, cid, sse_frames)
             socket.send({"type": "message", "content": "#fake tokens=150 delay_ms=20"})  # ~3 s
             socket.recv_until("message")
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            # A socket watching no answer here is sent away at once, to reconnect elsewhere.
+            assert idle.recv(timeout=2)["event"] == "error"
+            assert idle.close_code(timeout=2) == 1001
+            health = probe.get("/healthz")  # alive, but taking no new work
+            assert health.status_code == 200 and health.json()["status"] == "draining"
             ready = probe.get("/readyz")
             assert ready.status_code == 503 and ready.json()["status"] == "draining"
             refused = probe.post(f"/api/chat/{other}", json={"message": "hello"}, headers=headers)
@@ -92,10 +98,11 @@ def test_sigterm_lets_a_running_answer_finish(database: str, upstream: FakeUpstr
         server.stop()
 
 
-def test_sigterm_stops_an_answer_that_outlasts_the_grace(database: str, upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_sigterm_stops_an_answer_that_outlasts_the_grace(database: str, broker: str, upstream: FakeUpstream,
+                                                        tmp_path: Path) -> None:
     """Past the grace period the answer is stopped like a user's stop: `done` (cancelled) and
     `full_response` reach the watchers, the partial answer is saved, then sockets close 1001."""
-    config, server = start_server(tmp_path, database, upstream, grace=1)
+    config, server = start_server(tmp_path, database, broker, upstream, grace=1)
     api = Api(server.url)
     headers, cid = new_chat(api)
     sse_frames: list[dict[str, Any]] = []
@@ -114,7 +121,7 @@ def test_sigterm_stops_an_answer_that_outlasts_the_grace(database: str, upstream
     types = [f["event"] for f in frames]
     assert frames[types.index("done")]["reason"] == "cancelled"
     partial = frames[types.index("full_response")]["data"]
-    assert partial.startswith("t0 t1 ") and not partial.endswith("t499")
+    assert partial.startswith("t0 t1 ") and len(partial) < len("".join(f"t{i} " for i in range(500)))
     assert code == 1001
     assert "full_response" in [e["event"] for e in sse_frames]
     api.http.close()

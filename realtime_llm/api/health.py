@@ -14,7 +14,11 @@ READINESS_TIMEOUT = 2.0
 
 
 async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+    """The process is up: always 200 (a liveness probe must not kill a draining process).
+    Its status says whether this process takes new work: "ok", or "draining" once it is
+    shutting down. Load balancers check this one, not /readyz, so that a database or Redis
+    outage, which every process shares, does not take every process out of rotation."""
+    return JSONResponse({"status": "draining" if services_of(request).engine.draining else "ok"})
 
 
 async def readyz(request: Request) -> JSONResponse:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
-from typing import Any, AsyncContextManager, Callable, Iterable
+import contextlib
+from typing import Any, AsyncContextManager, Callable, Collection, Iterable
 
 from realtime_llm.errors import ServiceUnavailable
 from realtime_llm.events import Event
@@ -64,12 +65,23 @@ class Subscription:
             self._queue.get_nowait()
         self._queue.put_nowait(_FAILED)
 
+    def end(self, error: Exception) -> None:
+        """End the subscription after the events already queued: on shutdown, the last
+        events of an answer still reach the reader, then `error`."""
+        if self._failure is not None:
+            return
+        self._failure = error
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue: get() sees the end when it empties
+            self._queue.put_nowait(_FAILED)
+
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event after the last one returned, or None when `timeout` passes first."""
         while True:
             if self._backlog:
                 event = self._backlog.popleft()
             else:
+                if self._failure is not None and self._queue.empty():
+                    raise self._failure
                 try:
                     async with asyncio.timeout(timeout):
                         event = await self._queue.get()
@@ -127,9 +139,13 @@ class Broker(abc.ABC):
             for subscription in list(subscriptions):
                 subscription.fail(error)
 
-    def end_all_subscriptions(self, error: Exception) -> None:
-        """On shutdown: every stream and socket of this process ends (and closes 1001)."""
-        self._fail_local(None, error)
+    def end_subscriptions(self, error: Exception, keep: Collection[int] = ()) -> None:
+        """On shutdown: this process's streams and sockets end (sockets close 1001) once they
+        have read what is queued for them; those of the conversations in `keep` stay."""
+        for conversation_id, subscriptions in list(self._local.items()):
+            if conversation_id not in keep:
+                for subscription in list(subscriptions):
+                    subscription.end(error)
 
     async def start(self) -> None:
         """Open connections and background tasks; called once from the lifespan."""
