@@ -9,6 +9,7 @@ for the busy timeout instead of failing on a lock upgrade.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import typing
 
@@ -83,13 +84,28 @@ class SQLiteConnectionPool:
         )
         self._open_connections[id(connection)] = connection
         try:
-            for pragma in (*PRAGMAS, f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}"):
-                await connection.execute(pragma)
+            for pragma in (f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}", *PRAGMAS):
+                await self._configure(connection, pragma)
         except BaseException:
             await asyncio.shield(self._close(connection))
             raise
         self._born[id(connection)] = time.monotonic()
         return connection
+
+    async def _configure(self, connection: aiosqlite.Connection, pragma: str) -> None:
+        """Run a PRAGMA, waiting out a lock. Switching a new file to WAL needs the database
+        to itself, and SQLite answers "locked" at once instead of calling the busy handler,
+        so connections opened together (pool start, several worker processes starting on
+        one new file) would fail: retry them within the busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                await connection.execute(pragma)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.02)
 
     async def _close(self, connection: aiosqlite.Connection) -> None:
         self._born.pop(id(connection), None)
