@@ -72,6 +72,18 @@ def validate_message(content: object, limit: int, name: str = "message") -> str:
     return content
 
 
+def bounded_int(value: Any, name: str, low: int, high: int) -> int | None:
+    """An integer from JSON (a number) or a query string (digits), within [low, high];
+    None when absent. Anything else (a float, a bool, text, out of range) is a 400."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit() and len(value) <= 20:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(f"'{name}' must be an integer from {low} to {high}")
+    return value
+
+
 def event_id(value: Any, name: str = "last_event_id") -> int | None:
     """A client's last event id (header, query or JSON): a non-negative integer below
     2**53, or None when absent; anything else is a 400."""

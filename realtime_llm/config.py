@@ -106,6 +106,9 @@ class ProviderSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     delay_ms: int = 30  # demo: pause between tokens
+    # openai: ask for token counts (stream_options.include_usage); turn off for an
+    # upstream that rejects the field. Without counts, usage is estimated.
+    include_usage: bool = True
 
 
 PROVIDER_KINDS = ("openai", "demo")
@@ -125,6 +128,9 @@ class LlmSettings:
     default_model: str = "demo"
     system_prompt: str = "You are a helpful assistant."
     context_budget_tokens: int = 6000  # history sent to the model, newest first, estimated
+    # Title an untitled conversation after its first answer (asking its model, or from the
+    # first message when the model is the demo or does not answer).
+    auto_titles: bool = True
     providers: tuple[ProviderSettings, ...] = field(default_factory=_default_providers)
 
 

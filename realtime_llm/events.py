@@ -12,6 +12,7 @@ DONE = "done"
 FULL_RESPONSE = "full_response"
 ERROR = "error"
 TITLE = "title"
+TRUNCATE = "truncate"  # messages from `from_message_id` on are gone (edit, regenerate)
 
 # Events after which a generation has ended, one way or the other.
 TERMINAL = frozenset({FULL_RESPONSE, ERROR})

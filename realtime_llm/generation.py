@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
 from prometheus_client import Histogram
 
@@ -22,11 +22,12 @@ from realtime_llm.broker import Broker
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
-from realtime_llm.errors import Conflict, ConversationNotFound, ServiceUnavailable
-from realtime_llm.events import DONE, ERROR, FULL_RESPONSE, MESSAGE, USER_MESSAGE
+from realtime_llm.errors import BadRequest, Conflict, ConversationNotFound, ServiceUnavailable
+from realtime_llm.events import DONE, ERROR, FULL_RESPONSE, MESSAGE, TRUNCATE, USER_MESSAGE
 from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS, UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
-from realtime_llm.providers import ChatMessage, ChatRequest, Provider, UpstreamError
+from realtime_llm.providers import ChatMessage, ChatRequest, Provider, UpstreamError, Usage
 from realtime_llm.store.conversations import Conversation, ConversationStore
+from realtime_llm.titles import Titler
 
 logger = logging.getLogger("realtime_llm.generation")
 
@@ -39,8 +40,10 @@ class Generation:
 
     conversation_id: int
     owner: str
-    user_event_id: int
-    user_message_id: int
+    # This generation's events are the conversation's events after this id.
+    after_event_id: int = 0
+    prompt: tuple[ChatMessage, ...] = ()
+    usage: Usage | None = None  # the upstream's, once its stream has ended
     # Resolves once the upstream has accepted the request (None) or refused it (the reason).
     accepted: asyncio.Future[str | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stop_requested: bool = False
@@ -72,37 +75,76 @@ class GenerationEngine:
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._running: dict[int, Generation] = {}
         self._starting = 0  # start() calls past the draining check, not yet in _running
+        self._helpers: set[asyncio.Task[None]] = set()
+        self.titles = Titler(settings, store, broker, self.provider_for)
         self.draining = False
 
-    async def start(self, conversation: Conversation, text: str) -> Generation:
-        """Take the conversation's lock, save and publish the user message, start the answer."""
+    async def start(self, conversation: Conversation, text: str, edit_message_id: int | None = None) -> Generation:
+        """Save and publish the user message and start the answer. With `edit_message_id`,
+        that user message and everything after it are dropped first (edit and resend)."""
+        async def add_message(cid: int) -> int:
+            after = None
+            if edit_message_id is not None:
+                edited = await self.store.message(cid, edit_message_id)
+                if edited is None or edited.role != "user":
+                    raise BadRequest("'edit_message_id' must name a user message of this conversation")
+                after = await self._truncate(cid, edit_message_id)
+            message = await self.store.add_message(cid, "user", text)
+            event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id)
+            return event.id - 1 if after is None else after
+
+        return await self._begin(conversation, add_message)
+
+    async def regenerate(self, conversation: Conversation) -> Generation:
+        """Replace the last answer with a new one to the same prompt (after a failed answer:
+        answer the last user message)."""
+        async def drop_last_answer(cid: int) -> int:
+            last = await self.store.last_message(cid)
+            if last is None:
+                raise Conflict("there is nothing to regenerate: the conversation has no messages")
+            if last.role == "assistant":
+                return await self._truncate(cid, last.message_id)
+            return await self.broker.last_event_id(cid)
+
+        return await self._begin(conversation, drop_last_answer)
+
+    async def _truncate(self, cid: int, from_message_id: int) -> int:
+        """Drop messages from `from_message_id` on, in SQL and in the replay buffer, and tell
+        subscribers with a `truncate` event; returns the id before it. The buffer is emptied
+        so that a client resuming never replays old turns next to new ones."""
+        await self.store.drop_messages_from(cid, from_message_id)
+        await self.broker.clear_replay(cid)
+        event = await self.broker.publish(cid, TRUNCATE, "", from_message_id=from_message_id)
+        return event.id - 1
+
+    async def _begin(self, conversation: Conversation, prepare: Callable[[int], Awaitable[int]]) -> Generation:
         if self.draining:
             raise ServiceUnavailable("this server is shutting down: send the message again to reach another")
         self._starting += 1  # drain() waits for this start too
         try:
-            return await self._start(conversation, text)
+            return await self._start(conversation, prepare)
         finally:
             self._starting -= 1
 
-    async def _start(self, conversation: Conversation, text: str) -> Generation:
+    async def _start(self, conversation: Conversation, prepare: Callable[[int], Awaitable[int]]) -> Generation:
+        """Take the conversation's lock, then (under it) `prepare` the history and publish
+        what comes before the answer; `prepare` returns the event id the answer follows."""
         cid = conversation.id
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if not await self._acquire(cid, owner):
             raise Conflict("a generation is already running in this conversation")
-        generation = Generation(cid, owner, user_event_id=0, user_message_id=0)
+        generation = Generation(cid, owner)
         # Listen for stop before anyone can know the generation exists (the user_message
         # below), so a stop sent the moment it appears is never lost.
         listening = contextlib.AsyncExitStack()
         try:
             await listening.enter_async_context(self.broker.on_stop(cid, lambda: self._stop(generation)))
             await self.broker.ensure_event_floor(cid, await self.store.event_watermark(cid))
-            message = await self.store.add_message(cid, "user", text)
-            event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id)
+            generation.after_event_id = await prepare(cid)
         except BaseException:
             await listening.aclose()
             await self.broker.release_lock(cid, owner)
             raise
-        generation.user_event_id, generation.user_message_id = event.id, message.message_id
         self._running[cid] = generation
         generation.task = asyncio.create_task(self._run(generation, conversation, listening), name=f"generation-{cid}")
         return generation
@@ -133,8 +175,16 @@ class GenerationEngine:
     def running_conversations(self) -> set[int]:
         return set(self._running)
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """A helper task owned by the engine (titles): close() cancels what is still running."""
+        task = asyncio.create_task(work)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+
     async def close(self, grace: float = 5.0) -> None:
         """Stop every running generation (each saves its partial answer) and wait for them."""
+        for helper in list(self._helpers):
+            helper.cancel()
         generations = list(self._running.values())
         for generation in generations:
             self._stop(generation)
@@ -164,6 +214,8 @@ class GenerationEngine:
                 reason = await self._stream_answer(generation, conversation, parts)
                 await self._finish(generation, "".join(parts), reason)
                 outcome = reason
+            if outcome == "stop" and not conversation.title and self.settings.llm.auto_titles:
+                self._spawn(self.titles.give_title(conversation, generation.prompt, "".join(parts)))
         except UpstreamError as exc:
             generation.settle(str(exc))
             await self._publish_error(generation, str(exc))
@@ -172,7 +224,7 @@ class GenerationEngine:
             # the answer so far is not lost: SQL does not need the broker.
             logger.warning("broker unavailable during the answer in conversation %d; saving it", cid)
             if not generation.saved:
-                await self._save_quietly(cid, "".join(parts))
+                await self._save_quietly(generation, "".join(parts))
         except asyncio.CancelledError:
             if not generation.stop_requested:
                 raise
@@ -199,18 +251,20 @@ class GenerationEngine:
             if generation.stop_requested:
                 return "cancelled"
             async with asyncio.timeout(self.settings.stream.max_generation_seconds):
+                generation.prompt = await self.prompt(conversation)
                 request = ChatRequest(
                     model=conversation.model,
-                    messages=await self.prompt(conversation),
+                    messages=generation.prompt,
                     api_key=self.store.box.open(conversation.api_key_sealed),
                 )
                 provider = self.provider_for(conversation.model)
                 began = time.monotonic()
                 try:
-                    async with provider.stream(request) as deltas:
+                    async with provider.stream(request) as completion:
                         generation.settle(None)
-                        await self._relay(generation.conversation_id, deltas, parts,
+                        await self._relay(generation.conversation_id, completion, parts,
                                           UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name), began)
+                        generation.usage = completion.usage
                 except UpstreamError:
                     UPSTREAM_ERRORS.labels(provider.name).inc()
                     raise
@@ -269,9 +323,11 @@ class GenerationEngine:
 
     async def _finish(self, generation: Generation, answer: str, reason: str) -> None:
         cid = generation.conversation_id
+        usage: Usage | None = None
         try:
             if answer or reason == "stop":
-                saved = await self.store.add_message(cid, "assistant", answer)
+                usage = answer_usage(generation, answer)
+                saved = await self.store.add_message(cid, "assistant", answer, usage)
                 generation.saved = True
                 message_id: int | None = saved.message_id
             elif await self.store.exists(cid):
@@ -280,15 +336,17 @@ class GenerationEngine:
                 raise ConversationNotFound()
         except ConversationNotFound:
             return  # deleted mid-answer: nothing to save and nobody left to tell
-        meta = {"message_id": message_id} if message_id is not None else {}
-        await self.broker.publish(cid, DONE, "Stream finished", reason=reason, **meta)
+        meta: dict[str, Any] = {"message_id": message_id} if message_id is not None else {}
+        usage_meta = {"usage": usage.as_json()} if usage is not None else {}
+        await self.broker.publish(cid, DONE, "Stream finished", reason=reason, **meta, **usage_meta)
         await self.broker.publish(cid, FULL_RESPONSE, answer, **meta)
 
-    async def _save_quietly(self, cid: int, answer: str) -> None:
+    async def _save_quietly(self, generation: Generation, answer: str) -> None:
+        cid = generation.conversation_id
         if not answer:
             return
         try:
-            await self.store.add_message(cid, "assistant", answer)
+            await self.store.add_message(cid, "assistant", answer, answer_usage(generation, answer))
         except Exception:
             logger.exception("could not save the partial answer of conversation %d", cid)
 
@@ -380,3 +438,11 @@ async def _pump(deltas: AsyncIterator[str], queue: asyncio.Queue[str | None | Ba
         raise
     except BaseException as exc:  # handed to the relay, which raises it in the generation task
         queue.put_nowait(exc)
+
+
+def answer_usage(generation: Generation, answer: str) -> Usage:
+    """The upstream's counts when it gave them; else an estimate (4 characters a token)."""
+    if generation.usage is not None:
+        return generation.usage
+    prompt_chars = sum(len(m.content) for m in generation.prompt)
+    return Usage(-(-prompt_chars // CHARS_PER_TOKEN), -(-len(answer) // CHARS_PER_TOKEN), estimated=True)

@@ -31,7 +31,9 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
         "auth": {"bcrypt_rounds": 4},
         "jwt": {"secret_file": str(workdir / "jwt.secret")},
         "stream": {"keepalive_seconds": 1, "batch_ms": 0, "ws_auth_timeout_seconds": 1, "subscriber_queue": 50},
-        "llm": {"default_model": "demo", "providers": providers},
+        # Titles off by default: a `title` event after an answer would interleave with what
+        # other tests expect next; tests/test_features.py turns them on.
+        "llm": {"default_model": "demo", "providers": providers, "auto_titles": False},
     }
     if broker != "memory":  # a Redis URL; each server config gets a key prefix of its own
         config["redis"] = {"url": broker, "key_prefix": f"rtllm-test-{uuid.uuid4().hex[:8]}"}

@@ -15,6 +15,8 @@ The last user message steers it with a directive line, e.g.
     error_after=K     send an in-stream error object after K tokens
     hang=1            send headers, then nothing
     no_finish=1       end the stream after the tokens with no finish_reason and no [DONE]
+    usage=P,C         report prompt_tokens P and completion_tokens C in a last chunk, as
+                      OpenAI does, if the request asked (stream_options.include_usage)
 
 Every request is recorded: its JSON body, its headers, and whether the client closed the
 stream before it ended.
@@ -125,6 +127,10 @@ class FakeUpstream:
                 record.completed = True
                 return
             yield _frame(_chunk(finish="stop"), 0)
+            if "usage" in options and (record.body.get("stream_options") or {}).get("include_usage"):
+                prompt, completion = (int(n) for n in options["usage"].split(","))
+                usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+                yield _frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [], "usage": usage}, 0)
             yield b"data: [DONE]\n\n"
             record.completed = True
         finally:

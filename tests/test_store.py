@@ -51,7 +51,8 @@ async def test_migrate_is_idempotent_and_versioned(db) -> None:
 
 async def test_upgrades_run_in_order(db, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database at an older version gets exactly the upgrades it lacks."""
-    statements = [["CREATE TABLE upgrade_probe (n INTEGER)"], ["INSERT INTO upgrade_probe (n) VALUES (2)"]]
+    statements = [schema.Upgrade(alter=("CREATE TABLE upgrade_probe (n INTEGER)",)),
+                  schema.Upgrade(alter=("INSERT INTO upgrade_probe (n) VALUES (2)",))]
     monkeypatch.setattr(schema, "UPGRADES", schema.UPGRADES + statements)
     monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 2)
     try:

@@ -1,4 +1,5 @@
-"""POST /api/chat/{id} (start and stream), GET /api/chat/{id}/events (watch, resume), POST .../stop."""
+"""POST /api/chat/{id} (start, or edit and resend, and stream), POST .../regenerate,
+GET /api/chat/{id}/events (watch, resume), POST .../stop."""
 from __future__ import annotations
 
 import asyncio
@@ -8,10 +9,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from realtime_llm.api.access import require_caller, services_of
-from realtime_llm.bodies import event_id, path_id, read_json_object, validate_message
+from realtime_llm.bodies import bounded_int, event_id, path_id, read_json_object, validate_message
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, SubscriberOverflow, Subscription
 from realtime_llm.errors import UpstreamError
 from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_frame
+from realtime_llm.generation import Generation
 from realtime_llm.metrics import OPEN_SSE_STREAMS
 from realtime_llm.services import Services
 
@@ -19,18 +21,34 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connecti
 
 
 async def chat(request: Request) -> StreamingResponse:
+    """Start an answer to a new message (with `edit_message_id`: to that user message,
+    edited, with everything after it dropped) and stream it."""
     caller = await require_caller(request)
     conversation_id = path_id(request)
     services = services_of(request)
     body = await read_json_object(request, services.settings.server.max_body_bytes)
     text = validate_message(body.get("message"), services.settings.limits.max_message_chars)
+    edit = bounded_int(body.get("edit_message_id"), "edit_message_id", 1, 2**31 - 1)
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
-    generation = await services.engine.start(conversation, text)
+    return await answer_stream(services, await services.engine.start(conversation, text, edit))
+
+
+async def regenerate(request: Request) -> StreamingResponse:
+    """Replace the last answer with a new one, streamed like chat."""
+    caller = await require_caller(request)
+    conversation_id = path_id(request)
+    services = services_of(request)
+    conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    return await answer_stream(services, await services.engine.regenerate(conversation))
+
+
+async def answer_stream(services: Services, generation: Generation) -> StreamingResponse:
     # Hold the response until the upstream has accepted, so a refusal is a plain 502.
     refusal = await asyncio.shield(generation.accepted)
     if refusal is not None:
         raise UpstreamError(refusal)
-    events = stream_events(services, conversation_id, after=generation.user_event_id - 1, until_terminal=True)
+    events = stream_events(services, generation.conversation_id, after=generation.after_event_id,
+                           until_terminal=True)
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 

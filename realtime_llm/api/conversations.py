@@ -1,16 +1,21 @@
-"""/api/conversations/*: create, list, history, delete — each on the caller's own only."""
+"""/api/conversations/*: create, list (paged, searched), update, history, export, delete —
+each on the caller's own only."""
 from __future__ import annotations
 
 import contextlib
+import time
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.broker.base import BrokerUnavailable
-from realtime_llm.bodies import optional_string, path_id, read_json_object
+from realtime_llm.bodies import bounded_int, optional_string, path_id, read_json_object
 from realtime_llm.errors import BadRequest
-from realtime_llm.store.conversations import Conversation
+from realtime_llm.store.conversations import LIST_LIMIT_MAX, Conversation, Message, message_json
+
+UPDATABLE = frozenset({"title", "model", "system_prompt", "api_key"})
+MAX_QUERY_CHARS = 200
 
 
 def conversation_json(conversation: Conversation) -> dict[str, object]:
@@ -47,8 +52,54 @@ async def create(request: Request) -> JSONResponse:
 
 
 async def list_conversations(request: Request) -> JSONResponse:
+    """Newest first; `limit` pages, `before` continues after the last id seen, `q` searches.
+    Without parameters: every conversation, as the original answered."""
     caller = await require_caller(request)
-    return JSONResponse(await services_of(request).conversations.list_for_user(caller.user.id))
+    params = request.query_params
+    limit = bounded_int(params.get("limit"), "limit", 1, LIST_LIMIT_MAX)
+    before = bounded_int(params.get("before"), "before", 1, 2**53)
+    q = params.get("q")
+    if q is not None:
+        q = q.strip()
+        if len(q) > MAX_QUERY_CHARS or "\x00" in q:
+            raise BadRequest(f"'q' must be at most {MAX_QUERY_CHARS} characters, without NUL")
+    found = await services_of(request).conversations.list_for_user(
+        caller.user.id, limit=limit, before=before, q=q or None)
+    return JSONResponse(found)
+
+
+async def update(request: Request) -> JSONResponse:
+    """Change any of title, model, system_prompt, api_key. A generation already running
+    keeps what it started with (nothing is refused); the next one uses the new settings."""
+    caller = await require_caller(request)
+    services = services_of(request)
+    limits = services.settings.limits
+    conversation_id = path_id(request)
+    body = await read_json_object(request, services.settings.server.max_body_bytes)
+    unknown = sorted(set(body) - UPDATABLE)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; updatable: {', '.join(sorted(UPDATABLE))}")
+    changes: dict[str, str] = {}
+    title = optional_string(body, "title", max_chars=limits.max_title_chars)
+    if title is not None:
+        if not title.strip():
+            raise BadRequest("'title' must not be empty")
+        changes["title"] = title.strip()
+    model = optional_string(body, "model", max_chars=200)
+    if model is not None:
+        if not services.catalog.can_serve(model):
+            raise BadRequest(f"model '{model}' is not served here; see GET /api/models")
+        changes["model"] = model
+    system_prompt = optional_string(body, "system_prompt", max_chars=limits.max_system_prompt_chars)
+    if system_prompt is not None:
+        changes["system_prompt"] = system_prompt
+    api_key = optional_string(body, "api_key", max_chars=limits.max_api_key_chars)
+    if api_key is not None:
+        changes["api_key"] = api_key.strip()  # "" removes the conversation's own key
+    if not changes:
+        raise BadRequest(f"nothing to update: send any of {', '.join(sorted(UPDATABLE))}")
+    conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    return JSONResponse(conversation_json(await services.conversations.update(conversation, **changes)))
 
 
 async def history(request: Request) -> JSONResponse:
@@ -79,3 +130,57 @@ async def delete(request: Request) -> JSONResponse:
         await services.broker.request_stop(conversation_id)
         await services.broker.drop(conversation_id)
     return JSONResponse({"message": "Conversation deleted successfully"})
+
+
+async def export(request: Request) -> Response:
+    """The whole conversation as a download: `?format=json` (default) or `markdown`."""
+    caller = await require_caller(request)
+    services = services_of(request)
+    conversation_id = path_id(request)
+    kind = request.query_params.get("format", "json")
+    if kind not in ("json", "markdown"):
+        raise BadRequest("'format' must be 'json' or 'markdown'")
+    conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    messages = await services.conversations.messages(conversation.id)
+    filename = f"conversation-{conversation.id}.{'md' if kind == 'markdown' else 'json'}"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if kind == "markdown":
+        return Response(render_markdown(conversation, messages), media_type="text/markdown; charset=utf-8",
+                        headers=headers)
+    document = {
+        **conversation_json(conversation),
+        "system_prompt": conversation.system_prompt,
+        "messages": [message_json(m) for m in messages],
+        "usage": totals(messages),
+        "exported_time": int(time.time()),
+    }
+    return JSONResponse(document, headers=headers)
+
+
+def totals(messages: list[Message]) -> dict[str, object]:
+    answered = [m.usage for m in messages if m.usage is not None]
+    return {
+        "prompt_tokens": sum(u.prompt_tokens for u in answered),
+        "completion_tokens": sum(u.completion_tokens for u in answered),
+        "estimated": any(u.estimated for u in answered),
+    }
+
+
+def render_markdown(conversation: Conversation, messages: list[Message]) -> str:
+    """Readable Markdown: a heading per turn; message text goes in as written."""
+    title = " ".join(conversation.title.split()) or f"Conversation {conversation.id}"
+    lines = [f"# {title}", "", f"Model: `{conversation.model}`  ", f"Created: {_when(conversation.created_time)}", ""]
+    if conversation.system_prompt:
+        lines += ["## System prompt", "", conversation.system_prompt, ""]
+    for message in messages:
+        heading = {"user": "User", "assistant": "Assistant"}.get(message.role, message.role.title())
+        lines += [f"## {heading} · {_when(message.created_time)}", "", message.content, ""]
+        if message.usage is not None:
+            estimate = " (estimated)" if message.usage.estimated else ""
+            lines += [f"*Tokens: {message.usage.prompt_tokens} prompt, "
+                      f"{message.usage.completion_tokens} completion{estimate}*", ""]
+    return "\n".join(lines)
+
+
+def _when(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))

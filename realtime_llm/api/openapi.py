@@ -59,12 +59,36 @@ SCHEMAS: dict[str, Any] = {
     "Token": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
     "Me": {
         "type": "object",
-        "required": ["user_id", "username", "created_time"],
+        "required": ["user_id", "username", "created_time", "usage"],
         "properties": {
             "user_id": {"type": "integer"},
             "username": {"type": "string"},
             "created_time": {"type": "integer"},
+            "usage": {
+                "type": "object",
+                "required": ["prompt_tokens", "completion_tokens"],
+                "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}},
+            },
         },
+    },
+    "Usage": {
+        "type": "object",
+        "required": ["prompt_tokens", "completion_tokens", "estimated"],
+        "properties": {
+            "prompt_tokens": {"type": "integer"},
+            "completion_tokens": {"type": "integer"},
+            "estimated": {"type": "boolean", "description": "true: counted by us, not the model"},
+        },
+    },
+    "ConversationUpdate": {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "minLength": 1},
+            "model": {"type": "string"},
+            "api_key": {"type": "string", "description": "empty removes the conversation's own key"},
+            "system_prompt": {"type": "string"},
+        },
+        "additionalProperties": False,
     },
     "NewConversation": {
         "type": "object",
@@ -113,6 +137,7 @@ SCHEMAS: dict[str, Any] = {
                         "content": {"type": "string"},
                         "message_id": {"type": "integer"},
                         "created_time": {"type": "integer"},
+                        "usage": _ref("Usage"),
                     },
                 },
             },
@@ -141,7 +166,11 @@ SCHEMAS: dict[str, Any] = {
     "ChatMessage": {
         "type": "object",
         "required": ["message"],
-        "properties": {"message": {"type": "string", "minLength": 1}},
+        "properties": {
+            "message": {"type": "string", "minLength": 1},
+            "edit_message_id": {"type": "integer", "minimum": 1,
+                                "description": "replace this user message and drop everything after it"},
+        },
     },
     "Stopped": {
         "type": "object",
@@ -169,8 +198,38 @@ PATHS: dict[str, Any] = {
                     body="NewConversation")
     },
     "/api/conversations/list": {
-        "get": _op("The caller's conversations, newest first",
-                   {"200": _json({"type": "array", "items": _ref("ConversationSummary")}, "list")})
+        "get": {
+            **_op("The caller's conversations, newest first; paged and searched",
+                  {"200": _json({"type": "array", "items": _ref("ConversationSummary")}, "list"), "400": ERROR}),
+            "parameters": [
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                {"name": "before", "in": "query", "required": False,
+                 "description": "continue after this conversation id (the last one seen)",
+                 "schema": {"type": "integer", "minimum": 1}},
+                {"name": "q", "in": "query", "required": False,
+                 "description": "text in titles or messages, case-insensitive, literal",
+                 "schema": {"type": "string", "maxLength": 200}},
+            ],
+        }
+    },
+    "/api/conversations/update/{id}": {
+        "post": _op("Change title, model, system prompt or API key", {"200": _json(_ref("Conversation"), "updated")},
+                    body="ConversationUpdate", params=True)
+    },
+    "/api/conversations/export/{id}": {
+        "get": {
+            **_op("The whole conversation as a download",
+                  {"200": {"description": "JSON or Markdown",
+                           "content": {"application/json": {"schema": {"type": "object"}},
+                                       "text/markdown": {"schema": {"type": "string"}}}}},
+                  params=True),
+            "parameters": [
+                ID_PARAM,
+                {"name": "format", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["json", "markdown"]}},
+            ],
+        }
     },
     "/api/conversations/history/{id}": {
         "get": _op("A conversation and its messages", {"200": _json(_ref("History"), "history")}, params=True)
@@ -185,6 +244,15 @@ PATHS: dict[str, Any] = {
                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
              "409": ERROR, "502": ERROR},
             body="ChatMessage", params=True,
+        )
+    },
+    "/api/chat/{id}/regenerate": {
+        "post": _op(
+            "Replace the last answer with a new one; it streams as Server-Sent Events",
+            {"200": {"description": "events until full_response or error",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+             "409": ERROR, "502": ERROR},
+            params=True,
         )
     },
     "/api/chat/{id}/events": {

@@ -46,7 +46,9 @@ async def login(request: Request) -> JSONResponse:
 async def me(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     user = caller.user
-    return JSONResponse({"user_id": user.id, "username": user.username, "created_time": user.created_time})
+    usage = await services_of(request).users.usage(user.id)
+    return JSONResponse({"user_id": user.id, "username": user.username, "created_time": user.created_time,
+                         "usage": usage})
 
 
 async def logout(request: Request) -> JSONResponse:

@@ -11,7 +11,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, services_of
 from realtime_llm.api.chat import align_event_ids, stream_end_message
-from realtime_llm.bodies import event_id, validate_message
+from realtime_llm.bodies import bounded_int, event_id, validate_message
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, Subscription, SubscriberOverflow
 from realtime_llm.errors import APIError, BadRequest, ConversationNotFound, Unauthorized
 from realtime_llm.events import ERROR, local_json
@@ -176,12 +176,15 @@ class ConversationSocket:
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
-        if kind in ("message", "stop", "resume"):
+        if kind in ("message", "regenerate", "stop", "resume"):
             await self._still_authorised()
         if kind == "ping":
             await self.send(local_json("pong", ""))
         elif kind == "message":
             await self._start_generation(frame)
+        elif kind == "regenerate":
+            conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
+            await self.services.engine.regenerate(conversation)
         elif kind == "stop":
             await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
             await self.services.broker.request_stop(self.conversation_id)
@@ -203,8 +206,9 @@ class ConversationSocket:
 
     async def _start_generation(self, frame: dict[str, Any]) -> None:
         content = validate_message(frame.get("content"), self.services.settings.limits.max_message_chars, "content")
+        edit = bounded_int(frame.get("edit_message_id"), "edit_message_id", 1, 2**31 - 1)
         conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
-        await self.services.engine.start(conversation, content)
+        await self.services.engine.start(conversation, content, edit)
 
     async def _resume(self, frame: dict[str, Any]) -> None:
         after = event_id(frame.get("last_event_id"))  # a bad one is an error event, via _read_frames

@@ -201,5 +201,9 @@ class Broker(abc.ABC):
         """Ask whoever runs the conversation's generation to stop it; True if someone listened."""
 
     @abc.abstractmethod
+    async def clear_replay(self, conversation_id: int) -> None:
+        """Empty the conversation's replay buffer; its event ids go on counting up."""
+
+    @abc.abstractmethod
     async def drop(self, conversation_id: int) -> None:
         """Forget the conversation: its buffer, its counter; end its subscriptions."""

@@ -126,6 +126,9 @@ class MemoryBroker(Broker):
             callback()
         return bool(callbacks)
 
+    async def clear_replay(self, conversation_id: int) -> None:
+        self._channel(conversation_id).buffer.clear()
+
     async def drop(self, conversation_id: int) -> None:
         self._channels.pop(conversation_id, None)
         self._fail_local(conversation_id, ConversationGone("conversation deleted"))

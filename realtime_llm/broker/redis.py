@@ -179,6 +179,10 @@ class RedisBroker(Broker):
             keys=[self.key(conversation_id, "seq")], args=[floor, self.settings.replay_ttl_seconds],
         ))
 
+    async def clear_replay(self, conversation_id: int) -> None:
+        assert self.redis is not None
+        await self._call(self.redis.delete(self.key(conversation_id, "events")))
+
     async def drop(self, conversation_id: int) -> None:
         assert self.redis is not None
         keys = [self.key(conversation_id, s) for s in ("seq", "events")]

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from realtime_llm.config import ProviderSettings
-from realtime_llm.providers.base import ChatMessage, ChatRequest, Provider, UpstreamError
+from realtime_llm.providers.base import ChatMessage, ChatRequest, Completion, Provider, UpstreamError, Usage
 
-__all__ = ["ChatMessage", "ChatRequest", "Provider", "UpstreamError", "create_provider"]
+__all__ = ["ChatMessage", "ChatRequest", "Completion", "Provider", "UpstreamError", "Usage", "create_provider"]
 
 
 def create_provider(settings: ProviderSettings) -> Provider:

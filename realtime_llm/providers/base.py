@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import AsyncContextManager, AsyncIterator
-
+from typing import AsyncContextManager, AsyncIterator, Callable
 
 from realtime_llm.errors import UpstreamError  # noqa: F401  (raised by every provider)
 
@@ -20,12 +19,40 @@ class ChatRequest:
     model: str
     messages: tuple[ChatMessage, ...]
     api_key: str = ""
+    max_tokens: int = 0  # 0: the model's own limit
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens an answer cost: the upstream's own counts, or our estimate (`estimated`)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    def as_json(self) -> dict[str, object]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "estimated": self.estimated}
+
+
+class Completion:
+    """What entering Provider.stream() gives: the answer's text deltas (iterate it once),
+    and, once they are read, the upstream's usage if it reported any."""
+
+    def __init__(self, deltas: Callable[[Completion], AsyncIterator[str]]) -> None:
+        """`deltas(completion)` makes the iterator, which may set `completion.usage`."""
+        self.usage: Usage | None = None
+        self._deltas = deltas(self)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._deltas
 
 
 class Provider(abc.ABC):
     """Serves the models its configured patterns match."""
 
     name = ""  # the config's provider name, set by create_provider (metrics use it)
+    can_title = True  # worth asking for a conversation title (the demo model is not)
 
     async def start(self) -> None:
         """Open pooled connections; called once from the lifespan."""
@@ -34,7 +61,7 @@ class Provider(abc.ABC):
         """Close what start() opened."""
 
     @abc.abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncContextManager[AsyncIterator[str]]:
+    def stream(self, request: ChatRequest) -> AsyncContextManager[Completion]:
         """Entering sends the request and raises UpstreamError if it is refused; the
-        iterator then yields text deltas and raises UpstreamError if the stream breaks.
+        completion then yields text deltas and raises UpstreamError if the stream breaks.
         Leaving closes the upstream request, whether or not it finished."""

@@ -7,7 +7,7 @@ import re
 from typing import AsyncIterator
 
 from realtime_llm.config import ProviderSettings
-from realtime_llm.providers.base import ChatRequest, Provider
+from realtime_llm.providers.base import ChatRequest, Completion, Provider
 
 TOKEN = re.compile(r"\s*\S+|\s+")
 
@@ -29,12 +29,14 @@ def demo_tokens(text: str) -> list[str]:
 
 
 class DemoProvider(Provider):
+    can_title = False  # it would only repeat itself: titles come from the first message
+
     def __init__(self, settings: ProviderSettings) -> None:
         self.delay = settings.delay_ms / 1000
 
     @contextlib.asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[str]]:
-        yield self._deltas(demo_reply(request))
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Completion]:
+        yield Completion(lambda _: self._deltas(demo_reply(request)))  # no usage: it is estimated
 
     async def _deltas(self, text: str) -> AsyncIterator[str]:
         for token in demo_tokens(text):

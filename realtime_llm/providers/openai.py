@@ -8,7 +8,7 @@ import httpx
 import orjson
 
 from realtime_llm.config import ProviderSettings
-from realtime_llm.providers.base import ChatRequest, Provider, UpstreamError
+from realtime_llm.providers.base import ChatRequest, Completion, Provider, UpstreamError, Usage
 from realtime_llm.providers.sse_reader import sse_data
 
 MAX_ERROR_BODY = 4096
@@ -35,35 +35,42 @@ class OpenAIProvider(Provider):
             await self._client.aclose()
 
     @contextlib.asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[str]]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Completion]:
         assert self._client is not None, "provider not started"
         key = request.api_key or self.settings.api_key
         headers = {"Accept": "text/event-stream"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        body = {
+        body: dict[str, Any] = {
             "model": request.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "stream": True,
         }
+        if self.settings.include_usage:  # the token counts come in a last chunk
+            body["stream_options"] = {"include_usage": True}
+        if request.max_tokens:
+            body["max_tokens"] = request.max_tokens
         try:
             async with self._client.stream(
                 "POST", self.url, content=orjson.dumps(body), headers={**headers, "Content-Type": "application/json"}
             ) as response:
                 if response.status_code != 200:
                     raise UpstreamError(await _refusal(response, key))
-                yield _deltas(response, key)
+                yield Completion(lambda completion: _deltas(response, key, completion))
         except httpx.HTTPError as exc:
             raise UpstreamError(_network_message(exc, self.settings.name)) from None
 
 
-async def _deltas(response: httpx.Response, key: str) -> AsyncIterator[str]:
+async def _deltas(response: httpx.Response, key: str, completion: Completion) -> AsyncIterator[str]:
     finished = False
     try:
         async for data in sse_data(response.aiter_text()):
             if data.strip() == "[DONE]":
                 return
             chunk = _parse_chunk(data, key)
+            usage = _usage(chunk.get("usage"))
+            if usage is not None:
+                completion.usage = usage
             for choice in chunk.get("choices") or ():
                 if not isinstance(choice, dict):
                     continue
@@ -77,6 +84,15 @@ async def _deltas(response: httpx.Response, key: str) -> AsyncIterator[str]:
         raise UpstreamError(_network_message(exc, "upstream")) from None
     if not finished:
         raise UpstreamError("the model's stream ended before the answer was complete")
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31 for n in (prompt, completion)):
+        return None
+    return Usage(prompt, completion)
 
 
 def _parse_chunk(data: str, key: str) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Conversations and their messages: the SQL database is the source of truth."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from databases import Database
@@ -10,7 +12,8 @@ from databases import Database
 from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.keys import APIKeyBox, mask_api_key
-from realtime_llm.store.schema import conversations, messages
+from realtime_llm.providers.base import Usage
+from realtime_llm.store.schema import conversations, messages, users
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,23 @@ class Message:
     role: str
     content: str
     created_time: int
+    usage: Usage | None = None
+
+
+MESSAGE_COLUMNS = (
+    messages.c.message_id, messages.c.role, messages.c.content, messages.c.created_time,
+    messages.c.prompt_tokens, messages.c.completion_tokens, messages.c.usage_estimated,
+)
+
+
+def _message(r: Any) -> Message:
+    usage = None
+    if r["prompt_tokens"] is not None and r["completion_tokens"] is not None:
+        usage = Usage(r["prompt_tokens"], r["completion_tokens"], bool(r["usage_estimated"]))
+    return Message(r["message_id"], r["role"], r["content"], r["created_time"], usage)
+
+
+LIST_LIMIT_MAX = 1000
 
 
 class ConversationStore:
@@ -68,16 +88,62 @@ class ConversationStore:
         m = row._mapping
         return Conversation(**{f: m[f] for f in Conversation.__dataclass_fields__})
 
-    async def list_for_user(self, user_id: int) -> list[dict[str, object]]:
-        rows = await self.database.fetch_all(
-            sa.select(conversations.c.id, conversations.c.title, conversations.c.created_time)
-            .where(conversations.c.user_id == user_id)
-            .order_by(conversations.c.id.desc())
-        )
+    async def list_for_user(self, user_id: int, *, limit: int | None = None, before: int | None = None,
+                            q: str | None = None) -> list[dict[str, object]]:
+        """Newest first. `before` continues after the last conversation seen (ids only grow,
+        so new conversations never shift a page); `q` matches titles and message text,
+        case-insensitively and literally (no wildcards)."""
+        c = conversations
+        query = sa.select(c.c.id, c.c.title, c.c.created_time).where(c.c.user_id == user_id)
+        if before is not None:
+            query = query.where(c.c.id < before)
+        if q:
+            query = query.where(sa.or_(c.c.title.ilike(_like_pattern(q), escape="\\"),
+                                       c.c.id.in_(self._conversations_mentioning(q))))
+        query = query.order_by(c.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        rows = await self.database.fetch_all(query)
         return [
             {"conversation_id": r["id"], "title": r["title"], "created_time": r["created_time"]}
             for r in rows
         ]
+
+    def _conversations_mentioning(self, q: str) -> sa.Select[Any]:
+        """Ids of conversations with a message containing `q`, through the search index."""
+        m = messages
+        if self.database.url.dialect == "sqlite" and len(q) >= 3:
+            # FTS5 trigram: the query as one quoted phrase is a literal substring match.
+            phrase = '"' + q.replace('"', '""') + '"'
+            hits = sa.select(sa.column("rowid")).select_from(sa.table("messages_fts")).where(
+                sa.text("messages_fts MATCH :phrase").bindparams(phrase=phrase))
+            return sa.select(m.c.conversation_id).where(m.c.id.in_(hits))
+        # PostgreSQL: ILIKE, which the pg_trgm index serves; SQLite with fewer than three
+        # characters (trigrams cannot): a scan.
+        return sa.select(m.c.conversation_id).where(m.c.content.ilike(_like_pattern(q), escape="\\"))
+
+    async def update(self, conversation: Conversation, **changes: str) -> Conversation:
+        """Change title, model, system_prompt and/or api_key (sealed). A generation already
+        running keeps the settings it started with; the next one uses these."""
+        values: dict[str, object] = {k: v for k, v in changes.items() if k in ("title", "model", "system_prompt")}
+        if "api_key" in changes:
+            values["api_key_sealed"] = self.box.seal(changes["api_key"])
+            values["api_key_hint"] = mask_api_key(changes["api_key"])
+        if values:
+            await self.database.execute(
+                conversations.update().where(conversations.c.id == conversation.id).values(**values))
+        return dataclasses.replace(conversation, **values)  # type: ignore[arg-type]
+
+    async def set_title_if_untitled(self, conversation_id: int, title: str) -> bool:
+        """An automatic title: written only while the conversation has none, so a title the
+        user set, even a moment ago, is never overwritten."""
+        updated = await self.database.fetch_val(
+            conversations.update()
+            .where(conversations.c.id == conversation_id, conversations.c.title == "")
+            .values(title=title)
+            .returning(conversations.c.id)
+        )
+        return updated is not None
 
     async def delete_owned(self, conversation_id: int, user_id: int) -> None:
         async with self.database.transaction():
@@ -97,11 +163,33 @@ class ConversationStore:
 
     async def messages(self, conversation_id: int) -> list[Message]:
         rows = await self.database.fetch_all(
-            sa.select(messages.c.message_id, messages.c.role, messages.c.content, messages.c.created_time)
+            sa.select(*MESSAGE_COLUMNS)
             .where(messages.c.conversation_id == conversation_id)
             .order_by(messages.c.message_id)
         )
-        return [Message(r["message_id"], r["role"], r["content"], r["created_time"]) for r in rows]
+        return [_message(r) for r in rows]
+
+    async def message(self, conversation_id: int, message_id: int) -> Message | None:
+        row = await self.database.fetch_one(
+            sa.select(*MESSAGE_COLUMNS)
+            .where(messages.c.conversation_id == conversation_id, messages.c.message_id == message_id))
+        return None if row is None else _message(row)
+
+    async def last_message(self, conversation_id: int) -> Message | None:
+        row = await self.database.fetch_one(
+            sa.select(*MESSAGE_COLUMNS)
+            .where(messages.c.conversation_id == conversation_id)
+            .order_by(messages.c.message_id.desc())
+            .limit(1))
+        return None if row is None else _message(row)
+
+    async def drop_messages_from(self, conversation_id: int, message_id: int) -> None:
+        """Delete that message and every later one (edit, regenerate). Ids are not reused:
+        the next message gets a new one, so an id always names the same text."""
+        await self.database.execute(
+            messages.delete().where(messages.c.conversation_id == conversation_id,
+                                    messages.c.message_id >= message_id))
+        await self.cache.drop(conversation_id)
 
     async def recent_messages(self, conversation_id: int, budget_chars: int, page: int = 64) -> list[Message]:
         """The newest messages whose contents fit in the budget (the newest always), oldest
@@ -111,7 +199,7 @@ class ConversationStore:
         before: int | None = None
         while True:
             query = (
-                sa.select(messages.c.message_id, messages.c.role, messages.c.content, messages.c.created_time)
+                sa.select(*MESSAGE_COLUMNS)
                 .where(messages.c.conversation_id == conversation_id)
                 .order_by(messages.c.message_id.desc())
                 .limit(page)
@@ -122,7 +210,7 @@ class ConversationStore:
             for r in rows:
                 if chosen and used + len(r["content"]) > budget_chars:
                     return chosen[::-1]
-                chosen.append(Message(r["message_id"], r["role"], r["content"], r["created_time"]))
+                chosen.append(_message(r))
                 used += len(r["content"])
             if len(rows) < page:
                 return chosen[::-1]
@@ -145,8 +233,10 @@ class ConversationStore:
             .values(last_event_id=last_event_id)
         )
 
-    async def add_message(self, conversation_id: int, role: str, content: str) -> Message:
-        """Append a message; its message_id is the conversation's next, taken atomically."""
+    async def add_message(self, conversation_id: int, role: str, content: str,
+                          usage: Usage | None = None) -> Message:
+        """Append a message; its message_id is the conversation's next, taken atomically.
+        An answer's usage is added to its owner's totals in the same transaction."""
         now = int(time.time())
         async with self.database.transaction():
             await self.database.execute(
@@ -166,17 +256,36 @@ class ConversationStore:
                     role=role,
                     content=content,
                     created_time=now,
+                    prompt_tokens=usage.prompt_tokens if usage else None,
+                    completion_tokens=usage.completion_tokens if usage else None,
+                    usage_estimated=int(usage.estimated) if usage else 0,
                 )
             )
-        message = Message(int(message_id), role, content, now)
+            if usage is not None:
+                owner = sa.select(conversations.c.user_id).where(conversations.c.id == conversation_id)
+                await self.database.execute(
+                    users.update().where(users.c.id == owner.scalar_subquery()).values(
+                        prompt_tokens=users.c.prompt_tokens + usage.prompt_tokens,
+                        completion_tokens=users.c.completion_tokens + usage.completion_tokens,
+                    )
+                )
+        message = Message(int(message_id), role, content, now, usage)
         await self.cache.append(conversation_id, message_json(message))
         return message
 
 
 def message_json(message: Message) -> dict[str, object]:
-    return {
+    shown: dict[str, object] = {
         "role": message.role,
         "content": message.content,
         "message_id": message.message_id,
         "created_time": message.created_time,
     }
+    if message.usage is not None:
+        shown["usage"] = message.usage.as_json()
+    return shown
+
+
+def _like_pattern(q: str) -> str:
+    """`q` as a LIKE pattern that matches it literally anywhere: % _ and \\ escaped."""
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -46,30 +46,50 @@ def create_database(settings: Settings) -> Database:
 
 async def migrate(database: Database) -> int:
     """Create the tables on a new database, or run the upgrades an older one lacks."""
+    dialect = database.url.dialect
     async with database.transaction():
-        if database.url.dialect == "postgresql":
+        if dialect == "postgresql":
             await database.execute(sa.text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})"))
         version = await _current_version(database)
+        if version is not None and version > schema.SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database has schema version {version}, newer than this program's "
+                f"{schema.SCHEMA_VERSION}; upgrade realtime-llm"
+            )
         if version is None:
             for table in schema.BASELINE:
                 await database.execute(sa.schema.CreateTable(table, if_not_exists=True))
                 for index in table.indexes:
                     await database.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+            pending = schema.UPGRADES
+        else:
+            pending = schema.UPGRADES[version - 1:]
+        for upgrade in pending:
+            if version is not None:
+                for statement in upgrade.alter:
+                    await database.execute(sa.text(statement))
+            await _run_extras(database, upgrade.extras.get(dialect, ()))
+        if version is None:
             await database.execute(schema.schema_version.insert().values(version=schema.SCHEMA_VERSION))
             logger.info("created database schema version %d", schema.SCHEMA_VERSION)
-            return schema.SCHEMA_VERSION
-        if version > schema.SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the database has schema version {version}, newer than this program's "
-                f"{schema.SCHEMA_VERSION}; upgrade realtime-llm"
-            )
-        for statements in schema.UPGRADES[version - 1:]:
-            for statement in statements:
-                await database.execute(sa.text(statement))
-        if version < schema.SCHEMA_VERSION:
+        elif version < schema.SCHEMA_VERSION:
             await database.execute(schema.schema_version.update().values(version=schema.SCHEMA_VERSION))
             logger.info("upgraded database schema %d -> %d", version, schema.SCHEMA_VERSION)
         return schema.SCHEMA_VERSION
+
+
+async def _run_extras(database: Database, statements: tuple[str, ...]) -> None:
+    """Optional parts (search indexes): one that the database refuses (a missing
+    privilege for CREATE EXTENSION, say) is logged and left out, in a savepoint."""
+    if not statements:
+        return
+    try:
+        async with database.transaction():
+            for statement in statements:
+                await database.execute(sa.text(statement))
+    except Exception as exc:
+        logger.warning("search index not created (%s: %s); search will scan instead",
+                       type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
 
 async def _current_version(database: Database) -> int | None:

@@ -1,6 +1,8 @@
 """Tables (SQLAlchemy Core) and the ordered list of schema upgrades."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -16,6 +18,9 @@ users = sa.Table(
     sa.Column("username", sa.String(64), nullable=False, unique=True),
     sa.Column("password_hash", sa.String(100), nullable=False),
     sa.Column("created_time", sa.BigInteger, nullable=False),
+    # Token usage of all this user's answers, kept when conversations are deleted (v2).
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 conversations = sa.Table(
@@ -52,6 +57,10 @@ messages = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("content", sa.Text, nullable=False),
     sa.Column("created_time", sa.BigInteger, nullable=False),
+    # Answers only (v2): the upstream's counts, or our estimate when usage_estimated is 1.
+    sa.Column("prompt_tokens", sa.Integer, nullable=True),
+    sa.Column("completion_tokens", sa.Integer, nullable=True),
+    sa.Column("usage_estimated", sa.Integer, nullable=False, server_default="0"),
     # Also the index for "messages of a conversation in order".
     sa.UniqueConstraint("conversation_id", "message_id", name="uq_messages_conversation_order"),
 )
@@ -69,9 +78,50 @@ schema_version = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
 )
 
-# Each upgrade takes the schema from version i to i+1. Version 1 creates the tables
-# above; later issues append upgrades (ALTER TABLE ... ADD COLUMN, new indexes) here
-# and must never edit an upgrade that has shipped.
+
+@dataclass(frozen=True)
+class Upgrade:
+    """One schema version step. `alter` brings an existing database's tables up to the
+    definitions above (a new database gets them from CREATE TABLE and skips it); `extras`
+    are what those definitions cannot say (search indexes), per dialect, run on both."""
+
+    alter: tuple[str, ...] = ()
+    extras: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+# Message search. SQLite: an FTS5 index with the trigram tokenizer (substring matches,
+# case-insensitive), kept in step with `messages` by triggers. PostgreSQL: a trigram GIN
+# index (pg_trgm) that ILIKE '%...%' uses; creating the extension needs a privileged role,
+# so where it is refused search still works, by scanning (migrate logs it).
+SEARCH_SQLITE = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5("
+    "content, content='messages', content_rowid='id', tokenize='trigram')",
+    "CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN "
+    "INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content); END",
+    "CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN "
+    "INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content); END",
+    "CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF content ON messages BEGIN "
+    "INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content); "
+    "INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content); END",
+    "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
+)
+SEARCH_POSTGRESQL = (
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    "CREATE INDEX IF NOT EXISTS ix_messages_content_trgm ON messages USING gin (content gin_trgm_ops)",
+)
+
 BASELINE = (users, conversations, messages, revoked_tokens)
-UPGRADES: list[list[str]] = []
+# Upgrade i takes the schema from version i to i+1; never edit one that has shipped.
+UPGRADES: list[Upgrade] = [
+    Upgrade(  # 1 -> 2: token usage, message search
+        alter=(
+            "ALTER TABLE users ADD COLUMN prompt_tokens BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE users ADD COLUMN completion_tokens BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE messages ADD COLUMN prompt_tokens INTEGER",
+            "ALTER TABLE messages ADD COLUMN completion_tokens INTEGER",
+            "ALTER TABLE messages ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0",
+        ),
+        extras={"sqlite": SEARCH_SQLITE, "postgresql": SEARCH_POSTGRESQL},
+    ),
+]
 SCHEMA_VERSION = 1 + len(UPGRADES)

@@ -53,6 +53,14 @@ class UserStore:
         return _user(row)
 
 
+    async def usage(self, user_id: int) -> dict[str, int]:
+        """Tokens of all this user's answers, deleted conversations included."""
+        row = await self.database.fetch_one(
+            sa.select(users.c.prompt_tokens, users.c.completion_tokens).where(users.c.id == user_id))
+        prompt, completion = (int(row[0]), int(row[1])) if row is not None else (0, 0)
+        return {"prompt_tokens": prompt, "completion_tokens": completion}
+
+
 def _user(row: object) -> User | None:
     if row is None:
         return None
