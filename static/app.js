@@ -15,6 +15,7 @@ const state = {
   assistantBubble: null,
   replay: null, // while replaying: {lastId, lastRole} of the history already shown
   skipping: false, // replayed events of an answer that history already shows
+  historyUpTo: null, // the conversation's last event id when its history was read
 };
 
 const FRIENDLY = {
@@ -168,7 +169,7 @@ async function openConversation(conversation) {
   showError("chat-error", "");
   const messages = $("messages");
   messages.replaceChildren();
-  for (const message of history.messages) addBubble(message.role, message.content);
+  for (const message of history.messages) addBubble(message.role, message.content, false, message.message_id);
   const last = history.messages[history.messages.length - 1];
   // Replaying the buffer from the start, skip what history already shows; an answer still
   // being written (its user message is history's last) is rebuilt from its deltas.
@@ -176,6 +177,7 @@ async function openConversation(conversation) {
   state.skipping = true;
   state.assistantBubble = null;
   state.lastEventId = 0;
+  state.historyUpTo = null;
   for (const item of document.querySelectorAll("#conversations li")) {
     item.classList.toggle("active", Number(item.dataset.id) === id);
   }
@@ -233,6 +235,8 @@ function handleEvent(frame) {
   switch (frame.event) {
     case "ready":
       state.retries = 0;
+      // The first socket after opening: events up to here happened before history was read.
+      if (state.historyUpTo === null) state.historyUpTo = frame.last_event_id;
       if (state.generating && !frame.generating) {
         // The answer we were reading ended while we were away (and the server may have no
         // record of its last events, e.g. a restart without Redis): show what was saved.
@@ -252,7 +256,7 @@ function handleEvent(frame) {
         break;
       }
       state.skipping = false;
-      addBubble("user", frame.data);
+      addBubble("user", frame.data, false, frame.message_id);
       state.assistantBubble = null;
       state.generating = true;
       setComposer(true);
@@ -267,8 +271,26 @@ function handleEvent(frame) {
     case "done":
       break;
     case "full_response":
-      if (!state.skipping) finishAnswer(frame.data);
+      if (!state.skipping) finishAnswer(frame.data, frame.message_id);
       state.skipping = false;
+      break;
+    case "truncate": // edit or regenerate: messages from this id on are gone
+      if (state.historyUpTo === null || frame.id > state.historyUpTo) {
+        dropBubblesFrom(frame.from_message_id);
+        state.skipping = false;
+        state.assistantBubble = null;
+        state.generating = true;
+        setStatus("answering…");
+      } else {
+        // Replayed: history (read just before) already shows the result, unless it ends
+        // on a user message whose answer is being rewritten right now.
+        state.skipping = !(state.replay.lastRole === "user" && frame.from_message_id > state.replay.lastId);
+      }
+      break;
+    case "title":
+      state.current.title = frame.data;
+      $("chat-title").textContent = frame.data;
+      loadConversations().catch(() => {});
       break;
     case "error":
       if (typeof frame.id !== "number") { // for this socket only
@@ -282,16 +304,17 @@ function handleEvent(frame) {
       state.skipping = false;
       break;
     default:
-      break; // pong, title, and events of later versions
+      break; // pong, and events of later versions
   }
 }
 
-function finishAnswer(text) {
+function finishAnswer(text, messageId) {
   if (state.assistantBubble) {
     if (text !== null) state.assistantBubble.textContent = text;
     state.assistantBubble.classList.remove("streaming");
+    if (messageId) state.assistantBubble.dataset.messageId = String(messageId);
   } else if (text) {
-    addBubble("assistant", text);
+    addBubble("assistant", text, false, messageId);
   }
   state.assistantBubble = null;
   state.generating = false;
@@ -299,14 +322,23 @@ function finishAnswer(text) {
   setComposer(true);
 }
 
-function addBubble(role, text, streaming = false) {
+function addBubble(role, text, streaming = false, messageId = null) {
   const bubble = document.createElement("li");
   bubble.className = role + (streaming ? " streaming" : "");
   bubble.dataset.testid = role === "user" ? "message-user" : "message-assistant";
+  if (messageId) bubble.dataset.messageId = String(messageId);
   bubble.textContent = text; // never innerHTML: model output is untrusted
   $("messages").append(bubble);
   scrollDown();
   return bubble;
+}
+
+function dropBubblesFrom(messageId) {
+  // The first bubble at or past the id, and everything after it (an answer being written
+  // has no id yet, and always comes last).
+  const bubbles = [...$("messages").children];
+  const first = bubbles.findIndex((b) => Number(b.dataset.messageId) >= messageId);
+  if (first >= 0) bubbles.slice(first).forEach((b) => b.remove());
 }
 
 function scrollDown() {

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -29,6 +30,7 @@ def page_server(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
         if provider["name"] in ("fake", "dead"):
             provider["models"] = [f"{provider['name']}-model", *provider["models"]]
     config["llm"]["providers"][0]["delay_ms"] = 30
+    config["llm"]["auto_titles"] = True  # every other test names its conversation
     server = ServerProcess(write_config(workdir / "config.yaml", config), workdir).start()
     yield server
     server.stop()
@@ -79,7 +81,7 @@ def create(page: Page, title: str, model: str = "fake-model") -> None:
     tid(page, "conversation-title").fill(title)
     tid(page, "model-select").select_option(model)
     tid(page, "create-conversation").click()
-    expect(page.locator("#chat-title")).to_have_text(title)
+    expect(page.locator("#chat-title")).to_have_text(title or re.compile(r"^Conversation \d+$"))
     expect(tid(page, "message-input")).to_be_enabled()
 
 
@@ -265,3 +267,29 @@ def test_page_security_headers(page_server: ServerProcess) -> None:
     csp = response.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_title_and_an_edit_made_elsewhere_show_up(page: Page, page_server: ServerProcess) -> None:
+    """An untitled conversation gets its title live; an edit sent by another client (the
+    API here) replaces the turns on the page: no mix of old and new."""
+    username = sign_up(page)
+    create(page, "")
+    send(page, "#fake tokens=3\nfirst question")
+    expect(tid(page, "message-assistant").last).to_have_text(answer(3))
+    expect(page.locator("#chat-title")).to_have_text("t0 t1 t2 t3 t4")  # the fake model's title
+    expect(tid(page, "conversation-item").first).to_contain_text("t0 t1 t2 t3 t4")
+    with httpx.Client(base_url=page_server.url, timeout=30) as http:
+        token = http.post("/api/users/login", json={"username": username, "password": PASSWORD}).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        cid = http.get("/api/conversations/list", headers=headers).json()[0]["conversation_id"]
+        first = http.get(f"/api/conversations/history/{cid}", headers=headers).json()["messages"][0]["message_id"]
+        edited = http.post(f"/api/chat/{cid}", headers=headers,
+                           json={"message": "#fake tokens=2\nedited question", "edit_message_id": first})
+        assert edited.status_code == 200
+    expect(tid(page, "message-user")).to_have_count(1)
+    expect(tid(page, "message-user")).to_have_text("#fake tokens=2\nedited question")
+    expect(tid(page, "message-assistant")).to_have_count(1)
+    expect(tid(page, "message-assistant")).to_have_text(answer(2))
+    page.reload()  # and the same after reading it all again
+    expect(tid(page, "message-user")).to_have_count(1)
+    expect(tid(page, "message-assistant")).to_have_text(answer(2))
