@@ -53,6 +53,29 @@ def test_generation_on_b_reaches_socket_on_a(pair, upstream: FakeUpstream) -> No
     assert len(history(api_a, headers, cid)) == 4
 
 
+def test_regenerate_and_edit_on_b_reach_socket_on_a(pair, upstream: FakeUpstream) -> None:
+    """The truncate and the new answer reach every process; a resume on A replays no old turn."""
+    a, b = pair
+    api_a, api_b = Api(a.url), Api(b.url)
+    headers, cid = new_chat(api_a)
+    chat_events(api_a, headers, cid, "#fake tokens=3")
+    with Socket(a.url, cid, headers) as on_a, Socket(b.url, cid, headers) as on_b:
+        ready(on_a), ready(on_b)
+        on_b.send({"type": "regenerate"})
+        from_b = on_b.recv_until("full_response")
+        assert on_a.recv_until("full_response") == from_b
+        assert from_b[0]["event"] == "truncate"
+        first = history(api_a, headers, cid)[0]["message_id"]
+        on_b.send({"type": "message", "content": "#fake tokens=2", "edit_message_id": first})
+        edited = on_b.recv_until("full_response")
+        assert on_a.recv_until("full_response") == edited
+        assert [e["event"] for e in edited[:2]] == ["truncate", "user_message"]
+    with Socket(a.url, cid, headers, query="last_event_id=0") as resumed:
+        ready(resumed)
+        assert resumed.recv_until("full_response") == edited
+    assert [m["content"] for m in history(api_b, headers, cid)] == ["#fake tokens=2", "t0 t1 "]
+
+
 def test_stop_from_a_cancels_b(pair, upstream: FakeUpstream) -> None:
     """A stop asked of A closes the upstream request that B is streaming."""
     a, b = pair

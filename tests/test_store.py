@@ -65,6 +65,44 @@ async def test_upgrades_run_in_order(db, monkeypatch: pytest.MonkeyPatch) -> Non
         await db.execute(schema.schema_version.update().values(version=1 + len(schema.UPGRADES) - 2))
 
 
+V2_COLUMNS = {"users": ("prompt_tokens", "completion_tokens"),
+              "messages": ("prompt_tokens", "completion_tokens", "usage_estimated")}
+
+
+async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -> None:
+    """A version-1 database with conversations gets the usage columns and a search index
+    that already covers its old messages."""
+    dialect = db.url.dialect
+    if dialect == "sqlite":
+        for trigger in ("insert", "delete", "update"):
+            await db.execute(sa.text(f"DROP TRIGGER messages_fts_{trigger}"))
+        await db.execute(sa.text("DROP TABLE messages_fts"))
+    else:
+        await db.execute(sa.text("DROP INDEX ix_messages_content_trgm"))
+    for table, columns in V2_COLUMNS.items():
+        for column in columns:
+            await db.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    await db.execute(schema.schema_version.update().values(version=1))
+    # Version-1 rows, written without the new columns.
+    await db.execute(sa.text("INSERT INTO users (username, password_hash, created_time) VALUES ('old', 'h', 1)"))
+    user_id = await db.fetch_val(sa.text("SELECT id FROM users WHERE username = 'old'"))
+    await db.execute(sa.text(f"INSERT INTO conversations (user_id, title, model, created_time, last_message_id) "
+                             f"VALUES ({user_id}, 'Old one', 'demo', 1, 1)"))
+    cid = await db.fetch_val(sa.text("SELECT id FROM conversations WHERE title = 'Old one'"))
+    await db.execute(sa.text(f"INSERT INTO messages (conversation_id, message_id, role, content, created_time) "
+                             f"VALUES ({cid}, 1, 'user', 'An archived Zanzibar itinerary', 1)"))
+
+    assert await migrate(db) == schema.SCHEMA_VERSION == 2
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    assert [c["conversation_id"] for c in await store.list_for_user(user_id, q="zanzibar")] == [cid]
+    (old,) = await store.messages(cid)
+    assert old.content == "An archived Zanzibar itinerary" and old.usage is None
+    assert await UserStore(db).usage(user_id) == {"prompt_tokens": 0, "completion_tokens": 0}
+    if dialect == "postgresql":  # the search really has its index
+        assert await db.fetch_val(sa.text(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_messages_content_trgm'")) == 1
+
+
 async def test_newer_schema_is_refused(db) -> None:
     await db.execute(schema.schema_version.update().values(version=schema.SCHEMA_VERSION + 1))
     try:
