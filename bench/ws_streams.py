@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import sys
 import tempfile
 import time
 import uuid
@@ -21,6 +22,7 @@ from pathlib import Path
 import orjson
 import redis
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from bench.common import UpstreamProcess, make_users, median, percentile, start_server
 from tests.backends import PrivateRedis
@@ -29,7 +31,17 @@ from tests.servers import Caddy, ServerProcess
 STAMP = re.compile(r"<(\d+\.\d+)>")
 
 
-async def one_client(url: str, headers: dict[str, str], cid: int, tokens: int, delays: list[float]) -> int:
+async def one_client(url: str, headers: dict[str, str], cid: int, tokens: int, delays: list[float],
+                     failures: list[str]) -> int:
+    """Events received; a client whose connection fails is counted in `failures`, not fatal."""
+    try:
+        return await _one_client(url, headers, cid, tokens, delays)
+    except (OSError, ConnectionClosed, TimeoutError) as exc:
+        failures.append(f"{type(exc).__name__}: {exc}"[:120])
+        return 0
+
+
+async def _one_client(url: str, headers: dict[str, str], cid: int, tokens: int, delays: list[float]) -> int:
     ws_url = url.replace("http://", "ws://") + f"/ws/conversations/{cid}"
     events = 0
     async with connect(ws_url, additional_headers=headers, compression=None, max_size=None) as ws:
@@ -45,14 +57,19 @@ async def one_client(url: str, headers: dict[str, str], cid: int, tokens: int, d
                 return events
 
 
-async def run_load(servers: list[ServerProcess] | list[Caddy], users: list[tuple[dict[str, str], int]], tokens: int) -> tuple[float, list[float]]:
+async def run_load(servers: list[ServerProcess] | list[Caddy], users: list[tuple[dict[str, str], int]],
+                   tokens: int) -> tuple[float, list[float], int]:
     delays: list[float] = []
+    failures: list[str] = []
     start = time.perf_counter()
     counts = await asyncio.gather(*(
-        one_client(servers[i % len(servers)].url, headers, cid, tokens, delays) for i, (headers, cid) in enumerate(users)
+        one_client(servers[i % len(servers)].url, headers, cid, tokens, delays, failures)
+        for i, (headers, cid) in enumerate(users)
     ))
     elapsed = time.perf_counter() - start
-    return sum(counts) / elapsed, delays
+    for failure in sorted(set(failures)):
+        print(f"  failed client ({failures.count(failure)}x): {failure}", file=sys.stderr)
+    return sum(counts) / elapsed, delays, len(failures)
 
 
 def redis_cost(workdir: Path, upstream: UpstreamProcess, private: PrivateRedis) -> tuple[int, int, int, int]:
@@ -98,13 +115,14 @@ def main() -> None:
                 for clients in args.clients:
                     for name, servers in setups:
                         users = make_users(servers[0].url, clients)
-                        rates, p50s, p99s = [], [], []
+                        rates, p50s, p99s, failed = [], [], [], 0
                         for _ in range(args.repeat):
-                            rate, delays = asyncio.run(run_load(servers, users, args.tokens))
+                            rate, delays, failures = asyncio.run(run_load(servers, users, args.tokens))
                             rates.append(rate)
                             p50s.append(percentile(delays, 0.5) * 1000)
                             p99s.append(percentile(delays, 0.99) * 1000)
-                        rows.append((clients, name, median(rates), median(p50s), median(p99s)))
+                            failed += failures
+                        rows.append((clients, name, median(rates), median(p50s), median(p99s), failed))
             finally:
                 caddy.stop()
                 for server in (*single, *pair):
@@ -114,9 +132,10 @@ def main() -> None:
         upstream.stop()
         private.stop()
     print(f"WebSocket streams, fake upstream at 20 tokens/s, {args.tokens} tokens each; medians of {args.repeat} runs")
-    print(f"{'clients':>7}  {'setup':<32} {'events/s':>9} {'delay p50 ms':>13} {'delay p99 ms':>13}")
-    for clients, name, rate, p50, p99 in rows:
-        print(f"{clients:>7}  {name:<32} {rate:>9.0f} {p50:>13.2f} {p99:>13.2f}")
+    print(f"{'clients':>7}  {'setup':<32} {'events/s':>9} {'delay p50 ms':>13} {'delay p99 ms':>13} {'failed':>7}")
+    for clients, name, rate, p50, p99, failed in rows:
+        print(f"{clients:>7}  {name:<32} {rate:>9.0f} {p50:>13.2f} {p99:>13.2f} {failed:>7}")
+    print("(failed: client connections that broke, summed over the runs)")
     calls, written, size, events = cost
     print(f"\nRedis cost of one 1,000-token answer ({size} bytes, {events} message events, batch_ms 25):")
     print(f"  commands: {calls}   bytes written to Redis: {written} ({written / size:.2f} x the answer)")
