@@ -1,7 +1,7 @@
 """A cache of conversation histories in Redis, in front of SQL (which stays the truth).
 
 Writes go through: an appended message is appended to a cached history. Every read is
-checked against the conversation's `last_message_id` from SQL, so a history that missed
+checked against the conversation's `message_count` and `last_message_id` from SQL, so a history that missed
 a write (Redis restarted, flushed, or a race) is never served; it is rebuilt instead.
 Any Redis failure falls back to SQL silently: the cache can only make reads faster.
 """
@@ -27,7 +27,7 @@ return 0
 class HistoryCache:
     """No cache: with one process and no Redis, SQL answers directly."""
 
-    async def get(self, conversation_id: int, last_message_id: int) -> list[dict[str, Any]] | None:
+    async def get(self, conversation_id: int, count: int, last_message_id: int) -> list[dict[str, Any]] | None:
         return None
 
     async def put(self, conversation_id: int, messages: Sequence[dict[str, Any]]) -> None:
@@ -50,7 +50,7 @@ class RedisHistoryCache(HistoryCache):
     def key(self, conversation_id: int) -> str:
         return f"{self.prefix}:{{conv:{conversation_id}}}:history"
 
-    async def get(self, conversation_id: int, last_message_id: int) -> list[dict[str, Any]] | None:
+    async def get(self, conversation_id: int, count: int, last_message_id: int) -> list[dict[str, Any]] | None:
         try:
             raw = await self.redis.lrange(self.key(conversation_id), 0, -1)
         except (RedisError, OSError) as exc:
@@ -59,7 +59,7 @@ class RedisHistoryCache(HistoryCache):
         if not raw:
             return None
         messages = [orjson.loads(item) for item in raw]
-        if messages[-1]["message_id"] != last_message_id or len(messages) != last_message_id:
+        if messages[-1]["message_id"] != last_message_id or len(messages) != count:
             return None
         return messages
 

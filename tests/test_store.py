@@ -66,7 +66,8 @@ async def test_upgrades_run_in_order(db, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 V2_COLUMNS = {"users": ("prompt_tokens", "completion_tokens"),
-              "messages": ("prompt_tokens", "completion_tokens", "usage_estimated")}
+              "messages": ("prompt_tokens", "completion_tokens", "usage_estimated"),
+              "conversations": ("message_count",)}
 
 
 async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -> None:
@@ -98,6 +99,7 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     (old,) = await store.messages(cid)
     assert old.content == "An archived Zanzibar itinerary" and old.usage is None
     assert await UserStore(db).usage(user_id) == {"prompt_tokens": 0, "completion_tokens": 0}
+    assert (await store.get_owned(cid, user_id)).message_count == 1  # backfilled
     if dialect == "postgresql":  # the search really has its index
         assert await db.fetch_val(sa.text(
             "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_messages_content_trgm'")) == 1

@@ -28,6 +28,7 @@ class Conversation:
     created_time: int
     last_message_id: int = 0
     last_event_id: int = 0
+    message_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class ConversationStore:
 
     async def history(self, conversation: Conversation) -> list[dict[str, object]]:
         """All messages as the history route shows them: from the cache when it is current."""
-        cached = await self.cache.get(conversation.id, conversation.last_message_id)
+        cached = await self.cache.get(conversation.id, conversation.message_count, conversation.last_message_id)
         if cached is not None:
             return cached
         messages = [message_json(m) for m in await self.messages(conversation.id)]
@@ -186,9 +187,14 @@ class ConversationStore:
     async def drop_messages_from(self, conversation_id: int, message_id: int) -> None:
         """Delete that message and every later one (edit, regenerate). Ids are not reused:
         the next message gets a new one, so an id always names the same text."""
-        await self.database.execute(
-            messages.delete().where(messages.c.conversation_id == conversation_id,
-                                    messages.c.message_id >= message_id))
+        async with self.database.transaction():
+            await self.database.execute(
+                messages.delete().where(messages.c.conversation_id == conversation_id,
+                                        messages.c.message_id >= message_id))
+            remaining = sa.select(sa.func.count()).select_from(messages).where(
+                messages.c.conversation_id == conversation_id).scalar_subquery()
+            await self.database.execute(
+                conversations.update().where(conversations.c.id == conversation_id).values(message_count=remaining))
         await self.cache.drop(conversation_id)
 
     async def recent_messages(self, conversation_id: int, budget_chars: int, page: int = 64) -> list[Message]:
@@ -242,7 +248,8 @@ class ConversationStore:
             await self.database.execute(
                 conversations.update()
                 .where(conversations.c.id == conversation_id)
-                .values(last_message_id=conversations.c.last_message_id + 1)
+                .values(last_message_id=conversations.c.last_message_id + 1,
+                        message_count=conversations.c.message_count + 1)
             )
             message_id = await self.database.fetch_val(
                 sa.select(conversations.c.last_message_id).where(conversations.c.id == conversation_id)

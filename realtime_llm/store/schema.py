@@ -37,6 +37,9 @@ conversations = sa.Table(
     sa.Column("api_key_hint", sa.String(16), nullable=False, server_default=""),
     sa.Column("created_time", sa.BigInteger, nullable=False),
     sa.Column("last_message_id", sa.Integer, nullable=False, server_default="0"),
+    # How many messages it has now (v2): with edits, ids have gaps, and the history cache
+    # is valid only if it holds exactly this many, ending at last_message_id.
+    sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
     # The highest event id published so far, so ids keep increasing after a restart
     # or a Redis flush; written when a generation ends.
     sa.Column("last_event_id", sa.BigInteger, nullable=False, server_default="0"),
@@ -120,6 +123,9 @@ UPGRADES: list[Upgrade] = [
             "ALTER TABLE messages ADD COLUMN prompt_tokens INTEGER",
             "ALTER TABLE messages ADD COLUMN completion_tokens INTEGER",
             "ALTER TABLE messages ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE conversations ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0",
+            # Version 1 never deleted single messages: the count is the last id.
+            "UPDATE conversations SET message_count = last_message_id",
         ),
         extras={"sqlite": SEARCH_SQLITE, "postgresql": SEARCH_POSTGRESQL},
     ),
