@@ -1,6 +1,8 @@
 """Reading and checking JSON request bodies: every bad input becomes a clear 4xx."""
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 import orjson
@@ -72,12 +74,15 @@ def validate_message(content: object, limit: int, name: str = "message") -> str:
     return content
 
 
+INTEGER = re.compile(r"-?[0-9]{1,19}")
+
+
 def bounded_int(value: Any, name: str, low: int, high: int) -> int | None:
     """An integer from JSON (a number) or a query string (digits), within [low, high];
     None when absent. Anything else (a float, a bool, text, out of range) is a 400."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit() and len(value) <= 20:
+    if isinstance(value, str) and INTEGER.fullmatch(value):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise BadRequest(f"'{name}' must be an integer from {low} to {high}")

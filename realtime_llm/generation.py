@@ -42,6 +42,7 @@ class Generation:
     owner: str
     # This generation's events are the conversation's events after this id.
     after_event_id: int = 0
+    replaces: int | None = None  # regenerate: the answer dropped once the model accepts
     prompt: tuple[ChatMessage, ...] = ()
     usage: Usage | None = None  # the upstream's, once its stream has ended
     # Resolves once the upstream has accepted the request (None) or refused it (the reason).
@@ -82,7 +83,8 @@ class GenerationEngine:
     async def start(self, conversation: Conversation, text: str, edit_message_id: int | None = None) -> Generation:
         """Save and publish the user message and start the answer. With `edit_message_id`,
         that user message and everything after it are dropped first (edit and resend)."""
-        async def add_message(cid: int) -> int:
+        async def add_message(generation: Generation) -> None:
+            cid = generation.conversation_id
             after = None
             if edit_message_id is not None:
                 edited = await self.store.message(cid, edit_message_id)
@@ -91,33 +93,39 @@ class GenerationEngine:
                 after = await self._truncate(cid, edit_message_id)
             message = await self.store.add_message(cid, "user", text)
             event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id)
-            return event.id - 1 if after is None else after
+            generation.after_event_id = event.id - 1 if after is None else after
 
         return await self._begin(conversation, add_message)
 
     async def regenerate(self, conversation: Conversation) -> Generation:
         """Replace the last answer with a new one to the same prompt (after a failed answer:
-        answer the last user message)."""
-        async def drop_last_answer(cid: int) -> int:
+        answer the last user message). The old answer goes only once the model has accepted
+        the new request, so a refusal (a 502) leaves the conversation as it was."""
+        async def find_last_answer(generation: Generation) -> None:
+            cid = generation.conversation_id
             last = await self.store.last_message(cid)
             if last is None:
                 raise Conflict("there is nothing to regenerate: the conversation has no messages")
             if last.role == "assistant":
-                return await self._truncate(cid, last.message_id)
-            return await self.broker.last_event_id(cid)
+                generation.replaces = last.message_id
+            generation.after_event_id = await self.broker.last_event_id(cid)
 
-        return await self._begin(conversation, drop_last_answer)
+        return await self._begin(conversation, find_last_answer)
 
     async def _truncate(self, cid: int, from_message_id: int) -> int:
         """Drop messages from `from_message_id` on, in SQL and in the replay buffer, and tell
-        subscribers with a `truncate` event; returns the id before it. The buffer is emptied
-        so that a client resuming never replays old turns next to new ones."""
+        subscribers with a `truncate` event (`through_message_id`: the last one dropped, so
+        a client can apply it twice); returns the id before it. The buffer is emptied so
+        that a client resuming never replays old turns next to new ones."""
+        last = await self.store.last_message(cid)
+        through = last.message_id if last is not None else from_message_id
         await self.store.drop_messages_from(cid, from_message_id)
         await self.broker.clear_replay(cid)
-        event = await self.broker.publish(cid, TRUNCATE, "", from_message_id=from_message_id)
+        event = await self.broker.publish(cid, TRUNCATE, "", from_message_id=from_message_id,
+                                          through_message_id=through)
         return event.id - 1
 
-    async def _begin(self, conversation: Conversation, prepare: Callable[[int], Awaitable[int]]) -> Generation:
+    async def _begin(self, conversation: Conversation, prepare: Callable[[Generation], Awaitable[None]]) -> Generation:
         if self.draining:
             raise ServiceUnavailable("this server is shutting down: send the message again to reach another")
         self._starting += 1  # drain() waits for this start too
@@ -126,9 +134,9 @@ class GenerationEngine:
         finally:
             self._starting -= 1
 
-    async def _start(self, conversation: Conversation, prepare: Callable[[int], Awaitable[int]]) -> Generation:
+    async def _start(self, conversation: Conversation, prepare: Callable[[Generation], Awaitable[None]]) -> Generation:
         """Take the conversation's lock, then (under it) `prepare` the history and publish
-        what comes before the answer; `prepare` returns the event id the answer follows."""
+        what comes before the answer, setting the event id the answer follows."""
         cid = conversation.id
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if not await self._acquire(cid, owner):
@@ -140,7 +148,7 @@ class GenerationEngine:
         try:
             await listening.enter_async_context(self.broker.on_stop(cid, lambda: self._stop(generation)))
             await self.broker.ensure_event_floor(cid, await self.store.event_watermark(cid))
-            generation.after_event_id = await prepare(cid)
+            await prepare(generation)
         except BaseException:
             await listening.aclose()
             await self.broker.release_lock(cid, owner)
@@ -183,8 +191,11 @@ class GenerationEngine:
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop every running generation (each saves its partial answer) and wait for them."""
-        for helper in list(self._helpers):
+        helpers = list(self._helpers)
+        for helper in helpers:
             helper.cancel()
+        if helpers:  # nothing may outlive the providers, broker and database it uses
+            await asyncio.wait(helpers, timeout=1.0)
         generations = list(self._running.values())
         for generation in generations:
             self._stop(generation)
@@ -251,7 +262,7 @@ class GenerationEngine:
             if generation.stop_requested:
                 return "cancelled"
             async with asyncio.timeout(self.settings.stream.max_generation_seconds):
-                generation.prompt = await self.prompt(conversation)
+                generation.prompt = await self.prompt(conversation, below=generation.replaces)
                 request = ChatRequest(
                     model=conversation.model,
                     messages=generation.prompt,
@@ -261,6 +272,9 @@ class GenerationEngine:
                 began = time.monotonic()
                 try:
                     async with provider.stream(request) as completion:
+                        if generation.replaces is not None:
+                            generation.after_event_id = await self._truncate(generation.conversation_id,
+                                                                             generation.replaces)
                         generation.settle(None)
                         await self._relay(generation.conversation_id, completion, parts,
                                           UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name), began)
@@ -405,11 +419,12 @@ class GenerationEngine:
             raise UpstreamError(f"model {model!r} is no longer served here")
         return self.providers[settings.name]
 
-    async def prompt(self, conversation: Conversation) -> tuple[ChatMessage, ...]:
-        """System prompt, then the newest history that fits the context budget."""
+    async def prompt(self, conversation: Conversation, below: int | None = None) -> tuple[ChatMessage, ...]:
+        """System prompt, then the newest history (before message `below`, if given) that
+        fits the context budget."""
         system = conversation.system_prompt or self.settings.llm.system_prompt
         budget = self.settings.llm.context_budget_tokens * CHARS_PER_TOKEN - len(system)
-        history = await self.store.recent_messages(conversation.id, max(budget, 1))
+        history = await self.store.recent_messages(conversation.id, max(budget, 1), below=below)
         return (ChatMessage("system", system), *(ChatMessage(m.role, m.content) for m in history))
 
 

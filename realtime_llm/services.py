@@ -20,7 +20,7 @@ from realtime_llm.generation import GenerationEngine
 from realtime_llm.keys import APIKeyBox, load_or_create_secret, secret_file_path
 from realtime_llm.providers import Provider, create_provider
 from realtime_llm.store.conversations import ConversationStore
-from realtime_llm.store.database import create_database, migrate
+from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.users import RevocationStore, UserStore
 
 logger = logging.getLogger("realtime_llm")
@@ -92,7 +92,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await provider.start()
             stack.push_async_callback(provider.close)
 
-        conversations = ConversationStore(database, APIKeyBox(secret), create_history_cache(settings, broker))
+        conversations = ConversationStore(database, APIKeyBox(secret), create_history_cache(settings, broker),
+                                          fts=await has_sqlite_search_index(database))
         catalog = ModelCatalog(settings.llm.providers)
         engine = GenerationEngine(settings, conversations, broker, providers, catalog)
         stack.push_async_callback(engine.close)

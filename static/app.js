@@ -15,7 +15,6 @@ const state = {
   assistantBubble: null,
   replay: null, // while replaying: {lastId, lastRole} of the history already shown
   skipping: false, // replayed events of an answer that history already shows
-  historyUpTo: null, // the conversation's last event id when its history was read
 };
 
 const FRIENDLY = {
@@ -177,7 +176,6 @@ async function openConversation(conversation) {
   state.skipping = true;
   state.assistantBubble = null;
   state.lastEventId = 0;
-  state.historyUpTo = null;
   for (const item of document.querySelectorAll("#conversations li")) {
     item.classList.toggle("active", Number(item.dataset.id) === id);
   }
@@ -235,8 +233,6 @@ function handleEvent(frame) {
   switch (frame.event) {
     case "ready":
       state.retries = 0;
-      // The first socket after opening: events up to here happened before history was read.
-      if (state.historyUpTo === null) state.historyUpTo = frame.last_event_id;
       if (state.generating && !frame.generating) {
         // The answer we were reading ended while we were away (and the server may have no
         // record of its last events, e.g. a restart without Redis): show what was saved.
@@ -274,17 +270,15 @@ function handleEvent(frame) {
       if (!state.skipping) finishAnswer(frame.data, frame.message_id);
       state.skipping = false;
       break;
-    case "truncate": // edit or regenerate: messages from this id on are gone
-      if (state.historyUpTo === null || frame.id > state.historyUpTo) {
-        dropBubblesFrom(frame.from_message_id);
-        state.skipping = false;
-        state.assistantBubble = null;
+    case "truncate": // edit or regenerate: these messages are gone; the new turn follows
+      dropBubbles(frame.from_message_id, frame.through_message_id); // harmless if already gone
+      state.assistantBubble = null;
+      // History read after this truncate already shows the new turn (its ids are higher):
+      // skip its replay. Otherwise the new turn is being written now.
+      state.skipping = Boolean(state.replay) && state.replay.lastId > frame.through_message_id;
+      if (!state.skipping) {
         state.generating = true;
         setStatus("answering…");
-      } else {
-        // Replayed: history (read just before) already shows the result, unless it ends
-        // on a user message whose answer is being rewritten right now.
-        state.skipping = !(state.replay.lastRole === "user" && frame.from_message_id > state.replay.lastId);
       }
       break;
     case "title":
@@ -333,12 +327,11 @@ function addBubble(role, text, streaming = false, messageId = null) {
   return bubble;
 }
 
-function dropBubblesFrom(messageId) {
-  // The first bubble at or past the id, and everything after it (an answer being written
-  // has no id yet, and always comes last).
-  const bubbles = [...$("messages").children];
-  const first = bubbles.findIndex((b) => Number(b.dataset.messageId) >= messageId);
-  if (first >= 0) bubbles.slice(first).forEach((b) => b.remove());
+function dropBubbles(from, through) {
+  for (const bubble of [...$("messages").children]) {
+    const id = Number(bubble.dataset.messageId);
+    if (id >= from && id <= through) bubble.remove();
+  }
 }
 
 function scrollDown() {

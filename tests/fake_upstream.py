@@ -17,6 +17,8 @@ The last user message steers it with a directive line, e.g.
     no_finish=1       end the stream after the tokens with no finish_reason and no [DONE]
     usage=P,C         report prompt_tokens P and completion_tokens C in a last chunk, as
                       OpenAI does, if the request asked (stream_options.include_usage)
+    title_delay_ms=D  (anywhere in the conversation) the title request that follows its
+                      first answer waits D ms before each token
 
 Every request is recorded: its JSON body, its headers, and whether the client closed the
 stream before it ended.
@@ -24,6 +26,7 @@ stream before it ended.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -96,6 +99,10 @@ class FakeUpstream:
         record = Received(body=body, headers=dict(request.headers))
         self.received.append(record)
         options, rest = parse_directive(body.get("messages", []))
+        messages = body.get("messages") or [{}]
+        if str(messages[0].get("content", "")).startswith("Write a title"):
+            slow = re.search(r"title_delay_ms=(\d+)", str(messages[-1].get("content", "")))
+            options = {"delay_ms": slow.group(1)} if slow else {}
         if "status" in options:
             status = int(options["status"])
             record.completed = True

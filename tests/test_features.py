@@ -160,7 +160,8 @@ def test_paging_with_a_cursor_neither_skips_nor_repeats_while_others_are_created
 
 @pytest.mark.parametrize("params", [
     {"limit": 0}, {"limit": -1}, {"limit": 10**30}, {"limit": 1001}, {"limit": "ten"}, {"limit": "1.5"},
-    {"before": 0}, {"before": "x"}, {"before": -5}, {"q": "x" * 201},
+    {"before": 0}, {"before": "x"}, {"before": -5}, {"q": "x" * 201}, {"limit": "--1"}, {"before": "--5"},
+    {"limit": "1e3"}, {"limit": " 5"}, {"limit": "٣"},
 ])
 def test_list_refuses_bad_parameters(api: Api, params: dict[str, Any]) -> None:
     headers = api.new_user()
@@ -233,7 +234,7 @@ def test_regenerate_replaces_the_last_answer(api: Api, upstream: FakeUpstream) -
         assert response.status_code == 200, response.text
         events = parse_stream(response.content)
         assert_answer_stream(events, cid)
-        assert events[0]["from_message_id"] == before[1]["message_id"]
+        assert events[0]["from_message_id"] == events[0]["through_message_id"] == before[1]["message_id"]
         assert events[0]["id"] > first[-1]["id"]
         assert socket.recv_until("full_response") == events  # every subscriber sees it
     after = history(api, headers, cid)
@@ -250,18 +251,36 @@ def test_regenerate_replaces_the_last_answer(api: Api, upstream: FakeUpstream) -
         assert resumed.recv_until("full_response") == events
 
 
-def test_regenerate_after_a_failed_answer_answers_the_last_message(api: Api) -> None:
+def test_regenerate_after_a_failed_answer_answers_the_last_message(api: Api, upstream: FakeUpstream) -> None:
     headers, cid = new_chat(api)
-    failed = chat_events(api, headers, cid, "#fake tokens=3 error_after=1")
+    question = f"#fake tokens=3 error_after=1\n{uuid.uuid4()}"
+    failed = chat_events(api, headers, cid, question)
     assert failed[-1]["event"] == "error"
     assert [m["role"] for m in history(api, headers, cid)] == ["user"]
     response = regenerate(api, headers, cid)
     assert response.status_code == 200
     events = parse_stream(response.content)
-    # No answer to drop, so no truncate: the stream is the new answer; this time the
-    # directive (error_after) applies again, so it fails the same way: still well formed.
-    assert events[-1]["event"] in ("full_response", "error")
-    assert "truncate" not in [e["event"] for e in events]
+    # No answer to drop, so no truncate: the same prompt is sent again (and the directive
+    # makes it fail the same way, which ends the stream with an error, well formed).
+    assert [e["event"] for e in events] == ["message", "error"]
+    sent = [r.body["messages"] for r in upstream.received if r.body["messages"][-1]["content"] == question]
+    assert len(sent) == 2 and sent[0] == sent[1]
+    assert [m["role"] for m in history(api, headers, cid)] == ["user"]
+
+
+def test_a_refused_regenerate_keeps_the_old_answer(api: Api) -> None:
+    """The old answer is dropped only once the model has accepted the new request."""
+    headers, cid = new_chat(api)
+    chat(api, headers, cid, "#fake tokens=2")
+    before = history(api, headers, cid)
+    assert update(api, headers, cid, {"model": "dead-model"}).status_code == 200  # unreachable
+    with Socket(str(api.http.base_url), cid, headers) as socket:
+        assert socket.recv()["event"] == "ready"
+        refused = regenerate(api, headers, cid)
+        assert refused.status_code == 502
+        error = socket.recv()
+        assert error["event"] == "error"  # subscribers are told; no truncate came first
+    assert history(api, headers, cid) == before
 
 
 def test_regenerate_refusals(api: Api) -> None:
@@ -313,6 +332,7 @@ def test_edit_replaces_the_message_and_drops_what_followed(api: Api) -> None:
         events = parse_stream(response.content)
         assert_answer_stream(events, cid)
         assert events[0]["from_message_id"] == old[0]["message_id"]
+        assert events[0]["through_message_id"] == old[-1]["message_id"]
         assert events[1]["event"] == "user_message" and events[1]["data"] == "#fake tokens=3\nfirst, edited"
         assert socket.recv_until("full_response") == events
     new = history(api, headers, cid)
@@ -342,6 +362,7 @@ def test_edit_the_last_message_over_websocket(api: Api) -> None:
     (0, "edit_message_id"),
     (True, "edit_message_id"),
     (1.5, "edit_message_id"),
+    ("--1", "edit_message_id"),
 ])
 def test_edit_refuses_what_it_cannot_edit(api: Api, edit: Any, fragment: str) -> None:
     headers, cid = new_chat(api)
@@ -484,6 +505,26 @@ def test_demo_model_titles_come_from_the_first_message(titled: Api) -> None:
         title = socket.recv_until("title")[-1]["data"]
     assert title == "How do tides work on the Atlantic coast…"
     assert listing(titled, headers)[0]["title"] == title
+
+
+def test_a_title_set_while_the_model_is_titling_wins(titled: Api, upstream: FakeUpstream) -> None:
+    """The user renames the conversation while the automatic title is being written: the
+    user's title stays, and the last title event anyone sees is the user's."""
+    headers, cid = new_chat(titled)
+    with Socket(str(titled.http.base_url), cid, headers) as socket:
+        assert socket.recv()["event"] == "ready"
+        marker = f"title_delay_ms=300 {uuid.uuid4()}"
+        socket.send({"type": "message", "content": f"#fake tokens=1\n{marker}"})
+        socket.recv_until("full_response")
+        assert upstream.wait_for(lambda: any(
+            r.body["messages"][0]["content"].startswith("Write a title") and marker in r.body["messages"][-1]["content"]
+            for r in upstream.received))  # the title request is in flight (5 tokens x 300 ms)
+        assert update(titled, headers, cid, {"title": "Mine"}).status_code == 200
+        assert socket.recv_until("title")[-1]["data"] == "Mine"  # the rename, announced
+        assert upstream.wait_for(lambda: all(r.completed for r in upstream.received), timeout=10)
+        socket.send({"type": "ping"})
+        assert socket.recv()["event"] == "pong"  # no automatic title event after it
+    assert titled.http.get(f"/api/conversations/history/{cid}", headers=headers).json()["title"] == "Mine"
 
 
 def test_a_title_the_user_set_is_never_overwritten(titled: Api) -> None:

@@ -12,7 +12,7 @@ from realtime_llm.config import Settings
 from realtime_llm.keys import APIKeyBox
 from realtime_llm.store import schema
 from realtime_llm.store.conversations import ConversationStore
-from realtime_llm.store.database import create_database, migrate
+from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.users import UserStore
 
 pytestmark = pytest.mark.anyio
@@ -94,7 +94,8 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
                              f"VALUES ({cid}, 1, 'user', 'An archived Zanzibar itinerary', 1)"))
 
     assert await migrate(db) == schema.SCHEMA_VERSION == 2
-    store = ConversationStore(db, APIKeyBox("s" * 40))
+    store = ConversationStore(db, APIKeyBox("s" * 40), fts=await has_sqlite_search_index(db))
+    assert store.fts == (dialect == "sqlite")
     assert [c["conversation_id"] for c in await store.list_for_user(user_id, q="zanzibar")] == [cid]
     (old,) = await store.messages(cid)
     assert old.content == "An archived Zanzibar itinerary" and old.usage is None
@@ -171,3 +172,18 @@ async def test_sqlite_connections_are_configured(tmp_path: Path) -> None:
         assert results == [["wal", 1, 5000]] * 3
     finally:
         await connection.disconnect()
+
+
+@pytest.mark.parametrize("use_index", [True, False])
+async def test_search_with_and_without_the_sqlite_index(db, use_index: bool) -> None:
+    """Where SQLite lacks the FTS5 trigram tokenizer, search scans instead, with the same answers."""
+    user = await UserStore(db).create(f"search_{use_index}", "hash")
+    other = await UserStore(db).create(f"other_{use_index}", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40), fts=use_index and await has_sqlite_search_index(db))
+    mine = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
+    theirs = await store.create(other.id, title="t", model="demo", system_prompt="", api_key="")
+    await store.add_message(mine.id, "user", "Kilimanjaro at 50% humidity")
+    await store.add_message(theirs.id, "user", "Kilimanjaro too")
+    for q in ("kilimanjaro", "KILIM", "50%", "0%", "% h"):
+        assert [c["conversation_id"] for c in await store.list_for_user(user.id, q=q)] == [mine.id], q
+    assert await store.list_for_user(user.id, q="kilimanjaro too") == []

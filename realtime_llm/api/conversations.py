@@ -12,6 +12,7 @@ from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.bodies import bounded_int, optional_string, path_id, read_json_object
 from realtime_llm.errors import BadRequest
+from realtime_llm.events import TITLE
 from realtime_llm.store.conversations import LIST_LIMIT_MAX, Conversation, Message, message_json
 
 UPDATABLE = frozenset({"title", "model", "system_prompt", "api_key"})
@@ -99,7 +100,11 @@ async def update(request: Request) -> JSONResponse:
     if not changes:
         raise BadRequest(f"nothing to update: send any of {', '.join(sorted(UPDATABLE))}")
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
-    return JSONResponse(conversation_json(await services.conversations.update(conversation, **changes)))
+    updated = await services.conversations.update(conversation, **changes)
+    if "title" in changes:  # open pages show it; it also comes after any automatic title
+        with contextlib.suppress(BrokerUnavailable):
+            await services.broker.publish(conversation_id, TITLE, updated.title)
+    return JSONResponse(conversation_json(updated))
 
 
 async def history(request: Request) -> JSONResponse:

@@ -57,10 +57,12 @@ LIST_LIMIT_MAX = 1000
 
 
 class ConversationStore:
-    def __init__(self, database: Database, box: APIKeyBox, cache: HistoryCache | None = None) -> None:
+    def __init__(self, database: Database, box: APIKeyBox, cache: HistoryCache | None = None,
+                 fts: bool = False) -> None:
         self.database = database
         self.box = box
         self.cache = cache or HistoryCache()
+        self.fts = fts  # SQLite's messages_fts index exists (see schema.SEARCH_SQLITE)
 
     async def create(
         self, user_id: int, *, title: str, model: str, system_prompt: str, api_key: str
@@ -100,7 +102,7 @@ class ConversationStore:
             query = query.where(c.c.id < before)
         if q:
             query = query.where(sa.or_(c.c.title.ilike(_like_pattern(q), escape="\\"),
-                                       c.c.id.in_(self._conversations_mentioning(q))))
+                                       c.c.id.in_(self._conversations_mentioning(user_id, q))))
         query = query.order_by(c.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
@@ -110,18 +112,21 @@ class ConversationStore:
             for r in rows
         ]
 
-    def _conversations_mentioning(self, q: str) -> sa.Select[Any]:
-        """Ids of conversations with a message containing `q`, through the search index."""
-        m = messages
-        if self.database.url.dialect == "sqlite" and len(q) >= 3:
+    def _conversations_mentioning(self, user_id: int, q: str) -> sa.Select[Any]:
+        """Ids of this user's conversations with a message containing `q`, through the
+        search index where there is one."""
+        m, owned = messages, conversations.alias("owned")
+        mine = sa.select(m.c.conversation_id).join(owned, owned.c.id == m.c.conversation_id).where(
+            owned.c.user_id == user_id)
+        if self.fts and len(q) >= 3:
             # FTS5 trigram: the query as one quoted phrase is a literal substring match.
             phrase = '"' + q.replace('"', '""') + '"'
             hits = sa.select(sa.column("rowid")).select_from(sa.table("messages_fts")).where(
                 sa.text("messages_fts MATCH :phrase").bindparams(phrase=phrase))
-            return sa.select(m.c.conversation_id).where(m.c.id.in_(hits))
+            return mine.where(m.c.id.in_(hits))
         # PostgreSQL: ILIKE, which the pg_trgm index serves; SQLite with fewer than three
-        # characters (trigrams cannot): a scan.
-        return sa.select(m.c.conversation_id).where(m.c.content.ilike(_like_pattern(q), escape="\\"))
+        # characters (trigrams cannot), or without the FTS5 trigram tokenizer: a scan.
+        return mine.where(m.c.content.ilike(_like_pattern(q), escape="\\"))
 
     async def update(self, conversation: Conversation, **changes: str) -> Conversation:
         """Change title, model, system_prompt and/or api_key (sealed). A generation already
@@ -197,12 +202,14 @@ class ConversationStore:
                 conversations.update().where(conversations.c.id == conversation_id).values(message_count=remaining))
         await self.cache.drop(conversation_id)
 
-    async def recent_messages(self, conversation_id: int, budget_chars: int, page: int = 64) -> list[Message]:
-        """The newest messages whose contents fit in the budget (the newest always), oldest
-        first; read a page at a time so a long conversation costs no more than the budget."""
+    async def recent_messages(self, conversation_id: int, budget_chars: int, page: int = 64,
+                              below: int | None = None) -> list[Message]:
+        """The newest messages (with ids under `below`, if given) whose contents fit in the
+        budget (the newest always), oldest first; read a page at a time so a long
+        conversation costs no more than the budget."""
         chosen: list[Message] = []
         used = 0
-        before: int | None = None
+        before: int | None = below
         while True:
             query = (
                 sa.select(*MESSAGE_COLUMNS)

@@ -92,6 +92,14 @@ async def _run_extras(database: Database, statements: tuple[str, ...]) -> None:
                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
 
+async def has_sqlite_search_index(database: Database) -> bool:
+    """Whether migrate could create SQLite's FTS5 trigram index (SQLite 3.34 or later)."""
+    if database.url.dialect != "sqlite":
+        return False
+    found = await database.fetch_val(sa.text("SELECT count(*) FROM sqlite_master WHERE name = 'messages_fts'"))
+    return bool(found)
+
+
 async def _current_version(database: Database) -> int | None:
     await database.execute(sa.schema.CreateTable(schema.schema_version, if_not_exists=True))
     row = await database.fetch_one(sa.select(schema.schema_version.c.version))
