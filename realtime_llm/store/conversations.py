@@ -102,7 +102,7 @@ class ConversationStore:
             query = query.where(c.c.id < before)
         if q:
             query = query.where(sa.or_(c.c.title.ilike(_like_pattern(q), escape="\\"),
-                                       c.c.id.in_(self._conversations_mentioning(user_id, q))))
+                                       c.c.id.in_(self._conversations_mentioning(q))))
         query = query.order_by(c.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
@@ -112,12 +112,12 @@ class ConversationStore:
             for r in rows
         ]
 
-    def _conversations_mentioning(self, user_id: int, q: str) -> sa.Select[Any]:
-        """Ids of this user's conversations with a message containing `q`, through the
-        search index where there is one."""
-        m, owned = messages, conversations.alias("owned")
-        mine = sa.select(m.c.conversation_id).join(owned, owned.c.id == m.c.conversation_id).where(
-            owned.c.user_id == user_id)
+    def _conversations_mentioning(self, q: str) -> sa.Select[Any]:
+        """Ids of conversations with a message containing `q`, through the search index
+        where there is one; the caller keeps the user's own. (Filtering by user in here
+        too made PostgreSQL pick a nested loop: 6.6 s instead of 0.1 s for a common word.)"""
+        m = messages
+        mine = sa.select(m.c.conversation_id)
         if self.fts and len(q) >= 3:
             # FTS5 trigram: the query as one quoted phrase is a literal substring match.
             phrase = '"' + q.replace('"', '""') + '"'
