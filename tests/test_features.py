@@ -516,12 +516,15 @@ def test_a_title_set_while_the_model_is_titling_wins(titled: Api, upstream: Fake
         marker = f"title_delay_ms=300 {uuid.uuid4()}"
         socket.send({"type": "message", "content": f"#fake tokens=1\n{marker}"})
         socket.recv_until("full_response")
-        assert upstream.wait_for(lambda: any(
-            r.body["messages"][0]["content"].startswith("Write a title") and marker in r.body["messages"][-1]["content"]
-            for r in upstream.received))  # the title request is in flight (5 tokens x 300 ms)
+        def title_request() -> Any:
+            return next((r for r in upstream.received if r.body["messages"][0]["content"].startswith("Write a title")
+                         and marker in r.body["messages"][-1]["content"]), None)
+
+        assert upstream.wait_for(lambda: title_request() is not None)  # in flight: 5 tokens x 300 ms
+        assert not title_request().completed
         assert update(titled, headers, cid, {"title": "Mine"}).status_code == 200
         assert socket.recv_until("title")[-1]["data"] == "Mine"  # the rename, announced
-        assert upstream.wait_for(lambda: all(r.completed for r in upstream.received), timeout=10)
+        assert upstream.wait_for(lambda: title_request().completed, timeout=10)
         socket.send({"type": "ping"})
         assert socket.recv()["event"] == "pong"  # no automatic title event after it
     assert titled.http.get(f"/api/conversations/history/{cid}", headers=headers).json()["title"] == "Mine"
