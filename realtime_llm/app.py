@@ -6,6 +6,7 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -50,9 +51,18 @@ def create_app(settings: Settings) -> Starlette:
             app.state.services = services
             yield
 
+    middleware = [Middleware(metrics.RequestMetrics)]
+    if settings.server.allowed_origins:  # none by default: browsers may not call across sites
+        middleware.append(Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.server.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            max_age=600,
+        ))
     return Starlette(
         routes=routes(),
-        middleware=[Middleware(metrics.RequestMetrics)],
+        middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     # On SIGTERM running answers get this long to finish before they are stopped (and saved).
     shutdown_grace_seconds: float = 30.0
+    # Browser origins (e.g. "https://app.example.com") allowed to call the API across
+    # sites (CORS) and to open WebSockets; the server's own origin always may. None by default.
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,24 @@ def _apply_openai_key(settings: Settings, key: str) -> Settings:
     return dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, providers=providers))
 
 
+# The example secret in the original project's published config.yaml: anyone can forge
+# tokens with it.
+PUBLISHED_SECRETS = frozenset({"S3cureK3y#2024!AIsafety"})
+MIN_SECRET_BYTES = 32
+
+
 def _validate(settings: Settings) -> None:
+    secret = settings.jwt.secret
+    if secret in PUBLISHED_SECRETS:
+        raise ConfigError("config: 'jwt.secret' is the original project's published example; use a secret of "
+                          "your own (32+ random bytes) or leave it empty to have one generated")
+    if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"config: 'jwt.secret' must be at least {MIN_SECRET_BYTES} bytes "
+                          "(or empty: one is generated and kept beside the database)")
+    for origin in settings.server.allowed_origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(f"config: 'server.allowed_origins' entry {origin!r} must look like "
+                              "https://host[:port] (no path), or be *")
     if not 0 <= settings.server.port <= 65535:
         raise ConfigError("config: 'server.port' must be between 0 and 65535")
     if settings.server.workers < 1:

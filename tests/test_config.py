@@ -37,19 +37,19 @@ def test_original_port_string_is_accepted(tmp_path: Path) -> None:
 
 def test_environment_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("jwt:\n  secret: from-file\n")
+    path.write_text("jwt:\n  secret: from-file-and-at-least-32-bytes-long\n")
     settings = load_settings(
         str(path),
         environ={
             "DATABASE_URL": "postgresql://u@h/db",
             "REDIS_URL": "redis://127.0.0.1:6379/3",
-            "JWT_SECRET": "from-env",
+            "JWT_SECRET": "from-env-and-also-at-least-32-bytes-long",
             "OPENAI_API_KEY": "sk-env",
         },
     )
     assert settings.database_url == "postgresql://u@h/db"
     assert settings.redis.connection_url() == "redis://127.0.0.1:6379/3"
-    assert settings.jwt.secret == "from-env"
+    assert settings.jwt.secret == "from-env-and-also-at-least-32-bytes-long"
     openai = [p for p in settings.llm.providers if p.kind == "openai"][0]
     assert openai.api_key == "sk-env"
 
@@ -98,6 +98,10 @@ def _serve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("server: {port: 1\n", "not valid YAML"),
         ("server:\n  nope: 1\n", "server.nope"),
         ("jwt:\n  ttl_seconds: soon\n", "jwt.ttl_seconds"),
+        ('jwt:\n  secret: "S3cureK3y#2024!AIsafety"\n', "published example"),  # the original's
+        ("jwt:\n  secret: short-secret\n", "at least 32 bytes"),
+        ("server:\n  allowed_origins: [example.com]\n", "server.allowed_origins"),
+        ("server:\n  allowed_origins: [https://example.com/app]\n", "server.allowed_origins"),
     ],
 )
 def test_cli_bad_config_exits_with_one_line(tmp_path: Path, content: str | None, named: str) -> None:

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -35,6 +36,12 @@ class CloseSocket(Exception):
 
 async def conversation_socket(websocket: WebSocket) -> None:
     services = services_of(websocket)
+    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"),
+                          services.settings.server.allowed_origins):
+        # Cross-site WebSocket hijacking: a page elsewhere may not open our sockets
+        # (refused before the handshake completes: the browser sees a 403).
+        await websocket.close(CLOSE_POLICY)
+        return
     await websocket.accept()
     OPEN_WEBSOCKETS.inc()
     try:
@@ -54,6 +61,13 @@ async def conversation_socket(websocket: WebSocket) -> None:
         pass
     finally:
         OPEN_WEBSOCKETS.dec()
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser), the server's own origin, or one in the allowlist."""
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    return host is not None and urlsplit(origin).netloc == host
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
