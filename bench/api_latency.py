@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import NO_RATE_LIMITS
 from tests.servers import ServerProcess, write_config
 
 
@@ -40,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        config = write_config(workdir / "config.yaml", {"sqlite": {"path": str(workdir / "bench.db")}})
+        config = write_config(workdir / "config.yaml", {"sqlite": {"path": str(workdir / "bench.db")},
+                                                        "limits": NO_RATE_LIMITS})
         server = ServerProcess(config, workdir).start()
         try:
             with httpx.Client(base_url=server.url, timeout=30) as http:

@@ -47,10 +47,16 @@ class UpstreamProcess:
         self.process.wait(10)
 
 
+NO_RATE_LIMITS = {"login_attempts_per_minute_per_username": 0, "login_attempts_per_minute_per_address": 0,
+                  "registrations_per_hour_per_address": 0, "messages_per_minute_per_user": 0,
+                  "ws_frames_per_10_seconds": 0}
+
+
 def start_server(workdir: Path, upstream: UpstreamProcess, **sections: Any) -> ServerProcess:
     config: dict[str, Any] = {
         "sqlite": {"path": str(workdir / f"bench-{uuid.uuid4().hex[:6]}.db")},
         "auth": {"bcrypt_rounds": 4},
+        "limits": NO_RATE_LIMITS,  # load generators register and chat far more than people
         "llm": {
             "default_model": "demo",
             "providers": [

@@ -86,6 +86,13 @@ class LimitsSettings:
     max_system_prompt_chars: int = 8_000
     max_api_key_chars: int = 512
     max_ws_frame_bytes: int = 262_144  # larger WebSocket frames close the socket with 1009
+    # Rate limits (0 = none): past one, HTTP answers 429 with Retry-After, a WebSocket
+    # gets an error event and is closed with 1008. Shared through Redis when there is one.
+    login_attempts_per_minute_per_username: int = 10
+    login_attempts_per_minute_per_address: int = 60
+    registrations_per_hour_per_address: int = 20
+    messages_per_minute_per_user: int = 30  # chat messages and regenerations, HTTP and WebSocket
+    ws_frames_per_10_seconds: int = 100  # per socket, any frame
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from realtime_llm.config import Settings
 from realtime_llm.generation import GenerationEngine
 from realtime_llm.keys import APIKeyBox, load_or_create_secret, secret_file_path
 from realtime_llm.providers import Provider, create_provider
+from realtime_llm.ratelimit import RateLimiter, RedisRateLimiter
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.users import RevocationStore, UserStore
@@ -41,6 +42,7 @@ class Services:
     broker: Broker
     providers: dict[str, Provider]
     engine: GenerationEngine
+    limiter: RateLimiter
 
     async def shut_down(self, grace: float, cut_short: Callable[[], bool] = lambda: False) -> None:
         """The graceful part of stopping this process (its listening socket already closed).
@@ -65,6 +67,14 @@ def create_history_cache(settings: Settings, broker: Broker) -> HistoryCache:
     from realtime_llm.cache import RedisHistoryCache
 
     return RedisHistoryCache(redis, settings.redis.key_prefix, settings.stream.replay_ttl_seconds)
+
+
+def create_rate_limiter(settings: Settings, broker: Broker) -> RateLimiter:
+    """Counted in Redis when there is one, so every process enforces the same limits."""
+    redis = getattr(broker, "redis", None)
+    if redis is None:
+        return RateLimiter()
+    return RedisRateLimiter(redis, settings.redis.key_prefix)
 
 
 def server_secret(settings: Settings) -> str:
@@ -111,4 +121,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             broker=broker,
             providers=providers,
             engine=engine,
+            limiter=create_rate_limiter(settings, broker),
         )

@@ -30,6 +30,7 @@ async def chat(request: Request) -> StreamingResponse:
     text = validate_message(body.get("message"), services.settings.limits.max_message_chars)
     edit = bounded_int(body.get("edit_message_id"), "edit_message_id", 1, 2**31 - 1)
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    await check_message_rate(services, caller.user.id)
     return await answer_stream(services, await services.engine.start(conversation, text, edit))
 
 
@@ -39,7 +40,14 @@ async def regenerate(request: Request) -> StreamingResponse:
     conversation_id = path_id(request)
     services = services_of(request)
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    await check_message_rate(services, caller.user.id)
     return await answer_stream(services, await services.engine.regenerate(conversation))
+
+
+async def check_message_rate(services: Services, user_id: int) -> None:
+    """Chat messages and regenerations, per user, over HTTP and WebSocket together."""
+    await services.limiter.check("messages", f"messages:{user_id}",
+                                 services.settings.limits.messages_per_minute_per_user, 60)
 
 
 async def answer_stream(services: Services, generation: Generation) -> StreamingResponse:

@@ -16,6 +16,9 @@ USERNAME = re.compile(r"[A-Za-z0-9_.@-]+")
 
 async def register(request: Request) -> JSONResponse:
     services = services_of(request)
+    limits = services.settings.limits
+    await services.limiter.check("registrations from this address", f"register:{client_address(request)}",
+                                 limits.registrations_per_hour_per_address, 3600)
     username, password = await _credentials(request)
     rules = services.settings.auth
     if not USERNAME.fullmatch(username):
@@ -34,13 +37,24 @@ async def register(request: Request) -> JSONResponse:
 
 async def login(request: Request) -> JSONResponse:
     services = services_of(request)
+    limits = services.settings.limits
+    await services.limiter.check("login attempts from this address", f"login-address:{client_address(request)}",
+                                 limits.login_attempts_per_minute_per_address, 60)
     username, password = await _credentials(request)
+    await services.limiter.check("login attempts for this user", f"login-user:{username.lower()}",
+                                 limits.login_attempts_per_minute_per_username, 60)
     user = await services.users.by_username(username)
     # An unknown user is checked against a dummy hash: same answer, about the same time.
     ok = await services.hasher.verify(password, user.password_hash if user else None)
     if user is None or not ok:
         raise Unauthorized("invalid username or password")
     return JSONResponse({"token": services.tokens.issue(user.id)})
+
+
+def client_address(request: Request) -> str:
+    """The client's address (uvicorn takes it from X-Forwarded-For when the proxy is trusted:
+    FORWARDED_ALLOW_IPS, by default 127.0.0.1, e.g. a local Caddy)."""
+    return request.client.host if request.client else "unknown"
 
 
 async def me(request: Request) -> JSONResponse:

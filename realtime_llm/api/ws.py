@@ -11,13 +11,14 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, services_of
-from realtime_llm.api.chat import align_event_ids, stream_end_message
+from realtime_llm.api.chat import align_event_ids, check_message_rate, stream_end_message
 from realtime_llm.bodies import bounded_int, event_id, validate_message
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, Subscription, SubscriberOverflow
 from realtime_llm.errors import APIError, BadRequest, ConversationNotFound, Unauthorized
 from realtime_llm.events import ERROR, local_json
-from realtime_llm.services import Services
 from realtime_llm.metrics import OPEN_WEBSOCKETS
+from realtime_llm.ratelimit import RateLimited, RateLimiter
+from realtime_llm.services import Services
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
@@ -127,6 +128,7 @@ class ConversationSocket:
         self.conversation_id = conversation_id
         self.subscription = subscription
         self._send_lock = asyncio.Lock()
+        self.frames = RateLimiter()  # this socket's own frame counter
 
     async def send(self, payload: bytes) -> None:
         async with self._send_lock:
@@ -177,6 +179,11 @@ class ConversationSocket:
                 return
             if message.get("bytes") is not None:
                 raise CloseSocket(CLOSE_UNSUPPORTED, "binary frames are not supported")
+            try:  # a flood of frames, whatever they are
+                await self.frames.check("frames", "socket", self.services.settings.limits.ws_frames_per_10_seconds, 10)
+            except RateLimited as exc:
+                await self.send_error(exc.message, exc.code)
+                raise CloseSocket(CLOSE_POLICY, "rate limit") from None
             frame = _parse(message.get("text"))
             if not isinstance(frame, dict):
                 await self.send_error("a frame must be a JSON object")
@@ -185,6 +192,9 @@ class ConversationSocket:
                 await self._handle(frame)
             except ConversationNotFound:
                 raise CloseSocket(CLOSE_NOT_FOUND, "conversation not found") from None
+            except RateLimited as exc:
+                await self.send_error(exc.message, exc.code)
+                raise CloseSocket(CLOSE_POLICY, "rate limit") from None
             except APIError as exc:
                 await self.send_error(exc.message, exc.code)
 
@@ -198,6 +208,7 @@ class ConversationSocket:
             await self._start_generation(frame)
         elif kind == "regenerate":
             conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
+            await check_message_rate(self.services, self.caller.user.id)
             await self.services.engine.regenerate(conversation)
         elif kind == "stop":
             await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
@@ -222,6 +233,7 @@ class ConversationSocket:
         content = validate_message(frame.get("content"), self.services.settings.limits.max_message_chars, "content")
         edit = bounded_int(frame.get("edit_message_id"), "edit_message_id", 1, 2**31 - 1)
         conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
+        await check_message_rate(self.services, self.caller.user.id)
         await self.services.engine.start(conversation, content, edit)
 
     async def _resume(self, frame: dict[str, Any]) -> None:
