@@ -321,10 +321,7 @@ class GenerationEngine:
                     pending.append(item)
                 if pending and (item is None or isinstance(item, BaseException)
                                 or time.monotonic() - last_flush >= window):
-                    await self.broker.publish(cid, MESSAGE, "".join(pending))
-                    # Only what was published is part of the answer, so full_response is
-                    # always the concatenation of the message events, even after a stop.
-                    parts.extend(pending)
+                    await self._publish_delta(cid, pending, parts)
                     pending.clear()
                     last_flush = time.monotonic()
                 if item is None:
@@ -334,6 +331,23 @@ class GenerationEngine:
         finally:
             reader.cancel()
             await _finish_task(reader)
+
+    async def _publish_delta(self, cid: int, pending: list[str], parts: list[str]) -> None:
+        """Publish a delta and count it as part of the answer. Only what was published is
+        part of it, so full_response is always the concatenation of the message events,
+        even after a stop. A stop that lands while the event is on its way (with Redis: the
+        script may have run) lets the publish finish first, and counts it if it went out."""
+        publishing = asyncio.ensure_future(self.broker.publish(cid, MESSAGE, "".join(pending)))
+        try:
+            await asyncio.shield(publishing)
+        except asyncio.CancelledError:
+            await asyncio.wait({publishing}, timeout=2.0)
+            if publishing.done() and not publishing.cancelled() and publishing.exception() is None:
+                parts.extend(pending)
+            else:
+                publishing.cancel()
+            raise
+        parts.extend(pending)
 
     async def _finish(self, generation: Generation, answer: str, reason: str) -> None:
         cid = generation.conversation_id
