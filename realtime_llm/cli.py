@@ -100,7 +100,7 @@ def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
         host=settings.server.host,
         port=settings.server.port,
         lifespan="on",
-        log_level="info",
+        log_level=settings.server.log_level,
         access_log=False,
         server_header=False,
         ws_max_size=settings.limits.max_ws_frame_bytes,
@@ -144,12 +144,35 @@ def run_server(settings: Settings, sockets: list[socket.socket] | None,
     """One process serving the app: the whole server, or one worker of several."""
     app = create_app(settings)
     server = RealtimeServer(uvicorn_config(settings, app), app)
+    quiet_secret_tracing()
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         return runner.run(serve(server, sockets, on_started))
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+# At DEBUG these libraries log what must never be logged: aiosqlite and databases every
+# query with its arguments (password hashes, sealed keys), uvicorn's WebSocket protocol
+# trace the upgrade's Authorization header and every frame (auth tokens). They stay at INFO.
+SECRET_TRACING_LOGGERS = ("aiosqlite", "databases", "uvicorn.error", "websockets")
+
+
+class NoDebugRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    quiet_secret_tracing()
+
+
+def quiet_secret_tracing() -> None:
+    """Called again once uvicorn has configured its own loggers (it resets their levels)."""
+    for name in SECRET_TRACING_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+        if not any(isinstance(f, NoDebugRecords) for f in logger.filters):
+            logger.addFilter(NoDebugRecords())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"realtime-llm: {exc}", file=sys.stderr)
         return 2
-    configure_logging()
+    configure_logging(settings.server.log_level)
     if settings.server.workers > 1:
         from realtime_llm.workers import run_workers
 

@@ -23,6 +23,7 @@ class ServerSettings:
     port: int = 8080  # the original wrote it as a string ("8080"); both are accepted
     workers: int = 1
     max_body_bytes: int = 1_048_576
+    log_level: str = "info"  # debug, info, warning, error: no level logs secrets
     # On SIGTERM running answers get this long to finish before they are stopped (and saved).
     shutdown_grace_seconds: float = 30.0
     # Browser origins (e.g. "https://app.example.com") allowed to call the API across
@@ -283,6 +284,7 @@ def _apply_openai_key(settings: Settings, key: str) -> Settings:
 # tokens with it.
 PUBLISHED_SECRETS = frozenset({"S3cureK3y#2024!AIsafety"})
 MIN_SECRET_BYTES = 32
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _validate(settings: Settings) -> None:
@@ -303,6 +305,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: 'server.workers' must be at least 1")
     if settings.server.max_body_bytes < 1024:
         raise ConfigError("config: 'server.max_body_bytes' must be at least 1024")
+    if settings.server.log_level not in LOG_LEVELS:
+        raise ConfigError(f"config: 'server.log_level' must be one of {', '.join(LOG_LEVELS)}")
     if not 0 <= settings.server.shutdown_grace_seconds <= 3600:
         raise ConfigError("config: 'server.shutdown_grace_seconds' must be between 0 and 3600")
     if settings.jwt.ttl_seconds < 1:

@@ -38,7 +38,7 @@ MAX_RESTART_DELAY = 30.0
 
 def worker_main(settings: Settings, listener: socket.socket, started: ProcessEvent, parent: int) -> None:
     _stop_with_parent(parent)
-    configure_logging()
+    configure_logging(settings.server.log_level)
     sys.exit(run_server(settings, [listener], lambda host, port: started.set()))
 
 

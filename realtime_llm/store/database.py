@@ -12,9 +12,6 @@ from realtime_llm.store import schema
 
 logger = logging.getLogger("realtime_llm.store")
 
-# `databases` logs every query with its arguments at DEBUG; those carry password hashes
-# and sealed keys, so its logger never goes below INFO.
-logging.getLogger("databases").setLevel(logging.INFO)
 
 MIGRATION_LOCK_ID = 0x72746C6C6D  # "rtllm": serialises concurrent start-ups on PostgreSQL
 
