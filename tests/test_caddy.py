@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 

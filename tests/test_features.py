@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -15,7 +14,7 @@ from tests.conftest import Api, base_config
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerProcess, write_config
 from tests.sse import parse_stream
-from tests.test_chat import assert_complete, chat, chat_events, history, new_chat
+from tests.test_chat import chat, chat_events, history, new_chat
 from tests.wsclient import Socket
 
 

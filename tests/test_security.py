@@ -2,7 +2,6 @@
 Origin check against cross-site WebSocket hijacking."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import httpx
