@@ -94,6 +94,9 @@ class LimitsSettings:
     registrations_per_hour_per_address: int = 20
     messages_per_minute_per_user: int = 30  # chat messages and regenerations, HTTP and WebSocket
     ws_frames_per_10_seconds: int = 100  # per socket, any frame
+    websockets_per_user: int = 20  # open at once, over every process
+    # With Redis: how soon the sockets of a process that died uncleanly stop counting.
+    websocket_seat_lease_seconds: float = 60
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: 'stream' sizes must be positive (batch_ms may be 0)")
     if stream.keepalive_seconds <= 0 or stream.lock_ttl_seconds < 1:
         raise ConfigError("config: 'stream.keepalive_seconds' and 'stream.lock_ttl_seconds' must be positive")
+    if not 1 <= settings.limits.websocket_seat_lease_seconds <= 3600:
+        raise ConfigError("config: 'limits.websocket_seat_lease_seconds' must be between 1 and 3600")
     if settings.llm.context_budget_tokens < 1:
         raise ConfigError("config: 'llm.context_budget_tokens' must be positive")
     if settings.sqlite.max_open_conns < 1:

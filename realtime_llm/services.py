@@ -20,6 +20,7 @@ from realtime_llm.generation import GenerationEngine
 from realtime_llm.keys import APIKeyBox, load_or_create_secret, secret_file_path
 from realtime_llm.providers import Provider, create_provider
 from realtime_llm.ratelimit import RateLimiter, RedisRateLimiter
+from realtime_llm.seats import Seats, create_seats
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.users import RevocationStore, UserStore
@@ -43,6 +44,7 @@ class Services:
     providers: dict[str, Provider]
     engine: GenerationEngine
     limiter: RateLimiter
+    seats: Seats  # open WebSockets per user
 
     async def shut_down(self, grace: float, cut_short: Callable[[], bool] = lambda: False) -> None:
         """The graceful part of stopping this process (its listening socket already closed).
@@ -108,6 +110,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         engine = GenerationEngine(settings, conversations, broker, providers, catalog)
         stack.push_async_callback(engine.close)
 
+        seats = create_seats(settings.limits, broker, settings.redis.key_prefix)
+        await seats.start()
+        stack.push_async_callback(seats.close)
+
         hasher = await anyio.to_thread.run_sync(PasswordHasher, settings.auth.bcrypt_rounds)
         yield Services(
             settings=settings,
@@ -122,4 +128,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             providers=providers,
             engine=engine,
             limiter=create_rate_limiter(settings, broker),
+            seats=seats,
         )

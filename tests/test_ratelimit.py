@@ -2,6 +2,8 @@
 then close 1008, over WebSocket. With Redis, every process counts against one limit."""
 from __future__ import annotations
 
+import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +19,7 @@ from tests.wsclient import Socket
 
 LIMITS = {"login_attempts_per_minute_per_username": 3, "login_attempts_per_minute_per_address": 8,
           "registrations_per_hour_per_address": 4, "messages_per_minute_per_user": 2,
-          "ws_frames_per_10_seconds": 10}
+          "ws_frames_per_10_seconds": 10, "websockets_per_user": 3}
 
 
 @pytest.fixture
@@ -120,6 +122,78 @@ def test_with_redis_every_process_counts_against_one_limit(upstream: FakeUpstrea
         assert chat(api_b, headers, cid, "#fake tokens=1").status_code == 200
         assert_limited(chat(api_a, headers, cid, "#fake tokens=1"), "messages")
         assert_limited(chat(api_b, headers, cid, "#fake tokens=1"), "messages")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def open_sockets(url: str, cid: int, headers: dict[str, str], n: int) -> list[Socket]:
+    sockets = [Socket(url, cid, headers) for _ in range(n)]
+    for socket in sockets:
+        assert socket.recv()["event"] == "ready"
+    return sockets
+
+
+def assert_refused(url: str, cid: int, headers: dict[str, str]) -> None:
+    with Socket(url, cid, headers) as extra:
+        error = extra.recv()
+        assert error["event"] == "error" and error["code"] == "rate_limited", error
+        assert "open sockets" in error["data"] and error["conversation_id"] == cid
+        assert extra.close_code() == 1008
+
+
+def eventually_ready(url: str, cid: int, headers: dict[str, str], within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        with Socket(url, cid, headers) as socket:
+            first = socket.recv()
+            if first["event"] == "ready":
+                return
+        assert time.monotonic() < deadline, f"still refused: {first}"
+        time.sleep(0.2)
+
+
+def test_open_sockets_are_limited_per_user(limited: tuple[Path, ServerProcess]) -> None:
+    _, server = limited
+    api = Api(server.url)
+    headers = api.new_user()
+    cid = api.create_conversation(headers)["conversation_id"]
+    sockets = open_sockets(server.url, cid, headers, 3)
+    assert_refused(server.url, cid, headers)
+    other = api.new_user()  # another user is not affected
+    open_sockets(server.url, api.create_conversation(other)["conversation_id"], other, 1)[0].close()
+    sockets.pop().close()  # a seat freed is a seat to take
+    eventually_ready(server.url, cid, headers, within=5)
+    for socket in sockets:
+        socket.send({"type": "ping"})  # the held sockets were never disturbed
+        assert socket.recv()["event"] == "pong"
+        socket.close()
+    api.http.close()
+
+
+def test_with_redis_sockets_count_over_every_process_and_dead_ones_are_freed(
+        upstream: FakeUpstream, tmp_path: Path) -> None:
+    config = base_config(tmp_path, "sqlite", upstream, redis_url())
+    config["limits"] = {**LIMITS, "websocket_seat_lease_seconds": 1.5}
+    path = write_config(tmp_path / "config.yaml", config)
+    a = ServerProcess(path, tmp_path).start()
+    b = ServerProcess(path, tmp_path).start()
+    try:
+        api = Api(a.url)
+        headers = api.new_user()
+        cid = api.create_conversation(headers)["conversation_id"]
+        held = open_sockets(a.url, cid, headers, 2) + open_sockets(b.url, cid, headers, 1)
+        time.sleep(4)  # well past one lease: the seats are renewed, not lapsed
+        assert_refused(b.url, cid, headers)
+        assert_refused(a.url, cid, headers)
+        a.process.send_signal(signal.SIGKILL)  # two seats die with it, without a word to Redis
+        a.process.wait()
+        started = time.monotonic()
+        eventually_ready(b.url, cid, headers, within=6)
+        assert time.monotonic() - started > 0.3  # freed by the lease running out, not at once
+        for socket in held:
+            socket.close()
+        api.http.close()
     finally:
         a.stop()
         b.stop()

@@ -45,17 +45,24 @@ async def conversation_socket(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     OPEN_WEBSOCKETS.inc()
+    conversation_id = None
     try:
         caller, after = await _authenticate(websocket, services)
         conversation_id = _socket_id(websocket.path_params["id"])
         await services.conversations.get_owned(conversation_id, caller.user.id)
-        await align_event_ids(services, conversation_id, after)
-        async with services.broker.subscribe(conversation_id, after) as subscription:
-            await ConversationSocket(websocket, services, caller, conversation_id, subscription).run()
+        async with services.seats.hold(caller.user.id):
+            await align_event_ids(services, conversation_id, after)
+            async with services.broker.subscribe(conversation_id, after) as subscription:
+                await ConversationSocket(websocket, services, caller, conversation_id, subscription).run()
     except CloseSocket as close:
         await _close(websocket, close.code, close.reason)
     except ConversationNotFound:
         await _close(websocket, CLOSE_NOT_FOUND, "conversation not found")
+    except RateLimited as exc:  # too many sockets open
+        with contextlib.suppress(Exception):
+            await websocket.send_text(local_json(ERROR, exc.message, code=exc.code,
+                                                 conversation_id=conversation_id).decode())
+        await _close(websocket, CLOSE_POLICY, "rate limit")
     except BrokerUnavailable:
         await _close(websocket, CLOSE_TRY_AGAIN, "live updates are unavailable right now")
     except WebSocketDisconnect:
