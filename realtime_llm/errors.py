@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
+import asyncpg
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -66,6 +68,47 @@ class ServiceUnavailable(APIError):
     code = "unavailable"
 
 
+class DatabaseBusy(ServiceUnavailable):
+    code = "database_busy"
+
+    def __init__(self) -> None:
+        super().__init__("the database is busy; try again in a moment", headers={"Retry-After": "1"})
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable; try again shortly", headers={"Retry-After": "5"})
+
+
+# What a database raises when it is busy (another writer held a lock for longer than
+# `sqlite.busy_timeout_ms`) or cannot be reached: the client should try again, it did
+# nothing wrong, and the server is not broken.
+DATABASE_ERRORS = (sqlite3.OperationalError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)
+POSTGRES_BUSY = (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
+                 asyncpg.QueryCanceledError)
+
+
+def database_error(exc: BaseException) -> APIError | None:
+    """The 503 a database failure means, or None when it is a bug (a 500)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        return DatabaseBusy() if "locked" in text or "busy" in text else None
+    if isinstance(exc, POSTGRES_BUSY):
+        return DatabaseBusy()
+    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                        asyncpg.TooManyConnectionsError, asyncpg.InterfaceError, ConnectionError)):
+        return DatabaseUnavailable()
+    return None
+
+
+def as_api_error(exc: BaseException) -> APIError | None:
+    """What a client is told about `exc`: the APIError itself, a database failure's 503,
+    or None for anything else (a bug)."""
+    return exc if isinstance(exc, APIError) else database_error(exc)
+
+
 def error_response(status_code: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse({"error": message, "code": code}, status_code=status_code, headers=headers)
 
@@ -86,6 +129,14 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, HTTP_CODES.get(exc.status_code, "error"), headers)
 
 
+async def handle_database_error(request: Request, exc: Exception) -> Response:
+    error = database_error(exc)
+    if error is None:
+        return await handle_unexpected(request, exc)
+    logger.warning("%s %s: %s (%s)", request.method, request.url.path, error.code, type(exc).__name__)
+    return await handle_api_error(request, error)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal server error", "internal")
@@ -94,5 +145,6 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     APIError: handle_api_error,
     HTTPException: handle_http_exception,
+    **{kind: handle_database_error for kind in DATABASE_ERRORS},
     Exception: handle_unexpected,
 }

@@ -22,7 +22,9 @@ from realtime_llm.broker import Broker
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
-from realtime_llm.errors import BadRequest, Conflict, ConversationNotFound, ServiceUnavailable
+from realtime_llm.errors import (
+    DATABASE_ERRORS, BadRequest, Conflict, ConversationNotFound, ServiceUnavailable, database_error,
+)
 from realtime_llm.events import DONE, ERROR, FULL_RESPONSE, MESSAGE, TRUNCATE, USER_MESSAGE
 from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS, UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
 from realtime_llm.providers import ChatMessage, ChatRequest, Provider, UpstreamError, Usage
@@ -31,6 +33,7 @@ from realtime_llm.titles import Titler
 
 logger = logging.getLogger("realtime_llm.generation")
 
+SAVE_PATIENCE_SECONDS = 60  # how long a finished answer waits out a busy or unreachable database
 CHARS_PER_TOKEN = 4  # the budget is in tokens; this estimate avoids a tokenizer per model
 
 
@@ -244,10 +247,11 @@ class GenerationEngine:
             generation.finishing = True
             await self._finish(generation, "".join(parts), "cancelled")
             outcome = "cancelled"
-        except Exception:  # a bug must still end the stream for its subscribers
+        except Exception as exc:  # a bug, or a database down for good: still end the stream
             logger.exception("generation failed in conversation %d", cid)
             generation.settle("internal error")
-            await self._publish_error(generation, "the answer failed because of an internal error")
+            await self._publish_error(generation, "the answer could not be saved: the database is unavailable"
+                                      if database_error(exc) else "the answer failed because of an internal error")
         finally:
             RUNNING_GENERATIONS.dec()
             GENERATIONS.labels(outcome).inc()
@@ -355,7 +359,7 @@ class GenerationEngine:
         try:
             if answer or reason == "stop":
                 usage = answer_usage(generation, answer)
-                saved = await self.store.add_message(cid, "assistant", answer, usage)
+                saved = await self._save_answer(cid, answer, usage)
                 generation.saved = True
                 message_id: int | None = saved.message_id
             elif await self.store.exists(cid):
@@ -374,9 +378,24 @@ class GenerationEngine:
         if not answer:
             return
         try:
-            await self.store.add_message(cid, "assistant", answer, answer_usage(generation, answer))
+            await self._save_answer(cid, answer, answer_usage(generation, answer))
         except Exception:
             logger.exception("could not save the partial answer of conversation %d", cid)
+
+    async def _save_answer(self, cid: int, answer: str, usage: Usage) -> Any:
+        """Save an answer, waiting out a busy or unreachable database for up to
+        SAVE_PATIENCE_SECONDS: once the generation ends the answer exists nowhere else."""
+        deadline = time.monotonic() + SAVE_PATIENCE_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                return await self.store.add_message(cid, "assistant", answer, usage)
+            except DATABASE_ERRORS as exc:
+                if database_error(exc) is None or time.monotonic() + pause > deadline:
+                    raise
+                logger.warning("answer of conversation %d not saved yet (%s); retrying", cid, type(exc).__name__)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     async def _publish_error(self, generation: Generation, message: str) -> None:
         try:

@@ -14,7 +14,7 @@ from realtime_llm.api.access import Caller, authenticate_token, bearer_token, se
 from realtime_llm.api.chat import align_event_ids, check_message_rate, stream_end_message
 from realtime_llm.bodies import bounded_int, event_id, validate_message
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, Subscription, SubscriberOverflow
-from realtime_llm.errors import APIError, BadRequest, ConversationNotFound, Unauthorized
+from realtime_llm.errors import BadRequest, ConversationNotFound, Unauthorized, as_api_error
 from realtime_llm.events import ERROR, local_json
 from realtime_llm.metrics import OPEN_WEBSOCKETS
 from realtime_llm.ratelimit import RateLimited, RateLimiter
@@ -202,8 +202,11 @@ class ConversationSocket:
             except RateLimited as exc:
                 await self.send_error(exc.message, exc.code)
                 raise CloseSocket(CLOSE_POLICY, "rate limit") from None
-            except APIError as exc:
-                await self.send_error(exc.message, exc.code)
+            except Exception as exc:
+                error = as_api_error(exc)
+                if error is None:
+                    raise
+                await self.send_error(error.message, error.code)
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")

@@ -38,7 +38,10 @@ def create_database(settings: Settings) -> Database:
         )
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
-    return AppDatabase(url, min_size=1, max_size=settings.sqlite.max_open_conns, command_timeout=30)
+    # A write waits for a lock as long as SQLite's busy timeout, then fails (a 503), rather
+    # than holding the request until the 30 s command timeout.
+    return AppDatabase(url, min_size=1, max_size=settings.sqlite.max_open_conns, command_timeout=30,
+                       server_settings={"lock_timeout": str(settings.sqlite.busy_timeout_ms)})
 
 
 async def migrate(database: Database) -> int:
@@ -46,6 +49,7 @@ async def migrate(database: Database) -> int:
     dialect = database.url.dialect
     async with database.transaction():
         if dialect == "postgresql":
+            await database.execute(sa.text("SET LOCAL lock_timeout = 0"))  # another process may be migrating
             await database.execute(sa.text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})"))
         version = await _current_version(database)
         if version is not None and version > schema.SCHEMA_VERSION:
