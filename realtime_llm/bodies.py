@@ -79,10 +79,12 @@ INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 def bounded_int(value: Any, name: str, low: int, high: int) -> int | None:
     """An integer from JSON (a number) or a query string (digits), within [low, high];
-    None when absent. Anything else (a float, a bool, text, out of range) is a 400."""
-    if value is None or value == "":
+    None when absent. Anything else (a fraction, a bool, text, "", out of range) is a 400."""
+    if value is None:
         return None
     if isinstance(value, str) and INTEGER.fullmatch(value):
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():  # JSON's 3.0 is the integer 3
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise BadRequest(f"'{name}' must be an integer from {low} to {high}")

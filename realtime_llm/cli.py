@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from realtime_llm.app import create_app
 from realtime_llm.config import ConfigError, Settings, load_settings
+from realtime_llm.wsprotocol import WebSocketProtocol
 
 STARTUP_FAILURE = 3  # a process that could not start (bind, database, Redis): restarting will not help
 
@@ -103,6 +104,7 @@ def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
         log_level=settings.server.log_level,
         access_log=False,
         server_header=False,
+        ws=WebSocketProtocol,
         ws_max_size=settings.limits.max_ws_frame_bytes,
         ws_ping_interval=settings.stream.keepalive_seconds,
         ws_ping_timeout=settings.stream.keepalive_seconds,
@@ -155,9 +157,19 @@ def run_server(settings: Settings, sockets: list[socket.socket] | None,
 SECRET_TRACING_LOGGERS = ("aiosqlite", "databases", "uvicorn.error", "websockets")
 
 
-class NoDebugRecords(logging.Filter):
+class LogHygiene(logging.Filter):
+    """No DEBUG records (they trace secrets). A client's malformed frame is the client's
+    fault: a warning without a traceback, so a hostile client cannot fill the log with them."""
+
+    CLIENT_FAULTS = frozenset({"Invalid UTF-8 sequence received from client."})  # uvicorn, closes 1007
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.DEBUG
+        if record.levelno <= logging.DEBUG:
+            return False
+        if record.msg in self.CLIENT_FAULTS:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def configure_logging(level: str) -> None:
@@ -171,8 +183,8 @@ def quiet_secret_tracing() -> None:
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() < logging.INFO:
             logger.setLevel(logging.INFO)
-        if not any(isinstance(f, NoDebugRecords) for f in logger.filters):
-            logger.addFilter(NoDebugRecords())
+        if not any(isinstance(f, LogHygiene) for f in logger.filters):
+            logger.addFilter(LogHygiene())
 
 
 def main(argv: list[str] | None = None) -> int:

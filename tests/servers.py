@@ -150,8 +150,9 @@ def worker_pids(parent: int) -> list[int]:
     return sorted(pids)
 
 
-def established_connections(pid: int, port: int) -> int:
-    """How many established TCP connections to `port` the process holds (from /proc)."""
+def established_connections(pid: int, port: int, states: tuple[str, ...] = ("01",)) -> int:
+    """How many TCP connections to `port` the process holds (from /proc): established
+    ones, or in any of `states` (kernel hex codes: 01 established, 08 close-wait, ...)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -165,6 +166,6 @@ def established_connections(pid: int, port: int) -> int:
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "01" and fields[9] in inodes:
+            if local_port == port and fields[3] in states and fields[9] in inodes:
                 count += 1
     return count

@@ -139,7 +139,12 @@ class ConversationSocket:
 
     async def send(self, payload: bytes) -> None:
         async with self._send_lock:
-            await self.websocket.send_text(payload.decode())
+            try:
+                await self.websocket.send_text(payload.decode())
+            except (RuntimeError, OSError) as exc:
+                # Closed under us: uvicorn itself closes on a frame too large (1009) or
+                # not UTF-8 (1007), and then refuses sends with a RuntimeError.
+                raise WebSocketDisconnect(1006) from exc
 
     async def send_error(self, message: str, code: str = "bad_request") -> None:
         await self.send(local_json(ERROR, message, conversation_id=self.conversation_id, code=code))

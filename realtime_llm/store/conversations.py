@@ -13,6 +13,7 @@ from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.keys import APIKeyBox, mask_api_key
 from realtime_llm.providers.base import Usage
+from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.schema import conversations, messages, users
 
 
@@ -152,10 +153,12 @@ class ConversationStore:
         return updated is not None
 
     async def delete_owned(self, conversation_id: int, user_id: int) -> None:
-        async with self.database.transaction():
-            await self.get_owned(conversation_id, user_id)
-            await self.database.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
-            await self.database.execute(conversations.delete().where(conversations.c.id == conversation_id))
+        async def delete() -> None:  # one transaction, not to be cut by a cancel
+            async with self.database.transaction():
+                await self.get_owned(conversation_id, user_id)
+                await self.database.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
+                await self.database.execute(conversations.delete().where(conversations.c.id == conversation_id))
+        await atomically(delete)
         await self.cache.drop(conversation_id)
 
     async def history(self, conversation: Conversation) -> list[dict[str, object]]:
@@ -192,14 +195,16 @@ class ConversationStore:
     async def drop_messages_from(self, conversation_id: int, message_id: int) -> None:
         """Delete that message and every later one (edit, regenerate). Ids are not reused:
         the next message gets a new one, so an id always names the same text."""
-        async with self.database.transaction():
-            await self.database.execute(
-                messages.delete().where(messages.c.conversation_id == conversation_id,
-                                        messages.c.message_id >= message_id))
-            remaining = sa.select(sa.func.count()).select_from(messages).where(
-                messages.c.conversation_id == conversation_id).scalar_subquery()
-            await self.database.execute(
-                conversations.update().where(conversations.c.id == conversation_id).values(message_count=remaining))
+        async def drop() -> None:  # one transaction, not to be cut by a cancel
+            async with self.database.transaction():
+                await self.database.execute(
+                    messages.delete().where(messages.c.conversation_id == conversation_id,
+                                            messages.c.message_id >= message_id))
+                remaining = sa.select(sa.func.count()).select_from(messages).where(
+                    messages.c.conversation_id == conversation_id).scalar_subquery()
+                await self.database.execute(
+                    conversations.update().where(conversations.c.id == conversation_id).values(message_count=remaining))
+        await atomically(drop)
         await self.cache.drop(conversation_id)
 
     async def recent_messages(self, conversation_id: int, budget_chars: int, page: int = 64,
@@ -251,38 +256,42 @@ class ConversationStore:
         """Append a message; its message_id is the conversation's next, taken atomically.
         An answer's usage is added to its owner's totals in the same transaction."""
         now = int(time.time())
-        async with self.database.transaction():
-            await self.database.execute(
-                conversations.update()
-                .where(conversations.c.id == conversation_id)
-                .values(last_message_id=conversations.c.last_message_id + 1,
-                        message_count=conversations.c.message_count + 1)
-            )
-            message_id = await self.database.fetch_val(
-                sa.select(conversations.c.last_message_id).where(conversations.c.id == conversation_id)
-            )
-            if message_id is None:
-                raise ConversationNotFound()
-            await self.database.execute(
-                messages.insert().values(
-                    conversation_id=conversation_id,
-                    message_id=message_id,
-                    role=role,
-                    content=content,
-                    created_time=now,
-                    prompt_tokens=usage.prompt_tokens if usage else None,
-                    completion_tokens=usage.completion_tokens if usage else None,
-                    usage_estimated=int(usage.estimated) if usage else 0,
-                )
-            )
-            if usage is not None:
-                owner = sa.select(conversations.c.user_id).where(conversations.c.id == conversation_id)
+        async def append() -> Any:  # one transaction, not to be cut by a cancel
+            async with self.database.transaction():
                 await self.database.execute(
-                    users.update().where(users.c.id == owner.scalar_subquery()).values(
-                        prompt_tokens=users.c.prompt_tokens + usage.prompt_tokens,
-                        completion_tokens=users.c.completion_tokens + usage.completion_tokens,
+                    conversations.update()
+                    .where(conversations.c.id == conversation_id)
+                    .values(last_message_id=conversations.c.last_message_id + 1,
+                            message_count=conversations.c.message_count + 1)
+                )
+                message_id = await self.database.fetch_val(
+                    sa.select(conversations.c.last_message_id).where(conversations.c.id == conversation_id)
+                )
+                if message_id is None:
+                    raise ConversationNotFound()
+                await self.database.execute(
+                    messages.insert().values(
+                        conversation_id=conversation_id,
+                        message_id=message_id,
+                        role=role,
+                        content=content,
+                        created_time=now,
+                        prompt_tokens=usage.prompt_tokens if usage else None,
+                        completion_tokens=usage.completion_tokens if usage else None,
+                        usage_estimated=int(usage.estimated) if usage else 0,
                     )
                 )
+                if usage is not None:
+                    owner = sa.select(conversations.c.user_id).where(conversations.c.id == conversation_id)
+                    await self.database.execute(
+                        users.update().where(users.c.id == owner.scalar_subquery()).values(
+                            prompt_tokens=users.c.prompt_tokens + usage.prompt_tokens,
+                            completion_tokens=users.c.completion_tokens + usage.completion_tokens,
+                        )
+                    )
+            return message_id
+
+        message_id = await atomically(append)
         message = Message(int(message_id), role, content, now, usage)
         await self.cache.append(conversation_id, message_json(message))
         return message

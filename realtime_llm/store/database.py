@@ -22,6 +22,7 @@ class AppDatabase(Database):
     SUPPORTED_BACKENDS = {
         **Database.SUPPORTED_BACKENDS,
         "sqlite": "realtime_llm.store.sqlite_pool:PooledSQLiteBackend",
+        "postgresql": "realtime_llm.store.cancelsafe:CancelSafePostgresBackend",
     }
 
 

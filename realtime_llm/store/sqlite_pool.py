@@ -17,6 +17,8 @@ import aiosqlite
 from databases.backends.sqlite import SQLiteBackend, SQLiteConnection, SQLiteTransaction
 from databases.core import DatabaseURL
 
+from realtime_llm.store.cancelsafe import ReleaseSurvivesCancel
+
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
@@ -125,7 +127,7 @@ class ImmediateTransaction(SQLiteTransaction):
         await self._connection._connection.execute("BEGIN IMMEDIATE")
 
 
-class PooledSQLiteConnection(SQLiteConnection):
+class PooledSQLiteConnection(ReleaseSurvivesCancel, SQLiteConnection):
     def transaction(self) -> ImmediateTransaction:
         return ImmediateTransaction(self)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from databases import Database
 
+from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.schema import revoked_tokens, users
 
 
@@ -75,13 +76,15 @@ class RevocationStore:
         self.database = database
 
     async def revoke(self, jti: str, expires_at: int) -> None:
-        try:
+        async def insert() -> None:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
                 if not await self.is_revoked(jti):
                     await self.database.execute(revoked_tokens.insert().values(jti=jti, expires_at=expires_at))
                 await self.database.execute(
                     revoked_tokens.delete().where(revoked_tokens.c.expires_at < int(time.time()))
                 )
+        try:
+            await atomically(insert)
         except Exception:
             if not await self.is_revoked(jti):  # a concurrent logout of the same token won the insert
                 raise
