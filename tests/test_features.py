@@ -77,7 +77,7 @@ def test_update_changes_what_the_next_answer_uses(api: Api, upstream: FakeUpstre
     ({"title": 7}, "title"),
     ({"title": "x" * 10_000}, "title"),
     ({"model": "no-such-model"}, "not served"),
-    ({"model": None, "title": None}, "nothing to update"),
+    ({"model": None, "title": None}, "must be a string"),  # leave a field out to keep it
     ({}, "nothing to update"),
     ({"owner": 1}, "unknown field"),
     ({"system_prompt": ["a"]}, "system_prompt"),

@@ -90,8 +90,10 @@ async def align_event_ids(services: Services, conversation_id: int, after: int |
 
 
 def last_event_id(request: Request) -> int | None:
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    return event_id(raw, "Last-Event-ID")
+    """The header (EventSource sends it on reconnecting), else the query; both must be valid."""
+    header = event_id(request.headers.get("last-event-id"), "Last-Event-ID")
+    query = event_id(request.query_params.get("last_event_id"))
+    return header if header is not None else query
 
 
 async def stream_events(

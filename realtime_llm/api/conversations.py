@@ -80,6 +80,9 @@ async def update(request: Request) -> JSONResponse:
     unknown = sorted(set(body) - UPDATABLE)
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}; updatable: {', '.join(sorted(UPDATABLE))}")
+    nulls = sorted(name for name, value in body.items() if value is None)
+    if nulls:  # leave a field out to keep it; "" clears the API key
+        raise BadRequest(f"'{nulls[0]}' must be a string")
     changes: dict[str, str] = {}
     title = optional_string(body, "title", max_chars=limits.max_title_chars)
     if title is not None:
