@@ -93,8 +93,8 @@ def bounded_int(value: Any, name: str, low: int, high: int) -> int | None:
 
 def event_id(value: Any, name: str = "last_event_id") -> int | None:
     """A client's last event id (header, query or JSON): a non-negative integer below
-    2**53, or None when absent; anything else is a 400."""
-    if value is None or value == "":
+    2**53, or None when absent; anything else ("" too) is a 400."""
+    if value is None:
         return None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
         value = int(value)

@@ -335,7 +335,7 @@ PATHS: dict[str, Any] = {
                 {"name": "last_event_id", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}},
                 {"name": "Last-Event-ID", "in": "header", "required": False,
-                 "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"}},
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}},
             ],
         }
     },
