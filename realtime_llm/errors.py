@@ -82,9 +82,9 @@ class DatabaseUnavailable(ServiceUnavailable):
         super().__init__("the database is unavailable; try again shortly", headers={"Retry-After": "5"})
 
 
-# What a database raises when it is busy (another writer held a lock for longer than
-# `sqlite.busy_timeout_ms`) or cannot be reached: the client should try again, it did
-# nothing wrong, and the server is not broken.
+# The exception types a database failure may come as; database_error() picks out the
+# ones that mean busy (another writer held a lock longer than `sqlite.busy_timeout_ms`)
+# or unreachable: the client should try again, it did nothing wrong, the server is fine.
 DATABASE_ERRORS = (sqlite3.OperationalError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)
 POSTGRES_BUSY = (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
                  asyncpg.QueryCanceledError)
