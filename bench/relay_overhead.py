@@ -59,28 +59,34 @@ async def measure(concurrency: int, rounds: int, upstream_url: str, server_url: 
     return direct, relay
 
 
+def run(concurrencies: list[int], rounds: int, batch_ms: int = 25) -> list[tuple[int, int, list[float], list[float]]]:
+    """(concurrency, streams, direct TTFTs, relayed TTFTs) for each concurrency, in seconds."""
+    upstream = UpstreamProcess()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            server = start_server(Path(tmp), upstream, stream={"batch_ms": batch_ms})
+            try:
+                users = make_users(server.url, max(concurrencies))
+                rows = []
+                for concurrency in concurrencies:
+                    repeats = rounds * (20 if concurrency == 1 else 1)
+                    asyncio.run(measure(concurrency, 1, upstream.base_url, server.url, users))  # warm up
+                    direct, relay = asyncio.run(measure(concurrency, repeats, upstream.base_url, server.url, users))
+                    rows.append((concurrency, len(relay), direct, relay))
+            finally:
+                server.stop()
+    finally:
+        upstream.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 100])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-ms", type=int, default=25)
     args = parser.parse_args()
-    upstream = UpstreamProcess()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            server = start_server(Path(tmp), upstream, stream={"batch_ms": args.batch_ms})
-            try:
-                users = make_users(server.url, max(args.concurrency))
-                rows = []
-                for concurrency in args.concurrency:
-                    rounds = args.rounds * (20 if concurrency == 1 else 1)
-                    asyncio.run(measure(concurrency, 1, upstream.base_url, server.url, users))  # warm up
-                    direct, relay = asyncio.run(measure(concurrency, rounds, upstream.base_url, server.url, users))
-                    rows.append((concurrency, len(relay), direct, relay))
-            finally:
-                server.stop()
-    finally:
-        upstream.stop()
+    rows = run(args.concurrency, args.rounds, args.batch_ms)
     print("SSE time to first token, ms (direct = the fake upstream called without realtime-llm)")
     print(f"{'conc':>5} {'n':>5} {'direct p50':>11} {'relay p50':>10} {'added p50':>10}"
           f" {'direct p99':>11} {'relay p99':>10} {'added p99':>10}")

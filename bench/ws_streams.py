@@ -92,12 +92,9 @@ def redis_cost(workdir: Path, upstream: UpstreamProcess, private: PrivateRedis) 
         server.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--clients", type=int, nargs="+", default=[50, 200])
-    parser.add_argument("--tokens", type=int, default=60)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+def run(client_counts: list[int], tokens: int, repeat: int, with_caddy: bool = True):  # noqa: ANN201
+    """Rows (clients, setup, events/s, delay p50 ms, delay p99 ms, failed) and the Redis
+    cost (commands, bytes written, answer bytes, message events)."""
     upstream = UpstreamProcess()
     private = PrivateRedis()
     rows = []
@@ -108,29 +105,41 @@ def main() -> None:
             config = {"redis": {"url": private.url, "key_prefix": f"bench-{uuid.uuid4().hex[:6]}"}}
             first = start_server(workdir, upstream, **config)
             pair = [first, ServerProcess(first.config_path, workdir).start()]
-            caddy = Caddy(workdir, [f"127.0.0.1:{server.port}" for server in pair])
-            setups = (("1 process, in-process broker", single), ("2 processes + Redis", pair),
-                      ("2 processes + Redis, Caddy", [caddy]))
+            caddy = Caddy(workdir, [f"127.0.0.1:{server.port}" for server in pair]) if with_caddy else None
+            setups = [("1 process, in-process broker", single), ("2 processes + Redis", pair)]
+            if caddy is not None:
+                setups.append(("2 processes + Redis, Caddy", [caddy]))
             try:
-                for clients in args.clients:
+                for clients in client_counts:
                     for name, servers in setups:
                         users = make_users(servers[0].url, clients)
                         rates, p50s, p99s, failed = [], [], [], 0
-                        for _ in range(args.repeat):
-                            rate, delays, failures = asyncio.run(run_load(servers, users, args.tokens))
+                        for _ in range(repeat):
+                            rate, delays, failures = asyncio.run(run_load(servers, users, tokens))
                             rates.append(rate)
                             p50s.append(percentile(delays, 0.5) * 1000)
                             p99s.append(percentile(delays, 0.99) * 1000)
                             failed += failures
                         rows.append((clients, name, median(rates), median(p50s), median(p99s), failed))
             finally:
-                caddy.stop()
+                if caddy is not None:
+                    caddy.stop()
                 for server in (*single, *pair):
                     server.stop()
             cost = redis_cost(workdir, upstream, private)
     finally:
         upstream.stop()
         private.stop()
+    return rows, cost
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--tokens", type=int, default=60)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    rows, cost = run(args.clients, args.tokens, args.repeat)
     print(f"WebSocket streams, fake upstream at 20 tokens/s, {args.tokens} tokens each; medians of {args.repeat} runs")
     print(f"{'clients':>7}  {'setup':<32} {'events/s':>9} {'delay p50 ms':>13} {'delay p99 ms':>13} {'failed':>7}")
     for clients, name, rate, p50, p99, failed in rows:

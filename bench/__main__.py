@@ -1,0 +1,75 @@
+"""Every benchmark in one run, one table: `.venv/bin/python -m bench` (a few minutes).
+
+Each figure is measured against a baseline taken in the same run on the same machine
+(the fake upstream called directly, an unloaded run, a one-row request, the server
+before the sockets), as medians of repeats. Targets are issue 7's. Figures not built
+yet are listed as such rather than left out.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench import history, idle_sockets, login_flood, relay_overhead, ws_streams
+from bench.common import median, percentile
+
+
+def verdict(value: float, target: float) -> str:
+    return "met" if value <= target else "missed"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and sockets (a smoke run)")
+    args = parser.parse_args()
+    repeat = 1 if args.quick else 3
+    started = time.monotonic()
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    for concurrency, _, direct, relay in relay_overhead.run([1, 100], rounds=2 if args.quick else 5):
+        added50 = (median(relay) - median(direct)) * 1000
+        added99 = (percentile(relay, 0.99) - percentile(direct, 0.99)) * 1000
+        rows.append((f"1. SSE added time to first token, {concurrency} stream(s)",
+                     f"p50 {added50:.1f} ms, p99 {added99:.1f} ms",
+                     f"upstream direct p50 {median(direct) * 1000:.1f} ms",
+                     "p50 <= 2, p99 <= 10 ms",
+                     "met" if added50 <= 2 and added99 <= 10 else "missed"))
+
+    rows.append(("2. streaming capacity vs a bare relay", "not measured", "bare relay not built yet",
+                 ">= 1.0x memory, >= 0.5x Redis", "open"))
+    stream_rows, (calls, written, size, events) = ws_streams.run([200], tokens=60, repeat=repeat, with_caddy=False)
+    for clients, setup, rate, p50, p99, failed in stream_rows:
+        rows.append((f"   {clients} WebSocket streams at 20 tokens/s, {setup}",
+                     f"{rate:.0f} events/s, delay p99 {p99:.1f} ms", f"delay p50 {p50:.1f} ms",
+                     "p99 <= 50 ms", verdict(p99, 50) + (f" ({failed} failed)" if failed else "")))
+    rows.append(("3. fan-out: 1 answer to 1,000 sockets over 2 processes", "not measured", "",
+                 "p99 <= 50 ms", "open"))
+    rows.append(("4. Redis cost of a 1,000-token answer", f"{written / size:.2f}x the answer, {calls} commands",
+                 f"answer {size} bytes in {events} events", "bytes <= 3x", verdict(written / size, 3)))
+
+    for row in history.measure(10_000, requests=10 if args.quick else 30):
+        rows.append((f"5. history of 10,000 messages, {row['database']}",
+                     f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms",
+                     f"/api/users/me p50 {row['baseline_ms']:.2f} ms", "p50 <= 50 ms",
+                     verdict(float(row["p50_ms"]), 50)))  # type: ignore[arg-type]
+
+    flood = login_flood.measure(100, 50, repeat)
+    rows.append(("6. 50 logins (bcrypt 12) during 100 streams", f"added delay p99 {flood['added_p99_ms']:.1f} ms",
+                 f"p99 without logins {flood['p99_alone_ms']:.1f} ms", "<= 5 ms",
+                 verdict(flood["added_p99_ms"], 5)))
+
+    idle = idle_sockets.measure(500 if args.quick else 2000, repeat)
+    rows.append((f"7. memory per idle WebSocket, {idle['sockets']:.0f} sockets", f"{idle['kib_per_socket']:.1f} KiB",
+                 f"server RSS before {idle['baseline_rss_kib'] / 1024:.0f} MiB", "<= 64 KiB",
+                 verdict(idle["kib_per_socket"], 64)))
+
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    header = ("figure", "measured (median)", "baseline, same run", "target", "")
+    widths = [max(w, len(h)) for w, h in zip(widths, header)]
+    print(f"\nrealtime-llm benchmarks, medians of {repeat} run(s), {time.monotonic() - started:.0f} s")
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    main()
