@@ -7,7 +7,9 @@ import sqlite3
 import asyncpg
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from realtime_llm.responses import JSONResponse
 
 logger = logging.getLogger("realtime_llm")
 

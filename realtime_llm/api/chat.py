@@ -6,7 +6,7 @@ import asyncio
 from typing import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import StreamingResponse
 
 from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.bodies import bounded_int, event_id, path_id, read_json_object, validate_message
@@ -16,6 +16,7 @@ from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_
 from realtime_llm.generation import Generation
 from realtime_llm.metrics import OPEN_SSE_STREAMS
 from realtime_llm.services import Services
+from realtime_llm.responses import JSONResponse
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 

@@ -6,7 +6,7 @@ import contextlib
 import time
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.broker.base import BrokerUnavailable
@@ -14,6 +14,7 @@ from realtime_llm.bodies import bounded_int, optional_string, path_id, read_json
 from realtime_llm.errors import BadRequest
 from realtime_llm.events import TITLE
 from realtime_llm.store.conversations import LIST_LIMIT_MAX, Conversation, Message, message_json
+from realtime_llm.responses import JSONResponse
 
 UPDATABLE = frozenset({"title", "model", "system_prompt", "api_key"})
 MAX_QUERY_CHARS = 200

@@ -6,9 +6,9 @@ from typing import Awaitable
 import anyio
 import sqlalchemy as sa
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from realtime_llm.api.access import require_caller, services_of
+from realtime_llm.responses import JSONResponse
 
 READINESS_TIMEOUT = 2.0
 

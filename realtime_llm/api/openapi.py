@@ -5,13 +5,13 @@ import re
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from realtime_llm import __version__
 from realtime_llm.api.access import services_of
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
 from realtime_llm.events import DONE, ERROR as ERROR_EVENT, FULL_RESPONSE, MESSAGE, TITLE, TRUNCATE, USER_MESSAGE
+from realtime_llm.responses import JSONResponse
 
 EVENT_TYPES = (USER_MESSAGE, MESSAGE, DONE, FULL_RESPONSE, ERROR_EVENT, TITLE, TRUNCATE)
 
