@@ -25,7 +25,7 @@ from realtime_llm.config import Settings
 from realtime_llm.errors import (
     DATABASE_ERRORS, BadRequest, Conflict, ConversationNotFound, ServiceUnavailable, database_error,
 )
-from realtime_llm.events import DONE, ERROR, FULL_RESPONSE, MESSAGE, TRUNCATE, USER_MESSAGE
+from realtime_llm.events import DONE, ERROR, MESSAGE, TRUNCATE, USER_MESSAGE
 from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS, UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
 from realtime_llm.providers import ChatMessage, ChatRequest, Provider, UpstreamError, Usage
 from realtime_llm.store.conversations import Conversation, ConversationStore
@@ -226,7 +226,7 @@ class GenerationEngine:
         try:
             async with listening, self._keep_lock(generation):
                 reason = await self._stream_answer(generation, conversation, parts)
-                await self._finish(generation, "".join(parts), reason)
+                await self._finish(generation, "".join(parts), reason, deltas=len(parts))
                 outcome = reason
             if outcome == "stop" and not conversation.title and self.settings.llm.auto_titles:
                 self._spawn(self.titles.give_title(conversation, generation.prompt, "".join(parts)))
@@ -245,7 +245,7 @@ class GenerationEngine:
             # Stopped before the stream began: still end it properly for subscribers.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             generation.finishing = True
-            await self._finish(generation, "".join(parts), "cancelled")
+            await self._finish(generation, "".join(parts), "cancelled", deltas=len(parts))
             outcome = "cancelled"
         except Exception as exc:  # a bug, or a database down for good: still end the stream
             logger.exception("generation failed in conversation %d", cid)
@@ -347,13 +347,15 @@ class GenerationEngine:
         except asyncio.CancelledError:
             await asyncio.wait({publishing}, timeout=2.0)
             if publishing.done() and not publishing.cancelled() and publishing.exception() is None:
-                parts.extend(pending)
+                parts.append("".join(pending))
             else:
                 publishing.cancel()
             raise
-        parts.extend(pending)
+        parts.append("".join(pending))  # one part per message event
 
-    async def _finish(self, generation: Generation, answer: str, reason: str) -> None:
+    async def _finish(self, generation: Generation, answer: str, reason: str, deltas: int = 0) -> None:
+        """Save the answer, then publish done and full_response (made of the `deltas`
+        message events the answer went out as)."""
         cid = generation.conversation_id
         usage: Usage | None = None
         try:
@@ -371,7 +373,7 @@ class GenerationEngine:
         meta: dict[str, Any] = {"message_id": message_id} if message_id is not None else {}
         usage_meta = {"usage": usage.as_json()} if usage is not None else {}
         await self.broker.publish(cid, DONE, "Stream finished", reason=reason, **meta, **usage_meta)
-        await self.broker.publish(cid, FULL_RESPONSE, answer, **meta)
+        await self.broker.publish_answer(cid, answer, generation.after_event_id, deltas, **meta)
 
     async def _save_quietly(self, generation: Generation, answer: str) -> None:
         cid = generation.conversation_id

@@ -125,3 +125,40 @@ async def test_drop_ends_subscriptions_and_forgets(broker: Broker) -> None:
             await subscription.get(timeout=2)
     async with broker.subscribe(CID, after=0) as subscription:
         assert await subscription.get(timeout=0.1) is None
+
+
+TRICKY = ["plain ", 'quote " and \\ backslash ', "new\nline\r\t", "\u2028\u2029\x85", "é 😀 中文", "\x00\x1f", '","id":9'
+          , "</script>"]
+
+
+async def test_full_response_is_the_answer_byte_for_byte(broker: Broker) -> None:
+    """publish_answer: the full_response every subscriber gets (with Redis, built inside
+    Redis from the message events) is exactly the event made from the whole answer."""
+    from realtime_llm.events import make_event
+
+    start = await broker.publish(CID, "user_message", "q", message_id=1)
+    async with broker.subscribe(CID) as subscription:
+        for piece in TRICKY:
+            await broker.publish(CID, "message", piece)
+        await broker.publish(CID, "done", "Stream finished", reason="stop", message_id=2)
+        answer = "".join(TRICKY)
+        if hasattr(broker, "redis"):  # it must be built in Redis, not sent whole again
+            async def not_whole(*args: object, **kwargs: object) -> None:
+                raise AssertionError("publish_answer sent the whole answer")
+            broker.publish = not_whole  # type: ignore[method-assign]
+        sent = await broker.publish_answer(CID, answer, start.id, len(TRICKY), message_id=2)
+        received = [await asyncio.wait_for(subscription.get(), 5) for _ in range(len(TRICKY) + 2)][-1]
+    expected = make_event(sent.id, "full_response", answer, conversation_id=CID, message_id=2).json
+    assert sent.json == expected
+    assert received is not None and received.json == expected
+    assert received.payload["data"] == answer
+    assert [e.json for e in await broker.replay(CID, sent.id - 1)] == [expected]
+
+
+async def test_full_response_falls_back_when_the_buffer_lost_the_deltas(broker: Broker) -> None:
+    start = await broker.publish(CID, "user_message", "q")
+    await broker.publish(CID, "message", "only one of two")
+    sent = await broker.publish_answer(CID, "only one of two, and more", start.id, 2)
+    assert sent.payload["data"] == "only one of two, and more"
+    [replayed] = await broker.replay(CID, sent.id - 1)
+    assert replayed.payload["data"] == "only one of two, and more"

@@ -8,7 +8,7 @@ import contextlib
 from typing import Any, AsyncContextManager, Callable, Collection, Iterable
 
 from realtime_llm.errors import ServiceUnavailable
-from realtime_llm.events import Event
+from realtime_llm.events import FULL_RESPONSE, Event
 
 
 class SubscriberOverflow(Exception):
@@ -159,6 +159,13 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
         """Give the event the conversation's next id, buffer it for replay, deliver it to all."""
+
+    async def publish_answer(self, conversation_id: int, answer: str, after: int, deltas: int,
+                             **metadata: Any) -> Event:
+        """Publish `full_response`, whose data is `answer`: the concatenation of the `deltas`
+        `message` events published after event `after`. A broker that keeps those events
+        may build it from them instead of taking the whole answer again."""
+        return await self.publish(conversation_id, FULL_RESPONSE, answer, **metadata)
 
     @abc.abstractmethod
     def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncContextManager[Subscription]:

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone, Subscription
 from realtime_llm.config import Settings
-from realtime_llm.events import ERROR, TERMINAL, Event, event_template
+from realtime_llm.events import ERROR, FULL_RESPONSE, TERMINAL, Event, event_template
 from realtime_llm.metrics import EVENTS_PUBLISHED
 
 logger = logging.getLogger("realtime_llm.broker.redis")
@@ -41,6 +41,32 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-1', 'e', payload)
 redis.call('PUBLISH', ARGV[5], payload)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+return id
+"""
+
+# full_response built inside Redis from the answer's message events, so the answer is not
+# sent to Redis twice (bench: 3.5x -> 2.5x the answer in bytes written). KEYS as PUBLISH;
+# ARGV[1] = the event up to its data, ARGV[2] = after its data up to the id, ARGV[3] =
+# after the id, ARGV[4..6] = maxlen, ttl, channel, ARGV[7] = the id the answer's events
+# follow, ARGV[8] = how many message events it has. Each message event's data is taken as
+# written (already JSON-escaped, and escaping is per character, so the pieces concatenate
+# to the escaped answer). If the buffer no longer holds all of them: -1, nothing published.
+PUBLISH_ANSWER = """
+local head = '{"event":"message","data":"'
+local parts = {}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], (tonumber(ARGV[7]) + 1) .. '-0', '+')) do
+  local payload = entry[2][2]
+  if string.sub(payload, 1, #head) == head then
+    parts[#parts + 1] = string.sub(payload, #head + 1, string.find(payload, '","id":', #head + 1, true) - 1)
+  end
+end
+if #parts ~= tonumber(ARGV[8]) then return -1 end
+local id = redis.call('INCR', KEYS[1])
+local payload = ARGV[1] .. table.concat(parts) .. ARGV[2] .. id .. ARGV[3]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], id .. '-1', 'e', payload)
+redis.call('PUBLISH', ARGV[6], payload)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
 return id
 """
 
@@ -100,7 +126,7 @@ class RedisBroker(Broker):
             # timeouts (a slow Redis must not double the wait).
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        for name, source in (("publish", PUBLISH), ("floor", RAISE_FLOOR),
+        for name, source in (("publish", PUBLISH), ("publish_answer", PUBLISH_ANSWER), ("floor", RAISE_FLOOR),
                              ("refresh", REFRESH_LOCK), ("release", RELEASE_LOCK)):
             self._scripts[name] = self.redis.register_script(source)
         await self._call(self.redis.ping())  # fail start-up clearly when Redis is absent
@@ -145,6 +171,24 @@ class RedisBroker(Broker):
                   self.key(conversation_id, "live")],
         )))
         return Event(event_id, event_type, prefix + str(event_id).encode() + suffix)
+
+    async def publish_answer(self, conversation_id: int, answer: str, after: int, deltas: int,
+                             **metadata: Any) -> Event:
+        if deltas == 0 or deltas >= self.settings.replay_events:  # nothing to build from, or trimmed
+            return await self.publish(conversation_id, FULL_RESPONSE, answer, **metadata)
+        empty, suffix = event_template(FULL_RESPONSE, "", conversation_id=conversation_id, **metadata)
+        head, _, _ = empty.partition(b'"data":"')  # b'{"event":"full_response","data":"' then the data
+        head += b'"data":"'
+        event_id = int(await self._call(self._scripts["publish_answer"](
+            keys=[self.key(conversation_id, "seq"), self.key(conversation_id, "events")],
+            args=[head, empty[len(head):], suffix, self.settings.replay_events, self.settings.replay_ttl_seconds,
+                  self.key(conversation_id, "live"), after, deltas],
+        )))
+        if event_id < 0:  # the buffer lost some of them (Redis restarted, say): send it whole
+            return await self.publish(conversation_id, FULL_RESPONSE, answer, **metadata)
+        EVENTS_PUBLISHED.labels(FULL_RESPONSE).inc()
+        prefix, suffix = event_template(FULL_RESPONSE, answer, conversation_id=conversation_id, **metadata)
+        return Event(event_id, FULL_RESPONSE, prefix + str(event_id).encode() + suffix)
 
     async def replay(self, conversation_id: int, after: int) -> list[Event]:
         assert self.redis is not None
