@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import history, idle_sockets, login_flood, relay_overhead, ws_streams
+from bench import capacity, fanout, history, idle_sockets, login_flood, relay_overhead, ws_streams
 from bench.common import median, percentile
 
 
@@ -35,15 +35,23 @@ def main() -> None:
                      "p50 <= 2, p99 <= 10 ms",
                      "met" if added50 <= 2 and added99 <= 10 else "missed"))
 
-    rows.append(("2. streaming capacity vs a bare relay", "not measured", "bare relay not built yet",
-                 ">= 1.0x memory, >= 0.5x Redis", "open"))
+    caps = capacity.measure([100, 150, 200, 250, 300, 400], repeat=1)
+    bare = caps["bare relay"][0]
+    for name, target in (("in-process broker", 1.0), ("Redis", 0.5)):
+        best = caps[name][0]
+        ratio = best / bare if bare else 0.0
+        rows.append((f"2. streaming capacity of one worker, {name}", f"{best} streams ({ratio:.2f}x)",
+                     f"bare relay: {bare} streams", f">= {target}x the bare relay",
+                     "met" if ratio >= target else "missed"))
     stream_rows, (calls, written, size, events) = ws_streams.run([200], tokens=60, repeat=repeat, with_caddy=False)
     for clients, setup, rate, p50, p99, failed in stream_rows:
         rows.append((f"   {clients} WebSocket streams at 20 tokens/s, {setup}",
                      f"{rate:.0f} events/s, delay p99 {p99:.1f} ms", f"delay p50 {p50:.1f} ms",
                      "p99 <= 50 ms", verdict(p99, 50) + (f" ({failed} failed)" if failed else "")))
-    rows.append(("3. fan-out: 1 answer to 1,000 sockets over 2 processes", "not measured", "",
-                 "p99 <= 50 ms", "open"))
+    fan = fanout.measure(300 if args.quick else 1000, repeat)
+    rows.append((f"3. fan-out: 1 answer to {fan['sockets']:,.0f} sockets over 2 processes + Redis",
+                 f"delay p99 {fan['p99_ms']:.1f} ms", f"1 socket: p99 {fan['p99_one_ms']:.1f} ms",
+                 "p99 <= 50 ms", verdict(fan["p99_ms"], 50)))
     rows.append(("4. Redis cost of a 1,000-token answer", f"{written / size:.2f}x the answer, {calls} commands",
                  f"answer {size} bytes in {events} events", "bytes <= 3x", verdict(written / size, 3)))
 
