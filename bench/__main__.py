@@ -35,7 +35,7 @@ def main() -> None:
                      "p50 <= 2, p99 <= 10 ms",
                      "met" if added50 <= 2 and added99 <= 10 else "missed"))
 
-    caps = capacity.measure([100, 150, 200, 250, 300, 400], repeat=1)
+    caps = capacity.measure([50, 100, 150, 200, 250, 300, 400], repeat=1)
     bare = caps["bare relay"][0]
     for name, target in (("in-process broker", 1.0), ("Redis", 0.5)):
         best = caps[name][0]

@@ -89,7 +89,7 @@ def measure(levels: list[int], repeat: int) -> dict[str, tuple[int, dict[int, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--levels", type=int, nargs="+", default=[100, 150, 200, 250, 300, 400])
+    parser.add_argument("--levels", type=int, nargs="+", default=[50, 100, 150, 200, 250, 300, 400])
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     results = measure(args.levels, args.repeat)
