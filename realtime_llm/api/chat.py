@@ -15,8 +15,8 @@ from realtime_llm.errors import UpstreamError
 from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_frame
 from realtime_llm.generation import Generation
 from realtime_llm.metrics import OPEN_SSE_STREAMS
-from realtime_llm.services import Services
 from realtime_llm.responses import JSONResponse
+from realtime_llm.services import Services
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 

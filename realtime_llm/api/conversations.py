@@ -9,12 +9,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from realtime_llm.api.access import require_caller, services_of
-from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.bodies import bounded_int, optional_string, path_id, read_json_object
+from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.errors import BadRequest
 from realtime_llm.events import TITLE
-from realtime_llm.store.conversations import LIST_LIMIT_MAX, Conversation, Message, message_json
 from realtime_llm.responses import JSONResponse
+from realtime_llm.store.conversations import LIST_LIMIT_MAX, Conversation, Message, message_json
 
 UPDATABLE = frozenset({"title", "model", "system_prompt", "api_key"})
 MAX_QUERY_CHARS = 200

@@ -8,8 +8,8 @@ from starlette.requests import Request
 from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.bodies import read_json_object, required_string
 from realtime_llm.errors import BadRequest, Unauthorized
-from realtime_llm.store.users import UsernameTaken
 from realtime_llm.responses import JSONResponse
+from realtime_llm.store.users import UsernameTaken
 
 USERNAME = re.compile(r"[A-Za-z0-9_.@-]+")
 
