@@ -1,20 +1,74 @@
-"""uvicorn's sans-I/O WebSocket protocol, with one fix found by tests/test_fuzz.py.
+"""uvicorn's sans-I/O WebSocket protocol, with three fixes; each makes sure a client learns
+why its socket closed (the close code DESIGN.md promises) instead of seeing 1006.
 
-A text frame that is not UTF-8, arriving once the connection has begun closing, made
-uvicorn call `send_close` on a closing connection: InvalidState escaped from
-`data_received` and asyncio logged "Fatal error on transport" with two tracebacks. The
-frame is dropped instead (the close is already under way), as uvicorn does for any other
-frame after its close.
+1. A close waits for nothing. uvicorn's `send` first waits for the write buffer to drain,
+   which for a client that stopped reading is never: the socket that cut such a client
+   off (1008, it fell behind) hung in its close until the keep-alive failed the
+   connection instead. The close frame now goes behind what is already buffered
+   (tests/test_ws.py, a client that does not read).
+
+2. A failed connection lingers. When uvicorn fails a connection (a frame too large: 1009,
+   not UTF-8: 1007, a protocol error: 1002, no pong: 1011) it sends the close frame and
+   closes the socket at once. A client still sending then gets a TCP reset, and a reset
+   discards what the client had not read yet, close frame included: it saw a broken pipe
+   and 1006 (tests/test_fuzz.py). Now the server half-closes, reads and drops whatever the
+   client still sends until it closes its side, and aborts after `close_timeout` a
+   client that never does.
+
+3. Found by tests/test_fuzz.py: a text frame that is not UTF-8, arriving once the
+   connection has begun closing, made uvicorn call `send_close` on a closing connection:
+   InvalidState escaped from `data_received` and asyncio logged "Fatal error on
+   transport" with two tracebacks. The frame is dropped instead (the close is already
+   under way), as uvicorn does for any other frame after its close.
 """
 from __future__ import annotations
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
+    lingering = False
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] == "websocket.close" and self.handshake_complete:
+            self.writable.set()  # nothing is sent after a close: flow control has no more use
+        await super().send(message)
+
     def send_receive_event_to_app(self) -> None:
         try:
             super().send_receive_event_to_app()
         except InvalidState:
             self.frames = []
+
+    def data_received(self, data: bytes) -> None:
+        if not self.lingering:  # else the connection failed: what still comes is dropped
+            super().data_received(data)
+
+    def handle_parser_exception(self) -> None:
+        assert self.conn.close_sent is not None
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": self.conn.close_sent.code,
+                               "reason": self.conn.close_sent.reason})
+        self._linger()
+
+    def keepalive_timeout(self) -> None:
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.conn.fail(1011, "keepalive ping timeout")
+        self._linger()
+
+    def _linger(self) -> None:
+        """Send the close frame, half-close, and wait for the client to close its side
+        (the transport then closes itself) or abort after close_timeout."""
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.lingering = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)

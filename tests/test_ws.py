@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Api
 from tests.servers import ServerProcess
@@ -185,11 +186,36 @@ def test_oversized_frame_closes_1009(server: ServerProcess, api: Api) -> None:
     assert api.http.get("/healthz").status_code == 200
 
 
+def test_client_still_sending_after_a_refused_frame_learns_why(server: ServerProcess, api: Api) -> None:
+    """The server fails the connection on a frame too large, while the client is still
+    sending. Closing the socket at once made the client's next frames draw a TCP reset,
+    which discarded the close frame it had not read yet: 1006 in about one try of four.
+    The server now reads and drops the rest until the client closes."""
+    headers, cid = new_chat(api)
+    codes = []
+    for _ in range(20):
+        with Socket(server.url, cid, headers) as socket:
+            ready(socket)
+            try:
+                socket.send({"type": "message", "content": "x" * 300_000})
+                for _ in range(200):
+                    socket.send({"type": "ping"})
+                codes.append(socket.close_code())
+            except ConnectionClosed as closed:
+                codes.append(closed.rcvd.code if closed.rcvd else 1006)
+    assert codes == [1009] * 20
+
+
 def test_client_that_does_not_read_is_cut_off(server: ServerProcess, api: Api) -> None:
-    """A socket that never reads fills its bounded queue and is closed 1008; others carry on."""
+    """A socket that never reads fills its bounded queue and is closed 1008; others carry on.
+
+    Large events fill the TCP buffers within a fraction of a second, so the queue overflows
+    while the server's send is blocked, well before the keep-alive ping (1 s here) times
+    out; the close must not wait for a send that never completes (it did: 1011, or the
+    close frame lost to a reset, with the Redis broker)."""
     headers, cid = new_chat(api)
     with Socket(server.url, cid, headers) as lazy:
-        lazy.send({"type": "message", "content": "#fake tokens=3000 size=2000"})
+        lazy.send({"type": "message", "content": "#fake tokens=600 size=20000"})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(history(api, headers, cid)) < 2:
             time.sleep(0.1)

@@ -28,6 +28,9 @@ CLOSE_AUTH = 4401
 CLOSE_NOT_FOUND = 4404
 
 
+STREAM_ENDINGS = (SubscriberOverflow, ShuttingDown, ConversationGone, BrokerUnavailable)
+
+
 class CloseSocket(Exception):
     def __init__(self, code: int, reason: str = "") -> None:
         super().__init__(reason)
@@ -157,32 +160,42 @@ class ConversationSocket:
         ))
         pump = asyncio.create_task(self._pump_events())
         read = asyncio.create_task(self._read_frames())
+        # A client that stops reading leaves the pump blocked in a send while its queue
+        # overflows: the cut-off is watched apart from the pump, so it ends the socket at once.
+        cut_off = asyncio.create_task(self.subscription.cut_off.wait())
         try:
-            done, _ = await asyncio.wait({pump, read}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({pump, read, cut_off}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (pump, read):
+            for task in (pump, read, cut_off):
                 task.cancel()
-            await asyncio.gather(pump, read, return_exceptions=True)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            await asyncio.gather(pump, read, cut_off, return_exceptions=True)
+        for task in (pump, read):
+            if task in done and not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                if isinstance(exc, STREAM_ENDINGS):
+                    await self._stream_ended(exc)
+                raise exc  # type: ignore[misc]
+        if cut_off in done:
+            assert self.subscription.failure is not None
+            await self._stream_ended(self.subscription.failure)
 
     async def _pump_events(self) -> None:
-        """Conversation events to the socket. A client that stops reading blocks the send,
-        its bounded queue fills, and it is cut off: it never grows the server's memory."""
-        try:
-            while True:
-                event = await self.subscription.get()
-                assert event is not None
-                await self.send(event.json)
-        except (SubscriberOverflow, ShuttingDown, ConversationGone, BrokerUnavailable) as exc:
-            code = {SubscriberOverflow: CLOSE_POLICY, ShuttingDown: CLOSE_GOING_AWAY,
-                    ConversationGone: CLOSE_NOT_FOUND, BrokerUnavailable: CLOSE_TRY_AGAIN}[type(exc)]
-            if not isinstance(exc, SubscriberOverflow):  # a client that does not read gets nothing more
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(1):
-                        await self.send_error(stream_end_message(exc), code="stream_ended")
-            raise CloseSocket(code, stream_end_message(exc)[:120]) from None
+        """Conversation events to the socket, until the subscription ends (STREAM_ENDINGS).
+        A client that stops reading blocks the send, its bounded queue fills, and it is cut
+        off: it never grows the server's memory."""
+        while True:
+            event = await self.subscription.get()
+            assert event is not None
+            await self.send(event.json)
+
+    async def _stream_ended(self, exc: Exception) -> None:
+        code = {SubscriberOverflow: CLOSE_POLICY, ShuttingDown: CLOSE_GOING_AWAY,
+                ConversationGone: CLOSE_NOT_FOUND, BrokerUnavailable: CLOSE_TRY_AGAIN}[type(exc)]
+        if not isinstance(exc, SubscriberOverflow):  # a client that does not read gets nothing more
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await self.send_error(stream_end_message(exc), code="stream_ended")
+        raise CloseSocket(code, stream_end_message(exc)[:120])
 
     async def _read_frames(self) -> None:
         while True:

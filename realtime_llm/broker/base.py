@@ -42,6 +42,11 @@ class Subscription:
         self._backlog = collections.deque(backlog)
         self._queue: asyncio.Queue[Any] = asyncio.Queue(max_queue)
         self._failure: Exception | None = None
+        self.cut_off = asyncio.Event()  # set by fail(): a reader blocked elsewhere can see it
+
+    @property
+    def failure(self) -> Exception | None:
+        return self._failure
 
     def add_backlog(self, events: Iterable[Event]) -> None:
         """Replayed events, delivered before anything live (repeats are dropped by id)."""
@@ -57,10 +62,12 @@ class Subscription:
             self.fail(SubscriberOverflow("subscriber fell behind"))
 
     def fail(self, error: Exception) -> None:
-        """End the subscription: the reader gets `error` once it has no events in hand."""
+        """End the subscription: the reader gets `error` once it has no events in hand,
+        and `cut_off` is set for a reader that is stuck sending the last one."""
         if self._failure is not None:
             return
         self._failure = error
+        self.cut_off.set()
         while not self._queue.empty():  # make room for the wake-up; the reader is cut off anyway
             self._queue.get_nowait()
         self._queue.put_nowait(_FAILED)
