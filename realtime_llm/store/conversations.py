@@ -15,6 +15,7 @@ from realtime_llm.errors import ConversationNotFound
 from realtime_llm.keys import APIKeyBox, mask_api_key
 from realtime_llm.providers.base import Usage
 from realtime_llm.store.cancelsafe import atomically
+from realtime_llm.store.compiled import Compiled
 from realtime_llm.store.schema import conversations, messages, users
 
 
@@ -66,6 +67,34 @@ ALL_MESSAGES = ("SELECT message_id, role, content, created_time, prompt_tokens, 
 
 LIST_LIMIT_MAX = 1000
 
+# The statements of a generation's start and end (store/compiled.py).
+_cid = sa.bindparam("cid")
+OWNED = Compiled(sa.select(*(conversations.c[f] for f in Conversation.__dataclass_fields__))
+                 .where(conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id")))
+EXISTS = Compiled(sa.select(conversations.c.id).where(conversations.c.id == _cid))
+EVENT_WATERMARK = Compiled(sa.select(conversations.c.last_event_id).where(conversations.c.id == _cid))
+SAVE_EVENT_WATERMARK = Compiled(
+    conversations.update()
+    .where(conversations.c.id == _cid, conversations.c.last_event_id < sa.bindparam("last_event_id"))
+    .values(last_event_id=sa.bindparam("last_event_id")))
+_newest = sa.select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == _cid).order_by(messages.c.message_id.desc())
+NEWEST_MESSAGES = Compiled(_newest.limit(sa.bindparam("page")))
+NEWEST_MESSAGES_BELOW = Compiled(_newest.where(messages.c.message_id < sa.bindparam("below")).limit(sa.bindparam("page")))
+NEXT_MESSAGE_ID = Compiled(
+    conversations.update().where(conversations.c.id == _cid)
+    .values(last_message_id=conversations.c.last_message_id + 1, message_count=conversations.c.message_count + 1)
+    .returning(conversations.c.last_message_id))
+INSERT_MESSAGE = Compiled(messages.insert().values(
+    conversation_id=_cid, message_id=sa.bindparam("message_id"), role=sa.bindparam("role"),
+    content=sa.bindparam("content"), created_time=sa.bindparam("created_time"),
+    prompt_tokens=sa.bindparam("prompt_tokens"), completion_tokens=sa.bindparam("completion_tokens"),
+    usage_estimated=sa.bindparam("usage_estimated")))
+ADD_USAGE = Compiled(
+    users.update()
+    .where(users.c.id == sa.select(conversations.c.user_id).where(conversations.c.id == _cid).scalar_subquery())
+    .values(prompt_tokens=users.c.prompt_tokens + sa.bindparam("prompt_tokens"),
+            completion_tokens=users.c.completion_tokens + sa.bindparam("completion_tokens")))
+
 
 class ConversationStore:
     def __init__(self, database: Database, box: APIKeyBox, cache: HistoryCache | None = None,
@@ -92,15 +121,10 @@ class ConversationStore:
 
     async def get_owned(self, conversation_id: int, user_id: int) -> Conversation:
         """The conversation if this user owns it; otherwise exactly as if it did not exist."""
-        row = await self.database.fetch_one(
-            sa.select(conversations).where(
-                conversations.c.id == conversation_id, conversations.c.user_id == user_id
-            )
-        )
+        row = await OWNED.fetch_one(self.database, cid=conversation_id, user_id=user_id)
         if row is None:
             raise ConversationNotFound()
-        m = row._mapping
-        return Conversation(**{f: m[f] for f in Conversation.__dataclass_fields__})
+        return Conversation(*row)
 
     async def list_for_user(self, user_id: int, *, limit: int | None = None, before: int | None = None,
                             q: str | None = None) -> list[dict[str, object]]:
@@ -231,40 +255,29 @@ class ConversationStore:
         used = 0
         before: int | None = below
         while True:
-            query = (
-                sa.select(*MESSAGE_COLUMNS)
-                .where(messages.c.conversation_id == conversation_id)
-                .order_by(messages.c.message_id.desc())
-                .limit(page)
-            )
-            if before is not None:
-                query = query.where(messages.c.message_id < before)
-            rows = await self.database.fetch_all(query)
+            if before is None:
+                rows = await NEWEST_MESSAGES.fetch_all(self.database, cid=conversation_id, page=page)
+            else:
+                rows = await NEWEST_MESSAGES_BELOW.fetch_all(self.database, cid=conversation_id, page=page,
+                                                             below=before)
             for r in rows:
-                if chosen and used + len(r["content"]) > budget_chars:
+                message = _message(r)
+                if chosen and used + len(message.content) > budget_chars:
                     return chosen[::-1]
-                chosen.append(_message(r))
-                used += len(r["content"])
+                chosen.append(message)
+                used += len(message.content)
             if len(rows) < page:
                 return chosen[::-1]
-            before = rows[-1]["message_id"]
+            before = chosen[-1].message_id
 
     async def exists(self, conversation_id: int) -> bool:
-        row = await self.database.fetch_one(sa.select(conversations.c.id).where(conversations.c.id == conversation_id))
-        return row is not None
+        return await EXISTS.fetch_one(self.database, cid=conversation_id) is not None
 
     async def event_watermark(self, conversation_id: int) -> int:
-        value = await self.database.fetch_val(
-            sa.select(conversations.c.last_event_id).where(conversations.c.id == conversation_id)
-        )
-        return int(value or 0)
+        return int(await EVENT_WATERMARK.fetch_val(self.database, cid=conversation_id) or 0)
 
     async def save_event_watermark(self, conversation_id: int, last_event_id: int) -> None:
-        await self.database.execute(
-            conversations.update()
-            .where(conversations.c.id == conversation_id, conversations.c.last_event_id < last_event_id)
-            .values(last_event_id=last_event_id)
-        )
+        await SAVE_EVENT_WATERMARK.fetch_all(self.database, cid=conversation_id, last_event_id=last_event_id)
 
     async def add_message(self, conversation_id: int, role: str, content: str,
                           usage: Usage | None = None) -> Message:
@@ -273,37 +286,17 @@ class ConversationStore:
         now = int(time.time())
         async def append() -> Any:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
-                await self.database.execute(
-                    conversations.update()
-                    .where(conversations.c.id == conversation_id)
-                    .values(last_message_id=conversations.c.last_message_id + 1,
-                            message_count=conversations.c.message_count + 1)
-                )
-                message_id = await self.database.fetch_val(
-                    sa.select(conversations.c.last_message_id).where(conversations.c.id == conversation_id)
-                )
+                message_id = await NEXT_MESSAGE_ID.fetch_val(self.database, cid=conversation_id)
                 if message_id is None:
                     raise ConversationNotFound()
-                await self.database.execute(
-                    messages.insert().values(
-                        conversation_id=conversation_id,
-                        message_id=message_id,
-                        role=role,
-                        content=content,
-                        created_time=now,
-                        prompt_tokens=usage.prompt_tokens if usage else None,
-                        completion_tokens=usage.completion_tokens if usage else None,
-                        usage_estimated=int(usage.estimated) if usage else 0,
-                    )
-                )
+                await INSERT_MESSAGE.fetch_all(
+                    self.database, cid=conversation_id, message_id=message_id, role=role, content=content,
+                    created_time=now, prompt_tokens=usage.prompt_tokens if usage else None,
+                    completion_tokens=usage.completion_tokens if usage else None,
+                    usage_estimated=int(usage.estimated) if usage else 0)
                 if usage is not None:
-                    owner = sa.select(conversations.c.user_id).where(conversations.c.id == conversation_id)
-                    await self.database.execute(
-                        users.update().where(users.c.id == owner.scalar_subquery()).values(
-                            prompt_tokens=users.c.prompt_tokens + usage.prompt_tokens,
-                            completion_tokens=users.c.completion_tokens + usage.completion_tokens,
-                        )
-                    )
+                    await ADD_USAGE.fetch_all(self.database, cid=conversation_id, prompt_tokens=usage.prompt_tokens,
+                                              completion_tokens=usage.completion_tokens)
             return message_id
 
         message_id = await atomically(append)

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from databases import Database
 
 from realtime_llm.store.cancelsafe import atomically
+from realtime_llm.store.compiled import Compiled
 from realtime_llm.store.schema import revoked_tokens, users
 
 
@@ -21,6 +22,13 @@ class User:
 
 class UsernameTaken(Exception):
     pass
+
+
+# Every authenticated request: the user a token names, unless that token was revoked.
+ACTIVE_USER = Compiled(
+    sa.select(users.c.id, users.c.username, users.c.password_hash, users.c.created_time)
+    .where(users.c.id == sa.bindparam("user_id"),
+           ~sa.exists().where(revoked_tokens.c.jti == sa.bindparam("jti"))))
 
 
 class UserStore:
@@ -49,9 +57,8 @@ class UserStore:
 
     async def active(self, user_id: int, jti: str) -> User | None:
         """The user a token names, unless that token was revoked: one query per request."""
-        revoked = sa.exists().where(revoked_tokens.c.jti == jti)
-        row = await self.database.fetch_one(sa.select(users).where(users.c.id == user_id, ~revoked))
-        return _user(row)
+        row = await ACTIVE_USER.fetch_one(self.database, user_id=user_id, jti=jti)
+        return None if row is None else User(*row)
 
 
     async def usage(self, user_id: int) -> dict[str, int]:
