@@ -46,6 +46,7 @@ from tests.servers import free_port
 class Received:
     body: dict[str, Any]
     headers: dict[str, str]
+    client_port: int = 0  # the same port twice: the caller reused its connection
     completed: bool = False
     closed_early: bool = False
     started: float = field(default_factory=time.monotonic)
@@ -96,7 +97,8 @@ class FakeUpstream:
 
     async def completions(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
-        record = Received(body=body, headers=dict(request.headers))
+        record = Received(body=body, headers=dict(request.headers),
+                          client_port=request.client.port if request.client else 0)
         self.received.append(record)
         options, rest = parse_directive(body.get("messages", []))
         messages = body.get("messages") or [{}]

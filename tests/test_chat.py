@@ -104,6 +104,17 @@ def test_history_after_each_turn(api: Api) -> None:
     assert messages[1]["content"] == "t0 t1 " and messages[3]["content"] == "t0 t1 t2 "
 
 
+def test_answers_reuse_the_upstream_connection(api: Api, upstream: FakeUpstream) -> None:
+    """The body's end after [DONE] is read, so the connection goes back to the pool: left
+    unread, it was closed and every answer paid a new connection to the upstream."""
+    headers, cid = new_chat(api)
+    ports = []
+    for turn in range(3):
+        chat_events(api, headers, cid, f"#fake tokens=2\nturn {turn}")
+        ports.append(upstream.received[-1].client_port)
+    assert ports[0] == ports[1] == ports[2] != 0
+
+
 def test_upstream_receives_prompt_history_and_key(api: Api, upstream: FakeUpstream) -> None:
     """The upstream gets the system prompt first, then history, streaming on, with the right key."""
     headers, cid = new_chat(api, system_prompt="You are terse.")

@@ -1,6 +1,7 @@
 """Any OpenAI-compatible /chat/completions endpoint, streamed, through one pooled client."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any, AsyncIterator
 
@@ -12,6 +13,10 @@ from realtime_llm.providers.base import ChatRequest, Completion, Provider, Upstr
 from realtime_llm.providers.sse_reader import sse_data
 
 MAX_ERROR_BODY = 4096
+# After [DONE] the body's end is read (it usually came with it) so the connection goes
+# back to the pool: left unread, it was closed and every answer paid a new TCP connect.
+# An upstream that keeps the stream open past [DONE] costs at most this, then a close.
+DRAIN_AFTER_DONE_SECONDS = 0.05
 
 
 class OpenAIProvider(Provider):
@@ -63,9 +68,14 @@ class OpenAIProvider(Provider):
 
 async def _deltas(response: httpx.Response, key: str, completion: Completion) -> AsyncIterator[str]:
     finished = False
+    events = sse_data(response.aiter_text())
     try:
-        async for data in sse_data(response.aiter_text()):
+        async for data in events:
             if data.strip() == "[DONE]":
+                with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                    async with asyncio.timeout(DRAIN_AFTER_DONE_SECONDS):
+                        async for _ in events:
+                            pass
                 return
             chunk = _parse_chunk(data, key)
             usage = _usage(chunk.get("usage"))
