@@ -19,11 +19,21 @@ MAX_ERROR_BODY = 4096
 DRAIN_AFTER_DONE_SECONDS = 0.05
 
 
+# httpcore scans its whole pool, quadratically, on every request and every response's
+# close (connection_pool.py, _assign_requests_to_connections): at 150 concurrent streams
+# that was 12-20 % of the server's CPU (py-spy, bench.ws_streams). Requests go to the
+# least busy of several small pools instead (the first, when all are idle: a connection
+# is reused); each keeps up to KEEPALIVE_PER_POOL idle connections.
+POOLS = 16
+KEEPALIVE_PER_POOL = 16
+
+
 class OpenAIProvider(Provider):
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
         self.url = settings.base_url.rstrip("/") + "/chat/completions"
-        self._client: httpx.AsyncClient | None = None
+        self._clients: list[httpx.AsyncClient] = []
+        self._busy = [0] * POOLS  # streams open in each pool
 
     async def start(self) -> None:
         timeout = httpx.Timeout(
@@ -32,16 +42,16 @@ class OpenAIProvider(Provider):
             write=self.settings.connect_timeout,
             pool=self.settings.connect_timeout,
         )
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=KEEPALIVE_PER_POOL)
+        self._clients = [httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) for _ in range(POOLS)]
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     @contextlib.asynccontextmanager
     async def stream(self, request: ChatRequest) -> AsyncIterator[Completion]:
-        assert self._client is not None, "provider not started"
+        assert self._clients, "provider not started"
         key = request.api_key or self.settings.api_key
         headers = {"Accept": "text/event-stream"}
         if key:
@@ -55,8 +65,10 @@ class OpenAIProvider(Provider):
             body["stream_options"] = {"include_usage": True}
         if request.max_tokens:
             body["max_tokens"] = request.max_tokens
+        pool = min(range(POOLS), key=self._busy.__getitem__)
+        self._busy[pool] += 1
         try:
-            async with self._client.stream(
+            async with self._clients[pool].stream(
                 "POST", self.url, content=orjson.dumps(body), headers={**headers, "Content-Type": "application/json"}
             ) as response:
                 if response.status_code != 200:
@@ -64,6 +76,8 @@ class OpenAIProvider(Provider):
                 yield Completion(lambda completion: _deltas(response, key, completion))
         except httpx.HTTPError as exc:
             raise UpstreamError(_network_message(exc, self.settings.name)) from None
+        finally:
+            self._busy[pool] -= 1
 
 
 async def _deltas(response: httpx.Response, key: str, completion: Completion) -> AsyncIterator[str]:
