@@ -31,7 +31,8 @@ def main() -> None:
         added99 = (percentile(relay, 0.99) - percentile(direct, 0.99)) * 1000
         rows.append((f"1. SSE added time to first token, {concurrency} stream(s)",
                      f"p50 {added50:.1f} ms, p99 {added99:.1f} ms",
-                     f"upstream direct p50 {median(direct) * 1000:.1f} ms",
+                     # Both p99s: the difference of two noisy tails can come out negative.
+                     f"upstream direct p50 {median(direct) * 1000:.1f}, p99 {percentile(direct, 0.99) * 1000:.1f} ms",
                      "p50 <= 2, p99 <= 10 ms",
                      "met" if added50 <= 2 and added99 <= 10 else "missed"))
 
@@ -63,7 +64,7 @@ def main() -> None:
 
     flood = login_flood.measure(100, 50, repeat)
     rows.append(("6. 50 logins (bcrypt 12) during 100 streams", f"added delay p99 {flood['added_p99_ms']:.1f} ms",
-                 f"p99 without logins {flood['p99_alone_ms']:.1f} ms", "<= 5 ms",
+                 f"p99 without logins {flood['p99_alone_ms']:.1f} ms, with {flood['p99_flood_ms']:.1f} ms", "<= 5 ms",
                  verdict(flood["added_p99_ms"], 5)))
 
     idle = idle_sockets.measure(500 if args.quick else 2000, repeat)
