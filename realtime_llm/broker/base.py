@@ -89,11 +89,14 @@ class Subscription:
             else:
                 if self._failure is not None and self._queue.empty():
                     raise self._failure
-                try:
-                    async with asyncio.timeout(timeout):
-                        event = await self._queue.get()
-                except TimeoutError:
-                    return None
+                if timeout is None:  # a socket's pump, for every event of every socket: no timer
+                    event = await self._queue.get()
+                else:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            event = await self._queue.get()
+                    except TimeoutError:
+                        return None
                 if event is _FAILED:
                     self._queue.put_nowait(_FAILED)
                     assert self._failure is not None
