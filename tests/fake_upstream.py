@@ -14,6 +14,7 @@ The last user message steers it with a directive line, e.g.
     malformed_after=K send a chunk that is not JSON after K tokens
     error_after=K     send an in-stream error object after K tokens
     hang=1            send headers, then nothing
+    hang_after_done=1 keep the stream open after [DONE] (ending it an hour later)
     no_finish=1       end the stream after the tokens with no finish_reason and no [DONE]
     usage=P,C         report prompt_tokens P and completion_tokens C in a last chunk, as
                       OpenAI does, if the request asked (stream_options.include_usage)
@@ -142,6 +143,8 @@ class FakeUpstream:
                 yield _frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [], "usage": usage}, 0)
             yield b"data: [DONE]\n\n"
             record.completed = True
+            if options.get("hang_after_done"):
+                await asyncio.sleep(3600)
         finally:
             if not record.completed:
                 record.closed_early = True

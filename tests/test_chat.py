@@ -115,6 +115,17 @@ def test_answers_reuse_the_upstream_connection(api: Api, upstream: FakeUpstream)
     assert ports[0] == ports[1] == ports[2] != 0
 
 
+def test_upstream_that_keeps_the_stream_open_after_done(api: Api) -> None:
+    """The body's end is awaited only briefly after [DONE]: an upstream that never ends it
+    neither holds the answer back nor fails it (the read timeout here is 3 s)."""
+    headers, cid = new_chat(api)
+    began = time.monotonic()
+    events = chat_events(api, headers, cid, "#fake tokens=3 hang_after_done=1\nhello")
+    assert time.monotonic() - began < 2.5  # not held until the read timeout ended the drain
+    assert assert_complete(events, cid) == "t0 t1 t2 "
+    assert [m["content"] for m in history(api, headers, cid)] == ["#fake tokens=3 hang_after_done=1\nhello", "t0 t1 t2 "]
+
+
 def test_upstream_receives_prompt_history_and_key(api: Api, upstream: FakeUpstream) -> None:
     """The upstream gets the system prompt first, then history, streaming on, with the right key."""
     headers, cid = new_chat(api, system_prompt="You are terse.")
