@@ -46,6 +46,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if not self.lingering:  # else the connection failed: what still comes is dropped
             super().data_received(data)
 
+    def handle_ping(self) -> None:
+        if not self.lingering:  # a ping that came with the failing frame: no pong after the EOF
+            super().handle_ping()
+
     def handle_parser_exception(self) -> None:
         assert self.conn.close_sent is not None
         self.queue.put_nowait({"type": "websocket.disconnect", "code": self.conn.close_sent.code,
