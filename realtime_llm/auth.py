@@ -91,10 +91,23 @@ class TokenIssuer:
                 algorithms=[ALGORITHM],
                 options={"require": ["sub", "exp", "iat", "jti"]},
             )
-            user_id = int(claims["sub"])
+            user_id = _user_id(claims["sub"])
             jti = claims["jti"]
             if not isinstance(jti, str) or not jti:
                 raise InvalidToken("bad jti")
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(str(exc)) from None
         return TokenClaims(user_id=user_id, jti=jti, expires_at=int(claims["exp"]))
+
+
+MAX_USER_ID = 2**53 - 1  # ids are below 2**53 (DESIGN.md); a larger `sub` overflowed the database's integer
+
+
+def _user_id(sub: object) -> int:
+    """A token's `sub`: the decimal id we wrote, nothing int() would also take (" 7", "+7", "7_0")."""
+    if not isinstance(sub, str) or not (sub.isascii() and sub.isdigit()) or len(sub) > 16:
+        raise InvalidToken("bad sub")
+    user_id = int(sub)
+    if not 1 <= user_id <= MAX_USER_ID:
+        raise InvalidToken("sub out of range")
+    return user_id

@@ -1,18 +1,21 @@
 """Reading and checking JSON request bodies: every bad input becomes a clear 4xx."""
 from __future__ import annotations
 
+import asyncio
 import re
-
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 
-from realtime_llm.errors import BadRequest, PayloadTooLarge
+from realtime_llm.config import ServerSettings
+from realtime_llm.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 
-async def read_json_object(request: Request, limit: int, *, allow_empty: bool = False) -> dict[str, Any]:
-    """The body as a JSON object, read no further than `limit` bytes."""
+async def read_json_object(request: Request, server: ServerSettings, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, read no further than `server.max_body_bytes` and for no
+    longer than `server.body_timeout_seconds` (a body sent a byte at a time holds nothing)."""
+    limit = server.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -21,11 +24,15 @@ async def read_json_object(request: Request, limit: int, *, allow_empty: bool = 
             raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(server.body_timeout_seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {server.body_timeout_seconds:g} s") from None
     raw = b"".join(chunks)
     if not raw.strip():
         if allow_empty:

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from realtime_llm.app import create_app
 from realtime_llm.config import ConfigError, Settings, load_settings
+from realtime_llm.httpprotocol import bounded_http_protocol
 from realtime_llm.wsprotocol import WebSocketProtocol
 
 STARTUP_FAILURE = 3  # a process that could not start (bind, database, Redis): restarting will not help
@@ -104,6 +105,7 @@ def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
         log_level=settings.server.log_level,
         access_log=False,
         server_header=False,
+        http=bounded_http_protocol(settings.server.max_header_bytes, settings.server.header_timeout_seconds),
         ws=WebSocketProtocol,
         ws_max_size=settings.limits.max_ws_frame_bytes,
         ws_ping_interval=settings.stream.keepalive_seconds,
@@ -112,9 +114,7 @@ def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
         ws_per_message_deflate=False,
         # Once generations are done and our streams are ended, what is left is plain requests.
         timeout_graceful_shutdown=10,
-        # Longer than a proxy's idle keep-alive (the Caddyfile's 60 s): the proxy, not the
-        # app, closes idle connections, so it never sends a request on one being closed.
-        timeout_keep_alive=75,
+        timeout_keep_alive=settings.server.keep_alive_seconds,
     )
 
 

@@ -29,6 +29,16 @@ class ServerSettings:
     # Browser origins (e.g. "https://app.example.com") allowed to call the API across
     # sites (CORS) and to open WebSockets; the server's own origin always may. None by default.
     allowed_origins: tuple[str, ...] = ()
+    # A request's line and headers: at most this many bytes (else 431) and complete within
+    # this long of its first byte (else the connection is closed): slowloris and header floods.
+    max_header_bytes: int = 65_536
+    header_timeout_seconds: float = 10.0
+    # A request body must arrive within this long of its headers (else 408).
+    body_timeout_seconds: float = 30.0
+    # An idle connection (no request yet, or none since the last response) closes after
+    # this; longer than a proxy's own idle timeout (the Caddyfile's 60 s), so the proxy,
+    # not the app, closes idle connections and never sends a request on one being closed.
+    keep_alive_seconds: float = 75.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,9 @@ class RedisSettings:
     url: str = ""  # redis://... ; REDIS_URL sets it and wins over address
     key_prefix: str = "rtllm"  # every key and channel starts with this
     socket_timeout: float = 5.0  # every Redis call gives up after this
+    # Connections per process; a call finding them all busy waits (up to socket_timeout)
+    # rather than failing.
+    max_connections: int = 100
 
     @property
     def enabled(self) -> bool:
@@ -105,6 +118,8 @@ class StreamSettings:
     replay_events: int = 2000  # events kept per conversation for resume
     replay_ttl_seconds: int = 3600  # an idle conversation's replay buffer is dropped after this
     subscriber_queue: int = 1000  # events a slow subscriber may fall behind before it is cut off
+    subscriber_queue_bytes: int = 1_048_576  # ... and bytes of them (checked before each event)
+    max_answer_chars: int = 1_000_000  # a longer answer is stopped there and saved
     keepalive_seconds: float = 15.0  # SSE comment / WebSocket ping when idle
     lock_ttl_seconds: float = 10.0  # a generation's lock expires unless its process renews it
     max_generation_seconds: float = 600.0  # a generation running longer than this is stopped
@@ -317,6 +332,17 @@ def _validate(settings: Settings) -> None:
     if not 4 <= settings.auth.bcrypt_rounds <= 31:
         raise ConfigError("config: 'auth.bcrypt_rounds' must be between 4 and 31")
     stream = settings.stream
+    if settings.server.max_header_bytes < 1024:
+        raise ConfigError("config: 'server.max_header_bytes' must be at least 1024")
+    if min(settings.server.header_timeout_seconds, settings.server.body_timeout_seconds,
+           settings.server.keep_alive_seconds) <= 0:
+        raise ConfigError("config: 'server.header_timeout_seconds', 'body_timeout_seconds' and "
+                          "'keep_alive_seconds' must be positive")
+    if settings.redis.max_connections < 1:
+        raise ConfigError("config: 'redis.max_connections' must be at least 1")
+    if stream.subscriber_queue_bytes < 1024 or stream.max_answer_chars < 1:
+        raise ConfigError("config: 'stream.subscriber_queue_bytes' (1024 or more) and 'max_answer_chars' "
+                          "must be positive")
     if stream.batch_ms < 0 or stream.replay_events < 1 or stream.subscriber_queue < 1:
         raise ConfigError("config: 'stream' sizes must be positive (batch_ms may be 0)")
     if stream.keepalive_seconds <= 0 or stream.lock_ttl_seconds < 1:

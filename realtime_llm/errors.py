@@ -6,7 +6,7 @@ import sqlite3
 
 import asyncpg
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from realtime_llm.responses import JSONResponse
@@ -51,6 +51,11 @@ class ConversationNotFound(NotFound):
 class Conflict(APIError):
     status_code = 409
     code = "conflict"
+
+
+class RequestTimeout(APIError):
+    status_code = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(APIError):
@@ -139,6 +144,13 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
     return await handle_api_error(request, error)
 
 
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client hung up in the middle of its request: not a server error, and nobody is
+    left to read an answer. One debug line, no traceback."""
+    logger.debug("%s %s: the client disconnected before its request was complete", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal server error", "internal")
@@ -147,6 +159,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     APIError: handle_api_error,
     HTTPException: handle_http_exception,
+    ClientDisconnect: handle_client_disconnect,
     **{kind: handle_database_error for kind in DATABASE_ERRORS},
     Exception: handle_unexpected,
 }

@@ -43,6 +43,7 @@ class Generation:
 
     conversation_id: int
     owner: str
+    conversation: Conversation  # as it was when the generation started; writes are bound to it
     # This generation's events are the conversation's events after this id.
     after_event_id: int = 0
     replaces: int | None = None  # regenerate: the answer dropped once the model accepts
@@ -51,6 +52,7 @@ class Generation:
     # Resolves once the upstream has accepted the request (None) or refused it (the reason).
     accepted: asyncio.Future[str | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stop_requested: bool = False
+    limit: str | None = None  # "time" or "size": stopped by the server's own cap
     finishing: bool = False
     saved: bool = False  # the answer is in SQL: never save it again
     task: asyncio.Task[None] | None = None
@@ -94,7 +96,7 @@ class GenerationEngine:
                 if edited is None or edited.role != "user":
                     raise BadRequest("'edit_message_id' must name a user message of this conversation")
                 after = await self._truncate(cid, edit_message_id)
-            message = await self.store.add_message(cid, "user", text)
+            message = await self.store.add_message(conversation, "user", text)
             event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id)
             generation.after_event_id = event.id - 1 if after is None else after
 
@@ -144,13 +146,12 @@ class GenerationEngine:
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if not await self._acquire(cid, owner):
             raise Conflict("a generation is already running in this conversation")
-        generation = Generation(cid, owner)
+        generation = Generation(cid, owner, conversation)
         # Listen for stop before anyone can know the generation exists (the user_message
         # below), so a stop sent the moment it appears is never lost.
         listening = contextlib.AsyncExitStack()
         try:
             await listening.enter_async_context(self.broker.on_stop(cid, lambda: self._stop(generation)))
-            await self.broker.ensure_event_floor(cid, await self.store.event_watermark(cid))
             await prepare(generation)
         except BaseException:
             await listening.aclose()
@@ -294,6 +295,11 @@ class GenerationEngine:
             return "cancelled"
         except TimeoutError:
             logger.info("generation in conversation %d hit max_generation_seconds", generation.conversation_id)
+            generation.limit = "time"
+            return "cancelled"
+        except AnswerTooLong:
+            logger.info("generation in conversation %d hit max_answer_chars", generation.conversation_id)
+            generation.limit = "size"
             return "cancelled"
         finally:
             generation.finishing = True  # from here on a stop has nothing left to interrupt
@@ -307,6 +313,7 @@ class GenerationEngine:
         A separate reader task lets the window close on time while the upstream is silent.
         """
         window = self.settings.stream.batch_ms / 1000
+        room = self.settings.stream.max_answer_chars  # what the answer may still grow by
         queue: asyncio.Queue[str | None | BaseException] = asyncio.Queue()
         reader = asyncio.create_task(_pump(deltas, queue))
         pending: list[str] = []
@@ -325,7 +332,12 @@ class GenerationEngine:
                     pending.append(item)
                 if pending and (item is None or isinstance(item, BaseException)
                                 or time.monotonic() - last_flush >= window):
+                    text = "".join(pending)
+                    if len(text) >= room:  # the answer reaches max_answer_chars: cut there, stop
+                        await self._publish_delta(cid, [text[:room]], parts)
+                        raise AnswerTooLong()
                     await self._publish_delta(cid, pending, parts)
+                    room -= len(text)
                     pending.clear()
                     last_flush = time.monotonic()
                 if item is None:
@@ -361,10 +373,10 @@ class GenerationEngine:
         try:
             if answer or reason == "stop":
                 usage = answer_usage(generation, answer)
-                saved = await self._save_answer(cid, answer, usage)
+                saved = await self._save_answer(generation, answer, usage)
                 generation.saved = True
                 message_id: int | None = saved.message_id
-            elif await self.store.exists(cid):
+            elif await self.store.exists(cid):  # ids are never reused: the id alone is this one
                 message_id = None
             else:
                 raise ConversationNotFound()
@@ -372,7 +384,8 @@ class GenerationEngine:
             return  # deleted mid-answer: nothing to save and nobody left to tell
         meta: dict[str, Any] = {"message_id": message_id} if message_id is not None else {}
         usage_meta = {"usage": usage.as_json()} if usage is not None else {}
-        await self.broker.publish(cid, DONE, "Stream finished", reason=reason, **meta, **usage_meta)
+        limit_meta = {"limit": generation.limit} if generation.limit is not None else {}
+        await self.broker.publish(cid, DONE, "Stream finished", reason=reason, **limit_meta, **meta, **usage_meta)
         await self.broker.publish_answer(cid, answer, generation.after_event_id, deltas, **meta)
 
     async def _save_quietly(self, generation: Generation, answer: str) -> None:
@@ -380,18 +393,21 @@ class GenerationEngine:
         if not answer:
             return
         try:
-            await self._save_answer(cid, answer, answer_usage(generation, answer))
+            await self._save_answer(generation, answer, answer_usage(generation, answer))
+        except ConversationNotFound:
+            pass  # deleted meanwhile: nothing to save
         except Exception:
             logger.exception("could not save the partial answer of conversation %d", cid)
 
-    async def _save_answer(self, cid: int, answer: str, usage: Usage) -> Any:
+    async def _save_answer(self, generation: Generation, answer: str, usage: Usage) -> Any:
         """Save an answer, waiting out a busy or unreachable database for up to
         SAVE_PATIENCE_SECONDS: once the generation ends the answer exists nowhere else."""
         deadline = time.monotonic() + SAVE_PATIENCE_SECONDS
         pause = 0.1
+        cid = generation.conversation_id
         while True:
             try:
-                return await self.store.add_message(cid, "assistant", answer, usage)
+                return await self.store.add_message(generation.conversation, "assistant", answer, usage)
             except DATABASE_ERRORS as exc:
                 if database_error(exc) is None or time.monotonic() + pause > deadline:
                     raise
@@ -408,16 +424,9 @@ class GenerationEngine:
             logger.exception("could not publish the error of conversation %d", generation.conversation_id)
 
     async def _release(self, generation: Generation) -> None:
-        """Free the conversation at once (a client may send its next message the moment it
-        sees full_response), then record how far its event ids went."""
-        cid = generation.conversation_id
-        await self.broker.release_lock(cid, generation.owner)
-        try:
-            await self.store.save_event_watermark(cid, await self.broker.last_event_id(cid))
-        except BrokerUnavailable:
-            logger.warning("broker unavailable: event watermark of conversation %d not saved", cid)
-        except Exception:
-            logger.exception("could not save the event watermark of conversation %d", cid)
+        """Free the conversation at once: a client may send its next message the moment it
+        sees full_response. (Event ids need no saving: the broker reserves them in SQL.)"""
+        await self.broker.release_lock(generation.conversation_id, generation.owner)
 
     @contextlib.asynccontextmanager
     async def _keep_lock(self, generation: Generation) -> AsyncIterator[None]:
@@ -428,18 +437,24 @@ class GenerationEngine:
         async def heartbeat() -> None:
             # Ends on `done`, not only on cancel: a cancel that lands inside a client's own
             # timeout handling can be swallowed (Python 3.11), and this must still stop.
+            pause = ttl / 3
             while not done.is_set():
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(ttl / 3):
+                    async with asyncio.timeout(pause):
                         await done.wait()
                 if done.is_set():
                     return
-                with contextlib.suppress(Exception):
-                    if not await self.broker.refresh_lock(generation.conversation_id, generation.owner, ttl):
-                        # Another process may now start a generation here: stop ours (saving it).
-                        logger.warning("lost the lock of conversation %d; stopping", generation.conversation_id)
-                        self._stop(generation)
-                        return
+                try:
+                    held = await self.broker.refresh_lock(generation.conversation_id, generation.owner, ttl)
+                except Exception:  # a busy or briefly absent broker: try again soon, keep answering
+                    pause = min(0.25, ttl / 10)
+                    continue
+                pause = ttl / 3
+                if not held:
+                    # Another process holds it now and may start a generation: stop ours (saving it).
+                    logger.warning("lost the lock of conversation %d; stopping", generation.conversation_id)
+                    self._stop(generation)
+                    return
 
         beating = asyncio.create_task(heartbeat())
         try:
@@ -461,6 +476,10 @@ class GenerationEngine:
         budget = self.settings.llm.context_budget_tokens * CHARS_PER_TOKEN - len(system)
         history = await self.store.recent_messages(conversation.id, max(budget, 1), below=below)
         return (ChatMessage("system", system), *(ChatMessage(m.role, m.content) for m in history))
+
+
+class AnswerTooLong(Exception):
+    """The answer reached stream.max_answer_chars; it is stopped there and saved."""
 
 
 async def _finish_task(task: asyncio.Task[None], timeout: float = 2.0) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -13,13 +14,29 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from realtime_llm.config import Settings
 
+logger = logging.getLogger("realtime_llm")
+
+
+# Where versions before 0.2 kept a generated secret when the database was PostgreSQL: in
+# whatever directory the server was started from.
+LEGACY_POSTGRES_SECRET = Path("realtime_llm.secret")
+
 
 def secret_file_path(settings: Settings) -> Path:
+    """Where a generated secret lives: `jwt.secret_file`, by default `<sqlite.path>.secret`
+    (./llm_backend.db.secret), whichever database is used."""
     if settings.jwt.secret_file:
-        return Path(settings.jwt.secret_file)
-    if settings.uses_sqlite:
-        return Path(settings.sqlite.path + ".secret")
-    return Path("realtime_llm.secret")
+        return Path(settings.jwt.secret_file).expanduser()
+    path = Path(settings.sqlite.path + ".secret").expanduser()
+    if not settings.uses_sqlite and not path.exists() and LEGACY_POSTGRES_SECRET.is_file():
+        # Keep an existing deployment's tokens and sealed API keys: its secret moves here.
+        logger.warning("moving the generated secret %s to %s (its documented place)", LEGACY_POSTGRES_SECRET, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(LEGACY_POSTGRES_SECRET, path)
+        except FileNotFoundError:
+            pass  # another worker starting at the same moment moved it
+    return path
 
 
 def load_or_create_secret(path: Path) -> str:

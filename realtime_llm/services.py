@@ -21,6 +21,7 @@ from realtime_llm.keys import APIKeyBox, load_or_create_secret, secret_file_path
 from realtime_llm.providers import Provider, create_provider
 from realtime_llm.ratelimit import RateLimiter, RedisRateLimiter
 from realtime_llm.seats import Seats, create_seats
+from realtime_llm.sessions import SessionWatch
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.users import RevocationStore, UserStore
@@ -45,6 +46,7 @@ class Services:
     engine: GenerationEngine
     limiter: RateLimiter
     seats: Seats  # open WebSockets per user
+    sessions: SessionWatch  # ends streams whose token is logged out or expires
 
     async def shut_down(self, grace: float, cut_short: Callable[[], bool] = lambda: False) -> None:
         """The graceful part of stopping this process (its listening socket already closed).
@@ -106,6 +108,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 
         conversations = ConversationStore(database, APIKeyBox(secret), create_history_cache(settings, broker),
                                           fts=await has_sqlite_search_index(database))
+        broker.keep_ceilings_in(conversations)  # event ids are reserved in SQL
         catalog = ModelCatalog(settings.llm.providers)
         engine = GenerationEngine(settings, conversations, broker, providers, catalog)
         stack.push_async_callback(engine.close)
@@ -114,12 +117,17 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await seats.start()
         stack.push_async_callback(seats.close)
 
+        revocations = RevocationStore(database)
+        sessions = SessionWatch(revocations)
+        await sessions.start()
+        stack.push_async_callback(sessions.close)
+
         hasher = await anyio.to_thread.run_sync(PasswordHasher, settings.auth.bcrypt_rounds)
         yield Services(
             settings=settings,
             database=database,
             users=UserStore(database),
-            revocations=RevocationStore(database),
+            revocations=revocations,
             conversations=conversations,
             hasher=hasher,
             tokens=TokenIssuer(secret, settings.jwt.ttl_seconds),
@@ -129,4 +137,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             engine=engine,
             limiter=create_rate_limiter(settings, broker),
             seats=seats,
+            sessions=sessions,
         )

@@ -45,7 +45,7 @@ class Titler:
         try:
             title = await self._ask_model(conversation, question, answer) or title_from_text(question)
             title = title[: self.settings.limits.max_title_chars] or "New conversation"
-            if await self.store.set_title_if_untitled(conversation.id, title):
+            if await self.store.set_title_if_untitled(conversation, title):  # deleted since: not written
                 await self.broker.publish(conversation.id, TITLE, title)
         except BrokerUnavailable:
             logger.info("title of conversation %d saved, but not announced: broker unavailable", conversation.id)

@@ -35,7 +35,10 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
                    "ws_frames_per_10_seconds": 0, "websockets_per_user": 0},
         "auth": {"bcrypt_rounds": 4},
         "jwt": {"secret_file": str(workdir / "jwt.secret")},
-        "stream": {"keepalive_seconds": 1, "batch_ms": 0, "ws_auth_timeout_seconds": 1, "subscriber_queue": 50},
+        "stream": {"keepalive_seconds": 1, "batch_ms": 0, "ws_auth_timeout_seconds": 1, "subscriber_queue": 50,
+                   # Answers as long as the tests that fill TCP buffers need (tests/test_limits.py
+                   # tests the cap).
+                   "max_answer_chars": 50_000_000},
         # Titles off by default: a `title` event after an answer would interleave with what
         # other tests expect next; tests/test_features.py turns them on.
         "llm": {"default_model": "demo", "providers": providers, "auto_titles": False},

@@ -9,6 +9,8 @@ import pytest
 
 from realtime_llm.broker import Broker, SubscriberOverflow, create_broker
 from realtime_llm.broker.base import ConversationGone
+from realtime_llm.broker.memory import MemoryBroker
+from realtime_llm.broker.redis import RedisBroker
 from realtime_llm.config import Settings
 from tests.backends import redis_url
 
@@ -162,3 +164,54 @@ async def test_full_response_falls_back_when_the_buffer_lost_the_deltas(broker: 
     assert sent.payload["data"] == "only one of two, and more"
     [replayed] = await broker.replay(CID, sent.id - 1)
     assert replayed.payload["data"] == "only one of two, and more"
+
+
+class DictCeilings:
+    """The SQL ceiling's contract, kept in a dict, for the broker alone."""
+
+    def __init__(self) -> None:
+        self.ceilings: dict[int, int] = {}
+        self.writes = 0
+
+    async def event_ceiling(self, conversation_id: int) -> int:
+        return self.ceilings.get(conversation_id, 0)
+
+    async def raise_event_ceiling(self, conversation_id: int, ceiling: int) -> None:
+        self.writes += 1
+        self.ceilings[conversation_id] = max(ceiling, self.ceilings.get(conversation_id, 0))
+
+
+async def test_a_lost_counter_restarts_above_every_id_handed_out(broker: Broker) -> None:
+    """The counter lost (a new process without Redis, Redis flushed): the next id is above
+    every id published before, and the ceiling stays ahead of every id, with one write
+    per few hundred events."""
+    ceilings = DictCeilings()
+    broker.keep_ceilings_in(ceilings)
+    ids = [(await broker.publish(CID, "message", str(i))).id for i in range(1200)]
+    assert ids == list(range(1, 1201))
+    assert ceilings.ceilings[CID] > ids[-1] and ceilings.writes <= 4
+    if isinstance(broker, MemoryBroker):  # a process restarted: a new broker, the same SQL
+        restarted = MemoryBroker(broker.settings)
+        restarted.keep_ceilings_in(ceilings)
+        broker = restarted
+    else:
+        assert isinstance(broker, RedisBroker) and broker.redis is not None
+        await broker.redis.delete(broker.key(CID, "seq"), broker.key(CID, "events"))
+    assert await broker.last_event_id(CID) >= ids[-1]  # reads only
+    after = await broker.publish(CID, "message", "after")
+    assert after.id > ids[-1] and ceilings.ceilings[CID] > after.id
+
+
+async def test_a_subscription_is_bounded_in_bytes_yet_takes_one_large_event() -> None:
+    """Events queue until their bytes pass the bound, then the subscriber is cut off; a
+    single event larger than the bound (a long answer) still reaches a reader keeping up."""
+    from realtime_llm.broker.base import Subscription
+    from realtime_llm.events import make_event
+
+    keeping_up = Subscription(CID, max_queue=100, max_bytes=1000)
+    keeping_up.deliver(make_event(1, "full_response", "x" * 5000))
+    assert (await keeping_up.get(timeout=1)).id == 1  # type: ignore[union-attr]
+    lagging = Subscription(CID, max_queue=100, max_bytes=1000)
+    for i in range(1, 5):
+        lagging.deliver(make_event(i, "message", "y" * 400))
+    assert lagging.cut_off.is_set() and isinstance(lagging.failure, SubscriberOverflow)

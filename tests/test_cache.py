@@ -35,13 +35,13 @@ async def test_history_is_cached_written_through_and_checked(db, client, tmp_pat
     store = ConversationStore(db, APIKeyBox("s" * 40), cache)
     user = await UserStore(db).create(f"cache_{uuid.uuid4().hex[:6]}", "hash")
     created = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
-    await store.add_message(created.id, "user", "one")
+    await store.add_message(created, "user", "one")
     conversation = await store.get_owned(created.id, user.id)
     first = await store.history(conversation)
     assert [m["content"] for m in first] == ["one"]
     assert await client.llen(cache.key(created.id)) == 1  # filled by the read
 
-    await store.add_message(created.id, "assistant", "two")  # written through
+    await store.add_message(created, "assistant", "two")  # written through
     assert await client.llen(cache.key(created.id)) == 2
     conversation = await store.get_owned(created.id, user.id)
     assert [m["content"] for m in await store.history(conversation)] == ["one", "two"]
@@ -63,16 +63,16 @@ async def test_cache_after_messages_are_dropped(db, client) -> None:  # noqa: F8
     user = await UserStore(db).create(f"cache_{uuid.uuid4().hex[:6]}", "hash")
     created = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
     for text in ("q1", "a1", "q2", "a2"):
-        await store.add_message(created.id, "user" if text.startswith("q") else "assistant", text)
+        await store.add_message(created, "user" if text.startswith("q") else "assistant", text)
     stale = await store.history(await store.get_owned(created.id, user.id))  # a reader, slow to finish
     await store.drop_messages_from(created.id, 3)
     await cache.put(created.id, stale)  # ... its write lands after the drop
-    await store.add_message(created.id, "user", "q2 edited")  # appended to the stale list
+    await store.add_message(created, "user", "q2 edited")  # appended to the stale list
     truth = ["q1", "a1", "q2 edited"]
     conversation = await store.get_owned(created.id, user.id)
     assert [m["content"] for m in await store.history(conversation)] == truth
     assert await client.llen(cache.key(created.id)) == 3  # rebuilt, and from now on used
-    await store.add_message(created.id, "assistant", "a2 new")
+    await store.add_message(created, "assistant", "a2 new")
     conversation = await store.get_owned(created.id, user.id)
     assert (conversation.message_count, conversation.last_message_id) == (4, 6)
     assert await cache.get(created.id, 4, 6) is not None  # served from the cache

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
 from realtime_llm.app import routes
 from tests.conftest import Api
+from tests.fake_upstream import FakeUpstream
+from tests.test_chat import _slow_chat_in_background, history
+from tests.wsclient import Socket
 
 
 def test_create_shape_and_defaults(api: Api) -> None:
@@ -155,3 +159,27 @@ def test_health_ready_openapi(api: Api) -> None:
     for route in routes():
         for method in (getattr(route, "methods", None) or set()) - {"HEAD"}:
             assert method.lower() in document["paths"].get(route.path, {}), (route.path, method)
+
+
+def test_an_answer_of_a_deleted_conversation_lands_nowhere(api: Api, upstream: FakeUpstream) -> None:
+    """A deletes its newest conversation mid-answer while B creates one: B's never gets
+    the deleted id (it did on SQLite), and nothing of A's answer reaches B — not in its
+    history, its usage or its socket."""
+    alice, bob = api.new_user(), api.new_user()
+    doomed = api.create_conversation(alice, model="fake-model")["conversation_id"]
+    message = f"#fake tokens=30 delay_ms=50\n{uuid.uuid4()}"
+    running = _slow_chat_in_background(api, alice, doomed, message)
+    upstream.request_for(message)
+    assert api.http.post(f"/api/conversations/del/{doomed}", headers=alice).status_code == 200
+    theirs = api.create_conversation(bob, model="fake-model")["conversation_id"]
+    assert theirs > doomed
+    with Socket(str(api.http.base_url), theirs, bob) as socket:
+        assert socket.recv()["event"] == "ready"
+        running["thread"].join(15)
+        assert not running["thread"].is_alive()
+        time.sleep(0.5)  # a late save or publish of A's answer would have happened by now
+        socket.send({"type": "ping"})
+        assert socket.recv()["event"] == "pong"  # nothing of A's came before it
+    assert history(api, bob, theirs) == []
+    assert api.http.get("/api/users/me", headers=bob).json()["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+    assert api.http.get(f"/api/conversations/history/{doomed}", headers=alice).status_code == 404

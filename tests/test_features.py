@@ -4,6 +4,7 @@ WebSocket, on every database and broker."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any, Iterator
 
@@ -542,3 +543,28 @@ def test_a_title_the_user_set_is_never_overwritten(titled: Api) -> None:
             assert socket.recv()["event"] == "pong"  # no title event came first
     titles = {c["conversation_id"]: c["title"] for c in listing(titled, headers)}
     assert titles == {cid: "Mine", untitled: "Set before answering"}
+
+
+def test_a_title_on_its_way_to_a_deleted_conversation_lands_nowhere(titled: Api, upstream: FakeUpstream) -> None:
+    """The automatic title of a conversation deleted while its model was titling it is
+    written nowhere: not on the conversation created next (which got the deleted id on
+    SQLite), and no `title` event reaches that conversation's subscribers."""
+    alice, bob = titled.new_user(), titled.new_user()
+    doomed = titled.create_conversation(alice, model="fake-model")["conversation_id"]
+    marker = f"title_delay_ms=300 {uuid.uuid4()}"
+    assert chat_events(titled, alice, doomed, f"#fake tokens=1\n{marker}")[-1]["event"] == "full_response"
+
+    def title_request() -> Any:
+        return next((r for r in upstream.received if r.body["messages"][0]["content"].startswith("Write a title")
+                     and marker in r.body["messages"][-1]["content"]), None)
+
+    assert upstream.wait_for(lambda: title_request() is not None)  # in flight: 5 tokens x 300 ms
+    assert titled.http.post(f"/api/conversations/del/{doomed}", headers=alice).status_code == 200
+    theirs = titled.create_conversation(bob, model="fake-model")["conversation_id"]
+    with Socket(str(titled.http.base_url), theirs, bob) as socket:
+        assert socket.recv()["event"] == "ready"
+        assert upstream.wait_for(lambda: title_request().completed, timeout=10)
+        time.sleep(0.5)  # the title would have been written by now
+        socket.send({"type": "ping"})
+        assert socket.recv()["event"] == "pong"  # no title event came first
+    assert [(c["conversation_id"], c["title"]) for c in listing(titled, bob)] == [(theirs, "")]

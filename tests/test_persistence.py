@@ -1,10 +1,16 @@
 """Data and tokens survive a restart of the server."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import Api, base_config
+from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerProcess, write_config
+from tests.sse import iter_frames
+from tests.test_chat import chat_events, new_chat
+from tests.wsclient import Socket
 
 
 def test_restart_keeps_users_conversations_and_tokens(database: str, tmp_path: Path) -> None:
@@ -32,3 +38,50 @@ def test_restart_keeps_users_conversations_and_tokens(database: str, tmp_path: P
         api.login(username)
     finally:
         second.stop()
+
+
+def watch_answer_until(server: ServerProcess, headers: dict[str, str], cid: int, seen: int) -> int:
+    """Start a long answer over a socket and read `seen` of its deltas; the highest id read."""
+    with Socket(server.url, cid, headers) as socket:
+        assert socket.recv()["event"] == "ready"
+        socket.send({"type": "message", "content": "#fake tokens=500 delay_ms=10"})
+        highest, deltas = 0, 0
+        while deltas < seen:
+            event = socket.recv()
+            highest = max(highest, event["id"])
+            deltas += event["event"] == "message"
+    return highest
+
+
+def resumed_from(api: Api, headers: dict[str, str], cid: int, after: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    with api.http.stream("GET", f"/api/chat/{cid}/events", headers={**headers, "Last-Event-ID": str(after)}) as stream:
+        for event in iter_frames(stream.iter_lines()):
+            if event is not None:
+                events.append(event)
+                if event["event"] == "full_response":
+                    break
+    return events
+
+
+def test_event_ids_stay_above_what_clients_saw_after_a_crash(database: str, upstream: FakeUpstream,
+                                                               tmp_path: Path) -> None:
+    """kill -9 of the server (in-process broker) mid-answer: after the restart the next
+    turn's ids are above every id a client saw, so one resuming from its last id gets it."""
+    config = write_config(tmp_path / "config.yaml", base_config(tmp_path, database, upstream))
+    server = ServerProcess(config, tmp_path).start()
+    api = Api(server.url)
+    headers, cid = new_chat(api)
+    assert chat_events(api, headers, cid, "#fake tokens=3")[-1]["event"] == "full_response"
+    highest = watch_answer_until(server, headers, cid, seen=60)
+    server.stop(signal.SIGKILL)
+
+    server = ServerProcess(config, tmp_path).start()
+    try:
+        api = Api(server.url)
+        events = chat_events(api, headers, cid, "#fake tokens=3")
+        assert events[0]["id"] > highest, (events[0]["id"], highest)
+        resumed = resumed_from(api, headers, cid, highest)
+        assert [e["id"] for e in resumed] == [e["id"] for e in events]
+    finally:
+        server.stop()

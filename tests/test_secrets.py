@@ -2,6 +2,7 @@
 secret, and the database files hold no API key in clear."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tests.conftest import PASSWORD, PROVIDER_KEY, Api, base_config
@@ -57,3 +58,34 @@ def test_a_debug_session_leaks_no_secret(database: str, broker: str, upstream: F
             raw = path.read_bytes()
             for key in (CONVERSATION_KEY, NEW_KEY):
                 assert key.encode() not in raw, f"an API key in clear in {path.name}"
+
+
+def test_a_generated_secret_lives_beside_the_sqlite_path_whatever_the_database(database: str, tmp_path: Path) -> None:
+    """With no jwt.secret nor secret_file the secret goes to <sqlite.path>.secret (mode
+    0600), with PostgreSQL too, not into whatever directory the server started in. A
+    PostgreSQL deployment's secret from the old place (./realtime_llm.secret) moves there,
+    so its tokens and sealed API keys keep working; SQLite never used that file."""
+    import jwt
+
+    config = base_config(tmp_path, database)
+    del config["jwt"]["secret_file"]
+    config["sqlite"] = {"path": str(tmp_path / "data" / "app.db")}
+    legacy = tmp_path / "realtime_llm.secret"
+    legacy.write_text("legacy-secret-" + "x" * 40 + "\n")
+    legacy.chmod(0o600)
+    server = ServerProcess(write_config(tmp_path / "config.yaml", config), tmp_path).start()
+    try:
+        placed = tmp_path / "data" / "app.db.secret"
+        assert placed.stat().st_mode & 0o777 == 0o600
+        api = Api(server.url)
+        user_id = api.http.get("/api/users/me", headers=api.new_user()).json()["user_id"]
+        now = int(time.time())
+        forged = jwt.encode({"sub": str(user_id), "iat": now, "exp": now + 60, "jti": "legacy"},
+                            "legacy-secret-" + "x" * 40, algorithm="HS256")
+        answer = api.http.get("/api/users/me", headers={"Authorization": f"Bearer {forged}"}).status_code
+        if database == "sqlite":
+            assert legacy.exists() and answer == 401
+        else:
+            assert not legacy.exists() and placed.read_text().startswith("legacy-secret-") and answer == 200
+    finally:
+        server.stop()

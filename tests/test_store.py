@@ -7,6 +7,7 @@ from typing import AsyncIterator
 import anyio
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from realtime_llm.config import Settings
 from realtime_llm.keys import APIKeyBox
@@ -68,6 +69,7 @@ async def test_upgrades_run_in_order(db, monkeypatch: pytest.MonkeyPatch) -> Non
 V2_COLUMNS = {"users": ("prompt_tokens", "completion_tokens"),
               "messages": ("prompt_tokens", "completion_tokens", "usage_estimated"),
               "conversations": ("message_count",)}
+V3_COLUMNS = {"revoked_tokens": ("revoked_at",)}
 
 
 async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -> None:
@@ -80,7 +82,8 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
         await db.execute(sa.text("DROP TABLE messages_fts"))
     else:
         await db.execute(sa.text("DROP INDEX ix_messages_content_trgm"))
-    for table, columns in V2_COLUMNS.items():
+    await db.execute(sa.text("DROP INDEX ix_revoked_tokens_revoked_at"))
+    for table, columns in {**V2_COLUMNS, **V3_COLUMNS}.items():
         for column in columns:
             await db.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     await db.execute(schema.schema_version.update().values(version=1))
@@ -93,7 +96,7 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     await db.execute(sa.text(f"INSERT INTO messages (conversation_id, message_id, role, content, created_time) "
                              f"VALUES ({cid}, 1, 'user', 'An archived Zanzibar itinerary', 1)"))
 
-    assert await migrate(db) == schema.SCHEMA_VERSION == 2
+    assert await migrate(db) == schema.SCHEMA_VERSION == 3
     store = ConversationStore(db, APIKeyBox("s" * 40), fts=await has_sqlite_search_index(db))
     assert store.fts == (dialect == "sqlite")
     assert [c["conversation_id"] for c in await store.list_for_user(user_id, q="zanzibar")] == [cid]
@@ -104,6 +107,56 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     if dialect == "postgresql":  # the search really has its index
         assert await db.fetch_val(sa.text(
             "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_messages_content_trgm'")) == 1
+
+
+async def test_sqlite_version_2_upgrade_keeps_every_row_and_ids_are_never_reused(tmp_path: Path) -> None:
+    """A version-2 SQLite file (tables without AUTOINCREMENT, which reused the newest
+    deleted conversation's id) is rebuilt in place: users, conversations, messages and
+    their search index keep their ids and rows, and no id is handed out twice again."""
+    path = tmp_path / "v2.db"
+    db = create_database(settings_for("sqlite", tmp_path).replace(sqlite={"path": str(path)}))
+    await db.connect()
+    try:
+        await migrate(db)
+        for name in ("users", "conversations"):  # back to version 2's own tables
+            await db.execute(sa.text(f"DROP TABLE {name}"))
+            ddl = str(sa.schema.CreateTable(schema.metadata.tables[name]).compile(dialect=sqlite_dialect()))
+            await db.execute(sa.text(ddl.replace(" AUTOINCREMENT", "")))
+        await db.execute(sa.text("DROP INDEX ix_revoked_tokens_revoked_at"))
+        await db.execute(sa.text("ALTER TABLE revoked_tokens DROP COLUMN revoked_at"))
+        await db.execute(schema.schema_version.update().values(version=2))
+        users, store = UserStore(db), ConversationStore(db, APIKeyBox("s" * 40), fts=True)
+        owner = await users.create("old_owner", "hash")
+        kept = await store.create(owner.id, title="kept", model="demo", system_prompt="", api_key="")
+        await store.add_message(kept, "user", "A Zanzibar itinerary")
+        newest = await store.create(owner.id, title="newest", model="demo", system_prompt="", api_key="")
+        await store.delete_owned(newest.id, owner.id)
+        assert await db.fetch_val(sa.text("SELECT count(*) FROM sqlite_master WHERE instr(sql, 'AUTOINCREMENT') > 0")) == 0
+
+        assert await migrate(db) == schema.SCHEMA_VERSION
+        assert await db.fetch_val(sa.text(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND instr(sql, 'AUTOINCREMENT') > 0")) == 2
+        assert (await store.get_owned(kept.id, owner.id)).title == "kept"
+        assert [m.content for m in await store.messages(kept.id)] == ["A Zanzibar itinerary"]
+        assert [c["conversation_id"] for c in await store.list_for_user(owner.id, q="zanzibar")] == [kept.id]
+        assert (await users.by_username("old_owner")) == owner
+        again = await store.create(owner.id, title="after", model="demo", system_prompt="", api_key="")
+        await store.delete_owned(again.id, owner.id)
+        latest = await store.create(owner.id, title="latest", model="demo", system_prompt="", api_key="")
+        assert latest.id > again.id > kept.id  # never the id of the newest deleted one
+        assert await db.fetch_val(sa.text("PRAGMA foreign_keys")) == 1
+    finally:
+        await db.disconnect()
+
+
+async def test_conversation_ids_are_never_reused(db) -> None:
+    """On every database: deleting the newest conversation does not give its id to the next one."""
+    user = await UserStore(db).create("reuse", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    first = await store.create(user.id, title="a", model="demo", system_prompt="", api_key="")
+    await store.delete_owned(first.id, user.id)
+    second = await store.create(user.id, title="b", model="demo", system_prompt="", api_key="")
+    assert second.id > first.id
 
 
 async def test_newer_schema_is_refused(db) -> None:
@@ -123,7 +176,7 @@ async def test_message_ids_count_up_under_concurrency(db) -> None:
     b = await store.create(user.id, title="b", model="demo", system_prompt="", api_key="")
     async with anyio.create_task_group() as tg:
         for i in range(20):
-            tg.start_soon(store.add_message, a.id if i % 2 else b.id, "user", f"m{i}")
+            tg.start_soon(store.add_message, a if i % 2 else b, "user", f"m{i}")
     for conversation in (a, b):
         ids = [m.message_id for m in await store.messages(conversation.id)]
         assert ids == list(range(1, 11))
@@ -134,7 +187,7 @@ async def test_deleting_a_user_cascades(db) -> None:
     user = await UserStore(db).create("cascade", "hash")
     store = ConversationStore(db, APIKeyBox("s" * 40))
     conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
-    await store.add_message(conversation.id, "user", "hello")
+    await store.add_message(conversation, "user", "hello")
     await db.execute(schema.users.delete().where(schema.users.c.id == user.id))
     assert await db.fetch_val(sa.select(sa.func.count()).select_from(schema.conversations)) == 0
     assert await db.fetch_val(sa.select(sa.func.count()).select_from(schema.messages)) == 0
@@ -182,8 +235,8 @@ async def test_search_with_and_without_the_sqlite_index(db, use_index: bool) -> 
     store = ConversationStore(db, APIKeyBox("s" * 40), fts=use_index and await has_sqlite_search_index(db))
     mine = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
     theirs = await store.create(other.id, title="t", model="demo", system_prompt="", api_key="")
-    await store.add_message(mine.id, "user", "Kilimanjaro at 50% humidity")
-    await store.add_message(theirs.id, "user", "Kilimanjaro too")
+    await store.add_message(mine, "user", "Kilimanjaro at 50% humidity")
+    await store.add_message(theirs, "user", "Kilimanjaro too")
     for q in ("kilimanjaro", "KILIM", "50%", "0%", "% h"):
         assert [c["conversation_id"] for c in await store.list_for_user(user.id, q=q)] == [mine.id], q
     assert await store.list_for_user(user.id, q="kilimanjaro too") == []

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from tests.conftest import PASSWORD, Api
+from tests.wsclient import Socket
 
 
 def _b64(data: dict[str, object]) -> str:
@@ -152,6 +153,23 @@ def test_expired_token_signed_correctly(server, api: Api) -> None:
     assert api.http.get("/api/users/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
     fresh = jwt.encode({"sub": str(me["user_id"]), "iat": now, "exp": now + 60, "jti": "x2"}, secret, algorithm="HS256")
     assert api.http.get("/api/users/me", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
+
+
+@pytest.mark.parametrize("sub", [str(2**63), str(2**64 + 5), str(2**53), "0", "-1", " 7", "+7", "7_0", "0x10",
+                                 "1e3", "٣", 7, None, ["1"]])
+def test_a_correctly_signed_token_with_a_sub_out_of_range_is_401(server, api: Api, sub: object) -> None:
+    """A `sub` that is not an id this server issued (too large for the database's integer,
+    or a number int() would also take) is a 401 on HTTP and on a socket, never a 500."""
+    secret = (server.workdir / "jwt.secret").read_text().strip()
+    now = int(time.time())
+    token = jwt.encode({"sub": sub, "iat": now, "exp": now + 60, "jti": "out-of-range"}, secret, algorithm="HS256")
+    logged = len(server.log())
+    for path in ("/api/users/me", "/api/conversations/list"):
+        response = api.http.get(path, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401, (path, response.text)
+    with Socket(server.url, 1, {"Authorization": f"Bearer {token}"}) as socket:
+        assert socket.close_code() == 4401
+    assert "Traceback" not in server.log()[logged:]
 
 
 def test_logout_revokes_only_that_token(api: Api) -> None:

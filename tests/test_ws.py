@@ -279,10 +279,12 @@ def test_nul_in_content_is_an_error_event(server: ServerProcess, api: Api) -> No
         assert socket.recv()["event"] == "pong"
 
 
-def test_logout_ends_an_open_socket_at_its_next_command(server: ServerProcess, api: Api) -> None:
+def test_logout_ends_an_open_socket_at_once(server: ServerProcess, api: Api) -> None:
+    """No command needed: the socket is told why and closed 4401 (tests/test_sessions.py: in every process)."""
     headers, cid = new_chat(api)
     with Socket(server.url, cid, headers) as socket:
         ready(socket)
-        api.http.post("/api/users/logout", headers=headers)
-        socket.send({"type": "message", "content": "still there?"})
-        assert socket.close_code() == 4401
+        assert api.http.post("/api/users/logout", headers=headers).status_code == 200
+        ended = socket.recv(timeout=3)
+        assert ended["event"] == "error" and ended["code"] == "stream_ended" and "session ended" in ended["data"]
+        assert socket.close_code(timeout=3) == 4401

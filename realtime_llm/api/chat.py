@@ -3,17 +3,21 @@ GET /api/chat/{id}/events (watch, resume), POST .../stop."""
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+import contextlib
+from typing import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from realtime_llm.api.access import require_caller, services_of
+from realtime_llm.api.access import Caller, require_caller, services_of
 from realtime_llm.bodies import bounded_int, event_id, path_id, read_json_object, validate_message
-from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, SubscriberOverflow, Subscription
+from realtime_llm.broker.base import (
+    BrokerUnavailable, ConversationGone, SessionEnded, ShuttingDown, SubscriberOverflow, Subscription,
+)
 from realtime_llm.errors import UpstreamError
 from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_frame
 from realtime_llm.generation import Generation
+from realtime_llm.httpprotocol import ABORT
 from realtime_llm.metrics import OPEN_SSE_STREAMS
 from realtime_llm.responses import JSONResponse
 from realtime_llm.services import Services
@@ -27,12 +31,12 @@ async def chat(request: Request) -> StreamingResponse:
     caller = await require_caller(request)
     conversation_id = path_id(request)
     services = services_of(request)
-    body = await read_json_object(request, services.settings.server.max_body_bytes)
+    body = await read_json_object(request, services.settings.server)
     text = validate_message(body.get("message"), services.settings.limits.max_message_chars)
     edit = bounded_int(body.get("edit_message_id"), "edit_message_id", 1, 2**31 - 1)
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
     await check_message_rate(services, caller.user.id)
-    return await answer_stream(services, await services.engine.start(conversation, text, edit))
+    return await answer_stream(request, caller, await services.engine.start(conversation, text, edit))
 
 
 async def regenerate(request: Request) -> StreamingResponse:
@@ -42,7 +46,7 @@ async def regenerate(request: Request) -> StreamingResponse:
     services = services_of(request)
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
     await check_message_rate(services, caller.user.id)
-    return await answer_stream(services, await services.engine.regenerate(conversation))
+    return await answer_stream(request, caller, await services.engine.regenerate(conversation))
 
 
 async def check_message_rate(services: Services, user_id: int) -> None:
@@ -51,12 +55,12 @@ async def check_message_rate(services: Services, user_id: int) -> None:
                                  services.settings.limits.messages_per_minute_per_user, 60)
 
 
-async def answer_stream(services: Services, generation: Generation) -> StreamingResponse:
+async def answer_stream(request: Request, caller: Caller, generation: Generation) -> StreamingResponse:
     # Hold the response until the upstream has accepted, so a refusal is a plain 502.
     refusal = await asyncio.shield(generation.accepted)
     if refusal is not None:
         raise UpstreamError(refusal)
-    events = stream_events(services, generation.conversation_id, after=generation.after_event_id,
+    events = stream_events(request, caller, generation.conversation_id, after=generation.after_event_id,
                            until_terminal=True)
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -68,7 +72,7 @@ async def events(request: Request) -> StreamingResponse:
     after = last_event_id(request)
     await services.conversations.get_owned(conversation_id, caller.user.id)
     await align_event_ids(services, conversation_id, after)
-    stream = stream_events(services, conversation_id, after=after, until_terminal=False)
+    stream = stream_events(request, caller, conversation_id, after=after, until_terminal=False)
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -98,24 +102,50 @@ def last_event_id(request: Request) -> int | None:
 
 
 async def stream_events(
-    services: Services, conversation_id: int, *, after: int | None, until_terminal: bool
+    request: Request, caller: Caller, conversation_id: int, *, after: int | None, until_terminal: bool
 ) -> AsyncIterator[bytes]:
     """SSE frames of the conversation's events; comments keep an idle stream alive.
 
     With `until_terminal` the stream ends after the first `full_response` or `error`
     following `after` (the POST that started a generation); otherwise it runs until the
-    client leaves.
+    client leaves, its token is logged out or expires, or it falls behind.
     """
+    services = services_of(request)
     keepalive = services.settings.stream.keepalive_seconds
+    abort = request.scope.get("extensions", {}).get(ABORT)
     OPEN_SSE_STREAMS.inc()
     try:
         async with services.broker.subscribe(conversation_id, after) as subscription:
-            async for frame in _frames(services, subscription, keepalive, until_terminal):
-                yield frame
+            with services.sessions.watch(caller.claims, lambda: subscription.fail(SessionEnded())):
+                async with _dropped_when_cut_off(subscription, abort):
+                    async for frame in _frames(services, subscription, keepalive, until_terminal):
+                        yield frame
     except BrokerUnavailable as exc:  # the response has started: the error can only go in-band
         yield _local_error(conversation_id, exc)
     finally:
         OPEN_SSE_STREAMS.dec()
+
+
+CUT_OFF_GRACE_SECONDS = 2.0
+
+
+@contextlib.asynccontextmanager
+async def _dropped_when_cut_off(subscription: Subscription, abort: Callable[[], None] | None) -> AsyncIterator[None]:
+    """A stream cut off while its client does not read is blocked in a send that never
+    returns: the connection is dropped instead (at once for a client that fell behind;
+    after a grace in which the end-of-stream message can still go out, otherwise)."""
+    async def watch() -> None:
+        await subscription.cut_off.wait()
+        if not isinstance(subscription.failure, SubscriberOverflow):
+            await asyncio.sleep(CUT_OFF_GRACE_SECONDS)
+        if abort is not None:
+            abort()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
 
 
 async def _frames(services: Services, subscription: Subscription, keepalive: float,
@@ -124,7 +154,7 @@ async def _frames(services: Services, subscription: Subscription, keepalive: flo
     while True:
         try:
             event = await subscription.get(timeout=keepalive)
-        except (SubscriberOverflow, ConversationGone, ShuttingDown, BrokerUnavailable) as exc:
+        except (SubscriberOverflow, ConversationGone, ShuttingDown, BrokerUnavailable, SessionEnded) as exc:
             yield _local_error(conversation_id, exc)
             return
         if event is None:
@@ -169,6 +199,8 @@ def stream_end_message(exc: Exception) -> str:
         return "the answer was interrupted; reload the conversation to see what was saved"
     if isinstance(exc, ShuttingDown):
         return "the server is restarting; reconnect to resume"
+    if isinstance(exc, SessionEnded):
+        return "your session ended (logged out or expired); log in again to go on watching"
     if isinstance(exc, BrokerUnavailable):
         return "live updates are unavailable right now; reconnect to resume"
     return "you fell too far behind the stream; reconnect with Last-Event-ID to resume"

@@ -2,6 +2,7 @@
 each on the caller's own only."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
@@ -14,6 +15,7 @@ from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.errors import BadRequest
 from realtime_llm.events import TITLE
 from realtime_llm.responses import JSONResponse
+from realtime_llm.services import Services
 from realtime_llm.store.conversations import LIST_LIMIT_MAX, Conversation, Message, message_json
 
 UPDATABLE = frozenset({"title", "model", "system_prompt", "api_key"})
@@ -34,7 +36,7 @@ async def create(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     services = services_of(request)
     limits = services.settings.limits
-    body = await read_json_object(request, services.settings.server.max_body_bytes, allow_empty=True)
+    body = await read_json_object(request, services.settings.server, allow_empty=True)
     title = optional_string(body, "title", max_chars=limits.max_title_chars)
     if title is not None and not title.strip():
         raise BadRequest("'title' must not be empty")
@@ -77,7 +79,7 @@ async def update(request: Request) -> JSONResponse:
     services = services_of(request)
     limits = services.settings.limits
     conversation_id = path_id(request)
-    body = await read_json_object(request, services.settings.server.max_body_bytes)
+    body = await read_json_object(request, services.settings.server)
     unknown = sorted(set(body) - UPDATABLE)
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}; updatable: {', '.join(sorted(UPDATABLE))}")
@@ -132,13 +134,25 @@ async def delete(request: Request) -> JSONResponse:
     conversation_id = path_id(request)
     services = services_of(request)
     await services.conversations.delete_owned(conversation_id, caller.user.id)
-    # A generation still running is stopped; its buffered events and subscriptions go too.
-    # The delete itself has succeeded in SQL: a broker outage must not turn it into an error
-    # (its Redis keys expire on their own).
+    # Its streams end ("deleted") and its buffered events go. A generation still running is
+    # stopped (it finds the conversation gone and saves nothing) and given a moment to end;
+    # what it published meanwhile is dropped too. The delete itself has succeeded in SQL: a
+    # broker outage must not turn it into an error (its Redis keys expire on their own).
     with contextlib.suppress(BrokerUnavailable):
-        await services.broker.request_stop(conversation_id)
         await services.broker.drop(conversation_id)
+        if await services.broker.request_stop(conversation_id):
+            await wait_for_lock_release(services, conversation_id, STOP_PATIENCE_SECONDS)
+            await services.broker.drop(conversation_id)
     return JSONResponse({"message": "Conversation deleted successfully"})
+
+
+STOP_PATIENCE_SECONDS = 3.0
+
+
+async def wait_for_lock_release(services: Services, conversation_id: int, patience: float) -> None:
+    deadline = time.monotonic() + patience
+    while await services.broker.lock_holder(conversation_id) is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def export(request: Request) -> Response:

@@ -67,14 +67,16 @@ async def me(request: Request) -> JSONResponse:
 
 async def logout(request: Request) -> JSONResponse:
     caller = await require_caller(request)
-    await services_of(request).revocations.revoke(caller.claims.jti, caller.claims.expires_at)
+    services = services_of(request)
+    await services.revocations.revoke(caller.claims.jti, caller.claims.expires_at)
+    services.sessions.end_session(caller.claims.jti)  # here at once; other processes within a second
     return JSONResponse({"message": "Logged out successfully"})
 
 
 async def _credentials(request: Request) -> tuple[str, str]:
     services = services_of(request)
     rules = services.settings.auth
-    body = await read_json_object(request, services.settings.server.max_body_bytes)
+    body = await read_json_object(request, services.settings.server)
     username = required_string(body, "username", max_chars=rules.max_username_length)
     password = required_string(body, "password", max_chars=rules.max_password_length)
     if not username:

@@ -13,7 +13,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, services_of
 from realtime_llm.api.chat import align_event_ids, check_message_rate, stream_end_message
 from realtime_llm.bodies import bounded_int, event_id, validate_message
-from realtime_llm.broker.base import BrokerUnavailable, ConversationGone, ShuttingDown, Subscription, SubscriberOverflow
+from realtime_llm.broker.base import (
+    BrokerUnavailable, ConversationGone, SessionEnded, ShuttingDown, Subscription, SubscriberOverflow,
+)
 from realtime_llm.errors import BadRequest, ConversationNotFound, Unauthorized, as_api_error
 from realtime_llm.events import ERROR, local_json
 from realtime_llm.metrics import OPEN_WEBSOCKETS
@@ -28,7 +30,7 @@ CLOSE_AUTH = 4401
 CLOSE_NOT_FOUND = 4404
 
 
-STREAM_ENDINGS = (SubscriberOverflow, ShuttingDown, ConversationGone, BrokerUnavailable)
+STREAM_ENDINGS = (SubscriberOverflow, ShuttingDown, ConversationGone, BrokerUnavailable, SessionEnded)
 
 
 class CloseSocket(Exception):
@@ -56,7 +58,9 @@ async def conversation_socket(websocket: WebSocket) -> None:
         async with services.seats.hold(caller.user.id):
             await align_event_ids(services, conversation_id, after)
             async with services.broker.subscribe(conversation_id, after) as subscription:
-                await ConversationSocket(websocket, services, caller, conversation_id, subscription).run()
+                # Logout or expiry of the token ends the socket (4401), whatever it is doing.
+                with services.sessions.watch(caller.claims, lambda: subscription.fail(SessionEnded())):
+                    await ConversationSocket(websocket, services, caller, conversation_id, subscription).run()
     except CloseSocket as close:
         await _close(websocket, close.code, close.reason)
     except ConversationNotFound:
@@ -189,7 +193,7 @@ class ConversationSocket:
             await self.send(event.json)
 
     async def _stream_ended(self, exc: Exception) -> None:
-        code = {SubscriberOverflow: CLOSE_POLICY, ShuttingDown: CLOSE_GOING_AWAY,
+        code = {SubscriberOverflow: CLOSE_POLICY, ShuttingDown: CLOSE_GOING_AWAY, SessionEnded: CLOSE_AUTH,
                 ConversationGone: CLOSE_NOT_FOUND, BrokerUnavailable: CLOSE_TRY_AGAIN}[type(exc)]
         if not isinstance(exc, SubscriberOverflow):  # a client that does not read gets nothing more
             with contextlib.suppress(Exception):

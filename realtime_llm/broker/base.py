@@ -7,8 +7,9 @@ import collections
 import contextlib
 from typing import Any, AsyncContextManager, Callable, Collection, Iterable
 
+from realtime_llm.broker.eventids import EventIds
 from realtime_llm.errors import ServiceUnavailable
-from realtime_llm.events import FULL_RESPONSE, Event
+from realtime_llm.events import Event
 
 
 class SubscriberOverflow(Exception):
@@ -30,17 +31,27 @@ class ShuttingDown(Exception):
     """This server process is shutting down; reconnect (to another one) and resume."""
 
 
+class SessionEnded(Exception):
+    """The token the stream was opened with was logged out, or expired."""
+
+
 _FAILED = object()
 
 
 class Subscription:
-    """One subscriber's events: the replayed backlog first, then live events, bounded."""
+    """One subscriber's events: the replayed backlog first, then live events, bounded in
+    count and in bytes. The byte bound is checked before an event is added, so one event
+    larger than the bound (a long answer's full_response) still reaches a reader that keeps
+    up; what a subscriber holds stays under the bound plus one event."""
 
-    def __init__(self, conversation_id: int, max_queue: int, backlog: Iterable[Event] = ()) -> None:
+    def __init__(self, conversation_id: int, max_queue: int, max_bytes: int = 2**62,
+                 backlog: Iterable[Event] = ()) -> None:
         self.conversation_id = conversation_id
         self.last_id = 0
         self._backlog = collections.deque(backlog)
         self._queue: asyncio.Queue[Any] = asyncio.Queue(max_queue)
+        self._max_bytes = max_bytes
+        self._queued_bytes = 0
         self._failure: Exception | None = None
         self.cut_off = asyncio.Event()  # set by fail(): a reader blocked elsewhere can see it
 
@@ -56,10 +67,15 @@ class Subscription:
         """Called by the broker for each live event; never blocks."""
         if self._failure is not None:
             return
+        if self._queued_bytes > self._max_bytes:
+            self.fail(SubscriberOverflow("subscriber fell behind"))
+            return
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.fail(SubscriberOverflow("subscriber fell behind"))
+            return
+        self._queued_bytes += len(event.json)
 
     def fail(self, error: Exception) -> None:
         """End the subscription: the reader gets `error` once it has no events in hand,
@@ -70,6 +86,7 @@ class Subscription:
         self.cut_off.set()
         while not self._queue.empty():  # make room for the wake-up; the reader is cut off anyway
             self._queue.get_nowait()
+        self._queued_bytes = 0
         self._queue.put_nowait(_FAILED)
 
     def end(self, error: Exception) -> None:
@@ -101,12 +118,13 @@ class Subscription:
                     self._queue.put_nowait(_FAILED)
                     assert self._failure is not None
                     raise self._failure
+                self._queued_bytes -= len(event.json)
             if event.id > self.last_id:  # replay and live may overlap at the seam; drop repeats
                 self.last_id = event.id
                 return event  # type: ignore[no-any-return]
 
 
-class Broker(abc.ABC):
+class Broker(EventIds):
     """Carries events of conversations between generations and subscribers.
 
     Every implementation keeps this process's subscriptions in `_local`, so that ending
@@ -116,6 +134,7 @@ class Broker(abc.ABC):
     name = "broker"
 
     def __init__(self) -> None:
+        super().__init__()
         self._local: dict[int, set[Subscription]] = {}
 
     def _add_local(self, subscription: Subscription) -> bool:
@@ -167,31 +186,12 @@ class Broker(abc.ABC):
         """Raise BrokerUnavailable if the backing service does not answer."""
 
     @abc.abstractmethod
-    async def publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
-        """Give the event the conversation's next id, buffer it for replay, deliver it to all."""
-
-    async def publish_answer(self, conversation_id: int, answer: str, after: int, deltas: int,
-                             **metadata: Any) -> Event:
-        """Publish `full_response`, whose data is `answer`: the concatenation of the `deltas`
-        `message` events published after event `after`. A broker that keeps those events
-        may build it from them instead of taking the whole answer again."""
-        return await self.publish(conversation_id, FULL_RESPONSE, answer, **metadata)
-
-    @abc.abstractmethod
     def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncContextManager[Subscription]:
         """Live events from now on; with `after`, first every buffered event with a larger id."""
 
     @abc.abstractmethod
     async def replay(self, conversation_id: int, after: int) -> list[Event]:
         """The buffered events with ids above `after`, oldest first."""
-
-    @abc.abstractmethod
-    async def last_event_id(self, conversation_id: int) -> int:
-        """The id of the conversation's latest event (0 if none is known)."""
-
-    @abc.abstractmethod
-    async def ensure_event_floor(self, conversation_id: int, floor: int) -> None:
-        """Make sure ids published from now on are larger than `floor`."""
 
     @abc.abstractmethod
     async def acquire_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:

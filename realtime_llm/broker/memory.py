@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from realtime_llm.broker.base import Broker, ConversationGone, Subscription
+from realtime_llm.broker.eventids import CounterMissing
 from realtime_llm.config import StreamSettings
 from realtime_llm.events import Event, make_event
 from realtime_llm.metrics import EVENTS_PUBLISHED
@@ -17,7 +18,7 @@ from realtime_llm.metrics import EVENTS_PUBLISHED
 @dataclass
 class _Channel:
     buffer: collections.deque[Event]
-    last_id: int = 0
+    last_id: int | None = None  # None: not counted in this process yet (restored from SQL)
     touched: float = field(default_factory=time.monotonic)
     stop_callbacks: set[Callable[[], None]] = field(default_factory=set)
     lock_owner: str | None = None
@@ -52,9 +53,11 @@ class MemoryBroker(Broker):
         channel.touched = time.monotonic()
         return channel
 
-    async def publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
-        EVENTS_PUBLISHED.labels(event_type).inc()
+    async def _publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
         channel = self._channel(conversation_id)
+        if channel.last_id is None:
+            raise CounterMissing()
+        EVENTS_PUBLISHED.labels(event_type).inc()
         channel.last_id += 1
         event = make_event(channel.last_id, event_type, data, conversation_id=conversation_id, **metadata)
         channel.buffer.append(event)
@@ -63,11 +66,14 @@ class MemoryBroker(Broker):
 
     @contextlib.asynccontextmanager
     async def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncIterator[Subscription]:
+        baseline = await self.last_event_id(conversation_id) if after is None else 0  # may read SQL
+        # From here to _add_local nothing awaits: no event can fall between baseline and live.
         channel = self._channel(conversation_id)
-        backlog = await self.replay(conversation_id, after) if after is not None else []
-        subscription = Subscription(conversation_id, self.settings.subscriber_queue, backlog)
+        backlog = [e for e in channel.buffer if e.id > after] if after is not None else []
+        subscription = Subscription(conversation_id, self.settings.subscriber_queue,
+                                    self.settings.subscriber_queue_bytes, backlog)
         if after is None:
-            subscription.last_id = channel.last_id
+            subscription.last_id = channel.last_id if channel.last_id is not None else baseline
         self._add_local(subscription)
         try:
             yield subscription
@@ -77,12 +83,18 @@ class MemoryBroker(Broker):
     async def replay(self, conversation_id: int, after: int) -> list[Event]:
         return [e for e in self._channel(conversation_id).buffer if e.id > after]
 
-    async def last_event_id(self, conversation_id: int) -> int:
+    async def _counter(self, conversation_id: int) -> int | None:
         return self._channel(conversation_id).last_id
 
-    async def ensure_event_floor(self, conversation_id: int, floor: int) -> None:
+    async def _restore_counter(self, conversation_id: int, floor: int) -> int:
         channel = self._channel(conversation_id)
-        channel.last_id = max(channel.last_id, floor)
+        if channel.last_id is None:
+            channel.last_id = floor
+        return channel.last_id
+
+    async def _raise_counter(self, conversation_id: int, floor: int) -> None:
+        channel = self._channel(conversation_id)
+        channel.last_id = max(channel.last_id or 0, floor)
 
     async def acquire_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
         channel = self._channel(conversation_id)

@@ -28,13 +28,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone, Subscription
+from realtime_llm.broker.eventids import CounterMissing
 from realtime_llm.config import Settings
+from realtime_llm.errors import DATABASE_ERRORS
 from realtime_llm.events import ERROR, FULL_RESPONSE, TERMINAL, Event, event_template
 from realtime_llm.metrics import EVENTS_PUBLISHED
 
 logger = logging.getLogger("realtime_llm.broker.redis")
 
+# A missing counter (never used, expired, Redis restarted) is never started from 0: the
+# script answers -1 and the broker restores it from the SQL ceiling (broker/base.py).
 PUBLISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local id = redis.call('INCR', KEYS[1])
 local payload = ARGV[1] .. id .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-1', 'e', payload)
@@ -52,6 +57,7 @@ return id
 # written (already JSON-escaped, and escaping is per character, so the pieces concatenate
 # to the escaped answer). If the buffer no longer holds all of them: -1, nothing published.
 PUBLISH_ANSWER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local head = '{"event":"message","data":"'
 local parts = {}
 for _, entry in ipairs(redis.call('XRANGE', KEYS[2], (tonumber(ARGV[7]) + 1) .. '-0', '+')) do
@@ -70,6 +76,11 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return id
 """
 
+RESTORE_COUNTER = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return tonumber(ARGV[1]) end
+return tonumber(redis.call('GET', KEYS[1]))
+"""
+
 RAISE_FLOOR = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current < tonumber(ARGV[1]) then
@@ -78,9 +89,16 @@ end
 return current
 """
 
+# A lock that expired (its renewals failed for a while: Redis busy or briefly away) but
+# that nobody else took is taken again: only another holder means it is lost.
 REFRESH_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
@@ -105,6 +123,8 @@ class RedisBroker(Broker):
         self.url = settings.redis.connection_url()
         self.prefix = settings.redis.key_prefix
         self.timeout = settings.redis.socket_timeout
+        self.max_connections = settings.redis.max_connections
+        self._held_locks: dict[int, str] = {}  # generations running here: alive by definition
         self.redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
@@ -118,15 +138,20 @@ class RedisBroker(Broker):
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.redis = aioredis.Redis.from_url(
-            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-            health_check_interval=30,
+        # A blocking pool: under load a call waits for a free connection (up to the socket
+        # timeout) instead of failing at once with MaxConnectionsError, which had a live
+        # answer's lock lapse and the answer declared dead.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections, timeout=self.timeout,
+            socket_timeout=self.timeout, socket_connect_timeout=self.timeout, health_check_interval=30,
             # After Redis restarts, every pooled connection is dead and the first command on
             # each would fail: retry once on a fresh connection. Only connection errors, not
             # timeouts (a slow Redis must not double the wait).
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
+        self.redis = aioredis.Redis(connection_pool=pool)
         for name, source in (("publish", PUBLISH), ("publish_answer", PUBLISH_ANSWER), ("floor", RAISE_FLOOR),
+                             ("restore", RESTORE_COUNTER),
                              ("refresh", REFRESH_LOCK), ("release", RELEASE_LOCK)):
             self._scripts[name] = self.redis.register_script(source)
         await self._call(self.redis.ping())  # fail start-up clearly when Redis is absent
@@ -162,20 +187,22 @@ class RedisBroker(Broker):
 
     # -- events ----------------------------------------------------------------------
 
-    async def publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
-        EVENTS_PUBLISHED.labels(event_type).inc()
+    async def _publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
         prefix, suffix = event_template(event_type, data, conversation_id=conversation_id, **metadata)
         event_id = int(await self._call(self._scripts["publish"](
             keys=[self.key(conversation_id, "seq"), self.key(conversation_id, "events")],
             args=[prefix, suffix, self.settings.replay_events, self.settings.replay_ttl_seconds,
                   self.key(conversation_id, "live")],
         )))
+        if event_id < 0:
+            raise CounterMissing()
+        EVENTS_PUBLISHED.labels(event_type).inc()
         return Event(event_id, event_type, prefix + str(event_id).encode() + suffix)
 
-    async def publish_answer(self, conversation_id: int, answer: str, after: int, deltas: int,
-                             **metadata: Any) -> Event:
+    async def _publish_answer(self, conversation_id: int, answer: str, after: int, deltas: int,
+                              **metadata: Any) -> Event:
         if deltas == 0 or deltas >= self.settings.replay_events:  # nothing to build from, or trimmed
-            return await self.publish(conversation_id, FULL_RESPONSE, answer, **metadata)
+            return await self._publish(conversation_id, FULL_RESPONSE, answer, **metadata)
         empty, suffix = event_template(FULL_RESPONSE, "", conversation_id=conversation_id, **metadata)
         head, _, _ = empty.partition(b'"data":"')  # b'{"event":"full_response","data":"' then the data
         head += b'"data":"'
@@ -185,7 +212,7 @@ class RedisBroker(Broker):
                   self.key(conversation_id, "live"), after, deltas],
         )))
         if event_id < 0:  # the buffer lost some of them (Redis restarted, say): send it whole
-            return await self.publish(conversation_id, FULL_RESPONSE, answer, **metadata)
+            return await self._publish(conversation_id, FULL_RESPONSE, answer, **metadata)
         EVENTS_PUBLISHED.labels(FULL_RESPONSE).inc()
         prefix, suffix = event_template(FULL_RESPONSE, answer, conversation_id=conversation_id, **metadata)
         return Event(event_id, FULL_RESPONSE, prefix + str(event_id).encode() + suffix)
@@ -199,7 +226,8 @@ class RedisBroker(Broker):
 
     @contextlib.asynccontextmanager
     async def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncIterator[Subscription]:
-        subscription = Subscription(conversation_id, self.settings.subscriber_queue)
+        subscription = Subscription(conversation_id, self.settings.subscriber_queue,
+                                    self.settings.subscriber_queue_bytes)
         self._add_local(subscription)
         try:
             # Subscribed (confirmed) before reading the buffer: an event published in
@@ -214,11 +242,17 @@ class RedisBroker(Broker):
             if self._remove_local(subscription):
                 await self._drop_channel(self.key(conversation_id, "live").encode())
 
-    async def last_event_id(self, conversation_id: int) -> int:
+    async def _counter(self, conversation_id: int) -> int | None:
         assert self.redis is not None
-        return int(await self._call(self.redis.get(self.key(conversation_id, "seq"))) or 0)
+        counter = await self._call(self.redis.get(self.key(conversation_id, "seq")))
+        return None if counter is None else int(counter)
 
-    async def ensure_event_floor(self, conversation_id: int, floor: int) -> None:
+    async def _restore_counter(self, conversation_id: int, floor: int) -> int:
+        return int(await self._call(self._scripts["restore"](
+            keys=[self.key(conversation_id, "seq")], args=[floor, self.settings.replay_ttl_seconds],
+        )))
+
+    async def _raise_counter(self, conversation_id: int, floor: int) -> None:
         await self._call(self._scripts["floor"](
             keys=[self.key(conversation_id, "seq")], args=[floor, self.settings.replay_ttl_seconds],
         ))
@@ -238,9 +272,12 @@ class RedisBroker(Broker):
 
     async def acquire_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
         assert self.redis is not None
-        return bool(await self._call(self.redis.set(
+        taken = bool(await self._call(self.redis.set(
             self.key(conversation_id, "lock"), owner, nx=True, px=int(ttl * 1000),
         )))
+        if taken:
+            self._held_locks[conversation_id] = owner
+        return taken
 
     async def refresh_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
         return bool(await self._call(self._scripts["refresh"](
@@ -248,6 +285,8 @@ class RedisBroker(Broker):
         )))
 
     async def release_lock(self, conversation_id: int, owner: str) -> None:
+        if self._held_locks.get(conversation_id) == owner:
+            del self._held_locks[conversation_id]
         with contextlib.suppress(BrokerUnavailable):  # it expires by itself if Redis is away
             await self._call(self._scripts["release"](keys=[self.key(conversation_id, "lock")], args=[owner]))
 
@@ -382,7 +421,9 @@ class RedisBroker(Broker):
         while True:
             await asyncio.sleep(interval)
             for conversation_id in list(self._local):
-                with contextlib.suppress(BrokerUnavailable):
+                if conversation_id in self._held_locks:  # its generation runs in this process
+                    continue
+                with contextlib.suppress(BrokerUnavailable, *DATABASE_ERRORS):  # the next round tries again
                     if await self.lock_holder(conversation_id) is not None:
                         continue
                     if await self._unfinished(conversation_id) and await self.acquire_lock(conversation_id, owner, 5):

@@ -72,16 +72,17 @@ _cid = sa.bindparam("cid")
 OWNED = Compiled(sa.select(*(conversations.c[f] for f in Conversation.__dataclass_fields__))
                  .where(conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id")))
 EXISTS = Compiled(sa.select(conversations.c.id).where(conversations.c.id == _cid))
-EVENT_WATERMARK = Compiled(sa.select(conversations.c.last_event_id).where(conversations.c.id == _cid))
-SAVE_EVENT_WATERMARK = Compiled(
+EVENT_CEILING = Compiled(sa.select(conversations.c.last_event_id).where(conversations.c.id == _cid))
+RAISE_EVENT_CEILING = Compiled(
     conversations.update()
     .where(conversations.c.id == _cid, conversations.c.last_event_id < sa.bindparam("last_event_id"))
     .values(last_event_id=sa.bindparam("last_event_id")))
 _newest = sa.select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == _cid).order_by(messages.c.message_id.desc())
 NEWEST_MESSAGES = Compiled(_newest.limit(sa.bindparam("page")))
 NEWEST_MESSAGES_BELOW = Compiled(_newest.where(messages.c.message_id < sa.bindparam("below")).limit(sa.bindparam("page")))
+# Bound to the owner too: a write that belongs to a conversation names it whole.
 NEXT_MESSAGE_ID = Compiled(
-    conversations.update().where(conversations.c.id == _cid)
+    conversations.update().where(conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id"))
     .values(last_message_id=conversations.c.last_message_id + 1, message_count=conversations.c.message_count + 1)
     .returning(conversations.c.last_message_id))
 INSERT_MESSAGE = Compiled(messages.insert().values(
@@ -175,12 +176,13 @@ class ConversationStore:
                 conversations.update().where(conversations.c.id == conversation.id).values(**values))
         return dataclasses.replace(conversation, **values)  # type: ignore[arg-type]
 
-    async def set_title_if_untitled(self, conversation_id: int, title: str) -> bool:
+    async def set_title_if_untitled(self, conversation: Conversation, title: str) -> bool:
         """An automatic title: written only while the conversation has none, so a title the
-        user set, even a moment ago, is never overwritten."""
+        user set, even a moment ago, is never overwritten (nor one deleted since)."""
         updated = await self.database.fetch_val(
             conversations.update()
-            .where(conversations.c.id == conversation_id, conversations.c.title == "")
+            .where(conversations.c.id == conversation.id, conversations.c.user_id == conversation.user_id,
+                   conversations.c.title == "")
             .values(title=title)
             .returning(conversations.c.id)
         )
@@ -273,20 +275,24 @@ class ConversationStore:
     async def exists(self, conversation_id: int) -> bool:
         return await EXISTS.fetch_one(self.database, cid=conversation_id) is not None
 
-    async def event_watermark(self, conversation_id: int) -> int:
-        return int(await EVENT_WATERMARK.fetch_val(self.database, cid=conversation_id) or 0)
+    async def event_ceiling(self, conversation_id: int) -> int:
+        """No event id above this has been handed out in the conversation (broker/base.py)."""
+        return int(await EVENT_CEILING.fetch_val(self.database, cid=conversation_id) or 0)
 
-    async def save_event_watermark(self, conversation_id: int, last_event_id: int) -> None:
-        await SAVE_EVENT_WATERMARK.fetch_all(self.database, cid=conversation_id, last_event_id=last_event_id)
+    async def raise_event_ceiling(self, conversation_id: int, ceiling: int) -> None:
+        await RAISE_EVENT_CEILING.fetch_all(self.database, cid=conversation_id, last_event_id=ceiling)
 
-    async def add_message(self, conversation_id: int, role: str, content: str,
+    async def add_message(self, conversation: Conversation, role: str, content: str,
                           usage: Usage | None = None) -> Message:
         """Append a message; its message_id is the conversation's next, taken atomically.
-        An answer's usage is added to its owner's totals in the same transaction."""
+        An answer's usage is added to its owner's totals in the same transaction. A
+        conversation deleted meanwhile is ConversationNotFound: nothing is written."""
         now = int(time.time())
+        conversation_id = conversation.id
         async def append() -> Any:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
-                message_id = await NEXT_MESSAGE_ID.fetch_val(self.database, cid=conversation_id)
+                message_id = await NEXT_MESSAGE_ID.fetch_val(self.database, cid=conversation_id,
+                                                             user_id=conversation.user_id)
                 if message_id is None:
                     raise ConversationNotFound()
                 await INSERT_MESSAGE.fetch_all(

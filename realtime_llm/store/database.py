@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -47,6 +48,20 @@ def create_database(settings: Settings) -> Database:
 
 async def migrate(database: Database) -> int:
     """Create the tables on a new database, or run the upgrades an older one lacks."""
+    if database.url.dialect != "sqlite":
+        return await _migrate(database)
+    # Rebuilding a table (rebuild_sqlite) drops it, and with foreign keys on, dropping it
+    # would delete every row that refers to it. The pragma has no effect inside a
+    # transaction, so it is set on the migration's own connection around it.
+    async with database.connection():
+        await database.execute(sa.text("PRAGMA foreign_keys=OFF"))
+        try:
+            return await _migrate(database)
+        finally:
+            await database.execute(sa.text("PRAGMA foreign_keys=ON"))
+
+
+async def _migrate(database: Database) -> int:
     dialect = database.url.dialect
     async with database.transaction():
         if dialect == "postgresql":
@@ -70,6 +85,8 @@ async def migrate(database: Database) -> int:
             if version is not None:
                 for statement in upgrade.alter:
                     await database.execute(sa.text(statement))
+                if dialect == "sqlite":
+                    await rebuild_sqlite_tables(database, upgrade.rebuild_sqlite)
             await _run_extras(database, upgrade.extras.get(dialect, ()))
         if version is None:
             await database.execute(schema.schema_version.insert().values(version=schema.SCHEMA_VERSION))
@@ -78,6 +95,33 @@ async def migrate(database: Database) -> int:
             await database.execute(schema.schema_version.update().values(version=schema.SCHEMA_VERSION))
             logger.info("upgraded database schema %d -> %d", version, schema.SCHEMA_VERSION)
         return schema.SCHEMA_VERSION
+
+
+async def rebuild_sqlite_tables(database: Database, names: tuple[str, ...]) -> None:
+    """Recreate each table from its definition in schema.py (SQLite's ALTER TABLE cannot add
+    AUTOINCREMENT), keeping its rows and their ids; the caller has foreign keys off."""
+    for name in names:
+        table = schema.metadata.tables[name]
+        rebuilt = f"{name}__rebuild"
+        existing = {row[1] for row in await database.fetch_all(sa.text(f"PRAGMA table_info({name})"))}
+        columns = ", ".join(c.name for c in table.columns if c.name in existing)
+        ddl = str(sa.schema.CreateTable(table).compile(dialect=_sqlite_dialect()))
+        ddl = re.sub(rf"CREATE TABLE {name}\b", f"CREATE TABLE {rebuilt}", ddl, count=1)
+        await database.execute(sa.text(ddl))
+        # Rows with their ids: AUTOINCREMENT's counter starts above the highest one copied.
+        await database.execute(sa.text(f"INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM {name}"))
+        await database.execute(sa.text(f"DROP TABLE {name}"))
+        await database.execute(sa.text(f"ALTER TABLE {rebuilt} RENAME TO {name}"))
+        for index in table.indexes:
+            await database.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+    if names and await database.fetch_all(sa.text("PRAGMA foreign_key_check")):
+        raise RuntimeError("schema upgrade left rows whose foreign keys point nowhere; nothing was changed")
+
+
+def _sqlite_dialect() -> sa.engine.Dialect:
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.dialect()  # type: ignore[no-any-return]
 
 
 async def _run_extras(database: Database, statements: tuple[str, ...]) -> None:

@@ -21,6 +21,9 @@ users = sa.Table(
     # Token usage of all this user's answers, kept when conversations are deleted (v2).
     sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    # A user id is never handed out twice (SQLite AUTOINCREMENT, PostgreSQL BIGSERIAL): a
+    # token's `sub` must never come to mean somebody else (v3).
+    sqlite_autoincrement=True,
 )
 
 conversations = sa.Table(
@@ -40,10 +43,15 @@ conversations = sa.Table(
     # How many messages it has now (v2): with edits, ids have gaps, and the history cache
     # is valid only if it holds exactly this many, ending at last_message_id.
     sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
-    # The highest event id published so far, so ids keep increasing after a restart
-    # or a Redis flush; written when a generation ends.
+    # The event id ceiling: no id above it has been handed out. The broker reserves ids in
+    # blocks ahead of publishing them, so ids keep increasing after a crash, a restart or a
+    # Redis flush (broker/base.py).
     sa.Column("last_event_id", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_conversations_user_newest", "user_id", sa.text("id DESC")),
+    # Never reused (v3): without AUTOINCREMENT SQLite hands the newest deleted id to the
+    # next conversation, and an answer or title still on its way to the old one landed in
+    # somebody else's.
+    sqlite_autoincrement=True,
 )
 
 messages = sa.Table(
@@ -73,6 +81,9 @@ revoked_tokens = sa.Table(
     metadata,
     sa.Column("jti", sa.String(64), primary_key=True),
     sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    # When it was revoked (v3): each process looks up the newest revocations every second
+    # and ends the streams and sockets opened with them (realtime_llm/sessions.py).
+    sa.Column("revoked_at", sa.Float, nullable=False, server_default="0", index=True),
 )
 
 schema_version = sa.Table(
@@ -90,6 +101,9 @@ class Upgrade:
 
     alter: tuple[str, ...] = ()
     extras: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # SQLite tables recreated from their definitions above, rows and ids kept: what its
+    # ALTER TABLE cannot change (AUTOINCREMENT). See database.rebuild_sqlite_tables.
+    rebuild_sqlite: tuple[str, ...] = ()
 
 
 # Message search. SQLite: an FTS5 index with the trigram tokenizer (substring matches,
@@ -128,6 +142,13 @@ UPGRADES: list[Upgrade] = [
             "UPDATE conversations SET message_count = last_message_id",
         ),
         extras={"sqlite": SEARCH_SQLITE, "postgresql": SEARCH_POSTGRESQL},
+    ),
+    Upgrade(  # 2 -> 3: ids never reused on SQLite; revocations are dated
+        alter=(
+            "ALTER TABLE revoked_tokens ADD COLUMN revoked_at FLOAT NOT NULL DEFAULT 0",
+            "CREATE INDEX IF NOT EXISTS ix_revoked_tokens_revoked_at ON revoked_tokens (revoked_at)",
+        ),
+        rebuild_sqlite=("users", "conversations"),
     ),
 ]
 SCHEMA_VERSION = 1 + len(UPGRADES)

@@ -86,7 +86,8 @@ class RevocationStore:
         async def insert() -> None:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
                 if not await self.is_revoked(jti):
-                    await self.database.execute(revoked_tokens.insert().values(jti=jti, expires_at=expires_at))
+                    await self.database.execute(revoked_tokens.insert().values(
+                        jti=jti, expires_at=expires_at, revoked_at=time.time()))
                 await self.database.execute(
                     revoked_tokens.delete().where(revoked_tokens.c.expires_at < int(time.time()))
                 )
@@ -101,3 +102,9 @@ class RevocationStore:
             sa.select(revoked_tokens.c.jti).where(revoked_tokens.c.jti == jti)
         )
         return row is not None
+
+    async def revoked_since(self, since: float) -> set[str]:
+        """Token ids revoked at `since` or later (by this machine's clock or another's)."""
+        rows = await self.database.fetch_all(
+            sa.select(revoked_tokens.c.jti).where(revoked_tokens.c.revoked_at >= since))
+        return {row[0] for row in rows}
