@@ -38,7 +38,7 @@ class ServerSettings:
     # An idle connection (no request yet, or none since the last response) closes after
     # this; longer than a proxy's own idle timeout (the Caddyfile's 60 s), so the proxy,
     # not the app, closes idle connections and never sends a request on one being closed.
-    keep_alive_seconds: float = 75.0
+    keep_alive_seconds: int = 75
 
 
 @dataclass(frozen=True)

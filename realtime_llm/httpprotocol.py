@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -85,7 +85,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._parsed_bytes = 0
-        self.scope.setdefault("extensions", {})[ABORT] = self.transport.abort  # type: ignore[typeddict-item]
+        extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
+        extensions[ABORT] = self.transport.abort
 
     def on_url(self, url: bytes) -> None:
         self._parsed_bytes += len(url) + 16  # method, version, spaces, CRLF

@@ -13,7 +13,7 @@ from tests.conftest import Api, base_config
 from tests.servers import ServerProcess, established_connections, write_config
 
 HEADER_TIMEOUT = 1.0
-KEEP_ALIVE = 1.5
+KEEP_ALIVE = 2
 BODY_TIMEOUT = 1.0
 
 
