@@ -74,10 +74,10 @@ def main() -> None:
 
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     header = ("figure", "measured (median)", "baseline, same run", "target", "")
-    widths = [max(w, len(h)) for w, h in zip(widths, header)]
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
     print(f"\nrealtime-llm benchmarks, medians of {repeat} run(s), {time.monotonic() - started:.0f} s")
     for row in (header, *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def measure(streams: int, logins: int, repeat: int, tokens: int = 60) -> dict[st
     finally:
         upstream.stop()
     return {"p99_alone_ms": median(quiet), "p99_flood_ms": median(loud),
-            "added_p99_ms": median([b - a for a, b in zip(quiet, loud)]), "login_p50_ms": median(login_p50)}
+            "added_p99_ms": median([b - a for a, b in zip(quiet, loud, strict=True)]), "login_p50_ms": median(login_p50)}
 
 
 def main() -> None:

@@ -63,6 +63,6 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=routes(),
         middleware=middleware,
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

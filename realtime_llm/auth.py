@@ -8,12 +8,14 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import anyio
 import anyio.to_thread
 import bcrypt
 import jwt
 
+T = TypeVar("T")
 ALGORITHM = "HS256"
 # bcrypt runs on at most this many threads at once, leaving a core to the event loop: 50
 # logins at once on 40 threads starved it of CPU (streams' delay p99 +1.5 s, bench.login_flood).
@@ -34,7 +36,7 @@ class PasswordHasher:
         self._dummy_hash = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds))
         self._threads: anyio.CapacityLimiter | None = None  # made on first use, in the event loop
 
-    async def _run(self, function, *args):  # noqa: ANN001, ANN002, ANN202
+    async def _run(self, function: Callable[..., T], *args: bytes) -> T:
         if self._threads is None:
             self._threads = anyio.CapacityLimiter(HASHING_THREADS)
         return await anyio.to_thread.run_sync(function, *args, limiter=self._threads)

@@ -7,8 +7,8 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any, Mapping
+from urllib.parse import quote
 
 import yaml
 

@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 
 from prometheus_client import Histogram
 
@@ -23,7 +23,12 @@ from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
 from realtime_llm.errors import (
-    DATABASE_ERRORS, BadRequest, Conflict, ConversationNotFound, ServiceUnavailable, database_error,
+    DATABASE_ERRORS,
+    BadRequest,
+    Conflict,
+    ConversationNotFound,
+    ServiceUnavailable,
+    database_error,
 )
 from realtime_llm.events import DONE, ERROR, MESSAGE, TRUNCATE, USER_MESSAGE
 from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS, UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
@@ -304,7 +309,7 @@ class GenerationEngine:
         finally:
             generation.finishing = True  # from here on a stop has nothing left to interrupt
 
-    async def _relay(self, cid: int, deltas: AsyncIterator[str], parts: list[str],
+    async def _relay(self, cid: int, deltas: AsyncIterable[str], parts: list[str],
                      first_token: Histogram, began: float) -> None:
         """Publish deltas, coalescing those that come within `batch_ms` of the last publish.
 
@@ -498,7 +503,7 @@ async def _finish_task(task: asyncio.Task[None], timeout: float = 2.0) -> None:
         pass  # the helper's own failure was handled where it happened
 
 
-async def _pump(deltas: AsyncIterator[str], queue: asyncio.Queue[str | None | BaseException]) -> None:
+async def _pump(deltas: AsyncIterable[str], queue: asyncio.Queue[str | None | BaseException]) -> None:
     try:
         async for delta in deltas:
             queue.put_nowait(delta)

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, MutableMapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,14 +36,16 @@ HTTP_SECONDS = Histogram(
     ["method", "route"],
 )
 OPEN_WEBSOCKETS = Gauge("realtime_llm_open_websockets", "Accepted WebSocket connections.", multiprocess_mode="livesum")
-OPEN_SSE_STREAMS = Gauge("realtime_llm_open_sse_streams", "Open Server-Sent Events streams.", multiprocess_mode="livesum")
+OPEN_SSE_STREAMS = Gauge("realtime_llm_open_sse_streams", "Open Server-Sent Events streams.",
+                         multiprocess_mode="livesum")
 RUNNING_GENERATIONS = Gauge(
     "realtime_llm_running_generations", "Generations running in this process (all processes: summed).",
     multiprocess_mode="livesum",
 )
 GENERATIONS = Counter("realtime_llm_generations_total", "Finished generations, by how they ended.", ["outcome"])
 EVENTS_PUBLISHED = Counter("realtime_llm_events_published_total", "Conversation events published, by type.", ["type"])
-UPSTREAM_ERRORS = Counter("realtime_llm_upstream_errors_total", "Model requests that failed, by provider.", ["provider"])
+UPSTREAM_ERRORS = Counter("realtime_llm_upstream_errors_total", "Model requests that failed, by provider.",
+                          ["provider"])
 UPSTREAM_FIRST_TOKEN_SECONDS = Histogram(
     "realtime_llm_upstream_first_token_seconds", "Time from the model request to its first token, by provider.",
     ["provider"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
@@ -79,7 +89,7 @@ class RequestMetrics:
             HTTP_SECONDS.labels(method, route).observe(time.perf_counter() - began)
 
 
-def _route_of(scope: dict[str, Any]) -> str:
+def _route_of(scope: MutableMapping[str, Any]) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"

@@ -4,9 +4,9 @@
 In Redis each user has a sorted set of seats, one member per open socket, scored by the
 time its lease ends. A process renews the leases of its own sockets every lease/3 seconds
 (one task, one pipeline), so the seats of a process that died without closing its sockets
-free themselves within a lease (`limits.websocket_seat_lease_seconds`). A Redis failure lets the socket in (logged), like
-the rate limits: a limit must not lock users out while Redis is away; the next renewal
-puts the seat back once Redis returns.
+free themselves within a lease (`limits.websocket_seat_lease_seconds`). A Redis failure
+lets the socket in (logged), like the rate limits: a limit must not lock users out while
+Redis is away; the next renewal puts the seat back once Redis returns.
 """
 from __future__ import annotations
 

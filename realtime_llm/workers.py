@@ -106,9 +106,10 @@ def run_workers(settings: Settings) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="realtime-llm-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
     signals = Signals()
-    workers = [Worker(i, settings, listener) for i in range(n)]
+    started = [Worker(i, settings, listener) for i in range(n)]
+    workers: list[Worker | None] = list(started)  # the supervisor puts a worker it is replacing at None
     try:
-        if not _wait_started(workers, signals.stopping):
+        if not _wait_started(started, signals.stopping):
             return 0 if signals.stopping.is_set() else STARTUP_FAILURE
         host, port = listener.getsockname()[:2]
         print(describe(settings, host, port), flush=True)

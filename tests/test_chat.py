@@ -10,8 +10,8 @@ import httpx
 import httpx_sse
 import pytest
 
-from realtime_llm.providers.demo import demo_reply
 from realtime_llm.providers.base import ChatMessage, ChatRequest
+from realtime_llm.providers.demo import demo_reply
 from tests.conftest import PROVIDER_KEY, Api
 from tests.fake_upstream import FakeUpstream
 from tests.sse import iter_frames, parse_stream

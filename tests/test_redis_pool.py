@@ -46,7 +46,7 @@ def test_a_busy_pool_waits_and_every_answer_completes(database: str, upstream: F
             thread.start()
         for thread in threads:
             thread.join(90)
-        for (status, events), (_, cid) in zip(results, chats):
+        for (status, events), (_, cid) in zip(results, chats, strict=True):
             assert status == 200, events
             assert_complete(events, cid)
         assert "MaxConnectionsError" not in server.log() and "lost the lock" not in server.log()

@@ -12,7 +12,12 @@ from starlette.responses import StreamingResponse
 from realtime_llm.api.access import Caller, require_caller, services_of
 from realtime_llm.bodies import bounded_int, event_id, path_id, read_json_object, validate_message
 from realtime_llm.broker.base import (
-    BrokerUnavailable, ConversationGone, SessionEnded, ShuttingDown, SubscriberOverflow, Subscription,
+    BrokerUnavailable,
+    ConversationGone,
+    SessionEnded,
+    ShuttingDown,
+    SubscriberOverflow,
+    Subscription,
 )
 from realtime_llm.errors import UpstreamError
 from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_frame

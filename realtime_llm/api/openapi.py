@@ -10,7 +10,8 @@ from realtime_llm import __version__
 from realtime_llm.api.access import services_of
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
-from realtime_llm.events import DONE, ERROR as ERROR_EVENT, FULL_RESPONSE, MESSAGE, TITLE, TRUNCATE, USER_MESSAGE
+from realtime_llm.events import DONE, FULL_RESPONSE, MESSAGE, TITLE, TRUNCATE, USER_MESSAGE
+from realtime_llm.events import ERROR as ERROR_EVENT
 from realtime_llm.responses import JSONResponse
 
 EVENT_TYPES = (USER_MESSAGE, MESSAGE, DONE, FULL_RESPONSE, ERROR_EVENT, TITLE, TRUNCATE)
@@ -194,7 +195,7 @@ def model_pattern(catalog: ModelCatalog, *, allow_empty: bool = False) -> str:
     """The models served here as one regular expression (config's glob patterns)."""
     def glob(pattern: str) -> str:
         return "".join({"*": "[^\\x00]*", "?": "[^\\x00]"}.get(c, re.escape(c)) for c in pattern)
-    if any("[" in p for p in (e["id"] for e in catalog.listing())):
+    if any("[" in str(e["id"]) for e in catalog.listing()):
         return NO_NUL  # character classes: not worth translating; the server still checks
     choices = [glob(str(entry["id"])) for entry in catalog.listing()] + ([""] if allow_empty else [])
     return "^(?:" + "|".join(choices) + ")$"
@@ -231,7 +232,8 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
             "properties": {
                 "title": title,
                 "model": _text(200, pattern=model_pattern(catalog)),
-                "api_key": {**_text(limits.max_api_key_chars), "description": "empty removes the conversation's own key"},
+                "api_key": {**_text(limits.max_api_key_chars),
+                            "description": "empty removes the conversation's own key"},
                 "system_prompt": _text(limits.max_system_prompt_chars),
             },
             "additionalProperties": False,

@@ -14,7 +14,12 @@ from realtime_llm.api.access import Caller, authenticate_token, bearer_token, se
 from realtime_llm.api.chat import align_event_ids, check_message_rate, stream_end_message
 from realtime_llm.bodies import bounded_int, event_id, validate_message
 from realtime_llm.broker.base import (
-    BrokerUnavailable, ConversationGone, SessionEnded, ShuttingDown, Subscription, SubscriberOverflow,
+    BrokerUnavailable,
+    ConversationGone,
+    SessionEnded,
+    ShuttingDown,
+    SubscriberOverflow,
+    Subscription,
 )
 from realtime_llm.errors import BadRequest, ConversationNotFound, Unauthorized, as_api_error
 from realtime_llm.events import ERROR, local_json
@@ -160,7 +165,8 @@ class ConversationSocket:
         holder = await self.services.broker.lock_holder(self.conversation_id)
         await self.send(local_json(
             "ready", "", conversation_id=self.conversation_id, generating=holder is not None,
-            last_event_id=max(self.subscription.last_id, await self.services.broker.last_event_id(self.conversation_id)),
+            last_event_id=max(self.subscription.last_id,
+                              await self.services.broker.last_event_id(self.conversation_id)),
         ))
         pump = asyncio.create_task(self._pump_events())
         read = asyncio.create_task(self._read_frames())

@@ -1,7 +1,7 @@
 """Brokers carry a conversation's events to its subscribers: in-process or through Redis."""
 from __future__ import annotations
 
-from realtime_llm.broker.base import Broker, Subscription, SubscriberOverflow
+from realtime_llm.broker.base import Broker, SubscriberOverflow, Subscription
 from realtime_llm.config import Settings
 
 __all__ = ["Broker", "Subscription", "SubscriberOverflow", "create_broker"]

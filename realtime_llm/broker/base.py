@@ -121,7 +121,7 @@ class Subscription:
                 self._queued_bytes -= len(event.json)
             if event.id > self.last_id:  # replay and live may overlap at the seam; drop repeats
                 self.last_id = event.id
-                return event  # type: ignore[no-any-return]
+                return event
 
 
 class Broker(EventIds):

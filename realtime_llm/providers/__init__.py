@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from realtime_llm.config import ProviderSettings
-from realtime_llm.providers.base import ChatMessage, ChatRequest, Completion, Provider, UpstreamError, Usage
+from realtime_llm.errors import UpstreamError
+from realtime_llm.providers.base import ChatMessage, ChatRequest, Completion, Provider, Usage
 
 __all__ = ["ChatMessage", "ChatRequest", "Completion", "Provider", "UpstreamError", "Usage", "create_provider"]
 

@@ -54,10 +54,10 @@ class Provider(abc.ABC):
     name = ""  # the config's provider name, set by create_provider (metrics use it)
     can_title = True  # worth asking for a conversation title (the demo model is not)
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027  (optional: the demo provider opens nothing)
         """Open pooled connections; called once from the lifespan."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027
         """Close what start() opened."""
 
     @abc.abstractmethod

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, TypeGuard
 
 import httpx
 import orjson
 
 from realtime_llm.config import ProviderSettings
-from realtime_llm.providers.base import ChatRequest, Completion, Provider, UpstreamError, Usage
+from realtime_llm.errors import UpstreamError
+from realtime_llm.providers.base import ChatRequest, Completion, Provider, Usage
 from realtime_llm.providers.sse_reader import sse_data
 
 MAX_ERROR_BODY = 4096
@@ -114,9 +115,13 @@ def _usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
-    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31 for n in (prompt, completion)):
+    if not (_count(prompt) and _count(completion)):
         return None
     return Usage(prompt, completion)
+
+
+def _count(n: object) -> TypeGuard[int]:
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31
 
 
 def _parse_chunk(data: str, key: str) -> dict[str, Any]:

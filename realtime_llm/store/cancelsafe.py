@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable, TypeVar
 
+from databases.backends.postgres import PostgresBackend, PostgresConnection
+
 T = TypeVar("T")
 
 
@@ -26,8 +28,6 @@ async def atomically(work: Callable[[], Awaitable[T]]) -> T:
     except asyncio.CancelledError:
         await asyncio.wait({task})
         raise
-
-from databases.backends.postgres import PostgresBackend, PostgresConnection
 
 
 class ReleaseSurvivesCancel:

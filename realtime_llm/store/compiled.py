@@ -31,7 +31,8 @@ class Compiled:
         if dialect not in self._forms:
             compiled = self.statement.compile(dialect=DIALECTS[dialect])
             literals = {name: value for name, value in compiled.params.items() if value is not None}
-            self._forms[dialect] = (str(compiled), tuple(compiled.positiontup or ()), literals)
+            names = getattr(compiled, "positiontup", None) or ()  # positional paramstyles only
+            self._forms[dialect] = (str(compiled), tuple(names), literals)
         return self._forms[dialect]
 
     async def fetch_all(self, database: Database, **params: Any) -> list[Sequence[Any]]:

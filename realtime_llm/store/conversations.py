@@ -51,7 +51,7 @@ MESSAGE_COLUMNS = (
 
 def _message(r: Any) -> Message:
     """A Message from a row of MESSAGE_COLUMNS: a `databases` Record, or the driver's own row."""
-    fields = r.values() if isinstance(r, RecordInterface) else r
+    fields = r._mapping.values() if isinstance(r, RecordInterface) else r
     message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated = fields
     usage = None
     if prompt_tokens is not None and completion_tokens is not None:
@@ -68,7 +68,7 @@ ALL_MESSAGES = ("SELECT message_id, role, content, created_time, prompt_tokens, 
 LIST_LIMIT_MAX = 1000
 
 # The statements of a generation's start and end (store/compiled.py).
-_cid = sa.bindparam("cid")
+_cid: sa.BindParameter[int] = sa.bindparam("cid")
 OWNED = Compiled(sa.select(*(conversations.c[f] for f in Conversation.__dataclass_fields__))
                  .where(conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id")))
 EXISTS = Compiled(sa.select(conversations.c.id).where(conversations.c.id == _cid))
@@ -79,7 +79,8 @@ RAISE_EVENT_CEILING = Compiled(
     .values(last_event_id=sa.bindparam("last_event_id")))
 _newest = sa.select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == _cid).order_by(messages.c.message_id.desc())
 NEWEST_MESSAGES = Compiled(_newest.limit(sa.bindparam("page")))
-NEWEST_MESSAGES_BELOW = Compiled(_newest.where(messages.c.message_id < sa.bindparam("below")).limit(sa.bindparam("page")))
+NEWEST_MESSAGES_BELOW = Compiled(_newest.where(messages.c.message_id < sa.bindparam("below"))
+                                 .limit(sa.bindparam("page")))
 # Bound to the owner too: a write that belongs to a conversation names it whole.
 NEXT_MESSAGE_ID = Compiled(
     conversations.update().where(conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id"))
@@ -157,7 +158,7 @@ class ConversationStore:
         if self.fts and len(q) >= 3:
             # FTS5 trigram: the query as one quoted phrase is a literal substring match.
             phrase = '"' + q.replace('"', '""') + '"'
-            hits = sa.select(sa.column("rowid")).select_from(sa.table("messages_fts")).where(
+            hits: sa.Select[Any] = sa.select(sa.column("rowid")).select_from(sa.table("messages_fts")).where(
                 sa.text("messages_fts MATCH :phrase").bindparams(phrase=phrase))
             return mine.where(m.c.id.in_(hits))
         # PostgreSQL: ILIKE, which the pg_trgm index serves; SQLite with fewer than three
@@ -204,7 +205,7 @@ class ConversationStore:
             return cached
         messages = [row_json(r) for r in await self._all_message_rows(conversation.id)]
         await self.cache.put(conversation.id, messages)
-        return messages  # type: ignore[return-value]
+        return messages
 
     async def messages(self, conversation_id: int) -> list[Message]:
         return [_message(r) for r in await self._all_message_rows(conversation_id)]

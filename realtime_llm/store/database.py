@@ -121,7 +121,7 @@ async def rebuild_sqlite_tables(database: Database, names: tuple[str, ...]) -> N
 def _sqlite_dialect() -> sa.engine.Dialect:
     from sqlalchemy.dialects import sqlite
 
-    return sqlite.dialect()  # type: ignore[no-any-return]
+    return sqlite.dialect()
 
 
 async def _run_extras(database: Database, statements: tuple[str, ...]) -> None:

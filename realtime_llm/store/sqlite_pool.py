@@ -141,4 +141,4 @@ class PooledSQLiteBackend(SQLiteBackend):
         await self._pool.close()  # type: ignore[attr-defined]
 
     def connection(self) -> PooledSQLiteConnection:
-        return PooledSQLiteConnection(self._pool, self._dialect)  # type: ignore[arg-type]
+        return PooledSQLiteConnection(self._pool, self._dialect)
