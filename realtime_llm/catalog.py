@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
-from realtime_llm.config import ProviderSettings
+if TYPE_CHECKING:  # config.py checks the default model with this class: no import back
+    from realtime_llm.config import ProviderSettings
 
 WILDCARDS = frozenset("*?[")
 

@@ -21,9 +21,10 @@ import time
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 
-from realtime_llm.cli import STARTUP_FAILURE, configure_logging, describe, run_server
 from realtime_llm.config import Settings
+from realtime_llm.logs import configure_logging
 from realtime_llm.metrics import MULTIPROC_ENV
+from realtime_llm.server import STARTUP_FAILURE, describe, run_server
 
 logger = logging.getLogger("realtime_llm.workers")
 spawn = multiprocessing.get_context("spawn")

@@ -125,8 +125,8 @@ def test_cli_refuses_workers_without_redis(tmp_path: Path) -> None:
 
 def test_redis_password_is_quoted_and_redacted() -> None:
     """A password with URL-special characters neither breaks the URL nor shows in the start-up line."""
-    from realtime_llm.cli import redact_url
     from realtime_llm.config import RedisSettings
+    from realtime_llm.server import redact_url
 
     url = RedisSettings(address="127.0.0.1:6379", password="p/a#s?s@w:rd").connection_url()
     import redis
