@@ -45,3 +45,9 @@ async def authenticate_token(services: Services, token: str | None) -> Caller:
 
 async def require_caller(connection: HTTPConnection) -> Caller:
     return await authenticate_token(services_of(connection), bearer_token(connection))
+
+
+async def check_message_rate(services: Services, user_id: int) -> None:
+    """Chat messages and regenerations, per user, over HTTP and WebSocket together."""
+    await services.limiter.check("messages", f"messages:{user_id}",
+                                 services.settings.limits.messages_per_minute_per_user, 60)

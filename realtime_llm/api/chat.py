@@ -9,7 +9,8 @@ from typing import AsyncIterator, Callable
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from realtime_llm.api.access import Caller, require_caller, services_of
+from realtime_llm.api.access import Caller, check_message_rate, require_caller, services_of
+from realtime_llm.api.streams import align_event_ids, ended_unseen, stream_end_message, watched_subscription
 from realtime_llm.bodies import bounded_int, event_id, path_id, read_json_object, validate_message
 from realtime_llm.broker.base import (
     BrokerUnavailable,
@@ -54,12 +55,6 @@ async def regenerate(request: Request) -> StreamingResponse:
     return await answer_stream(request, caller, await services.engine.regenerate(conversation))
 
 
-async def check_message_rate(services: Services, user_id: int) -> None:
-    """Chat messages and regenerations, per user, over HTTP and WebSocket together."""
-    await services.limiter.check("messages", f"messages:{user_id}",
-                                 services.settings.limits.messages_per_minute_per_user, 60)
-
-
 async def answer_stream(request: Request, caller: Caller, generation: Generation) -> StreamingResponse:
     # Hold the response until the upstream has accepted, so a refusal is a plain 502.
     refusal = await asyncio.shield(generation.accepted)
@@ -91,14 +86,6 @@ async def stop(request: Request) -> JSONResponse:
     return JSONResponse({"message": message, "stopped": stopped})
 
 
-async def align_event_ids(services: Services, conversation_id: int, after: int | None) -> None:
-    """A client that has seen ids beyond this server's latest (its buffer was lost: a
-    restart without Redis, a flush) gets ids above its own from now on, never repeats it
-    would drop as duplicates. The owner's own conversation only; ids stay below 2**52."""
-    if after is not None and after < 2**52 and after > await services.broker.last_event_id(conversation_id):
-        await services.broker.ensure_event_floor(conversation_id, after)
-
-
 def last_event_id(request: Request) -> int | None:
     """The header (EventSource sends it on reconnecting), else the query; both must be valid."""
     header = event_id(request.headers.get("last-event-id"), "Last-Event-ID")
@@ -120,11 +107,10 @@ async def stream_events(
     abort = request.scope.get("extensions", {}).get(ABORT)
     OPEN_SSE_STREAMS.inc()
     try:
-        async with services.broker.subscribe(conversation_id, after) as subscription:
-            with services.sessions.watch(caller.claims, lambda: subscription.fail(SessionEnded())):
-                async with _dropped_when_cut_off(subscription, abort):
-                    async for frame in _frames(services, subscription, keepalive, until_terminal):
-                        yield frame
+        async with watched_subscription(services, caller, conversation_id, after) as subscription:
+            async with _dropped_when_cut_off(subscription, abort):
+                async for frame in _frames(services, subscription, keepalive, until_terminal):
+                    yield frame
     except BrokerUnavailable as exc:  # the response has started: the error can only go in-band
         yield _local_error(conversation_id, exc)
     finally:
@@ -163,7 +149,7 @@ async def _frames(services: Services, subscription: Subscription, keepalive: flo
             yield _local_error(conversation_id, exc)
             return
         if event is None:
-            ended = await _ended_unseen(services, subscription, until_terminal)
+            ended = await ended_unseen(services, subscription, until_terminal)
             if ended is not None:
                 yield _local_error(conversation_id, ended)
                 return
@@ -172,43 +158,6 @@ async def _frames(services: Services, subscription: Subscription, keepalive: flo
         yield sse_frame(event)
         if until_terminal and event.type in TERMINAL:
             return
-
-
-class GenerationVanished(Exception):
-    pass
-
-
-async def _ended_unseen(services: Services, subscription: Subscription, until_terminal: bool) -> Exception | None:
-    """On an idle stream: has the conversation gone, or the awaited generation ended without
-    its final event reaching us? Both would otherwise leave the stream waiting forever.
-
-    With Redis, pub/sub delivery may trail the lock's release, so events the replay buffer
-    holds beyond what we have seen are taken from there (repeats are dropped by id)."""
-    conversation_id = subscription.conversation_id
-    if not await services.conversations.exists(conversation_id):
-        return ConversationGone()
-    if until_terminal and await services.broker.lock_holder(conversation_id) is None:
-        missed = await services.broker.replay(conversation_id, subscription.last_id)
-        if missed:
-            subscription.add_backlog(missed)
-            return None
-        return GenerationVanished()
-    return None
-
-
-def stream_end_message(exc: Exception) -> str:
-    """Why a subscriber's stream ended, in words for a person."""
-    if isinstance(exc, ConversationGone):
-        return "this conversation was deleted"
-    if isinstance(exc, GenerationVanished):
-        return "the answer was interrupted; reload the conversation to see what was saved"
-    if isinstance(exc, ShuttingDown):
-        return "the server is restarting; reconnect to resume"
-    if isinstance(exc, SessionEnded):
-        return "your session ended (logged out or expired); log in again to go on watching"
-    if isinstance(exc, BrokerUnavailable):
-        return "live updates are unavailable right now; reconnect to resume"
-    return "you fell too far behind the stream; reconnect with Last-Event-ID to resume"
 
 
 def _local_error(conversation_id: int, exc: Exception) -> bytes:

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from realtime_llm.api.access import Caller, authenticate_token, bearer_token, services_of
-from realtime_llm.api.chat import align_event_ids, check_message_rate, stream_end_message
+from realtime_llm.api.access import Caller, authenticate_token, bearer_token, check_message_rate, services_of
+from realtime_llm.api.streams import align_event_ids, stream_end_message, watched_subscription
 from realtime_llm.bodies import bounded_int, event_id, validate_message
 from realtime_llm.broker.base import (
     BrokerUnavailable,
@@ -62,10 +62,9 @@ async def conversation_socket(websocket: WebSocket) -> None:
         await services.conversations.get_owned(conversation_id, caller.user.id)
         async with services.seats.hold(caller.user.id):
             await align_event_ids(services, conversation_id, after)
-            async with services.broker.subscribe(conversation_id, after) as subscription:
-                # Logout or expiry of the token ends the socket (4401), whatever it is doing.
-                with services.sessions.watch(caller.claims, lambda: subscription.fail(SessionEnded())):
-                    await ConversationSocket(websocket, services, caller, conversation_id, subscription).run()
+            # Logout or expiry of the token ends the socket (4401), whatever it is doing.
+            async with watched_subscription(services, caller, conversation_id, after) as subscription:
+                await ConversationSocket(websocket, services, caller, conversation_id, subscription).run()
     except CloseSocket as close:
         await _close(websocket, close.code, close.reason)
     except ConversationNotFound:
