@@ -14,10 +14,11 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, AsyncIterable, Awaitable, Callable, Coroutine
 
 from prometheus_client import Histogram
 
+from realtime_llm.batching import coalesce
 from realtime_llm.broker import Broker
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.catalog import ModelCatalog
@@ -31,7 +32,9 @@ from realtime_llm.errors import (
     database_error,
 )
 from realtime_llm.events import DONE, ERROR, MESSAGE, TRUNCATE, USER_MESSAGE
+from realtime_llm.locks import kept_alive, take_lock
 from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS, UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
+from realtime_llm.prompt import answer_usage, build_prompt
 from realtime_llm.providers import ChatMessage, ChatRequest, Provider, UpstreamError, Usage
 from realtime_llm.store.conversations import Conversation, ConversationStore
 from realtime_llm.titles import Titler
@@ -39,7 +42,6 @@ from realtime_llm.titles import Titler
 logger = logging.getLogger("realtime_llm.generation")
 
 SAVE_PATIENCE_SECONDS = 60  # how long a finished answer waits out a busy or unreachable database
-CHARS_PER_TOKEN = 4  # the budget is in tokens; this estimate avoids a tokenizer per model
 
 
 @dataclass
@@ -149,7 +151,7 @@ class GenerationEngine:
         what comes before the answer, setting the event id the answer follows."""
         cid = conversation.id
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
-        if not await self._acquire(cid, owner):
+        if not await take_lock(self.broker, cid, owner, self.settings.stream.lock_ttl_seconds):
             raise Conflict("a generation is already running in this conversation")
         generation = Generation(cid, owner, conversation)
         # Listen for stop before anyone can know the generation exists (the user_message
@@ -165,17 +167,6 @@ class GenerationEngine:
         self._running[cid] = generation
         generation.task = asyncio.create_task(self._run(generation, conversation, listening), name=f"generation-{cid}")
         return generation
-
-    async def _acquire(self, cid: int, owner: str, patience: float = 0.3) -> bool:
-        """Take the lock; if it is held, wait a moment in case its generation is just
-        finishing (its client saw full_response a hair before the lock was released)."""
-        ttl = self.settings.stream.lock_ttl_seconds
-        deadline = time.monotonic() + patience
-        while not await self.broker.acquire_lock(cid, owner, ttl):
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
 
     async def drain(self, grace: float, cut_short: Callable[[], bool] = lambda: False) -> None:
         """Refuse new generations and give the running ones `grace` seconds to finish (less
@@ -230,7 +221,9 @@ class GenerationEngine:
         outcome = "error"
         RUNNING_GENERATIONS.inc()
         try:
-            async with listening, self._keep_lock(generation):
+            kept = kept_alive(self.broker, cid, generation.owner, self.settings.stream.lock_ttl_seconds,
+                              on_lost=lambda: self._stop(generation))
+            async with listening, kept:
                 reason = await self._stream_answer(generation, conversation, parts)
                 await self._finish(generation, "".join(parts), reason, deltas=len(parts))
                 outcome = reason
@@ -272,7 +265,8 @@ class GenerationEngine:
             if generation.stop_requested:
                 return "cancelled"
             async with asyncio.timeout(self.settings.stream.max_generation_seconds):
-                generation.prompt = await self.prompt(conversation, below=generation.replaces)
+                generation.prompt = await build_prompt(self.settings.llm, self.store, conversation,
+                                                       below=generation.replaces)
                 request = ChatRequest(
                     model=conversation.model,
                     messages=generation.prompt,
@@ -311,64 +305,34 @@ class GenerationEngine:
 
     async def _relay(self, cid: int, deltas: AsyncIterable[str], parts: list[str],
                      first_token: Histogram, began: float) -> None:
-        """Publish deltas, coalescing those that come within `batch_ms` of the last publish.
-
-        A delta after a quiet spell goes out at once (no added latency); a burst is held
-        until the window ends, so one event — one broker round trip — carries many tokens.
-        A separate reader task lets the window close on time while the upstream is silent.
-        """
-        window = self.settings.stream.batch_ms / 1000
+        """Publish the deltas, batched (batching.py), until the answer ends or reaches
+        `max_answer_chars` (it is cut there: AnswerTooLong)."""
         room = self.settings.stream.max_answer_chars  # what the answer may still grow by
-        queue: asyncio.Queue[str | None | BaseException] = asyncio.Queue()
-        reader = asyncio.create_task(_pump(deltas, queue))
-        pending: list[str] = []
-        last_flush = float("-inf")
-        try:
-            while True:
-                timeout = max(0.0, last_flush + window - time.monotonic()) if pending else None
-                try:
-                    async with asyncio.timeout(timeout):
-                        item = await queue.get()
-                except TimeoutError:
-                    item = ""
-                if isinstance(item, str) and item:
-                    if not parts and not pending:
-                        first_token.observe(time.monotonic() - began)
-                    pending.append(item)
-                if pending and (item is None or isinstance(item, BaseException)
-                                or time.monotonic() - last_flush >= window):
-                    text = "".join(pending)
-                    if len(text) >= room:  # the answer reaches max_answer_chars: cut there, stop
-                        await self._publish_delta(cid, [text[:room]], parts)
-                        raise AnswerTooLong()
-                    await self._publish_delta(cid, pending, parts)
-                    room -= len(text)
-                    pending.clear()
-                    last_flush = time.monotonic()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-        finally:
-            reader.cancel()
-            await _finish_task(reader)
+        async for text in coalesce(deltas, self.settings.stream.batch_ms / 1000):
+            if not parts:
+                first_token.observe(time.monotonic() - began)
+            if len(text) >= room:
+                await self._publish_delta(cid, text[:room], parts)
+                raise AnswerTooLong()
+            await self._publish_delta(cid, text, parts)
+            room -= len(text)
 
-    async def _publish_delta(self, cid: int, pending: list[str], parts: list[str]) -> None:
+    async def _publish_delta(self, cid: int, text: str, parts: list[str]) -> None:
         """Publish a delta and count it as part of the answer. Only what was published is
         part of it, so full_response is always the concatenation of the message events,
         even after a stop. A stop that lands while the event is on its way (with Redis: the
         script may have run) lets the publish finish first, and counts it if it went out."""
-        publishing = asyncio.ensure_future(self.broker.publish(cid, MESSAGE, "".join(pending)))
+        publishing = asyncio.ensure_future(self.broker.publish(cid, MESSAGE, text))
         try:
             await asyncio.shield(publishing)
         except asyncio.CancelledError:
             await asyncio.wait({publishing}, timeout=2.0)
             if publishing.done() and not publishing.cancelled() and publishing.exception() is None:
-                parts.append("".join(pending))
+                parts.append(text)
             else:
                 publishing.cancel()
             raise
-        parts.append("".join(pending))  # one part per message event
+        parts.append(text)  # one part per message event
 
     async def _finish(self, generation: Generation, answer: str, reason: str, deltas: int = 0) -> None:
         """Save the answer, then publish done and full_response (made of the `deltas`
@@ -377,7 +341,7 @@ class GenerationEngine:
         usage: Usage | None = None
         try:
             if answer or reason == "stop":
-                usage = answer_usage(generation, answer)
+                usage = answer_usage(generation.usage, generation.prompt, answer)
                 saved = await self._save_answer(generation, answer, usage)
                 generation.saved = True
                 message_id: int | None = saved.message_id
@@ -398,7 +362,7 @@ class GenerationEngine:
         if not answer:
             return
         try:
-            await self._save_answer(generation, answer, answer_usage(generation, answer))
+            await self._save_answer(generation, answer, answer_usage(generation.usage, generation.prompt, answer))
         except ConversationNotFound:
             pass  # deleted meanwhile: nothing to save
         except Exception:
@@ -433,90 +397,12 @@ class GenerationEngine:
         sees full_response. (Event ids need no saving: the broker reserves them in SQL.)"""
         await self.broker.release_lock(generation.conversation_id, generation.owner)
 
-    @contextlib.asynccontextmanager
-    async def _keep_lock(self, generation: Generation) -> AsyncIterator[None]:
-        """Renew the lock while the generation runs, so only a dead process lets it expire."""
-        ttl = self.settings.stream.lock_ttl_seconds
-        done = asyncio.Event()
-
-        async def heartbeat() -> None:
-            # Ends on `done`, not only on cancel: a cancel that lands inside a client's own
-            # timeout handling can be swallowed (Python 3.11), and this must still stop.
-            pause = ttl / 3
-            while not done.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(pause):
-                        await done.wait()
-                if done.is_set():
-                    return
-                try:
-                    held = await self.broker.refresh_lock(generation.conversation_id, generation.owner, ttl)
-                except Exception:  # a busy or briefly absent broker: try again soon, keep answering
-                    pause = min(0.25, ttl / 10)
-                    continue
-                pause = ttl / 3
-                if not held:
-                    # Another process holds it now and may start a generation: stop ours (saving it).
-                    logger.warning("lost the lock of conversation %d; stopping", generation.conversation_id)
-                    self._stop(generation)
-                    return
-
-        beating = asyncio.create_task(heartbeat())
-        try:
-            yield
-        finally:
-            done.set()
-            await _finish_task(beating)
-
     def provider_for(self, model: str) -> Provider:
         settings = self.catalog.provider_for(model)
         if settings is None:
             raise UpstreamError(f"model {model!r} is no longer served here")
         return self.providers[settings.name]
 
-    async def prompt(self, conversation: Conversation, below: int | None = None) -> tuple[ChatMessage, ...]:
-        """System prompt, then the newest history (before message `below`, if given) that
-        fits the context budget."""
-        system = conversation.system_prompt or self.settings.llm.system_prompt
-        budget = self.settings.llm.context_budget_tokens * CHARS_PER_TOKEN - len(system)
-        history = await self.store.recent_messages(conversation.id, max(budget, 1), below=below)
-        return (ChatMessage("system", system), *(ChatMessage(m.role, m.content) for m in history))
-
 
 class AnswerTooLong(Exception):
     """The answer reached stream.max_answer_chars; it is stopped there and saved."""
-
-
-async def _finish_task(task: asyncio.Task[None], timeout: float = 2.0) -> None:
-    """Wait for a helper task to end, but not forever: a library that swallows a cancel
-    must not hang the generation that owns the task."""
-    try:
-        async with asyncio.timeout(timeout):
-            await asyncio.shield(task)
-    except TimeoutError:
-        task.cancel()
-        logger.warning("a helper task did not stop in %.0fs; left cancelled", timeout)
-    except asyncio.CancelledError:
-        if not task.done():
-            raise  # we ourselves are being cancelled
-    except Exception:
-        pass  # the helper's own failure was handled where it happened
-
-
-async def _pump(deltas: AsyncIterable[str], queue: asyncio.Queue[str | None | BaseException]) -> None:
-    try:
-        async for delta in deltas:
-            queue.put_nowait(delta)
-        queue.put_nowait(None)
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:  # handed to the relay, which raises it in the generation task
-        queue.put_nowait(exc)
-
-
-def answer_usage(generation: Generation, answer: str) -> Usage:
-    """The upstream's counts when it gave them; else an estimate (4 characters a token)."""
-    if generation.usage is not None:
-        return generation.usage
-    prompt_chars = sum(len(m.content) for m in generation.prompt)
-    return Usage(-(-prompt_chars // CHARS_PER_TOKEN), -(-len(answer) // CHARS_PER_TOKEN), estimated=True)

@@ -1,0 +1,27 @@
+"""What a model is sent (the system prompt and the newest history that fits the context
+budget) and what an answer is counted as when the upstream gives no token counts."""
+from __future__ import annotations
+
+from realtime_llm.config import LlmSettings
+from realtime_llm.providers import ChatMessage, Usage
+from realtime_llm.store.conversations import Conversation, ConversationStore
+
+CHARS_PER_TOKEN = 4  # the budget is in tokens; this estimate avoids a tokenizer per model
+
+
+async def build_prompt(settings: LlmSettings, store: ConversationStore, conversation: Conversation,
+                       below: int | None = None) -> tuple[ChatMessage, ...]:
+    """System prompt, then the newest history (before message `below`, if given) that
+    fits the context budget."""
+    system = conversation.system_prompt or settings.system_prompt
+    budget = settings.context_budget_tokens * CHARS_PER_TOKEN - len(system)
+    history = await store.recent_messages(conversation.id, max(budget, 1), below=below)
+    return (ChatMessage("system", system), *(ChatMessage(m.role, m.content) for m in history))
+
+
+def answer_usage(reported: Usage | None, prompt: tuple[ChatMessage, ...], answer: str) -> Usage:
+    """The upstream's counts when it gave them; else an estimate (4 characters a token)."""
+    if reported is not None:
+        return reported
+    prompt_chars = sum(len(m.content) for m in prompt)
+    return Usage(-(-prompt_chars // CHARS_PER_TOKEN), -(-len(answer) // CHARS_PER_TOKEN), estimated=True)
