@@ -15,8 +15,9 @@ import contextlib
 import itertools
 import logging
 import os
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from realtime_llm.config import LimitsSettings
@@ -83,7 +84,7 @@ class Seats:
 
 
 class RedisSeats(Seats):
-    def __init__(self, limit: int, redis: Any, prefix: str, lease: float) -> None:
+    def __init__(self, limit: int, redis: aioredis.Redis, prefix: str, lease: float) -> None:
         super().__init__(limit)
         self.redis = redis
         self.prefix = prefix
@@ -146,8 +147,7 @@ class RedisSeats(Seats):
                 logger.warning("socket seats not renewed, Redis unavailable (%s)", type(exc).__name__)
 
 
-def create_seats(limits: LimitsSettings, broker: Any, prefix: str) -> Seats:
-    redis = getattr(broker, "redis", None)
+def create_seats(limits: LimitsSettings, redis: aioredis.Redis | None, prefix: str) -> Seats:
     if redis is None:
         return Seats(limits.websockets_per_user)
     return RedisSeats(limits.websockets_per_user, redis, prefix, limits.websocket_seat_lease_seconds)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 import anyio.to_thread
+import redis.asyncio as aioredis
 from databases import Database
 
 from realtime_llm.auth import PasswordHasher, TokenIssuer
@@ -20,6 +21,7 @@ from realtime_llm.generation import GenerationEngine
 from realtime_llm.keys import APIKeyBox, load_or_create_secret, secret_file_path
 from realtime_llm.providers import Provider, create_provider
 from realtime_llm.ratelimit import RateLimiter, RedisRateLimiter
+from realtime_llm.redisclient import redis_client
 from realtime_llm.seats import Seats, create_seats
 from realtime_llm.sessions import SessionWatch
 from realtime_llm.store.conversations import ConversationStore
@@ -63,9 +65,8 @@ class Services:
         await asyncio.sleep(0.2)  # let the closing frames go out
 
 
-def create_history_cache(settings: Settings, broker: Broker) -> HistoryCache:
+def create_history_cache(settings: Settings, redis: aioredis.Redis | None) -> HistoryCache:
     """Histories are cached in Redis when there is one; one process alone reads SQL directly."""
-    redis = getattr(broker, "redis", None)
     if redis is None:
         return HistoryCache()
     from realtime_llm.cache import RedisHistoryCache
@@ -73,9 +74,8 @@ def create_history_cache(settings: Settings, broker: Broker) -> HistoryCache:
     return RedisHistoryCache(redis, settings.redis.key_prefix, settings.stream.replay_ttl_seconds)
 
 
-def create_rate_limiter(settings: Settings, broker: Broker) -> RateLimiter:
+def create_rate_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter:
     """Counted in Redis when there is one, so every process enforces the same limits."""
-    redis = getattr(broker, "redis", None)
     if redis is None:
         return RateLimiter()
     return RedisRateLimiter(redis, settings.redis.key_prefix)
@@ -97,7 +97,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(database.disconnect)
         await migrate(database)
 
-        broker = create_broker(settings)
+        redis = redis_client(settings.redis) if settings.redis.enabled else None
+        if redis is not None:
+            stack.push_async_callback(redis.aclose)
+        broker = create_broker(settings, redis)
         await broker.start()
         stack.push_async_callback(broker.close)
 
@@ -106,14 +109,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await provider.start()
             stack.push_async_callback(provider.close)
 
-        conversations = ConversationStore(database, APIKeyBox(secret), create_history_cache(settings, broker),
+        conversations = ConversationStore(database, APIKeyBox(secret), create_history_cache(settings, redis),
                                           fts=await has_sqlite_search_index(database))
         broker.keep_ceilings_in(conversations)  # event ids are reserved in SQL
         catalog = ModelCatalog(settings.llm.providers)
         engine = GenerationEngine(settings, conversations, broker, providers, catalog)
         stack.push_async_callback(engine.close)
 
-        seats = create_seats(settings.limits, broker, settings.redis.key_prefix)
+        seats = create_seats(settings.limits, redis, settings.redis.key_prefix)
         await seats.start()
         stack.push_async_callback(seats.close)
 
@@ -135,7 +138,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             broker=broker,
             providers=providers,
             engine=engine,
-            limiter=create_rate_limiter(settings, broker),
+            limiter=create_rate_limiter(settings, redis),
             seats=seats,
             sessions=sessions,
         )

@@ -12,6 +12,7 @@ from realtime_llm.broker.base import ConversationGone
 from realtime_llm.broker.memory import MemoryBroker
 from realtime_llm.broker.redis import RedisBroker
 from realtime_llm.config import Settings
+from realtime_llm.redisclient import redis_client
 from tests.backends import redis_url
 
 pytestmark = pytest.mark.anyio
@@ -32,10 +33,14 @@ def broker_settings(kind: str) -> Settings:
 
 @pytest.fixture(params=["memory", "redis"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    instance = create_broker(broker_settings(request.param))
+    settings = broker_settings(request.param)
+    client = redis_client(settings.redis) if settings.redis.enabled else None
+    instance = create_broker(settings, client)
     await instance.start()
     yield instance
     await instance.close()
+    if client is not None:
+        await client.aclose()
 
 
 CID = 4242

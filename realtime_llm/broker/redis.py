@@ -22,9 +22,6 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone, Subscription
@@ -117,15 +114,13 @@ CONFIRM_TIMEOUT = 5.0
 class RedisBroker(Broker):
     name = "redis"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        """`redis` is the process's client (redisclient.py): its owner closes it."""
         super().__init__()
         self.settings = settings.stream
-        self.url = settings.redis.connection_url()
         self.prefix = settings.redis.key_prefix
-        self.timeout = settings.redis.socket_timeout
-        self.max_connections = settings.redis.max_connections
+        self.redis = redis
         self._held_locks: dict[int, str] = {}  # generations running here: alive by definition
-        self.redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -138,18 +133,6 @@ class RedisBroker(Broker):
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        # A blocking pool: under load a call waits for a free connection (up to the socket
-        # timeout) instead of failing at once with MaxConnectionsError, which had a live
-        # answer's lock lapse and the answer declared dead.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=self.max_connections, timeout=self.timeout,
-            socket_timeout=self.timeout, socket_connect_timeout=self.timeout, health_check_interval=30,
-            # After Redis restarts, every pooled connection is dead and the first command on
-            # each would fail: retry once on a fresh connection. Only connection errors, not
-            # timeouts (a slow Redis must not double the wait).
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self.redis = aioredis.Redis(connection_pool=pool)
         for name, source in (("publish", PUBLISH), ("publish_answer", PUBLISH_ANSWER), ("floor", RAISE_FLOOR),
                              ("restore", RESTORE_COUNTER),
                              ("refresh", REFRESH_LOCK), ("release", RELEASE_LOCK)):
@@ -168,11 +151,8 @@ class RedisBroker(Broker):
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
-        if self.redis is not None:
-            await self.redis.aclose()
 
     async def ping(self) -> None:
-        assert self.redis is not None
         await self._call(self.redis.ping())
 
     def key(self, conversation_id: int, suffix: str) -> str:
@@ -218,7 +198,6 @@ class RedisBroker(Broker):
         return Event(event_id, FULL_RESPONSE, prefix + str(event_id).encode() + suffix)
 
     async def replay(self, conversation_id: int, after: int) -> list[Event]:
-        assert self.redis is not None
         entries = await self._call(self.redis.xrange(
             self.key(conversation_id, "events"), min=f"{after + 1}-0", max="+", count=self.settings.replay_events,
         ))
@@ -243,7 +222,6 @@ class RedisBroker(Broker):
                 await self._drop_channel(self.key(conversation_id, "live").encode())
 
     async def _counter(self, conversation_id: int) -> int | None:
-        assert self.redis is not None
         counter = await self._call(self.redis.get(self.key(conversation_id, "seq")))
         return None if counter is None else int(counter)
 
@@ -258,11 +236,9 @@ class RedisBroker(Broker):
         ))
 
     async def clear_replay(self, conversation_id: int) -> None:
-        assert self.redis is not None
         await self._call(self.redis.delete(self.key(conversation_id, "events")))
 
     async def drop(self, conversation_id: int) -> None:
-        assert self.redis is not None
         keys = [self.key(conversation_id, s) for s in ("seq", "events")]
         self._fail_local(conversation_id, ConversationGone("conversation deleted"))
         await self._call(self.redis.delete(*keys))
@@ -271,7 +247,6 @@ class RedisBroker(Broker):
     # -- the lock and the stop signal --------------------------------------------------
 
     async def acquire_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
-        assert self.redis is not None
         taken = bool(await self._call(self.redis.set(
             self.key(conversation_id, "lock"), owner, nx=True, px=int(ttl * 1000),
         )))
@@ -291,7 +266,6 @@ class RedisBroker(Broker):
             await self._call(self._scripts["release"](keys=[self.key(conversation_id, "lock")], args=[owner]))
 
     async def lock_holder(self, conversation_id: int) -> str | None:
-        assert self.redis is not None
         holder = await self._call(self.redis.get(self.key(conversation_id, "lock")))
         return holder.decode() if holder else None
 
@@ -310,7 +284,6 @@ class RedisBroker(Broker):
                 await self._drop_channel(channel)
 
     async def request_stop(self, conversation_id: int) -> bool:
-        assert self.redis is not None
         receivers = await self._call(self.redis.publish(self.key(conversation_id, "stop"), b"stop"))
         return int(receivers) > 0
 
@@ -348,7 +321,6 @@ class RedisBroker(Broker):
                 await self._pubsub.unsubscribe(channel)
 
     async def _connect_pubsub(self) -> None:
-        assert self.redis is not None
         pubsub = self.redis.pubsub()
         # Always subscribed to something, so the connection can be read from the start.
         await pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}")
@@ -436,7 +408,6 @@ class RedisBroker(Broker):
 
     async def _unfinished(self, conversation_id: int) -> bool:
         """The conversation's last event says a generation was running."""
-        assert self.redis is not None
         last = await self._call(self.redis.xrevrange(self.key(conversation_id, "events"), count=1))
         return bool(last) and _event(last[0][1][b"e"]).type not in TERMINAL | {"title"}
 
