@@ -180,7 +180,10 @@ SCHEMAS: dict[str, Any] = {
 }
 
 NO_NUL = "^[^\\x00]*$"
-NON_BLANK = "^[^\\x00]*[^\\s\\x00][^\\x00]*$"
+# Blank as the server judges it, str.strip(): Python's whitespace, which differs from a
+# regex's \s (it has U+001C..U+001F and U+0085; \s has U+FEFF). Found by schemathesis.
+PYTHON_SPACE = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
+NON_BLANK = f"^[^\\x00]*[^\\x00{PYTHON_SPACE}][^\\x00]*$"
 
 
 def _text(max_chars: int, *, nullable: bool = False, pattern: str = NO_NUL, min_chars: int = 0) -> dict[str, Any]:
