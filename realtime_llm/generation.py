@@ -48,7 +48,6 @@ SAVE_PATIENCE_SECONDS = 60  # how long a finished answer waits out a busy or unr
 class Generation:
     """A running generation, as the code that started it sees it."""
 
-    conversation_id: int
     owner: str
     conversation: Conversation  # as it was when the generation started; writes are bound to it
     # This generation's events are the conversation's events after this id.
@@ -63,6 +62,10 @@ class Generation:
     finishing: bool = False
     saved: bool = False  # the answer is in SQL: never save it again
     task: asyncio.Task[None] | None = None
+
+    @property
+    def conversation_id(self) -> int:
+        return self.conversation.id
 
     def settle(self, refusal: str | None) -> None:
         if not self.accepted.done():
@@ -153,7 +156,7 @@ class GenerationEngine:
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if not await take_lock(self.broker, cid, owner, self.settings.stream.lock_ttl_seconds):
             raise Conflict("a generation is already running in this conversation")
-        generation = Generation(cid, owner, conversation)
+        generation = Generation(owner, conversation)
         # Listen for stop before anyone can know the generation exists (the user_message
         # below), so a stop sent the moment it appears is never lost.
         listening = contextlib.AsyncExitStack()
@@ -165,7 +168,7 @@ class GenerationEngine:
             await self.broker.release_lock(cid, owner)
             raise
         self._running[cid] = generation
-        generation.task = asyncio.create_task(self._run(generation, conversation, listening), name=f"generation-{cid}")
+        generation.task = asyncio.create_task(self._run(generation, listening), name=f"generation-{cid}")
         return generation
 
     async def drain(self, grace: float, cut_short: Callable[[], bool] = lambda: False) -> None:
@@ -214,8 +217,7 @@ class GenerationEngine:
         if generation.task is not None:  # else _stream_answer sees the flag when it begins
             generation.task.cancel()
 
-    async def _run(self, generation: Generation, conversation: Conversation,
-                   listening: contextlib.AsyncExitStack) -> None:
+    async def _run(self, generation: Generation, listening: contextlib.AsyncExitStack) -> None:
         cid = generation.conversation_id
         parts: list[str] = []
         outcome = "error"
@@ -224,9 +226,10 @@ class GenerationEngine:
             kept = kept_alive(self.broker, cid, generation.owner, self.settings.stream.lock_ttl_seconds,
                               on_lost=lambda: self._stop(generation))
             async with listening, kept:
-                reason = await self._stream_answer(generation, conversation, parts)
+                reason = await self._stream_answer(generation, parts)
                 await self._finish(generation, "".join(parts), reason, deltas=len(parts))
                 outcome = reason
+            conversation = generation.conversation
             if outcome == "stop" and not conversation.title and self.settings.llm.auto_titles:
                 self._spawn(self.titles.give_title(conversation, generation.prompt, "".join(parts)))
         except UpstreamError as exc:
@@ -258,9 +261,10 @@ class GenerationEngine:
             self._running.pop(cid, None)
             await self._release(generation)
 
-    async def _stream_answer(self, generation: Generation, conversation: Conversation, parts: list[str]) -> str:
+    async def _stream_answer(self, generation: Generation, parts: list[str]) -> str:
         """Relay the model's deltas; returns the done reason. A stop cancels this task, and
         the cancellation is absorbed here so that the partial answer can still be saved."""
+        conversation = generation.conversation
         try:
             if generation.stop_requested:
                 return "cancelled"

@@ -34,7 +34,7 @@ from realtime_llm.metrics import EVENTS_PUBLISHED
 logger = logging.getLogger("realtime_llm.broker.redis")
 
 # A missing counter (never used, expired, Redis restarted) is never started from 0: the
-# script answers -1 and the broker restores it from the SQL ceiling (broker/base.py).
+# script answers -1 and the broker restores it from the SQL ceiling (broker/eventids.py).
 PUBLISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local id = redis.call('INCR', KEYS[1])

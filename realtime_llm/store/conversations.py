@@ -277,7 +277,7 @@ class ConversationStore:
         return await EXISTS.fetch_one(self.database, cid=conversation_id) is not None
 
     async def event_ceiling(self, conversation_id: int) -> int:
-        """No event id above this has been handed out in the conversation (broker/base.py)."""
+        """No event id above this has been handed out in the conversation (broker/eventids.py)."""
         return int(await EVENT_CEILING.fetch_val(self.database, cid=conversation_id) or 0)
 
     async def raise_event_ceiling(self, conversation_id: int, ceiling: int) -> None:

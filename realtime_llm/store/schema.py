@@ -45,7 +45,7 @@ conversations = sa.Table(
     sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
     # The event id ceiling: no id above it has been handed out. The broker reserves ids in
     # blocks ahead of publishing them, so ids keep increasing after a crash, a restart or a
-    # Redis flush (broker/base.py).
+    # Redis flush (broker/eventids.py).
     sa.Column("last_event_id", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_conversations_user_newest", "user_id", sa.text("id DESC")),
     # Never reused (v3): without AUTOINCREMENT SQLite hands the newest deleted id to the
