@@ -2,56 +2,66 @@
 
 A delta after a quiet spell goes out at once (no added latency); a burst is held until
 the window since the last batch ends, so Redis traffic grows with the answer's length,
-not its token count. A reader task of its own lets the window close on time while the
-upstream is silent.
+not its token count. The deltas arrive in a queue filled by a reader of their own
+(relay.UpstreamReader), so the window closes on time while the upstream is silent, and a
+stop, put into the same queue, is seen at once: nothing is ever cancelled to stop.
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterable, AsyncIterator
-
-from realtime_llm.tasks import finish_task
+from typing import AsyncIterator, Union
 
 
-async def coalesce(deltas: AsyncIterable[str], window: float) -> AsyncIterator[str]:
-    """The text of `deltas`, those that arrive within `window` seconds of the last batch
-    handed out joined into one; an upstream failure is raised after what came before it."""
-    queue: asyncio.Queue[str | None | BaseException] = asyncio.Queue()
-    reader = asyncio.create_task(_pump(deltas, queue))
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+END = _Marker("END")  # the answer is complete
+STOPPED = _Marker("STOPPED")  # stop here: a user's stop, a limit, the lock lost, shutdown
+ACCEPTED = _Marker("ACCEPTED")  # the upstream took the request (relay.UpstreamReader)
+
+# What a reader puts into the queue: text, a marker, or the failure that ended its stream.
+Item = Union[str, _Marker, BaseException]
+
+
+class Stopped(Exception):
+    """The answer was stopped before its end; what came before the stop was handed out."""
+
+
+async def coalesce(queue: asyncio.Queue[Item], window: float) -> AsyncIterator[str]:
+    """The text in `queue`, deltas that arrive within `window` seconds of the last batch
+    joined into one, until END. STOPPED raises Stopped and a failure is raised, each after
+    the text that came before it."""
     pending: list[str] = []
     last_batch = float("-inf")
-    try:
-        while True:
-            timeout = max(0.0, last_batch + window - time.monotonic()) if pending else None
+    while True:
+        item: Item
+        if not pending:  # nothing held back: no timer (this runs for every token)
+            item = await queue.get()
+        else:
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(max(0.0, last_batch + window - time.monotonic())):
                     item = await queue.get()
             except TimeoutError:
                 item = ""
-            if isinstance(item, str) and item:
+        if isinstance(item, str):
+            if item:
                 pending.append(item)
-            if pending and (item is None or isinstance(item, BaseException)
-                            or time.monotonic() - last_batch >= window):
-                batch = "".join(pending)
-                pending.clear()
-                yield batch
-                last_batch = time.monotonic()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-    finally:
-        reader.cancel()
-        await finish_task(reader)
-
-
-async def _pump(deltas: AsyncIterable[str], queue: asyncio.Queue[str | None | BaseException]) -> None:
-    try:
-        async for delta in deltas:
-            queue.put_nowait(delta)
-        queue.put_nowait(None)
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:  # handed to the consumer, which raises it in its own task
-        queue.put_nowait(exc)
+            if not pending or time.monotonic() - last_batch < window:
+                continue
+        if pending:
+            batch = "".join(pending)
+            pending.clear()
+            yield batch
+            last_batch = time.monotonic()
+        if item is END:
+            return
+        if item is STOPPED:
+            raise Stopped()
+        if isinstance(item, BaseException):
+            raise item

@@ -8,17 +8,17 @@ import logging
 import time
 from typing import AsyncIterator, Callable
 
-from realtime_llm.broker import Broker
+from realtime_llm.broker import GenerationLocks
 from realtime_llm.tasks import finish_task
 
 logger = logging.getLogger("realtime_llm.generation")
 
 
-async def take_lock(broker: Broker, cid: int, owner: str, ttl: float, patience: float = 0.3) -> bool:
+async def take_lock(locks: GenerationLocks, cid: int, owner: str, ttl: float, patience: float = 0.3) -> bool:
     """Take the lock; if it is held, wait a moment in case its generation is just
     finishing (its client saw full_response a hair before the lock was released)."""
     deadline = time.monotonic() + patience
-    while not await broker.acquire_lock(cid, owner, ttl):
+    while not await locks.acquire(cid, owner, ttl):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.02)
@@ -26,7 +26,7 @@ async def take_lock(broker: Broker, cid: int, owner: str, ttl: float, patience: 
 
 
 @contextlib.asynccontextmanager
-async def kept_alive(broker: Broker, cid: int, owner: str, ttl: float,
+async def kept_alive(locks: GenerationLocks, cid: int, owner: str, ttl: float,
                      on_lost: Callable[[], None]) -> AsyncIterator[None]:
     """Renew the lock every ttl/3 while inside; `on_lost()` when another holder has it."""
     done = asyncio.Event()
@@ -42,7 +42,7 @@ async def kept_alive(broker: Broker, cid: int, owner: str, ttl: float,
             if done.is_set():
                 return
             try:
-                held = await broker.refresh_lock(cid, owner, ttl)
+                held = await locks.refresh(cid, owner, ttl)
             except Exception:  # a busy or briefly absent broker: try again soon, keep answering
                 pause = min(0.25, ttl / 10)
                 continue

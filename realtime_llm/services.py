@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from databases import Database
 
 from realtime_llm.auth import PasswordHasher, TokenIssuer
-from realtime_llm.broker import Broker, create_broker
+from realtime_llm.broker import Broker, GenerationLocks, open_broker
 from realtime_llm.broker.base import ShuttingDown
 from realtime_llm.cache import HistoryCache
 from realtime_llm.catalog import ModelCatalog
@@ -44,6 +44,7 @@ class Services:
     tokens: TokenIssuer
     catalog: ModelCatalog
     broker: Broker
+    locks: GenerationLocks  # one generation per conversation; stop requests
     providers: dict[str, Provider]
     engine: GenerationEngine
     limiter: RateLimiter
@@ -100,9 +101,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         redis = redis_client(settings.redis) if settings.redis.enabled else None
         if redis is not None:
             stack.push_async_callback(redis.aclose)
-        broker = create_broker(settings, redis)
-        await broker.start()
-        stack.push_async_callback(broker.close)
+        broker, locks = await open_broker(settings, redis, stack)
 
         providers = {p.name: create_provider(p) for p in settings.llm.providers}
         for provider in providers.values():
@@ -113,7 +112,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                           fts=await has_sqlite_search_index(database))
         broker.keep_ceilings_in(conversations)  # event ids are reserved in SQL
         catalog = ModelCatalog(settings.llm.providers)
-        engine = GenerationEngine(settings, conversations, broker, providers, catalog)
+        engine = GenerationEngine(settings, conversations, broker, locks, providers, catalog)
         stack.push_async_callback(engine.close)
 
         seats = create_seats(settings.limits, redis, settings.redis.key_prefix)
@@ -136,6 +135,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             tokens=TokenIssuer(secret, settings.jwt.ttl_seconds),
             catalog=catalog,
             broker=broker,
+            locks=locks,
             providers=providers,
             engine=engine,
             limiter=create_rate_limiter(settings, redis),

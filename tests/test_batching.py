@@ -1,13 +1,17 @@
-"""The delta coalescer alone: a quiet spell's first delta goes out at once, a burst goes
-out as one batch, nothing is lost or reordered, an upstream failure comes after its text."""
+"""The delta coalescer and the upstream reader alone: a quiet spell's first delta goes out
+at once, a burst goes out as one batch, nothing is lost or reordered, a failure or a stop
+comes after the text before it, and a stop is seen while the upstream is silent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import AsyncIterator
 
 import pytest
 
-from realtime_llm.batching import coalesce
+from realtime_llm.batching import END, STOPPED, Item, Stopped, coalesce
+from realtime_llm.providers import ChatRequest, Completion, Provider, UpstreamError
+from realtime_llm.relay import UpstreamReader
 
 pytestmark = pytest.mark.anyio
 
@@ -17,43 +21,105 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def burst(*deltas: str, fail: Exception | None = None) -> AsyncIterator[str]:
-    for delta in deltas:
-        yield delta
-    if fail is not None:
-        raise fail
+def queued(*items: Item) -> asyncio.Queue[Item]:
+    queue: asyncio.Queue[Item] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    return queue
 
 
 async def test_a_burst_is_one_batch_after_the_first_delta() -> None:
-    batches = [b async for b in coalesce(burst("a", "b", "c", "d"), window=10.0)]
+    batches = [b async for b in coalesce(queued("a", "b", "c", "d", END), window=10.0)]
     assert batches == ["a", "bcd"]  # the first at once; the rest when the stream ends
 
 
 async def test_no_window_sends_every_delta_alone() -> None:
-    async def spaced() -> AsyncIterator[str]:
+    queue: asyncio.Queue[Item] = asyncio.Queue()
+
+    async def spaced() -> None:
         for delta in "xyz":
             await asyncio.sleep(0.01)
-            yield delta
+            queue.put_nowait(delta)
+        queue.put_nowait(END)
 
-    assert [b async for b in coalesce(spaced(), window=0.0)] == ["x", "y", "z"]
+    feeder = asyncio.create_task(spaced())
+    assert [b async for b in coalesce(queue, window=0.0)] == ["x", "y", "z"]
+    await feeder
+
+
+async def test_the_window_closes_on_time_while_the_upstream_is_silent() -> None:
+    queue = queued("a", "b")
+    batches = coalesce(queue, window=0.05)
+    assert await anext(batches) == "a"
+    async with asyncio.timeout(1):
+        assert await anext(batches) == "b"  # nothing more came: the window's end sent it
 
 
 async def test_a_failure_comes_after_the_text_before_it() -> None:
     seen: list[str] = []
     with pytest.raises(ConnectionError):
-        async for batch in coalesce(burst("a", "b", "", "c", fail=ConnectionError("cut")), window=10.0):
+        async for batch in coalesce(queued("a", "b", "", "c", ConnectionError("cut")), window=10.0):
             seen.append(batch)
     assert seen == ["a", "bc"]
 
 
-async def test_a_consumer_that_stops_early_leaves_no_reader_running() -> None:
-    async def endless() -> AsyncIterator[str]:
-        while True:
-            await asyncio.sleep(0.001)
-            yield "t"
+async def test_a_stop_comes_after_the_text_before_it_and_nothing_after() -> None:
+    seen: list[str] = []
+    with pytest.raises(Stopped):
+        async for batch in coalesce(queued("a", "b", "c", STOPPED, "late", END), window=10.0):
+            seen.append(batch)
+    assert seen == ["a", "bc"]
 
-    batches = coalesce(endless(), window=0.0)
-    assert await anext(batches) == "t"
-    await batches.aclose()
-    await asyncio.sleep(0.05)
-    assert [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_pump"] == []  # type: ignore[union-attr]
+
+class SilentProvider(Provider):
+    """Takes the request, sends one delta, then says nothing until it is closed."""
+
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.closed = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Completion]:
+        if not self.accept:
+            await asyncio.sleep(3600)  # an upstream that never answers the request
+        async def deltas(_: Completion) -> AsyncIterator[str]:
+            yield "first"
+            await asyncio.sleep(3600)
+            yield "never"
+        try:
+            yield Completion(deltas)
+        finally:
+            self.closed.set()
+
+
+async def test_a_stop_reaches_a_relay_waiting_on_a_silent_upstream_and_closes_it() -> None:
+    provider = SilentProvider()
+    async with UpstreamReader(provider, ChatRequest("m", ())) as reader:
+        assert await reader.accepted()
+        batches = coalesce(reader.queue, window=0.0)
+        assert await anext(batches) == "first"
+        asyncio.get_running_loop().call_later(0.05, reader.stop)
+        with pytest.raises(Stopped):
+            async with asyncio.timeout(2):
+                await anext(batches)
+    assert provider.closed.is_set()  # leaving the reader closed the upstream request
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "upstream-reader"] == []
+
+
+async def test_a_stop_before_the_upstream_accepts_is_not_an_acceptance() -> None:
+    async with UpstreamReader(SilentProvider(accept=False), ChatRequest("m", ())) as reader:
+        asyncio.get_running_loop().call_later(0.05, reader.stop)
+        async with asyncio.timeout(2):
+            assert await reader.accepted() is False
+
+
+async def test_a_refusal_is_raised_by_accepted() -> None:
+    class Refusing(Provider):
+        @contextlib.asynccontextmanager
+        async def stream(self, request: ChatRequest) -> AsyncIterator[Completion]:
+            raise UpstreamError("no")
+            yield  # pragma: no cover
+
+    async with UpstreamReader(Refusing(), ChatRequest("m", ())) as reader:
+        with pytest.raises(UpstreamError):
+            await reader.accepted()

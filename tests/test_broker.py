@@ -1,13 +1,15 @@
-"""The broker contract, for every implementation: ids, replay, fan-out, bounds, lock, stop."""
+"""The broker contract, for every implementation: ids, replay, fan-out, bounds; and the
+generation locks' contract: exclusive, expiring, stop requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import AsyncIterator
 
 import pytest
 
-from realtime_llm.broker import Broker, SubscriberOverflow, create_broker
+from realtime_llm.broker import Broker, GenerationLocks, SubscriberOverflow, open_broker
 from realtime_llm.broker.base import ConversationGone
 from realtime_llm.broker.memory import MemoryBroker
 from realtime_llm.broker.redis import RedisBroker
@@ -32,15 +34,23 @@ def broker_settings(kind: str) -> Settings:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+async def opened(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, GenerationLocks]]:
     settings = broker_settings(request.param)
-    client = redis_client(settings.redis) if settings.redis.enabled else None
-    instance = create_broker(settings, client)
-    await instance.start()
-    yield instance
-    await instance.close()
-    if client is not None:
-        await client.aclose()
+    async with contextlib.AsyncExitStack() as stack:
+        client = redis_client(settings.redis) if settings.redis.enabled else None
+        if client is not None:
+            stack.push_async_callback(client.aclose)
+        yield await open_broker(settings, client, stack)
+
+
+@pytest.fixture
+def broker(opened: tuple[Broker, GenerationLocks]) -> Broker:
+    return opened[0]
+
+
+@pytest.fixture
+def locks(opened: tuple[Broker, GenerationLocks]) -> GenerationLocks:
+    return opened[1]
 
 
 CID = 4242
@@ -100,28 +110,30 @@ async def test_slow_subscriber_is_cut_off(broker: Broker) -> None:
                 await slow.get(timeout=2)
 
 
-async def test_lock_is_exclusive_and_expires(broker: Broker) -> None:
-    assert await broker.acquire_lock(CID, "a", ttl=0.3)
-    assert not await broker.acquire_lock(CID, "b", ttl=0.3)
-    assert await broker.lock_holder(CID) == "a"
-    assert await broker.refresh_lock(CID, "a", ttl=0.3)
-    assert not await broker.refresh_lock(CID, "b", ttl=0.3)
-    await broker.release_lock(CID, "b")  # not the holder: no effect
-    assert await broker.lock_holder(CID) == "a"
+async def test_lock_is_exclusive_and_expires(locks: GenerationLocks) -> None:
+    assert await locks.acquire(CID, "a", ttl=0.3)
+    assert not await locks.acquire(CID, "b", ttl=0.3)
+    assert await locks.holder(CID) == "a"
+    assert CID in locks.held_here()
+    assert await locks.refresh(CID, "a", ttl=0.3)
+    assert not await locks.refresh(CID, "b", ttl=0.3)
+    await locks.release(CID, "b")  # not the holder: no effect
+    assert await locks.holder(CID) == "a"
     await asyncio.sleep(0.4)
-    assert await broker.lock_holder(CID) is None
-    assert await broker.acquire_lock(CID, "b", ttl=5)
-    await broker.release_lock(CID, "b")
-    assert await broker.lock_holder(CID) is None
+    assert await locks.holder(CID) is None
+    assert await locks.acquire(CID, "b", ttl=5)
+    await locks.release(CID, "b")
+    assert await locks.holder(CID) is None
+    assert CID not in locks.held_here()
 
 
-async def test_stop_reaches_the_listener(broker: Broker) -> None:
+async def test_stop_reaches_the_listener(locks: GenerationLocks) -> None:
     stopped = asyncio.Event()
-    assert not await broker.request_stop(CID)
-    async with broker.on_stop(CID, stopped.set):
-        assert await broker.request_stop(CID)
+    assert not await locks.request_stop(CID)
+    async with locks.on_stop(CID, stopped.set):
+        assert await locks.request_stop(CID)
         await asyncio.wait_for(stopped.wait(), 2)
-    assert not await broker.request_stop(CID)
+    assert not await locks.request_stop(CID)
 
 
 async def test_drop_ends_subscriptions_and_forgets(broker: Broker) -> None:

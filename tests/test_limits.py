@@ -49,7 +49,7 @@ def test_an_sse_client_that_stops_reading_is_cut_off(server: ServerProcess, api:
     headers, cid = new_chat(api)
     with lazy_sse(server, headers, cid) as raw:
         events = chat_events(api, headers, cid, BIG_ANSWER)  # a reader that keeps up sees it all
-        assert events[-1]["event"] == "full_response" and len(events[-1]["data"]) == 600 * 20000
+        assert events[-1]["event"] == "full_response" and len(events[-1]["data"]) == 600 * 20000, events[-1]
         received, closed = drain(raw, timeout=10)
     assert closed, "the stream of a client that did not read was never ended"
     assert received < 2 * 600 * 20000  # it was cut off, not served the answer and its full_response

@@ -81,7 +81,7 @@ async def stop(request: Request) -> JSONResponse:
     conversation_id = path_id(request)
     services = services_of(request)
     await services.conversations.get_owned(conversation_id, caller.user.id)
-    stopped = await services.broker.request_stop(conversation_id)
+    stopped = await services.locks.request_stop(conversation_id)
     message = "Generation stopped" if stopped else "No generation was running"
     return JSONResponse({"message": message, "stopped": stopped})
 

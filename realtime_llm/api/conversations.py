@@ -140,7 +140,7 @@ async def delete(request: Request) -> JSONResponse:
     # broker outage must not turn it into an error (its Redis keys expire on their own).
     with contextlib.suppress(BrokerUnavailable):
         await services.broker.drop(conversation_id)
-        if await services.broker.request_stop(conversation_id):
+        if await services.locks.request_stop(conversation_id):
             await wait_for_lock_release(services, conversation_id, STOP_PATIENCE_SECONDS)
             await services.broker.drop(conversation_id)
     return JSONResponse({"message": "Conversation deleted successfully"})
@@ -151,7 +151,7 @@ STOP_PATIENCE_SECONDS = 3.0
 
 async def wait_for_lock_release(services: Services, conversation_id: int, patience: float) -> None:
     deadline = time.monotonic() + patience
-    while await services.broker.lock_holder(conversation_id) is not None and time.monotonic() < deadline:
+    while await services.locks.holder(conversation_id) is not None and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
 
 

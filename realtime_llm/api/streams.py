@@ -48,7 +48,7 @@ async def ended_unseen(services: Services, subscription: Subscription, until_ter
     conversation_id = subscription.conversation_id
     if not await services.conversations.exists(conversation_id):
         return ConversationGone()
-    if until_terminal and await services.broker.lock_holder(conversation_id) is None:
+    if until_terminal and await services.locks.holder(conversation_id) is None:
         missed = await services.broker.replay(conversation_id, subscription.last_id)
         if missed:
             subscription.add_backlog(missed)

@@ -161,7 +161,7 @@ class ConversationSocket:
         await self.send(local_json(ERROR, message, conversation_id=self.conversation_id, code=code))
 
     async def run(self) -> None:
-        holder = await self.services.broker.lock_holder(self.conversation_id)
+        holder = await self.services.locks.holder(self.conversation_id)
         await self.send(local_json(
             "ready", "", conversation_id=self.conversation_id, generating=holder is not None,
             last_event_id=max(self.subscription.last_id,
@@ -249,7 +249,7 @@ class ConversationSocket:
             await self.services.engine.regenerate(conversation)
         elif kind == "stop":
             await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
-            await self.services.broker.request_stop(self.conversation_id)
+            await self.services.locks.request_stop(self.conversation_id)
         elif kind == "resume":
             await self._resume(frame)
         elif kind == "auth":

@@ -1,11 +1,12 @@
-"""What every broker does: publish, subscribe with replay, a lock per conversation, a stop signal."""
+"""What every broker does: publish a conversation's events with ids, subscribe with replay.
+(The generation lock and the stop signal are broker/locks.py.)"""
 from __future__ import annotations
 
 import abc
 import asyncio
 import collections
 import contextlib
-from typing import Any, AsyncContextManager, Callable, Collection, Iterable
+from typing import Any, AsyncContextManager, Collection, Iterable
 
 from realtime_llm.broker.eventids import EventIds
 from realtime_llm.errors import ServiceUnavailable
@@ -168,6 +169,10 @@ class Broker(EventIds):
             for subscription in list(subscriptions):
                 subscription.fail(error)
 
+    def watched(self) -> list[int]:
+        """Conversations with subscribers in this process."""
+        return list(self._local)
+
     def end_subscriptions(self, error: Exception, keep: Collection[int] = ()) -> None:
         """On shutdown: this process's streams and sockets end (sockets close 1001) once they
         have read what is queued for them; those of the conversations in `keep` stay."""
@@ -194,28 +199,8 @@ class Broker(EventIds):
         """The buffered events with ids above `after`, oldest first."""
 
     @abc.abstractmethod
-    async def acquire_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
-        """Take the conversation's generation lock unless someone holds it; it expires after ttl."""
-
-    @abc.abstractmethod
-    async def refresh_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
-        """Extend a lock this owner holds; False if it was lost."""
-
-    @abc.abstractmethod
-    async def release_lock(self, conversation_id: int, owner: str) -> None:
-        """Release the lock if this owner still holds it."""
-
-    @abc.abstractmethod
-    async def lock_holder(self, conversation_id: int) -> str | None:
-        """Who holds the conversation's lock, if anyone."""
-
-    @abc.abstractmethod
-    def on_stop(self, conversation_id: int, callback: Callable[[], None]) -> AsyncContextManager[None]:
-        """While inside, `callback` runs when a stop is requested for the conversation."""
-
-    @abc.abstractmethod
-    async def request_stop(self, conversation_id: int) -> bool:
-        """Ask whoever runs the conversation's generation to stop it; True if someone listened."""
+    async def last_event(self, conversation_id: int) -> Event | None:
+        """The newest event the replay buffer holds, if any."""
 
     @abc.abstractmethod
     async def clear_replay(self, conversation_id: int) -> None:

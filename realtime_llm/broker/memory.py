@@ -1,4 +1,5 @@
-"""The in-process broker: one process, no Redis; the embedded default."""
+"""The in-process broker: one process, no Redis; the embedded default. (Its generation
+locks: broker/locks.py, MemoryLocks.)"""
 from __future__ import annotations
 
 import asyncio
@@ -6,7 +7,7 @@ import collections
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 from realtime_llm.broker.base import Broker, ConversationGone, Subscription
 from realtime_llm.broker.eventids import CounterMissing
@@ -20,9 +21,6 @@ class _Channel:
     buffer: collections.deque[Event]
     last_id: int | None = None  # None: not counted in this process yet (restored from SQL)
     touched: float = field(default_factory=time.monotonic)
-    stop_callbacks: set[Callable[[], None]] = field(default_factory=set)
-    lock_owner: str | None = None
-    lock_expires: float = 0.0
 
 
 class MemoryBroker(Broker):
@@ -96,47 +94,9 @@ class MemoryBroker(Broker):
         channel = self._channel(conversation_id)
         channel.last_id = max(channel.last_id or 0, floor)
 
-    async def acquire_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
-        channel = self._channel(conversation_id)
-        now = time.monotonic()
-        if channel.lock_owner is not None and channel.lock_expires > now:
-            return False
-        channel.lock_owner, channel.lock_expires = owner, now + ttl
-        return True
-
-    async def refresh_lock(self, conversation_id: int, owner: str, ttl: float) -> bool:
-        channel = self._channel(conversation_id)
-        if channel.lock_owner != owner:
-            return False
-        channel.lock_expires = time.monotonic() + ttl
-        return True
-
-    async def release_lock(self, conversation_id: int, owner: str) -> None:
-        channel = self._channels.get(conversation_id)
-        if channel is not None and channel.lock_owner == owner:
-            channel.lock_owner = None
-
-    async def lock_holder(self, conversation_id: int) -> str | None:
-        channel = self._channels.get(conversation_id)
-        if channel is None or channel.lock_owner is None or channel.lock_expires <= time.monotonic():
-            return None
-        return channel.lock_owner
-
-    @contextlib.asynccontextmanager
-    async def on_stop(self, conversation_id: int, callback: Callable[[], None]) -> AsyncIterator[None]:
-        channel = self._channel(conversation_id)
-        channel.stop_callbacks.add(callback)
-        try:
-            yield
-        finally:
-            channel.stop_callbacks.discard(callback)
-
-    async def request_stop(self, conversation_id: int) -> bool:
-        channel = self._channels.get(conversation_id)
-        callbacks = list(channel.stop_callbacks) if channel else []
-        for callback in callbacks:
-            callback()
-        return bool(callbacks)
+    async def last_event(self, conversation_id: int) -> Event | None:
+        buffer = self._channel(conversation_id).buffer
+        return buffer[-1] if buffer else None
 
     async def clear_replay(self, conversation_id: int) -> None:
         self._channel(conversation_id).buffer.clear()
@@ -152,6 +112,5 @@ class MemoryBroker(Broker):
             await asyncio.sleep(min(60.0, ttl / 2))
             cutoff = time.monotonic() - ttl
             for conversation_id, channel in list(self._channels.items()):
-                idle = conversation_id not in self._local and not channel.stop_callbacks and channel.lock_owner is None
-                if idle and channel.touched < cutoff:
+                if conversation_id not in self._local and channel.touched < cutoff:
                     del self._channels[conversation_id]

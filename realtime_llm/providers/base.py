@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import AsyncContextManager, AsyncIterator, Callable
 
 from realtime_llm.errors import UpstreamError  # noqa: F401  (raised by every provider)
+from realtime_llm.usage import Usage
 
 
 @dataclass(frozen=True)
@@ -20,19 +21,6 @@ class ChatRequest:
     messages: tuple[ChatMessage, ...]
     api_key: str = ""
     max_tokens: int = 0  # 0: the model's own limit
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens an answer cost: the upstream's own counts, or our estimate (`estimated`)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    estimated: bool = False
-
-    def as_json(self) -> dict[str, object]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "estimated": self.estimated}
 
 
 class Completion:

@@ -10,8 +10,9 @@ import orjson
 
 from realtime_llm.config import ProviderSettings
 from realtime_llm.errors import UpstreamError
-from realtime_llm.providers.base import ChatRequest, Completion, Provider, Usage
+from realtime_llm.providers.base import ChatRequest, Completion, Provider
 from realtime_llm.providers.sse_reader import sse_data
+from realtime_llm.usage import Usage
 
 MAX_ERROR_BODY = 4096
 # After [DONE] the body's end is read (it usually came with it) so the connection goes

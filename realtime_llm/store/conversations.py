@@ -13,10 +13,10 @@ from databases.interfaces import Record as RecordInterface
 from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.keys import APIKeyBox, mask_api_key
-from realtime_llm.providers.base import Usage
 from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import Compiled
 from realtime_llm.store.schema import conversations, messages, users
+from realtime_llm.usage import Usage
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,151 @@
+"""The process's one pub/sub connection to Redis, shared by the event log (a conversation's
+live events) and the generation locks (its stop requests).
+
+A channel is subscribed once per process, and only while someone here needs it; each
+has one handler. When the connection fails, `on_lost` callbacks run (the event log ends
+its streams, which resume elsewhere or after a reconnect), the connection is made anew,
+and the channels marked `keep` (the stop channels of generations running here) are
+subscribed again.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from realtime_llm.broker.base import BrokerUnavailable
+
+logger = logging.getLogger("realtime_llm.broker.redis")
+
+CONFIRM_TIMEOUT = 5.0
+
+
+async def redis_call(awaitable: Any) -> Any:
+    """A Redis command; its failure is BrokerUnavailable (a 503, or an `error` event)."""
+    try:
+        return await awaitable
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        logger.warning("redis call failed: %s", type(exc).__name__)
+        raise BrokerUnavailable() from None
+
+
+class RedisPubSub:
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._pubsub: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._handlers: dict[bytes, Callable[[bytes], None]] = {}
+        self._keep: set[bytes] = set()
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._lost_callbacks: list[Callable[[], None]] = []
+        self._connected = asyncio.Event()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """`callback()` whenever the connection fails (messages may have been missed)."""
+        self._lost_callbacks.append(callback)
+
+    async def start(self) -> None:
+        await redis_call(self.redis.ping())  # fail start-up clearly when Redis is absent
+        await redis_call(self._connect())
+        self._listener = asyncio.create_task(self._listen(), name="redis-pubsub-listener")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+
+    async def subscribe(self, channel: bytes, handler: Callable[[bytes], None], *, keep: bool = False) -> None:
+        """Deliver the channel's messages to `handler` from the moment this returns (Redis
+        has confirmed the subscription). With `keep`, it survives a reconnect."""
+        self._handlers[channel] = handler
+        if keep:
+            self._keep.add(channel)
+        if not self._connected.is_set():  # reconnecting: give it a moment before giving up
+            try:
+                async with asyncio.timeout(2.0):
+                    await self._connected.wait()
+            except TimeoutError:
+                raise BrokerUnavailable() from None
+        confirmed = self._confirmations.get(channel)
+        if confirmed is None:
+            confirmed = asyncio.get_running_loop().create_future()
+            self._confirmations[channel] = confirmed
+            try:
+                await redis_call(self._pubsub.subscribe(channel))
+            except BrokerUnavailable:
+                self._confirmations.pop(channel, None)
+                raise
+        try:
+            async with asyncio.timeout(CONFIRM_TIMEOUT):
+                await asyncio.shield(confirmed)
+        except TimeoutError:
+            raise BrokerUnavailable() from None
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        self._handlers.pop(channel, None)
+        self._keep.discard(channel)
+        self._confirmations.pop(channel, None)
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.unsubscribe(channel)
+
+    async def _connect(self) -> None:
+        pubsub = self.redis.pubsub()
+        # Always subscribed to something, so the connection can be read from the start.
+        await pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}")
+        for channel in list(self._keep):
+            self._confirmations[channel] = asyncio.get_running_loop().create_future()
+            await pubsub.subscribe(channel)
+        self._pubsub = pubsub
+        self._connected.set()
+
+    async def _listen(self) -> None:
+        """Read the connection; when it fails, tell the owners of its channels and reconnect."""
+        backoff = 0.2
+        while True:
+            try:
+                if self._pubsub is None:
+                    await self._connect()
+                    backoff = 0.2
+                async for message in self._pubsub.listen():
+                    self._dispatch(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._connected.clear()
+                if self._pubsub is not None:
+                    logger.warning("redis pub/sub connection lost (%s); reconnecting", type(exc).__name__)
+                for callback in self._lost_callbacks:
+                    callback()
+                for future in self._confirmations.values():
+                    if not future.done():
+                        future.set_exception(BrokerUnavailable())
+                        future.exception()  # retrieved here, so an unawaited one is not reported
+                self._confirmations.clear()
+                old, self._pubsub = self._pubsub, None
+                if old is not None:
+                    with contextlib.suppress(Exception):
+                        await old.aclose()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = message["channel"]
+        if message["type"] == "subscribe":
+            future = self._confirmations.get(channel)
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif message["type"] == "message":
+            handler = self._handlers.get(channel)
+            if handler is not None:
+                handler(message["data"])

@@ -1,0 +1,91 @@
+"""What a generation leaves behind: the saved answer (waiting out a busy database), then
+`done` and `full_response` for its subscribers; or, when it failed, an `error`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from realtime_llm.broker import Broker
+from realtime_llm.broker.base import BrokerUnavailable
+from realtime_llm.errors import DATABASE_ERRORS, ConversationNotFound, database_error
+from realtime_llm.events import DONE, ERROR
+from realtime_llm.prompt import answer_usage
+from realtime_llm.store.conversations import Conversation, ConversationStore, Message
+from realtime_llm.usage import Usage
+
+if TYPE_CHECKING:
+    from realtime_llm.generation import Generation
+
+logger = logging.getLogger("realtime_llm.generation")
+
+SAVE_PATIENCE_SECONDS = 60  # how long a finished answer waits out a busy or unreachable database
+
+
+class Outcome:
+    """Saves and announces the end of the generations of one engine."""
+
+    def __init__(self, store: ConversationStore, broker: Broker) -> None:
+        self.store = store
+        self.broker = broker
+
+    async def finish(self, generation: Generation, answer: str, reason: str, deltas: int) -> None:
+        """Save the answer, then publish done and full_response (made of the `deltas`
+        message events the answer went out as). A conversation deleted meanwhile: nothing
+        is saved, and nobody is left to tell."""
+        cid = generation.conversation_id
+        usage: Usage | None = None
+        try:
+            if answer or reason == "stop":
+                usage = answer_usage(generation.usage, generation.prompt, answer)
+                message_id: int | None = (await self.save(generation.conversation, answer, usage)).message_id
+                generation.saved = True
+            elif await self.store.exists(cid):  # ids are never reused: the id alone is this one
+                message_id = None
+            else:
+                return
+        except ConversationNotFound:
+            return
+        meta: dict[str, Any] = {"message_id": message_id} if message_id is not None else {}
+        usage_meta = {"usage": usage.as_json()} if usage is not None else {}
+        stopped_by_limit = reason == "cancelled" and generation.limit is not None  # a cap that came too late: none
+        limit_meta = {"limit": generation.limit} if stopped_by_limit else {}
+        await self.broker.publish(cid, DONE, "Stream finished", reason=reason, **limit_meta, **meta, **usage_meta)
+        await self.broker.publish_answer(cid, answer, generation.after_event_id, deltas, **meta)
+
+    async def save(self, conversation: Conversation, answer: str, usage: Usage) -> Message:
+        """Save an answer, waiting out a busy or unreachable database for up to
+        SAVE_PATIENCE_SECONDS: once the generation ends the answer exists nowhere else."""
+        deadline = time.monotonic() + SAVE_PATIENCE_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                return await self.store.add_message(conversation, "assistant", answer, usage)
+            except DATABASE_ERRORS as exc:
+                if database_error(exc) is None or time.monotonic() + pause > deadline:
+                    raise
+                logger.warning("answer of conversation %d not saved yet (%s); retrying", conversation.id,
+                               type(exc).__name__)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    async def save_quietly(self, generation: Generation, answer: str) -> None:
+        """What there is of an answer whose end nobody can be told of (the broker is away)."""
+        if not answer or generation.saved:
+            return
+        try:
+            await self.save(generation.conversation, answer, answer_usage(generation.usage, generation.prompt, answer))
+        except ConversationNotFound:
+            pass  # deleted meanwhile: nothing to save
+        except Exception:
+            logger.exception("could not save the partial answer of conversation %d", generation.conversation_id)
+
+    async def fail(self, conversation_id: int, message: str) -> None:
+        """Tell the subscribers the answer failed (the user message stays)."""
+        try:
+            await self.broker.publish(conversation_id, ERROR, message)
+        except BrokerUnavailable:
+            logger.warning("could not publish the error of conversation %d", conversation_id)
+        except Exception:
+            logger.exception("could not publish the error of conversation %d", conversation_id)

@@ -1,0 +1,160 @@
+"""A generation's answer, from the model to the subscribers: the prompt, the upstream
+request (read by a task of its own), the deltas published in batches.
+
+The upstream reader is the one thing a stop interrupts. The generation's own task awaits the
+reader's queue and is never cancelled to stop, so a publish or a save under way always
+runs to its end: a stop is STOPPED put into that queue (batching.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
+
+from prometheus_client import Histogram
+
+from realtime_llm.batching import ACCEPTED, END, STOPPED, Item, Stopped, coalesce
+from realtime_llm.broker import Broker
+from realtime_llm.config import Settings
+from realtime_llm.events import MESSAGE, TRUNCATE
+from realtime_llm.metrics import UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
+from realtime_llm.prompt import build_prompt
+from realtime_llm.providers import ChatRequest, Provider, UpstreamError
+from realtime_llm.store.conversations import ConversationStore
+from realtime_llm.tasks import finish_task
+from realtime_llm.usage import Usage
+
+if TYPE_CHECKING:
+    from realtime_llm.generation import Generation
+
+logger = logging.getLogger("realtime_llm.generation")
+
+
+class UpstreamReader:
+    """Inside `async with`, the upstream's answer arrives in `queue`: ACCEPTED once the
+    request is taken, the text deltas, then END (or the UpstreamError that broke it).
+    Leaving closes the upstream request, finished or not."""
+
+    def __init__(self, provider: Provider, request: ChatRequest) -> None:
+        self.provider = provider
+        self.request = request
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.usage: Usage | None = None  # the upstream's own counts, once its stream ended
+        self._task: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        """Whoever waits on the queue sees the stop next, whatever the upstream is doing."""
+        self.queue.put_nowait(STOPPED)
+
+    async def accepted(self) -> bool:
+        """True once the upstream has taken the request; False if a stop came first. A
+        refusal raises its UpstreamError."""
+        item = await self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item is ACCEPTED
+
+    async def __aenter__(self) -> UpstreamReader:
+        self._task = asyncio.create_task(self._read(), name="upstream-reader")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()  # done already, unless the answer was stopped or failed here
+        await finish_task(self._task)
+
+    async def _read(self) -> None:
+        try:
+            async with self.provider.stream(self.request) as completion:
+                self.queue.put_nowait(ACCEPTED)
+                async for delta in completion:
+                    self.queue.put_nowait(delta)
+                self.usage = completion.usage
+            self.queue.put_nowait(END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # handed to the generation, which raises it in its own task
+            self.queue.put_nowait(exc)
+
+
+class AnswerRelay:
+    """Answers a generation: asks its model, publishes what comes back."""
+
+    def __init__(self, settings: Settings, store: ConversationStore, broker: Broker,
+                 provider_for: Callable[[str], Provider]) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.provider_for = provider_for
+
+    async def answer(self, generation: Generation, parts: list[str]) -> str:
+        """Relay the model's answer into `parts`, published batch by batch; returns the
+        done reason ("stop", or "cancelled" when stopped: by the user, a limit, shutdown)."""
+        if generation.stop_requested:
+            return "cancelled"
+        conversation = generation.conversation
+        generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, below=generation.replaces)
+        request = ChatRequest(model=conversation.model, messages=generation.prompt,
+                              api_key=self.store.box.open(conversation.api_key_sealed))
+        provider = self.provider_for(conversation.model)
+        began = time.monotonic()
+        try:
+            async with UpstreamReader(provider, request) as reader:
+                generation.reader = reader
+                if generation.stop_requested or not await reader.accepted():
+                    return "cancelled"  # stopped before the model took the request
+                if generation.replaces is not None:
+                    generation.after_event_id = await truncate(self.store, self.broker, generation.conversation_id,
+                                                           generation.replaces)
+                generation.settle(None)
+                await self._relay(generation, reader, parts, UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name),
+                                  began)
+            generation.usage = reader.usage
+            return "stop"
+        except Stopped:
+            return "cancelled"
+        except AnswerTooLong:
+            logger.info("generation in conversation %d hit max_answer_chars", generation.conversation_id)
+            generation.limit = "size"
+            return "cancelled"
+        except UpstreamError:
+            UPSTREAM_ERRORS.labels(provider.name).inc()
+            raise
+
+    async def _relay(self, generation: Generation, reader: UpstreamReader, parts: list[str],
+                     first_token: Histogram, began: float) -> None:
+        """Publish the deltas, batched (batching.py), until the answer ends, is stopped
+        (Stopped), or reaches `max_answer_chars` (it is cut there: AnswerTooLong)."""
+        cid = generation.conversation_id
+        room = self.settings.stream.max_answer_chars  # what the answer may still grow by
+        async for text in coalesce(reader.queue, self.settings.stream.batch_ms / 1000):
+            if not parts:
+                first_token.observe(time.monotonic() - began)
+            cut = len(text) >= room
+            text = text[:room]
+            await self.broker.publish(cid, MESSAGE, text)
+            parts.append(text)  # only what was published is part of the answer
+            if cut:
+                raise AnswerTooLong()
+            room -= len(text)
+            # The in-process publish and a non-empty queue never suspend: without this, a
+            # fast upstream would fill every subscriber's queue before one of them sends.
+            await asyncio.sleep(0)
+
+
+async def truncate(store: ConversationStore, broker: Broker, cid: int, from_message_id: int) -> int:
+    """Drop messages from `from_message_id` on, in SQL and in the replay buffer, and tell
+    subscribers with a `truncate` event (`through_message_id`: the last one dropped, so
+    a client can apply it twice); returns the id before it. The buffer is emptied so
+    that a client resuming never replays old turns next to new ones."""
+    last = await store.last_message(cid)
+    through = last.message_id if last is not None else from_message_id
+    await store.drop_messages_from(cid, from_message_id)
+    await broker.clear_replay(cid)
+    event = await broker.publish(cid, TRUNCATE, "", from_message_id=from_message_id, through_message_id=through)
+    return event.id - 1
+
+
+class AnswerTooLong(Exception):
+    """The answer reached stream.max_answer_chars; it is stopped there and saved."""
