@@ -11,6 +11,12 @@ from starlette.requests import Request
 from realtime_llm.config import ServerSettings
 from realtime_llm.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
+# Bounds the checks below apply, shared with the OpenAPI document (api/openapi.py).
+MAX_ID = 2**53 - 1  # ids and event ids: integers a JavaScript number holds exactly
+MAX_MESSAGE_ID = 2**31 - 1  # a message id named in a request (edit_message_id)
+NO_NUL = "^[^\\x00]*$"  # the pattern of every text field
+EVENT_ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
+
 
 async def read_json_object(request: Request, server: ServerSettings, *, allow_empty: bool = False) -> dict[str, Any]:
     """The body as a JSON object, read no further than `server.max_body_bytes` and for no
@@ -105,7 +111,7 @@ def event_id(value: Any, name: str = "last_event_id") -> int | None:
         return None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
         value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
         return value
     raise BadRequest(f"{name} must be a non-negative integer")
 

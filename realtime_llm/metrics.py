@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from realtime_llm.api.docs import documented
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 HTTP_REQUESTS = Counter(
@@ -52,6 +54,8 @@ UPSTREAM_FIRST_TOKEN_SECONDS = Histogram(
 )
 
 
+@documented({"summary": "Prometheus metrics (all worker processes)", "responses": {"200": {
+    "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}})
 async def metrics(request: Request) -> Response:
     if MULTIPROC_ENV in os.environ:
         registry = CollectorRegistry()

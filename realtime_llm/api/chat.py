@@ -10,8 +10,17 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from realtime_llm.api.access import Caller, check_message_rate, require_caller, services_of
+from realtime_llm.api.docs import ERROR_RESPONSE, event_stream, json_response, operation, ref
 from realtime_llm.api.streams import align_event_ids, ended_unseen, stream_end_message, watched_subscription
-from realtime_llm.bodies import bounded_int, event_id, path_id, read_json_object, validate_message
+from realtime_llm.bodies import (
+    EVENT_ID_SCHEMA,
+    MAX_MESSAGE_ID,
+    bounded_int,
+    event_id,
+    path_id,
+    read_json_object,
+    validate_message,
+)
 from realtime_llm.broker.base import (
     BrokerUnavailable,
     ConversationGone,
@@ -31,6 +40,9 @@ from realtime_llm.services import Services
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
+@operation("Send a message; the answer streams as Server-Sent Events",
+           {"200": event_stream("events until full_response or error"), "409": ERROR_RESPONSE, "502": ERROR_RESPONSE},
+           body="ChatMessage", params=True, limited=True)
 async def chat(request: Request) -> StreamingResponse:
     """Start an answer to a new message (with `edit_message_id`: to that user message,
     edited, with everything after it dropped) and stream it."""
@@ -39,12 +51,15 @@ async def chat(request: Request) -> StreamingResponse:
     services = services_of(request)
     body = await read_json_object(request, services.settings.server)
     text = validate_message(body.get("message"), services.settings.limits.max_message_chars)
-    edit = bounded_int(body.get("edit_message_id"), "edit_message_id", 1, 2**31 - 1)
+    edit = bounded_int(body.get("edit_message_id"), "edit_message_id", 1, MAX_MESSAGE_ID)
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
     await check_message_rate(services, caller.user.id)
     return await answer_stream(request, caller, await services.engine.start(conversation, text, edit))
 
 
+@operation("Replace the last answer with a new one; it streams as Server-Sent Events",
+           {"200": event_stream("events until full_response or error"), "409": ERROR_RESPONSE, "502": ERROR_RESPONSE},
+           params=True, limited=True)
 async def regenerate(request: Request) -> StreamingResponse:
     """Replace the last answer with a new one, streamed like chat."""
     caller = await require_caller(request)
@@ -65,6 +80,10 @@ async def answer_stream(request: Request, caller: Caller, generation: Generation
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+@operation("The conversation's events, live; replays after Last-Event-ID first",
+           {"200": event_stream("events, until the client leaves")}, params=True,
+           query=({"name": "last_event_id", "in": "query", "required": False, "schema": EVENT_ID_SCHEMA},
+                  {"name": "Last-Event-ID", "in": "header", "required": False, "schema": EVENT_ID_SCHEMA}))
 async def events(request: Request) -> StreamingResponse:
     caller = await require_caller(request)
     conversation_id = path_id(request)
@@ -76,6 +95,8 @@ async def events(request: Request) -> StreamingResponse:
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+@operation("Stop the running generation (the partial answer is saved)",
+           {"200": json_response(ref("Stopped"), "stop requested")}, params=True)
 async def stop(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     conversation_id = path_id(request)

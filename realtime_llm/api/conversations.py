@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from realtime_llm.api.access import require_caller, services_of
-from realtime_llm.bodies import bounded_int, optional_string, path_id, read_json_object
+from realtime_llm.api.docs import json_response, operation, ref
+from realtime_llm.bodies import NO_NUL, bounded_int, optional_string, path_id, read_json_object
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.errors import BadRequest
 from realtime_llm.events import TITLE
@@ -32,6 +33,8 @@ def conversation_json(conversation: Conversation) -> dict[str, object]:
     }
 
 
+@operation("Create a conversation", {"200": json_response(ref("Conversation"), "created")},
+           body="NewConversation", body_required=False)
 async def create(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     services = services_of(request)
@@ -55,6 +58,16 @@ async def create(request: Request) -> JSONResponse:
     return JSONResponse(conversation_json(conversation))
 
 
+@operation("The caller's conversations, newest first; paged and searched",
+           {"200": json_response({"type": "array", "items": ref("ConversationSummary")}, "list")},
+           query=({"name": "limit", "in": "query", "required": False,
+                   "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX}},
+                  {"name": "before", "in": "query", "required": False,
+                   "description": "continue after this conversation id (the last one seen)",
+                   "schema": {"type": "integer", "minimum": 1, "maximum": 2**53}},
+                  {"name": "q", "in": "query", "required": False,
+                   "description": "text in titles or messages, case-insensitive, literal",
+                   "schema": {"type": "string", "maxLength": MAX_QUERY_CHARS, "pattern": NO_NUL}}))
 async def list_conversations(request: Request) -> JSONResponse:
     """Newest first; `limit` pages, `before` continues after the last id seen, `q` searches.
     Without parameters: every conversation, as the original answered."""
@@ -72,6 +85,8 @@ async def list_conversations(request: Request) -> JSONResponse:
     return JSONResponse(found)
 
 
+@operation("Change title, model, system prompt or API key", {"200": json_response(ref("Conversation"), "updated")},
+           body="ConversationUpdate", params=True)
 async def update(request: Request) -> JSONResponse:
     """Change any of title, model, system_prompt, api_key. A generation already running
     keeps what it started with (nothing is refused); the next one uses the new settings."""
@@ -113,6 +128,7 @@ async def update(request: Request) -> JSONResponse:
     return JSONResponse(conversation_json(updated))
 
 
+@operation("A conversation and its messages", {"200": json_response(ref("History"), "history")}, params=True)
 async def history(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     conversation_id = path_id(request)
@@ -129,6 +145,7 @@ async def history(request: Request) -> JSONResponse:
     )
 
 
+@operation("Delete a conversation", {"200": json_response(ref("Message"), "deleted")}, params=True)
 async def delete(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     conversation_id = path_id(request)
@@ -155,6 +172,12 @@ async def wait_for_lock_release(services: Services, conversation_id: int, patien
         await asyncio.sleep(0.05)
 
 
+@operation("The whole conversation as a download",
+           {"200": {"description": "JSON or Markdown",
+                    "content": {"application/json": {"schema": {"type": "object"}},
+                                "text/markdown": {"schema": {"type": "string"}}}}},
+           params=True, query=({"name": "format", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["json", "markdown"]}},))
 async def export(request: Request) -> Response:
     """The whole conversation as a download: `?format=json` (default) or `markdown`."""
     caller = await require_caller(request)

@@ -8,11 +8,13 @@ import sqlalchemy as sa
 from starlette.requests import Request
 
 from realtime_llm.api.access import require_caller, services_of
+from realtime_llm.api.docs import json_response, operation, ref
 from realtime_llm.responses import JSONResponse
 
 READINESS_TIMEOUT = 2.0
 
 
+@operation("Process is up", {"200": json_response(ref("Status"), "up")}, secured=False)
 async def healthz(request: Request) -> JSONResponse:
     """The process is up: always 200 (a liveness probe must not kill a draining process).
     Its status says whether this process takes new work: "ok", or "draining" once it is
@@ -21,6 +23,10 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "draining" if services_of(request).engine.draining else "ok"})
 
 
+@operation("Database and broker reachable, and not draining for shutdown",
+           {"200": json_response(ref("Status"), "ready"),
+            "503": json_response(ref("Status"), "not ready, or draining")},
+           secured=False)
 async def readyz(request: Request) -> JSONResponse:
     services = services_of(request)
     checks = {
@@ -42,6 +48,7 @@ async def _check(probe: Awaitable[object]) -> str:
     return "ok"
 
 
+@operation("Models this server can serve", {"200": json_response(ref("Models"), "models")})
 async def models(request: Request) -> JSONResponse:
     await require_caller(request)
     services = services_of(request)

@@ -1,13 +1,18 @@
-"""The OpenAPI document served at /openapi.json, describing every route."""
+"""The OpenAPI document served at /openapi.json: the schemas of bodies and answers (with
+this server's configured limits), and every HTTP route with the operation its handler
+carries (api/docs.py)."""
 from __future__ import annotations
 
 import re
 from typing import Any
 
 from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
 
 from realtime_llm import __version__
 from realtime_llm.api.access import services_of
+from realtime_llm.api.docs import json_response, operation, operation_of, ref
+from realtime_llm.bodies import MAX_MESSAGE_ID, NO_NUL
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
 from realtime_llm.events import DONE, FULL_RESPONSE, MESSAGE, TITLE, TRUNCATE, USER_MESSAGE
@@ -15,45 +20,6 @@ from realtime_llm.events import ERROR as ERROR_EVENT
 from realtime_llm.responses import JSONResponse
 
 EVENT_TYPES = (USER_MESSAGE, MESSAGE, DONE, FULL_RESPONSE, ERROR_EVENT, TITLE, TRUNCATE)
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-ERROR = _json(_ref("Error"), "error")
-ID_PARAM = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 2**53 - 1},
-}
-SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
-
-
-def _op(summary: str, responses: dict[str, Any], *, body: str | None = None, params: bool = False,
-        secured: bool = True, body_required: bool = True, limited: bool = False) -> dict[str, Any]:
-    """An operation; `limited`: it may answer 429 (rate limits). Any operation may answer
-    503 (the database busy or unreachable, the server shutting down)."""
-    op: dict[str, Any] = {"summary": summary, "responses": {"503": ERROR, **responses}}
-    if secured:
-        op["security"] = SECURED
-        op["responses"]["401"] = ERROR
-    if limited:
-        op["responses"]["429"] = ERROR
-    if body:
-        op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": _ref(body)}}}
-        op["responses"]["400"] = ERROR
-        op["responses"]["413"] = ERROR
-    if params:
-        op["parameters"] = [ID_PARAM]
-        op["responses"]["400"] = ERROR
-        op["responses"]["404"] = ERROR
-    return op
 
 
 SCHEMAS: dict[str, Any] = {
@@ -125,7 +91,7 @@ SCHEMAS: dict[str, Any] = {
                         "content": {"type": "string"},
                         "message_id": {"type": "integer"},
                         "created_time": {"type": "integer"},
-                        "usage": _ref("Usage"),
+                        "usage": ref("Usage"),
                     },
                 },
             },
@@ -173,13 +139,12 @@ SCHEMAS: dict[str, Any] = {
         "required": ["event", "data", "id"],
         "properties": {
             "event": {"type": "string", "enum": list(EVENT_TYPES)},
-            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ref("Event")},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": ref("Event")},
             "id": {"type": "string", "pattern": "^[0-9]+$"},
         },
     },
 }
 
-NO_NUL = "^[^\\x00]*$"
 # Blank as the server judges it, str.strip(): Python's whitespace, which differs from a
 # regex's \s (it has U+001C..U+001F and U+0085; \s has U+FEFF). Found by schemathesis.
 PYTHON_SPACE = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
@@ -247,132 +212,32 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
             "required": ["message"],
             "properties": {
                 "message": _text(limits.max_message_chars, pattern=NON_BLANK, min_chars=1),
-                "edit_message_id": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**31 - 1,
+                "edit_message_id": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_MESSAGE_ID,
                                     "description": "replace this user message and drop everything after it"},
             },
         },
     }
 
 
-PATHS: dict[str, Any] = {
-    "/api/users/register": {
-        "post": _op("Register a user", {"201": _json(_ref("Message"), "registered")}, body="Registration",
-                    secured=False, limited=True)
-    },
-    "/api/users/login": {
-        "post": _op("Log in; returns a bearer token",
-                    {"200": _json(_ref("Token"), "logged in"), "401": ERROR}, body="Credentials",
-                    secured=False, limited=True)
-    },
-    "/api/users/me": {"get": _op("The caller", {"200": _json(_ref("Me"), "the caller")})},
-    "/api/users/logout": {"post": _op("Revoke the caller's token", {"200": _json(_ref("Message"), "revoked")})},
-    "/api/models": {"get": _op("Models this server can serve", {"200": _json(_ref("Models"), "models")})},
-    "/api/conversations/create": {
-        "post": _op("Create a conversation", {"200": _json(_ref("Conversation"), "created")},
-                    body="NewConversation", body_required=False)
-    },
-    "/api/conversations/list": {
-        "get": {
-            **_op("The caller's conversations, newest first; paged and searched",
-                  {"200": _json({"type": "array", "items": _ref("ConversationSummary")}, "list"), "400": ERROR}),
-            "parameters": [
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                {"name": "before", "in": "query", "required": False,
-                 "description": "continue after this conversation id (the last one seen)",
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 2**53}},
-                {"name": "q", "in": "query", "required": False,
-                 "description": "text in titles or messages, case-insensitive, literal",
-                 "schema": _text(200)},
-            ],
-        }
-    },
-    "/api/conversations/update/{id}": {
-        "post": _op("Change title, model, system prompt or API key", {"200": _json(_ref("Conversation"), "updated")},
-                    body="ConversationUpdate", params=True)
-    },
-    "/api/conversations/export/{id}": {
-        "get": {
-            **_op("The whole conversation as a download",
-                  {"200": {"description": "JSON or Markdown",
-                           "content": {"application/json": {"schema": {"type": "object"}},
-                                       "text/markdown": {"schema": {"type": "string"}}}}},
-                  params=True),
-            "parameters": [
-                ID_PARAM,
-                {"name": "format", "in": "query", "required": False,
-                 "schema": {"type": "string", "enum": ["json", "markdown"]}},
-            ],
-        }
-    },
-    "/api/conversations/history/{id}": {
-        "get": _op("A conversation and its messages", {"200": _json(_ref("History"), "history")}, params=True)
-    },
-    "/api/conversations/del/{id}": {
-        "post": _op("Delete a conversation", {"200": _json(_ref("Message"), "deleted")}, params=True)
-    },
-    "/api/chat/{id}": {
-        "post": _op(
-            "Send a message; the answer streams as Server-Sent Events",
-            {"200": {"description": "events until full_response or error",
-                     "content": {"text/event-stream": {"schema": _ref("SSEEvent")}}},
-             "409": ERROR, "502": ERROR},
-            body="ChatMessage", params=True, limited=True,
-        )
-    },
-    "/api/chat/{id}/regenerate": {
-        "post": _op(
-            "Replace the last answer with a new one; it streams as Server-Sent Events",
-            {"200": {"description": "events until full_response or error",
-                     "content": {"text/event-stream": {"schema": _ref("SSEEvent")}}},
-             "409": ERROR, "502": ERROR},
-            params=True, limited=True,
-        )
-    },
-    "/api/chat/{id}/events": {
-        "get": {
-            **_op("The conversation's events, live; replays after Last-Event-ID first",
-                  {"200": {"description": "events, until the client leaves",
-                           "content": {"text/event-stream": {"schema": _ref("SSEEvent")}}}},
-                  params=True),
-            "parameters": [
-                ID_PARAM,
-                {"name": "last_event_id", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}},
-                {"name": "Last-Event-ID", "in": "header", "required": False,
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}},
-            ],
-        }
-    },
-    "/api/chat/{id}/stop": {
-        "post": _op("Stop the running generation (the partial answer is saved)",
-                    {"200": _json(_ref("Stopped"), "stop requested")}, params=True)
-    },
-    "/": {
-        "get": {"summary": "The chat page", "responses": {"200": {"description": "HTML",
-                "content": {"text/html": {"schema": {"type": "string"}}}}}}
-    },
-    "/openapi.json": {
-        "get": _op("This document", {"200": _json({"type": "object"}, "the OpenAPI document")}, secured=False)
-    },
-    "/healthz": {"get": _op("Process is up", {"200": _json(_ref("Status"), "up")}, secured=False)},
-    "/readyz": {
-        "get": _op("Database and broker reachable, and not draining for shutdown",
-                   {"200": _json(_ref("Status"), "ready"),
-                    "503": _json(_ref("Status"), "not ready, or draining")}, secured=False)
-    },
-    "/metrics": {
-        "get": {"summary": "Prometheus metrics (all worker processes)", "responses": {"200": {
-            "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}
-    },
-}
+def paths(routes: list[BaseRoute]) -> dict[str, Any]:
+    """Every HTTP route of the app, with the operation its endpoint carries (api/docs.py)."""
+    found: dict[str, Any] = {}
+    for route in routes:
+        if not isinstance(route, Route):
+            continue  # the WebSocket (DESIGN.md describes it) and the static files
+        op = operation_of(route.endpoint)
+        if op is None:
+            raise RuntimeError(f"{route.path} has no @operation: document it beside its handler")
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            found.setdefault(route.path, {})[method.lower()] = op
+    return found
 
 
-def openapi_document(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]:
+def openapi_document(settings: Settings, catalog: ModelCatalog, routes: list[BaseRoute]) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "realtime-llm", "version": __version__},
-        "paths": PATHS,
+        "paths": paths(routes),
         "components": {
             "schemas": {**SCHEMAS, **bounded_schemas(settings, catalog)},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -380,6 +245,7 @@ def openapi_document(settings: Settings, catalog: ModelCatalog) -> dict[str, Any
     }
 
 
+@operation("This document", {"200": json_response({"type": "object"}, "the OpenAPI document")}, secured=False)
 async def openapi(request: Request) -> JSONResponse:
     services = services_of(request)
-    return JSONResponse(openapi_document(services.settings, services.catalog))
+    return JSONResponse(openapi_document(services.settings, services.catalog, request.app.routes))

@@ -6,6 +6,8 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from realtime_llm.api.docs import documented
+
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 
 # Scripts only from this origin (none inline), sockets to this host, and no framing.
@@ -20,5 +22,7 @@ PAGE_HEADERS = {
 }
 
 
+@documented({"summary": "The chat page", "responses": {"200": {"description": "HTML",
+            "content": {"text/html": {"schema": {"type": "string"}}}}}})
 async def index(request: Request) -> Response:
     return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)

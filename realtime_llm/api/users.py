@@ -6,6 +6,7 @@ import re
 from starlette.requests import Request
 
 from realtime_llm.api.access import require_caller, services_of
+from realtime_llm.api.docs import ERROR_RESPONSE, json_response, operation, ref
 from realtime_llm.bodies import read_json_object, required_string
 from realtime_llm.errors import BadRequest, Unauthorized
 from realtime_llm.responses import JSONResponse
@@ -14,6 +15,8 @@ from realtime_llm.store.users import UsernameTaken
 USERNAME = re.compile(r"[A-Za-z0-9_.@-]+")
 
 
+@operation("Register a user", {"201": json_response(ref("Message"), "registered")},
+           body="Registration", secured=False, limited=True)
 async def register(request: Request) -> JSONResponse:
     services = services_of(request)
     limits = services.settings.limits
@@ -35,6 +38,8 @@ async def register(request: Request) -> JSONResponse:
     return JSONResponse({"message": "User registered successfully"}, status_code=201)
 
 
+@operation("Log in; returns a bearer token", {"200": json_response(ref("Token"), "logged in"), "401": ERROR_RESPONSE},
+           body="Credentials", secured=False, limited=True)
 async def login(request: Request) -> JSONResponse:
     services = services_of(request)
     limits = services.settings.limits
@@ -57,6 +62,7 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+@operation("The caller", {"200": json_response(ref("Me"), "the caller")})
 async def me(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     user = caller.user
@@ -65,6 +71,7 @@ async def me(request: Request) -> JSONResponse:
                          "usage": usage})
 
 
+@operation("Revoke the caller's token", {"200": json_response(ref("Message"), "revoked")})
 async def logout(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     services = services_of(request)

@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, check_message_rate, services_of
 from realtime_llm.api.streams import align_event_ids, stream_end_message, watched_subscription
-from realtime_llm.bodies import bounded_int, event_id, validate_message
+from realtime_llm.bodies import MAX_MESSAGE_ID, bounded_int, event_id, validate_message
 from realtime_llm.broker.base import (
     BrokerUnavailable,
     ConversationGone,
@@ -268,7 +268,7 @@ class ConversationSocket:
 
     async def _start_generation(self, frame: dict[str, Any]) -> None:
         content = validate_message(frame.get("content"), self.services.settings.limits.max_message_chars, "content")
-        edit = bounded_int(frame.get("edit_message_id"), "edit_message_id", 1, 2**31 - 1)
+        edit = bounded_int(frame.get("edit_message_id"), "edit_message_id", 1, MAX_MESSAGE_ID)
         conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
         await check_message_rate(self.services, self.caller.user.id)
         await self.services.engine.start(conversation, content, edit)
