@@ -1,4 +1,6 @@
-"""Statements of the hot path, compiled once and run on the driver in one round trip.
+"""How the store runs SQL: every statement compiled to the driver's own SQL and run on the
+driver in one round trip. Those of the hot path are compiled once (module constants);
+one built for a single call (a search, an update of some fields) is compiled then.
 
 Through `databases`, every statement is compiled anew by SQLAlchemy, takes three thread
 hops on SQLite (execute, fetch, close the cursor) and comes back wrapped in Records: 1 to
@@ -21,8 +23,11 @@ DIALECTS = {"sqlite": sqlite.dialect(paramstyle="qmark"), "postgresql": postgres
 
 
 class Compiled:
-    def __init__(self, statement: ClauseElement) -> None:
+    def __init__(self, statement: ClauseElement, *, complete: bool = False) -> None:
+        """`complete`: every value is in the statement (one built for a single call), so a
+        None among them is a NULL to send, not a parameter left to name."""
         self.statement = statement
+        self.complete = complete
         self._forms: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
     def form(self, dialect: str) -> tuple[str, tuple[str, ...], dict[str, Any]]:
@@ -30,7 +35,8 @@ class Compiled:
         statement's own literals (the 1 of `x + 1`)."""
         if dialect not in self._forms:
             compiled = self.statement.compile(dialect=DIALECTS[dialect])
-            literals = {name: value for name, value in compiled.params.items() if value is not None}
+            literals = {name: value for name, value in compiled.params.items()
+                        if value is not None or self.complete}
             names = getattr(compiled, "positiontup", None) or ()  # positional paramstyles only
             self._forms[dialect] = (str(compiled), tuple(names), literals)
         return self._forms[dialect]
@@ -52,3 +58,13 @@ class Compiled:
     async def fetch_val(self, database: Database, **params: Any) -> Any:
         row = await self.fetch_one(database, **params)
         return None if row is None else row[0]
+
+
+async def fetch_all(database: Database, statement: ClauseElement) -> list[Sequence[Any]]:
+    """A statement built for this call, its values in it: compiled here, run the same way."""
+    return await Compiled(statement, complete=True).fetch_all(database)
+
+
+async def fetch_one(database: Database, statement: ClauseElement) -> Sequence[Any] | None:
+    rows = await fetch_all(database, statement)
+    return rows[0] if rows else None

@@ -8,13 +8,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from databases import Database
-from databases.interfaces import Record as RecordInterface
 
 from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.keys import APIKeyBox, mask_api_key
 from realtime_llm.store.cancelsafe import atomically
-from realtime_llm.store.compiled import Compiled
+from realtime_llm.store.compiled import Compiled, fetch_all, fetch_one
 from realtime_llm.store.schema import conversations, messages, users
 from realtime_llm.usage import Usage
 
@@ -49,20 +48,13 @@ MESSAGE_COLUMNS = (
 )
 
 
-def _message(r: Any) -> Message:
-    """A Message from a row of MESSAGE_COLUMNS: a `databases` Record, or the driver's own row."""
-    fields = r._mapping.values() if isinstance(r, RecordInterface) else r
-    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated = fields
+def _message(row: Any) -> Message:
+    """A Message from a driver row of MESSAGE_COLUMNS."""
+    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated = row
     usage = None
     if prompt_tokens is not None and completion_tokens is not None:
         usage = Usage(prompt_tokens, completion_tokens, bool(estimated))
     return Message(message_id, role, content, created_time, usage)
-
-
-# The whole history, read on the driver's own connection: for 10,000 messages `databases`'
-# Record objects and their per-field lookups cost three times the query (bench.history).
-ALL_MESSAGES = ("SELECT message_id, role, content, created_time, prompt_tokens, completion_tokens, usage_estimated"
-                " FROM messages WHERE conversation_id = {} ORDER BY message_id")
 
 
 LIST_LIMIT_MAX = 1000
@@ -77,8 +69,15 @@ RAISE_EVENT_CEILING = Compiled(
     conversations.update()
     .where(conversations.c.id == _cid, conversations.c.last_event_id < sa.bindparam("last_event_id"))
     .values(last_event_id=sa.bindparam("last_event_id")))
+# The whole history, in driver rows: for 10,000 messages `databases`' Record objects and
+# their per-field lookups cost three times the query (bench.history).
+ALL_MESSAGES = Compiled(sa.select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == _cid)
+                        .order_by(messages.c.message_id))
+ONE_MESSAGE = Compiled(sa.select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == _cid,
+                                                        messages.c.message_id == sa.bindparam("message_id")))
 _newest = sa.select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == _cid).order_by(messages.c.message_id.desc())
 NEWEST_MESSAGES = Compiled(_newest.limit(sa.bindparam("page")))
+LAST_MESSAGE = Compiled(_newest.limit(1))
 NEWEST_MESSAGES_BELOW = Compiled(_newest.where(messages.c.message_id < sa.bindparam("below"))
                                  .limit(sa.bindparam("page")))
 # Bound to the owner too: a write that belongs to a conversation names it whole.
@@ -118,7 +117,8 @@ class ConversationStore:
             api_key_hint=mask_api_key(api_key),
             created_time=int(time.time()),
         )
-        conversation_id = await self.database.execute(conversations.insert().values(**values))
+        [(conversation_id,)] = await fetch_all(self.database, conversations.insert().values(**values)
+                                               .returning(conversations.c.id))
         return Conversation(id=int(conversation_id), **values)  # type: ignore[arg-type]
 
     async def get_owned(self, conversation_id: int, user_id: int) -> Conversation:
@@ -143,11 +143,8 @@ class ConversationStore:
         query = query.order_by(c.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
-        rows = await self.database.fetch_all(query)
-        return [
-            {"conversation_id": r["id"], "title": r["title"], "created_time": r["created_time"]}
-            for r in rows
-        ]
+        return [{"conversation_id": cid, "title": title, "created_time": created}
+                for cid, title, created in await fetch_all(self.database, query)]
 
     def _conversations_mentioning(self, q: str) -> sa.Select[Any]:
         """Ids of conversations with a message containing `q`, through the search index
@@ -172,29 +169,28 @@ class ConversationStore:
         if "api_key" in changes:
             values["api_key_sealed"] = self.box.seal(changes["api_key"])
             values["api_key_hint"] = mask_api_key(changes["api_key"])
-        if values:
-            await self.database.execute(
-                conversations.update().where(conversations.c.id == conversation.id).values(**values))
+        if values:  # bound to the owner too, as every write of a conversation
+            await fetch_all(self.database, conversations.update().values(**values).where(
+                conversations.c.id == conversation.id, conversations.c.user_id == conversation.user_id))
         return dataclasses.replace(conversation, **values)  # type: ignore[arg-type]
 
     async def set_title_if_untitled(self, conversation: Conversation, title: str) -> bool:
         """An automatic title: written only while the conversation has none, so a title the
         user set, even a moment ago, is never overwritten (nor one deleted since)."""
-        updated = await self.database.fetch_val(
-            conversations.update()
-            .where(conversations.c.id == conversation.id, conversations.c.user_id == conversation.user_id,
-                   conversations.c.title == "")
-            .values(title=title)
-            .returning(conversations.c.id)
-        )
+        updated = await fetch_one(self.database, conversations.update()
+                                  .where(conversations.c.id == conversation.id,
+                                         conversations.c.user_id == conversation.user_id, conversations.c.title == "")
+                                  .values(title=title)
+                                  .returning(conversations.c.id))
         return updated is not None
 
     async def delete_owned(self, conversation_id: int, user_id: int) -> None:
         async def delete() -> None:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
                 await self.get_owned(conversation_id, user_id)
-                await self.database.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
-                await self.database.execute(conversations.delete().where(conversations.c.id == conversation_id))
+                await fetch_all(self.database, messages.delete().where(messages.c.conversation_id == conversation_id))
+                await fetch_all(self.database, conversations.delete().where(conversations.c.id == conversation_id,
+                                                                            conversations.c.user_id == user_id))
         await atomically(delete)
         await self.cache.drop(conversation_id)
 
@@ -211,27 +207,14 @@ class ConversationStore:
         return [_message(r) for r in await self._all_message_rows(conversation_id)]
 
     async def _all_message_rows(self, conversation_id: int) -> list[Any]:
-        async with self.database.connection() as connection:
-            driver = connection.raw_connection
-            if self.database.url.dialect == "postgresql":
-                rows = await driver.fetch(ALL_MESSAGES.format("$1"), conversation_id)
-            else:
-                async with driver.execute(ALL_MESSAGES.format("?"), (conversation_id,)) as cursor:
-                    rows = await cursor.fetchall()
-        return list(rows)
+        return await ALL_MESSAGES.fetch_all(self.database, cid=conversation_id)
 
     async def message(self, conversation_id: int, message_id: int) -> Message | None:
-        row = await self.database.fetch_one(
-            sa.select(*MESSAGE_COLUMNS)
-            .where(messages.c.conversation_id == conversation_id, messages.c.message_id == message_id))
+        row = await ONE_MESSAGE.fetch_one(self.database, cid=conversation_id, message_id=message_id)
         return None if row is None else _message(row)
 
     async def last_message(self, conversation_id: int) -> Message | None:
-        row = await self.database.fetch_one(
-            sa.select(*MESSAGE_COLUMNS)
-            .where(messages.c.conversation_id == conversation_id)
-            .order_by(messages.c.message_id.desc())
-            .limit(1))
+        row = await LAST_MESSAGE.fetch_one(self.database, cid=conversation_id)
         return None if row is None else _message(row)
 
     async def drop_messages_from(self, conversation_id: int, message_id: int) -> None:
@@ -239,13 +222,12 @@ class ConversationStore:
         the next message gets a new one, so an id always names the same text."""
         async def drop() -> None:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
-                await self.database.execute(
-                    messages.delete().where(messages.c.conversation_id == conversation_id,
-                                            messages.c.message_id >= message_id))
+                await fetch_all(self.database, messages.delete().where(messages.c.conversation_id == conversation_id,
+                                                                       messages.c.message_id >= message_id))
                 remaining = sa.select(sa.func.count()).select_from(messages).where(
                     messages.c.conversation_id == conversation_id).scalar_subquery()
-                await self.database.execute(
-                    conversations.update().where(conversations.c.id == conversation_id).values(message_count=remaining))
+                await fetch_all(self.database, conversations.update().where(conversations.c.id == conversation_id)
+                                .values(message_count=remaining))
         await atomically(drop)
         await self.cache.drop(conversation_id)
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from databases import Database
 
 from realtime_llm.store.cancelsafe import atomically
-from realtime_llm.store.compiled import Compiled
+from realtime_llm.store.compiled import Compiled, fetch_all, fetch_one
 from realtime_llm.store.schema import revoked_tokens, users
 
 
@@ -25,8 +25,9 @@ class UsernameTaken(Exception):
 
 
 # Every authenticated request: the user a token names, unless that token was revoked.
+USER_COLUMNS = (users.c.id, users.c.username, users.c.password_hash, users.c.created_time)
 ACTIVE_USER = Compiled(
-    sa.select(users.c.id, users.c.username, users.c.password_hash, users.c.created_time)
+    sa.select(*USER_COLUMNS)
     .where(users.c.id == sa.bindparam("user_id"),
            ~sa.exists().where(revoked_tokens.c.jti == sa.bindparam("jti"))))
 
@@ -42,9 +43,8 @@ class UserStore:
         if await self.by_username(username) is not None:
             raise UsernameTaken(username)
         try:
-            user_id = await self.database.execute(
-                users.insert().values(username=username, password_hash=password_hash, created_time=now)
-            )
+            [(user_id,)] = await fetch_all(self.database, users.insert().returning(users.c.id).values(
+                username=username, password_hash=password_hash, created_time=now))
         except Exception:
             if await self.by_username(username) is not None:
                 raise UsernameTaken(username) from None
@@ -52,8 +52,8 @@ class UserStore:
         return User(id=int(user_id), username=username, password_hash=password_hash, created_time=now)
 
     async def by_username(self, username: str) -> User | None:
-        row = await self.database.fetch_one(sa.select(users).where(users.c.username == username))
-        return _user(row)
+        row = await fetch_one(self.database, sa.select(*USER_COLUMNS).where(users.c.username == username))
+        return None if row is None else User(*row)
 
     async def active(self, user_id: int, jti: str) -> User | None:
         """The user a token names, unless that token was revoked: one query per request."""
@@ -63,17 +63,10 @@ class UserStore:
 
     async def usage(self, user_id: int) -> dict[str, int]:
         """Tokens of all this user's answers, deleted conversations included."""
-        row = await self.database.fetch_one(
-            sa.select(users.c.prompt_tokens, users.c.completion_tokens).where(users.c.id == user_id))
+        row = await fetch_one(self.database,
+                              sa.select(users.c.prompt_tokens, users.c.completion_tokens).where(users.c.id == user_id))
         prompt, completion = (int(row[0]), int(row[1])) if row is not None else (0, 0)
         return {"prompt_tokens": prompt, "completion_tokens": completion}
-
-
-def _user(row: object) -> User | None:
-    if row is None:
-        return None
-    m = row._mapping  # type: ignore[attr-defined]
-    return User(id=m["id"], username=m["username"], password_hash=m["password_hash"], created_time=m["created_time"])
 
 
 class RevocationStore:
@@ -86,11 +79,10 @@ class RevocationStore:
         async def insert() -> None:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
                 if not await self.is_revoked(jti):
-                    await self.database.execute(revoked_tokens.insert().values(
+                    await fetch_all(self.database, revoked_tokens.insert().values(
                         jti=jti, expires_at=expires_at, revoked_at=time.time()))
-                await self.database.execute(
-                    revoked_tokens.delete().where(revoked_tokens.c.expires_at < int(time.time()))
-                )
+                await fetch_all(self.database,
+                                revoked_tokens.delete().where(revoked_tokens.c.expires_at < int(time.time())))
         try:
             await atomically(insert)
         except Exception:
@@ -98,13 +90,11 @@ class RevocationStore:
                 raise
 
     async def is_revoked(self, jti: str) -> bool:
-        row = await self.database.fetch_one(
-            sa.select(revoked_tokens.c.jti).where(revoked_tokens.c.jti == jti)
-        )
-        return row is not None
+        return await fetch_one(self.database, sa.select(revoked_tokens.c.jti).where(revoked_tokens.c.jti == jti)) \
+            is not None
 
     async def revoked_since(self, since: float) -> set[str]:
         """Token ids revoked at `since` or later (by this machine's clock or another's)."""
-        rows = await self.database.fetch_all(
-            sa.select(revoked_tokens.c.jti).where(revoked_tokens.c.revoked_at >= since))
+        rows = await fetch_all(self.database,
+                               sa.select(revoked_tokens.c.jti).where(revoked_tokens.c.revoked_at >= since))
         return {row[0] for row in rows}
