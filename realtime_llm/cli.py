@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from realtime_llm.config import ConfigError, Settings, load_settings
+from realtime_llm.config import ConfigError, Settings
+from realtime_llm.configfile import load_settings
 from realtime_llm.logs import configure_logging
 from realtime_llm.server import describe, run_server
 from realtime_llm.workers import run_workers

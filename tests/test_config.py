@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from realtime_llm.config import ConfigError, load_settings
+from realtime_llm.config import ConfigError
+from realtime_llm.configfile import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
