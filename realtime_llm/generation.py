@@ -27,7 +27,8 @@ from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS
 from realtime_llm.outcome import Outcome
 from realtime_llm.providers import ChatMessage, Provider, UpstreamError
 from realtime_llm.relay import AnswerRelay, UpstreamReader, truncate
-from realtime_llm.store.conversations import Conversation, ConversationStore
+from realtime_llm.store.conversations import ConversationStore
+from realtime_llm.store.records import Conversation
 from realtime_llm.titles import Titler
 from realtime_llm.usage import Usage
 

@@ -12,7 +12,8 @@ from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.errors import DATABASE_ERRORS, ConversationNotFound, database_error
 from realtime_llm.events import DONE, ERROR
 from realtime_llm.prompt import answer_usage
-from realtime_llm.store.conversations import Conversation, ConversationStore, Message
+from realtime_llm.store.conversations import ConversationStore
+from realtime_llm.store.records import Conversation, Message
 from realtime_llm.usage import Usage
 
 if TYPE_CHECKING:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from realtime_llm.config import LlmSettings
 from realtime_llm.providers import ChatMessage
-from realtime_llm.store.conversations import Conversation, ConversationStore
+from realtime_llm.store.conversations import ConversationStore
+from realtime_llm.store.records import Conversation
 from realtime_llm.usage import Usage
 
 CHARS_PER_TOKEN = 4  # the budget is in tokens; this estimate avoids a tokenizer per model

@@ -18,7 +18,8 @@ from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.config import Settings
 from realtime_llm.events import TITLE
 from realtime_llm.providers import ChatMessage, ChatRequest, Provider, UpstreamError
-from realtime_llm.store.conversations import Conversation, ConversationStore
+from realtime_llm.store.conversations import ConversationStore
+from realtime_llm.store.records import Conversation
 
 logger = logging.getLogger("realtime_llm.titles")
 

@@ -17,7 +17,8 @@ from realtime_llm.errors import BadRequest
 from realtime_llm.events import TITLE
 from realtime_llm.responses import JSONResponse
 from realtime_llm.services import Services
-from realtime_llm.store.conversations import LIST_LIMIT_MAX, Conversation, Message, message_json
+from realtime_llm.store.conversations import LIST_LIMIT_MAX, message_json
+from realtime_llm.store.records import Conversation, Message
 
 UPDATABLE = frozenset({"title", "model", "system_prompt", "api_key"})
 MAX_QUERY_CHARS = 200

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,88 +12,26 @@ from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.keys import APIKeyBox, mask_api_key
 from realtime_llm.store.cancelsafe import atomically
-from realtime_llm.store.compiled import Compiled, fetch_all, fetch_one
-from realtime_llm.store.schema import conversations, messages, users
+from realtime_llm.store.compiled import fetch_all, fetch_one
+from realtime_llm.store.records import Conversation, Message, message_from_row
+from realtime_llm.store.schema import conversations, messages
+from realtime_llm.store.statements import (
+    ADD_USAGE,
+    ALL_MESSAGES,
+    EVENT_CEILING,
+    EXISTS,
+    INSERT_MESSAGE,
+    LAST_MESSAGE,
+    NEWEST_MESSAGES,
+    NEWEST_MESSAGES_BELOW,
+    NEXT_MESSAGE_ID,
+    ONE_MESSAGE,
+    OWNED,
+    RAISE_EVENT_CEILING,
+)
 from realtime_llm.usage import Usage
 
-
-@dataclass(frozen=True)
-class Conversation:
-    id: int
-    user_id: int
-    title: str
-    model: str
-    system_prompt: str
-    api_key_sealed: str
-    api_key_hint: str
-    created_time: int
-    last_message_id: int = 0
-    last_event_id: int = 0
-    message_count: int = 0
-
-
-@dataclass(frozen=True)
-class Message:
-    message_id: int
-    role: str
-    content: str
-    created_time: int
-    usage: Usage | None = None
-
-
-MESSAGE_COLUMNS = (
-    messages.c.message_id, messages.c.role, messages.c.content, messages.c.created_time,
-    messages.c.prompt_tokens, messages.c.completion_tokens, messages.c.usage_estimated,
-)
-
-
-def _message(row: Any) -> Message:
-    """A Message from a driver row of MESSAGE_COLUMNS."""
-    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated = row
-    usage = None
-    if prompt_tokens is not None and completion_tokens is not None:
-        usage = Usage(prompt_tokens, completion_tokens, bool(estimated))
-    return Message(message_id, role, content, created_time, usage)
-
-
 LIST_LIMIT_MAX = 1000
-
-# The statements of a generation's start and end (store/compiled.py).
-_cid: sa.BindParameter[int] = sa.bindparam("cid")
-OWNED = Compiled(sa.select(*(conversations.c[f] for f in Conversation.__dataclass_fields__))
-                 .where(conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id")))
-EXISTS = Compiled(sa.select(conversations.c.id).where(conversations.c.id == _cid))
-EVENT_CEILING = Compiled(sa.select(conversations.c.last_event_id).where(conversations.c.id == _cid))
-RAISE_EVENT_CEILING = Compiled(
-    conversations.update()
-    .where(conversations.c.id == _cid, conversations.c.last_event_id < sa.bindparam("last_event_id"))
-    .values(last_event_id=sa.bindparam("last_event_id")))
-# The whole history, in driver rows: for 10,000 messages `databases`' Record objects and
-# their per-field lookups cost three times the query (bench.history).
-ALL_MESSAGES = Compiled(sa.select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == _cid)
-                        .order_by(messages.c.message_id))
-ONE_MESSAGE = Compiled(sa.select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == _cid,
-                                                        messages.c.message_id == sa.bindparam("message_id")))
-_newest = sa.select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == _cid).order_by(messages.c.message_id.desc())
-NEWEST_MESSAGES = Compiled(_newest.limit(sa.bindparam("page")))
-LAST_MESSAGE = Compiled(_newest.limit(1))
-NEWEST_MESSAGES_BELOW = Compiled(_newest.where(messages.c.message_id < sa.bindparam("below"))
-                                 .limit(sa.bindparam("page")))
-# Bound to the owner too: a write that belongs to a conversation names it whole.
-NEXT_MESSAGE_ID = Compiled(
-    conversations.update().where(conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id"))
-    .values(last_message_id=conversations.c.last_message_id + 1, message_count=conversations.c.message_count + 1)
-    .returning(conversations.c.last_message_id))
-INSERT_MESSAGE = Compiled(messages.insert().values(
-    conversation_id=_cid, message_id=sa.bindparam("message_id"), role=sa.bindparam("role"),
-    content=sa.bindparam("content"), created_time=sa.bindparam("created_time"),
-    prompt_tokens=sa.bindparam("prompt_tokens"), completion_tokens=sa.bindparam("completion_tokens"),
-    usage_estimated=sa.bindparam("usage_estimated")))
-ADD_USAGE = Compiled(
-    users.update()
-    .where(users.c.id == sa.select(conversations.c.user_id).where(conversations.c.id == _cid).scalar_subquery())
-    .values(prompt_tokens=users.c.prompt_tokens + sa.bindparam("prompt_tokens"),
-            completion_tokens=users.c.completion_tokens + sa.bindparam("completion_tokens")))
 
 
 class ConversationStore:
@@ -204,18 +141,18 @@ class ConversationStore:
         return messages
 
     async def messages(self, conversation_id: int) -> list[Message]:
-        return [_message(r) for r in await self._all_message_rows(conversation_id)]
+        return [message_from_row(r) for r in await self._all_message_rows(conversation_id)]
 
     async def _all_message_rows(self, conversation_id: int) -> list[Any]:
         return await ALL_MESSAGES.fetch_all(self.database, cid=conversation_id)
 
     async def message(self, conversation_id: int, message_id: int) -> Message | None:
         row = await ONE_MESSAGE.fetch_one(self.database, cid=conversation_id, message_id=message_id)
-        return None if row is None else _message(row)
+        return None if row is None else message_from_row(row)
 
     async def last_message(self, conversation_id: int) -> Message | None:
         row = await LAST_MESSAGE.fetch_one(self.database, cid=conversation_id)
-        return None if row is None else _message(row)
+        return None if row is None else message_from_row(row)
 
     async def drop_messages_from(self, conversation_id: int, message_id: int) -> None:
         """Delete that message and every later one (edit, regenerate). Ids are not reused:
@@ -246,7 +183,7 @@ class ConversationStore:
                 rows = await NEWEST_MESSAGES_BELOW.fetch_all(self.database, cid=conversation_id, page=page,
                                                              below=before)
             for r in rows:
-                message = _message(r)
+                message = message_from_row(r)
                 if chosen and used + len(message.content) > budget_chars:
                     return chosen[::-1]
                 chosen.append(message)
