@@ -1,9 +1,12 @@
 """Database work that a cancellation must not cut short. Found by tests/test_fuzz.py.
 
-A user's stop cancels the generation's task, wherever it is. `databases` keeps one
-connection per task, and two places went wrong when the cancel landed inside them:
+A stop no longer cancels anything (relay.py), but tasks doing database work are still
+cancelled from outside: a WebSocket's reader when its socket ends (it may be saving the
+message it just started), an SSE body when its client hangs up, and at shutdown the
+generations still running after the grace. `databases` keeps one connection per task,
+and two places went wrong when a cancel landed inside them:
 - releasing a connection: the backend kept holding it, and every later query of that
-  task failed with "Connection is already acquired" (the stopped answer was not saved);
+  task failed with "Connection is already acquired";
 - a transaction, between its statements or during COMMIT: its connection was never
   given back, still in the transaction, and its row locks stayed held, so every other
   writer of that conversation timed out ("database is locked", lock timeout).
