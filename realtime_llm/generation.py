@@ -198,9 +198,11 @@ class GenerationEngine:
         interrupted, never a publish or a save (relay.py)."""
         if generation.stop_requested:
             return
+        if limit is not None:
+            logger.info("generation in conversation %d hit its %s limit", generation.conversation_id, limit)
         generation.stop_requested = True
         generation.limit = limit
-        if generation.reader is not None:  # else _answer sees the flag before it opens one
+        if generation.reader is not None:  # else AnswerRelay.answer sees the flag before it opens one
             generation.reader.stop()
 
     async def _run(self, generation: Generation, listening: contextlib.AsyncExitStack) -> None:
@@ -229,6 +231,9 @@ class GenerationEngine:
             # the answer so far is not lost: SQL does not need the broker.
             logger.warning("broker unavailable during the answer in conversation %d; saving it", cid)
             await self.outcome.save_quietly(generation, "".join(parts))
+        except asyncio.CancelledError:  # shutdown, past the grace: keep what there is, then go
+            await self.outcome.save_quietly(generation, "".join(parts))
+            raise
         except Exception as exc:  # a bug, or a database down for good: still end the stream
             logger.exception("generation failed in conversation %d", cid)
             generation.settle("internal error")

@@ -232,3 +232,36 @@ async def test_a_subscription_is_bounded_in_bytes_yet_takes_one_large_event() ->
     for i in range(1, 5):
         lagging.deliver(make_event(i, "message", "y" * 400))
     assert lagging.cut_off.is_set() and isinstance(lagging.failure, SubscriberOverflow)
+
+
+async def test_a_lapsed_lock_nobody_took_is_its_owners_again(locks: GenerationLocks) -> None:
+    """A heartbeat late by more than the ttl (a stalled loop, a busy Redis) keeps the lock
+    unless someone else took it meanwhile: only another holder means it is lost."""
+    assert await locks.acquire(CID, "a", ttl=0.2)
+    await asyncio.sleep(0.3)
+    assert await locks.holder(CID) is None  # lapsed: a new generation could take it now
+    assert await locks.refresh(CID, "a", ttl=5)
+    assert await locks.holder(CID) == "a"
+    await locks.release(CID, "a")
+    assert await locks.acquire(CID, "b", ttl=0.2)
+    await asyncio.sleep(0.3)
+    assert await locks.acquire(CID, "c", ttl=5)  # taken by another once lapsed...
+    assert not await locks.refresh(CID, "b", ttl=5)  # ...so it is lost to its old owner
+    await locks.release(CID, "c")
+
+
+async def test_the_idle_sweep_keeps_the_buffer_of_a_running_generation() -> None:
+    """In-process: a conversation nobody watches loses its replay buffer after
+    replay_ttl_seconds, unless its generation is still running (clients resume from it)."""
+    stream = Settings().replace(stream={"replay_ttl_seconds": 1}).stream
+    running: set[int] = {CID}
+    broker = MemoryBroker(stream, generating=lambda: running)
+    await broker.start()
+    try:
+        await broker.publish(CID, "message", "kept")
+        await broker.publish(CID + 1, "message", "swept")
+        await asyncio.sleep(1.8)  # the sweep runs every ttl/2
+        assert [e.payload["data"] for e in await broker.replay(CID, 0)] == ["kept"]
+        assert await broker.replay(CID + 1, 0) == []
+    finally:
+        await broker.close()

@@ -25,7 +25,8 @@ async def open_broker(settings: Settings, redis: aioredis.Redis | None,
     if redis is None:
         from realtime_llm.broker.memory import MemoryBroker
 
-        broker, locks = MemoryBroker(settings.stream), MemoryLocks()
+        locks = MemoryLocks()
+        broker = MemoryBroker(settings.stream, generating=locks.held_here)
     else:
         from realtime_llm.broker.pubsub import RedisPubSub
         from realtime_llm.broker.redis import RedisBroker

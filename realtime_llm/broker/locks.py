@@ -67,8 +67,9 @@ class MemoryLocks(GenerationLocks):
         return True
 
     async def refresh(self, conversation_id: int, owner: str, ttl: float) -> bool:
+        """As with Redis: a lapsed lock that nobody else took is this owner's again."""
         held = self._locks.get(conversation_id)
-        if held is None or held[0] != owner:
+        if held is not None and held[0] != owner and held[1] > time.monotonic():
             return False
         self._locks[conversation_id] = (owner, time.monotonic() + ttl)
         return True
@@ -80,15 +81,10 @@ class MemoryLocks(GenerationLocks):
 
     async def holder(self, conversation_id: int) -> str | None:
         held = self._locks.get(conversation_id)
-        if held is None:
-            return None
-        if held[1] <= time.monotonic():
-            del self._locks[conversation_id]
-            return None
-        return held[0]
+        return held[0] if held is not None and held[1] > time.monotonic() else None
 
     def held_here(self) -> Collection[int]:
-        return set(self._locks)
+        return set(self._locks)  # a lapsed one too: its generation may still run (refresh takes it back)
 
     @contextlib.asynccontextmanager
     async def on_stop(self, conversation_id: int, callback: Callable[[], None]) -> AsyncIterator[None]:

@@ -7,7 +7,7 @@ import collections
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Collection
 
 from realtime_llm.broker.base import Broker, ConversationGone, Subscription
 from realtime_llm.broker.eventids import CounterMissing
@@ -28,9 +28,11 @@ class MemoryBroker(Broker):
 
     name = "in-process"
 
-    def __init__(self, settings: StreamSettings) -> None:
+    def __init__(self, settings: StreamSettings, generating: Callable[[], Collection[int]] = set) -> None:
+        """`generating()`: the conversations whose generation runs (their buffers are kept)."""
         super().__init__()
         self.settings = settings
+        self._generating = generating
         self._channels: dict[int, _Channel] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -111,6 +113,7 @@ class MemoryBroker(Broker):
         while True:
             await asyncio.sleep(min(60.0, ttl / 2))
             cutoff = time.monotonic() - ttl
+            busy = self._generating()
             for conversation_id, channel in list(self._channels.items()):
-                if conversation_id not in self._local and channel.touched < cutoff:
+                if conversation_id not in self._local and conversation_id not in busy and channel.touched < cutoff:
                     del self._channels[conversation_id]
