@@ -2,7 +2,9 @@
 
 A delta after a quiet spell goes out at once (no added latency); a burst is held until
 the window since the last batch ends, so Redis traffic grows with the answer's length,
-not its token count. The deltas arrive in a queue filled by a reader of their own
+not its token count. Thinking (Thought) and answer deltas are never joined: where the
+model turns from one to the other, what is held goes out, and the other's first delta
+goes out at once. The deltas arrive in a queue filled by a reader of their own
 (relay.UpstreamReader), so the window closes on time while the upstream is silent, and a
 stop, put into the same queue, is seen at once: nothing is ever cancelled to stop.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import AsyncIterator, Union
+
+from realtime_llm.providers.base import Thought
 
 
 class _Marker:
@@ -34,10 +38,11 @@ class Stopped(Exception):
 
 
 async def coalesce(queue: asyncio.Queue[Item], window: float) -> AsyncIterator[str]:
-    """The text in `queue`, deltas that arrive within `window` seconds of the last batch
-    joined into one, until END. STOPPED raises Stopped and a failure is raised, each after
-    the text that came before it."""
+    """The text in `queue`, deltas of one kind (answer, or Thought) that arrive within
+    `window` seconds of the last batch joined into one, until END. STOPPED raises Stopped
+    and a failure is raised, each after the text that came before it."""
     pending: list[str] = []
+    thinking = False  # the kind of what is pending
     last_batch = float("-inf")
     while True:
         item: Item
@@ -50,14 +55,16 @@ async def coalesce(queue: asyncio.Queue[Item], window: float) -> AsyncIterator[s
             except TimeoutError:
                 item = ""
         if isinstance(item, str):
+            if item and pending and isinstance(item, Thought) != thinking:  # the model turned
+                yield _joined(pending, thinking)
+                last_batch = float("-inf")
             if item:
+                thinking = isinstance(item, Thought)
                 pending.append(item)
             if not pending or time.monotonic() - last_batch < window:
                 continue
         if pending:
-            batch = "".join(pending)
-            pending.clear()
-            yield batch
+            yield _joined(pending, thinking)
             last_batch = time.monotonic()
         if item is END:
             return
@@ -65,3 +72,10 @@ async def coalesce(queue: asyncio.Queue[Item], window: float) -> AsyncIterator[s
             raise Stopped()
         if isinstance(item, BaseException):
             raise item
+
+
+def _joined(pending: list[str], thinking: bool) -> str:
+    """The pending deltas as one, of their kind; `pending` is emptied."""
+    text = "".join(pending)
+    pending.clear()
+    return Thought(text) if thinking else text

@@ -48,7 +48,8 @@ class RedisHistoryCache(HistoryCache):
         self._append = redis.register_script(APPEND)
 
     def key(self, conversation_id: int) -> str:
-        return f"{self.prefix}:{{conv:{conversation_id}}}:history"
+        # v2: answers carry `reasoning`; a history cached before that is not read again.
+        return f"{self.prefix}:{{conv:{conversation_id}}}:history:v2"
 
     async def get(self, conversation_id: int, count: int, last_message_id: int) -> list[dict[str, Any]] | None:
         try:

@@ -134,6 +134,12 @@ class ProviderSettings:
     # openai: ask for token counts (stream_options.include_usage); turn off for an
     # upstream that rejects the field. Without counts, usage is estimated.
     include_usage: bool = True
+    # openai: a model served raw puts its thinking in `content`, inside a leading
+    # <think>...</think>: split it out as reasoning.
+    think_tags: bool = False
+    # openai: send earlier answers' thinking back (as `reasoning_content`); most upstreams
+    # want it left out, some (interleaved-thinking models) want it.
+    send_reasoning: bool = False
 
 
 PROVIDER_KINDS = ("openai", "demo")
@@ -141,7 +147,7 @@ PROVIDER_KINDS = ("openai", "demo")
 
 def _default_providers() -> tuple[ProviderSettings, ...]:
     return (
-        ProviderSettings(name="demo", kind="demo", models=("demo", "demo-*")),
+        ProviderSettings(name="demo", kind="demo", models=("demo", "demo-think", "demo-*")),
         ProviderSettings(
             name="openai", kind="openai", base_url="https://api.openai.com/v1", models=("gpt-*",)
         ),

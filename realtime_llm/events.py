@@ -8,6 +8,7 @@ import orjson
 
 USER_MESSAGE = "user_message"
 MESSAGE = "message"
+REASONING = "reasoning"  # a delta of the model's thinking
 DONE = "done"
 FULL_RESPONSE = "full_response"
 ERROR = "error"

@@ -26,7 +26,7 @@ from realtime_llm.locks import kept_alive, take_lock
 from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS
 from realtime_llm.outcome import Outcome
 from realtime_llm.providers import ChatMessage, Provider, UpstreamError
-from realtime_llm.relay import AnswerRelay, UpstreamReader, truncate
+from realtime_llm.relay import Answer, AnswerRelay, UpstreamReader, truncate
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.records import Conversation
 from realtime_llm.titles import Titler
@@ -207,7 +207,7 @@ class GenerationEngine:
 
     async def _run(self, generation: Generation, listening: contextlib.AsyncExitStack) -> None:
         cid = generation.conversation_id
-        parts: list[str] = []  # one part per message event: full_response is their concatenation
+        answer = Answer()  # what has been published of it
         outcome = "error"
         RUNNING_GENERATIONS.inc()
         deadline = asyncio.get_running_loop().call_later(self.settings.stream.max_generation_seconds,
@@ -216,13 +216,13 @@ class GenerationEngine:
             kept = kept_alive(self.locks, cid, generation.owner, self.settings.stream.lock_ttl_seconds,
                               on_lost=lambda: self.stop(generation))
             async with listening, kept:
-                reason = await self.relay.answer(generation, parts)
+                reason = await self.relay.answer(generation, answer)
                 deadline.cancel()
-                await self.outcome.finish(generation, "".join(parts), reason, deltas=len(parts))
+                await self.outcome.finish(generation, answer, reason)
                 outcome = reason
             conversation = generation.conversation
-            if outcome == "stop" and not conversation.title and self.settings.llm.auto_titles:
-                self._spawn(self.titles.give_title(conversation, generation.prompt, "".join(parts)))
+            if outcome != "cancelled" and not conversation.title and self.settings.llm.auto_titles:
+                self._spawn(self.titles.give_title(conversation, generation.prompt, answer.text))
         except UpstreamError as exc:
             generation.settle(str(exc))
             await self.outcome.fail(cid, str(exc))
@@ -230,9 +230,9 @@ class GenerationEngine:
             # Nobody can be told (subscribers got their error from the broker itself), but
             # the answer so far is not lost: SQL does not need the broker.
             logger.warning("broker unavailable during the answer in conversation %d; saving it", cid)
-            await self.outcome.save_quietly(generation, "".join(parts))
+            await self.outcome.save_quietly(generation, answer)
         except asyncio.CancelledError:  # shutdown, past the grace: keep what there is, then go
-            await self.outcome.save_quietly(generation, "".join(parts))
+            await self.outcome.save_quietly(generation, answer)
             raise
         except Exception as exc:  # a bug, or a database down for good: still end the stream
             logger.exception("generation failed in conversation %d", cid)

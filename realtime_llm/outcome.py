@@ -12,6 +12,7 @@ from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.errors import DATABASE_ERRORS, ConversationNotFound, database_error
 from realtime_llm.events import DONE, ERROR
 from realtime_llm.prompt import answer_usage
+from realtime_llm.relay import Answer
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.records import Conversation, Message
 from realtime_llm.usage import Usage
@@ -31,15 +32,16 @@ class Outcome:
         self.store = store
         self.broker = broker
 
-    async def finish(self, generation: Generation, answer: str, reason: str, deltas: int) -> None:
-        """Save the answer, then publish done and full_response (made of the `deltas`
-        message events the answer went out as). A conversation deleted meanwhile: nothing
-        is saved, and nobody is left to tell."""
+    async def finish(self, generation: Generation, answer: Answer, reason: str) -> None:
+        """Save the answer (its thinking with it), then publish done (which carries the
+        thinking) and full_response (made of the answer's message events). A conversation
+        deleted meanwhile: nothing is saved, and nobody is left to tell."""
         cid = generation.conversation_id
+        text, reasoning = answer.text, answer.reasoning
         usage: Usage | None = None
         try:
-            if answer or reason == "stop":
-                usage = answer_usage(generation.usage, generation.prompt, answer)
+            if text or reasoning or reason != "cancelled":
+                usage = answer_usage(generation.usage, generation.prompt, text + reasoning)
                 message_id: int | None = (await self.save(generation.conversation, answer, usage)).message_id
                 generation.saved = True
             elif await self.store.exists(cid):  # ids are never reused: the id alone is this one
@@ -52,17 +54,19 @@ class Outcome:
         usage_meta = {"usage": usage.as_json()} if usage is not None else {}
         stopped_by_limit = reason == "cancelled" and generation.limit is not None  # a cap that came too late: none
         limit_meta = {"limit": generation.limit} if stopped_by_limit else {}
-        await self.broker.publish(cid, DONE, "Stream finished", reason=reason, **limit_meta, **meta, **usage_meta)
-        await self.broker.publish_answer(cid, answer, generation.after_event_id, deltas, **meta)
+        await self.broker.publish(cid, DONE, "Stream finished", reason=reason, reasoning=reasoning, **limit_meta,
+                                  **meta, **usage_meta)
+        await self.broker.publish_answer(cid, text, generation.after_event_id, len(answer.parts), **meta)
 
-    async def save(self, conversation: Conversation, answer: str, usage: Usage) -> Message:
+    async def save(self, conversation: Conversation, answer: Answer, usage: Usage) -> Message:
         """Save an answer, waiting out a busy or unreachable database for up to
         SAVE_PATIENCE_SECONDS: once the generation ends the answer exists nowhere else."""
         deadline = time.monotonic() + SAVE_PATIENCE_SECONDS
         pause = 0.1
         while True:
             try:
-                return await self.store.add_message(conversation, "assistant", answer, usage)
+                return await self.store.add_message(conversation, "assistant", answer.text, usage,
+                                                    reasoning=answer.reasoning)
             except DATABASE_ERRORS as exc:
                 if database_error(exc) is None or time.monotonic() + pause > deadline:
                     raise
@@ -71,12 +75,13 @@ class Outcome:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
 
-    async def save_quietly(self, generation: Generation, answer: str) -> None:
+    async def save_quietly(self, generation: Generation, answer: Answer) -> None:
         """What there is of an answer whose end nobody can be told of (the broker is away)."""
-        if not answer or generation.saved:
+        if not (answer.parts or answer.thoughts) or generation.saved:
             return
         try:
-            await self.save(generation.conversation, answer, answer_usage(generation.usage, generation.prompt, answer))
+            usage = answer_usage(generation.usage, generation.prompt, answer.text + answer.reasoning)
+            await self.save(generation.conversation, answer, usage)
         except ConversationNotFound:
             pass  # deleted meanwhile: nothing to save
         except Exception:

@@ -18,7 +18,7 @@ async def build_prompt(settings: LlmSettings, store: ConversationStore, conversa
     system = conversation.system_prompt or settings.system_prompt
     budget = settings.context_budget_tokens * CHARS_PER_TOKEN - len(system)
     history = await store.recent_messages(conversation.id, max(budget, 1), below=below)
-    return (ChatMessage("system", system), *(ChatMessage(m.role, m.content) for m in history))
+    return (ChatMessage("system", system), *(ChatMessage(m.role, m.content, m.reasoning) for m in history))
 
 
 def answer_usage(reported: Usage | None, prompt: tuple[ChatMessage, ...], answer: str) -> Usage:

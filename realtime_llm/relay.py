@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import Histogram
@@ -17,10 +18,11 @@ from prometheus_client import Histogram
 from realtime_llm.batching import ACCEPTED, END, STOPPED, Item, Stopped, coalesce
 from realtime_llm.broker import Broker
 from realtime_llm.config import Settings
-from realtime_llm.events import MESSAGE, TRUNCATE
+from realtime_llm.events import MESSAGE, REASONING, TRUNCATE
 from realtime_llm.metrics import UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
+from realtime_llm.params import load_params
 from realtime_llm.prompt import build_prompt
-from realtime_llm.providers import ChatRequest, Provider, UpstreamError
+from realtime_llm.providers import ChatRequest, Provider, Thought, UpstreamError
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.tasks import finish_task
 from realtime_llm.usage import Usage
@@ -29,6 +31,26 @@ if TYPE_CHECKING:
     from realtime_llm.generation import Generation
 
 logger = logging.getLogger("realtime_llm.generation")
+
+# How a model may end an answer, as `done` says it (any other finish_reason: "stop").
+FINISH_REASONS = frozenset({"length", "content_filter"})
+
+
+@dataclass
+class Answer:
+    """What has been published of an answer: the texts of its `message` events (whose
+    concatenation full_response is) and of its `reasoning` events."""
+
+    parts: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.thoughts)
 
 
 class UpstreamReader:
@@ -41,6 +63,7 @@ class UpstreamReader:
         self.request = request
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.usage: Usage | None = None  # the upstream's own counts, once its stream ended
+        self.finish_reason: str | None = None  # the model's, once its stream ended
         self._task: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
@@ -70,7 +93,7 @@ class UpstreamReader:
                 self.queue.put_nowait(ACCEPTED)
                 async for delta in completion:
                     self.queue.put_nowait(delta)
-                self.usage = completion.usage
+                self.usage, self.finish_reason = completion.usage, completion.finish_reason
             self.queue.put_nowait(END)
         except asyncio.CancelledError:
             raise
@@ -88,15 +111,17 @@ class AnswerRelay:
         self.broker = broker
         self.provider_for = provider_for
 
-    async def answer(self, generation: Generation, parts: list[str]) -> str:
-        """Relay the model's answer into `parts`, published batch by batch; returns the
-        done reason ("stop", or "cancelled" when stopped: by the user, a limit, shutdown)."""
+    async def answer(self, generation: Generation, answer: Answer) -> str:
+        """Relay the model's answer into `answer`, published batch by batch; returns the
+        done reason: "stop", "length" or "content_filter" (the model's), or "cancelled"
+        when stopped (by the user, a limit, shutdown)."""
         if generation.stop_requested:
             return "cancelled"
         conversation = generation.conversation
         generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, below=generation.replaces)
         request = ChatRequest(model=conversation.model, messages=generation.prompt,
-                              api_key=self.store.box.open(conversation.api_key_sealed))
+                              api_key=self.store.box.open(conversation.api_key_sealed),
+                              params=load_params(conversation.params))
         provider = self.provider_for(conversation.model)
         began = time.monotonic()
         try:
@@ -108,10 +133,10 @@ class AnswerRelay:
                     generation.after_event_id = await truncate(self.store, self.broker, generation.conversation_id,
                                                            generation.replaces)
                 generation.settle(None)
-                await self._relay(generation, reader, parts, UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name),
+                await self._relay(generation, reader, answer, UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name),
                                   began)
             generation.usage = reader.usage
-            return "stop"
+            return reader.finish_reason if reader.finish_reason in FINISH_REASONS else "stop"
         except Stopped:
             return "cancelled"
         except AnswerTooLong:
@@ -122,19 +147,22 @@ class AnswerRelay:
             UPSTREAM_ERRORS.labels(provider.name).inc()
             raise
 
-    async def _relay(self, generation: Generation, reader: UpstreamReader, parts: list[str],
+    async def _relay(self, generation: Generation, reader: UpstreamReader, answer: Answer,
                      first_token: Histogram, began: float) -> None:
         """Publish the deltas, batched (batching.py), until the answer ends, is stopped
-        (Stopped), or reaches `max_answer_chars` (it is cut there: AnswerTooLong)."""
+        (Stopped), or reaches `max_answer_chars`, thinking included (it is cut there:
+        AnswerTooLong)."""
         cid = generation.conversation_id
         room = self.settings.stream.max_answer_chars  # what the answer may still grow by
         async for text in coalesce(reader.queue, self.settings.stream.batch_ms / 1000):
-            if not parts:
+            if not (answer.parts or answer.thoughts):
                 first_token.observe(time.monotonic() - began)
             cut = len(text) >= room
+            thinking = isinstance(text, Thought)
             text = text[:room]
-            await self.broker.publish(cid, MESSAGE, text)
-            parts.append(text)  # only what was published is part of the answer
+            await self.broker.publish(cid, REASONING if thinking else MESSAGE, text)
+            # Only what was published is part of the answer.
+            (answer.thoughts if thinking else answer.parts).append(text)
             if cut:
                 raise AnswerTooLong()
             room -= len(text)

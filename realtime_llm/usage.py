@@ -12,7 +12,11 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+    reasoning_tokens: int | None = None  # of completion_tokens, where the upstream says
 
     def as_json(self) -> dict[str, object]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "estimated": self.estimated}
+        shown: dict[str, object] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                                    "estimated": self.estimated}
+        if self.reasoning_tokens is not None:
+            shown["reasoning_tokens"] = self.reasoning_tokens
+        return shown

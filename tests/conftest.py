@@ -19,10 +19,14 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
                 broker: str = "memory") -> dict[str, Any]:
     """A test server's config: fast bcrypt, the given database, the fake upstream serving
     "fake-*" models, short keep-alives; everything else default."""
-    providers: list[dict[str, Any]] = [{"name": "demo", "kind": "demo", "models": ["demo", "demo-*"], "delay_ms": 1}]
+    providers: list[dict[str, Any]] = [{"name": "demo", "kind": "demo", "models": ["demo", "demo-think", "demo-*"],
+                                        "delay_ms": 1}]
     if upstream is not None:
         providers.append({"name": "fake", "kind": "openai", "base_url": upstream.base_url,
                           "api_key": PROVIDER_KEY, "models": ["fake-*"], "read_timeout": 3})
+        # The same upstream as a raw reasoning model: <think> in content, its thinking sent back.
+        providers.append({"name": "raw", "kind": "openai", "base_url": upstream.base_url, "api_key": PROVIDER_KEY,
+                          "models": ["raw-*"], "read_timeout": 3, "think_tags": True, "send_reasoning": True})
         # Nothing listens on port 9 (discard) here: a provider that cannot be reached.
         providers.append({"name": "dead", "kind": "openai", "base_url": "http://127.0.0.1:9/v1",
                           "models": ["dead-*"], "connect_timeout": 2})

@@ -10,6 +10,7 @@ The last user message steers it with a directive line, e.g.
     echo=1            answer with the text after the directive line, 3 characters a chunk
     delay_ms=D        pause before each token
     status=S          refuse with HTTP S and an OpenAI-style error body
+    head_delay_ms=D   wait D ms before answering at all (a queue, a long prompt)
     drop_after=K      close the connection abruptly after K tokens
     malformed_after=K send a chunk that is not JSON after K tokens
     error_after=K     send an in-stream error object after K tokens
@@ -18,6 +19,12 @@ The last user message steers it with a directive line, e.g.
     no_finish=1       end the stream after the tokens with no finish_reason and no [DONE]
     usage=P,C         report prompt_tokens P and completion_tokens C in a last chunk, as
                       OpenAI does, if the request asked (stream_options.include_usage)
+    reasoning_tokens=R  with usage: completion_tokens_details.reasoning_tokens R
+    think=N           think first: N tokens "r0 ", "r1 ", ... in delta.reasoning_content
+    think_field=F     ... in delta.F instead (reasoning: vLLM, OpenRouter, Ollama), or, with
+                      F=tags, inside content as <think>...</think>, the tags cut mid-word
+    interleave=1      think again after every second answer token (one thinking token)
+    finish=R          the finish_reason (default stop): length, content_filter
     title_delay_ms=D  (anywhere in the conversation) the title request that follows its
                       first answer waits D ms before each token
 
@@ -62,12 +69,13 @@ def parse_directive(messages: list[dict[str, Any]]) -> tuple[dict[str, str], str
     return options, rest
 
 
-def _chunk(content: str | None = None, finish: str | None = None, role: str | None = None) -> dict[str, Any]:
+def _chunk(content: str | None = None, finish: str | None = None, role: str | None = None,
+           field: str = "content") -> dict[str, Any]:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = role
     if content is not None:
-        delta["content"] = content
+        delta[field] = content
     return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": "fake",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
@@ -80,6 +88,23 @@ def _frame(payload: dict[str, Any], index: int) -> bytes:
     if index % 3 == 2:  # and comments, and CRLF line endings
         return f": keep-alive\r\ndata: {text}\r\n\r\n".encode()
     return f"data: {text}\n\n".encode()
+
+
+def with_thinking(options: dict[str, str], answer: list[str]) -> list[tuple[str, str]]:
+    """The stream's deltas as (delta field, text): the thinking that `think`,
+    `think_field` and `interleave` ask for, around the answer's tokens."""
+    thinking = [f"r{i} " for i in range(int(options.get("think", 0)))]
+    field = options.get("think_field", "reasoning_content")
+    if field == "tags":  # a raw model: the block inside content, its tags cut anywhere
+        text = "<think>" + "".join(thinking) + "</think>\n\n" if thinking else ""
+        cuts = [text[i:i + 4] for i in range(0, len(text), 4)]  # "<thi", "nk>r", ... "</th", "ink>"
+        return [("content", c) for c in cuts] + [("content", t) for t in answer]
+    deltas = [(field, t) for t in thinking]
+    for i, token in enumerate(answer):
+        deltas.append(("content", token))
+        if options.get("interleave") and i % 2 == 1:
+            deltas.append((field, f"more{i} "))
+    return deltas
 
 
 class FakeUpstream:
@@ -106,6 +131,8 @@ class FakeUpstream:
         if str(messages[0].get("content", "")).startswith("Write a title"):
             slow = re.search(r"title_delay_ms=(\d+)", str(messages[-1].get("content", "")))
             options = {"delay_ms": slow.group(1)} if slow else {}
+        if "head_delay_ms" in options:
+            await asyncio.sleep(int(options["head_delay_ms"]) / 1000)
         if "status" in options:
             status = int(options["status"])
             record.completed = True
@@ -115,15 +142,17 @@ class FakeUpstream:
         else:
             size = int(options.get("size", 0))
             tokens = [f"t{i} ".ljust(size, "x") for i in range(int(options.get("tokens", 5)))]
-        return StreamingResponse(self._stream(record, options, tokens), media_type="text/event-stream")
+        return StreamingResponse(self._stream(record, options, with_thinking(options, tokens)),
+                                 media_type="text/event-stream")
 
-    async def _stream(self, record: Received, options: dict[str, str], tokens: list[str]) -> AsyncIterator[bytes]:
+    async def _stream(self, record: Received, options: dict[str, str],
+                      tokens: list[tuple[str, str]]) -> AsyncIterator[bytes]:
         delay = int(options.get("delay_ms", 0)) / 1000
         try:
             yield _frame(_chunk(role="assistant"), 0)
             if options.get("hang"):
                 await asyncio.sleep(3600)
-            for i, token in enumerate(tokens):
+            for i, (field, token) in enumerate(tokens):
                 if delay:
                     await asyncio.sleep(delay)
                 if str(i) == options.get("drop_after"):
@@ -132,14 +161,17 @@ class FakeUpstream:
                     yield b"data: {this is not json\n\n"
                 if str(i) == options.get("error_after"):
                     yield _frame({"error": {"message": "fake in-stream failure"}}, 0)
-                yield _frame(_chunk(f"<{time.time():.6f}>" if options.get("stamp") else token), i + 1)
+                yield _frame(_chunk(f"<{time.time():.6f}>" if options.get("stamp") else token, field=field), i + 1)
             if options.get("no_finish"):
                 record.completed = True
                 return
-            yield _frame(_chunk(finish="stop"), 0)
+            yield _frame(_chunk(finish=options.get("finish", "stop")), 0)
             if "usage" in options and (record.body.get("stream_options") or {}).get("include_usage"):
                 prompt, completion = (int(n) for n in options["usage"].split(","))
-                usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+                usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                                         "total_tokens": prompt + completion}
+                if "reasoning_tokens" in options:
+                    usage["completion_tokens_details"] = {"reasoning_tokens": int(options["reasoning_tokens"])}
                 yield _frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [], "usage": usage}, 0)
             yield b"data: [DONE]\n\n"
             record.completed = True

@@ -123,3 +123,12 @@ async def test_a_refusal_is_raised_by_accepted() -> None:
     async with UpstreamReader(Refusing(), ChatRequest("m", ())) as reader:
         with pytest.raises(UpstreamError):
             await reader.accepted()
+
+
+async def test_thinking_and_answer_are_batched_apart_and_the_turn_goes_out_at_once() -> None:
+    from realtime_llm.providers import Thought
+
+    queue = queued(Thought("a"), Thought("b"), Thought("c"), "x", "y", Thought("late"), END)
+    batches = [b async for b in coalesce(queue, window=10.0)]
+    assert batches == ["a", "bc", "x", "y", "late"]
+    assert [isinstance(b, Thought) for b in batches] == [True, True, False, False, True]

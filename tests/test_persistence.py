@@ -15,7 +15,7 @@ from tests.wsclient import Socket
 
 def test_restart_keeps_users_conversations_and_tokens(database: str, tmp_path: Path) -> None:
     """Stop the server, start it again on the same database: the token, the conversation
-    and a logout made before the restart all still hold."""
+    (its settings, an answer's thinking), and a logout made before the restart all still hold."""
     config = write_config(tmp_path / "config.yaml", base_config(tmp_path, database))
     first = ServerProcess(config, tmp_path).start()
     api = Api(first.url)
@@ -23,7 +23,12 @@ def test_restart_keeps_users_conversations_and_tokens(database: str, tmp_path: P
     token = api.login(username)
     revoked = api.login(username)
     headers = {"Authorization": f"Bearer {token}"}
-    created = api.create_conversation(headers, title="keep me", api_key="sk-persist-123456789")
+    created = api.create_conversation(headers, title="keep me", api_key="sk-persist-123456789",
+                                      model="demo-think", params={"temperature": 0.5})
+    answered = api.http.post(f"/api/chat/{created['conversation_id']}", json={"message": "hi"}, headers=headers)
+    assert answered.status_code == 200 and b"event: reasoning" in answered.content
+    before = api.http.get(f"/api/conversations/history/{created['conversation_id']}", headers=headers).json()
+    assert before["messages"][-1]["reasoning"].startswith("The user wrote 1 word(s).")
     api.http.post("/api/users/logout", headers={"Authorization": f"Bearer {revoked}"})
     assert first.stop() == 0
     api.http.close()
@@ -34,6 +39,7 @@ def test_restart_keeps_users_conversations_and_tokens(database: str, tmp_path: P
         history = api.http.get(f"/api/conversations/history/{created['conversation_id']}", headers=headers)
         assert history.status_code == 200
         assert history.json()["title"] == "keep me"
+        assert history.json()["messages"] == before["messages"] and history.json()["params"] == {"temperature": 0.5}
         assert api.http.get("/api/users/me", headers={"Authorization": f"Bearer {revoked}"}).status_code == 401
         api.login(username)
     finally:

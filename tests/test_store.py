@@ -70,6 +70,7 @@ V2_COLUMNS = {"users": ("prompt_tokens", "completion_tokens"),
               "messages": ("prompt_tokens", "completion_tokens", "usage_estimated"),
               "conversations": ("message_count",)}
 V3_COLUMNS = {"revoked_tokens": ("revoked_at",)}
+V4_COLUMNS = {"messages": ("reasoning", "reasoning_tokens"), "conversations": ("params",)}
 
 
 async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -> None:
@@ -83,7 +84,7 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     else:
         await db.execute(sa.text("DROP INDEX ix_messages_content_trgm"))
     await db.execute(sa.text("DROP INDEX ix_revoked_tokens_revoked_at"))
-    for table, columns in {**V2_COLUMNS, **V3_COLUMNS}.items():
+    for table, columns in [*V2_COLUMNS.items(), *V3_COLUMNS.items(), *V4_COLUMNS.items()]:
         for column in columns:
             await db.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     await db.execute(schema.schema_version.update().values(version=1))
@@ -96,12 +97,13 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     await db.execute(sa.text(f"INSERT INTO messages (conversation_id, message_id, role, content, created_time) "
                              f"VALUES ({cid}, 1, 'user', 'An archived Zanzibar itinerary', 1)"))
 
-    assert await migrate(db) == schema.SCHEMA_VERSION == 3
+    assert await migrate(db) == schema.SCHEMA_VERSION == 4
     store = ConversationStore(db, APIKeyBox("s" * 40), fts=await has_sqlite_search_index(db))
     assert store.fts == (dialect == "sqlite")
     assert [c["conversation_id"] for c in await store.list_for_user(user_id, q="zanzibar")] == [cid]
     (old,) = await store.messages(cid)
-    assert old.content == "An archived Zanzibar itinerary" and old.usage is None
+    assert old.content == "An archived Zanzibar itinerary" and old.usage is None and old.reasoning == ""
+    assert (await store.get_owned(cid, user_id)).params == "{}"
     assert await UserStore(db).usage(user_id) == {"prompt_tokens": 0, "completion_tokens": 0}
     assert (await store.get_owned(cid, user_id)).message_count == 1  # backfilled
     if dialect == "postgresql":  # the search really has its index

@@ -71,8 +71,14 @@ async def regenerate(request: Request) -> StreamingResponse:
 
 
 async def answer_stream(request: Request, caller: Caller, generation: Generation) -> StreamingResponse:
-    # Hold the response until the upstream has accepted, so a refusal is a plain 502.
-    refusal = await asyncio.shield(generation.accepted)
+    # Hold the response until the upstream has accepted, so a refusal is a plain 502; but
+    # not past a keep-alive period: an upstream slow to answer (a queue, a long prompt)
+    # must not leave the stream silent, and a later refusal arrives as an `error` event.
+    try:
+        async with asyncio.timeout(services_of(request).settings.stream.keepalive_seconds):
+            refusal = await asyncio.shield(generation.accepted)
+    except TimeoutError:
+        refusal = None
     if refusal is not None:
         raise UpstreamError(refusal)
     events = stream_events(request, caller, generation.conversation_id, after=generation.after_event_id,

@@ -15,12 +15,13 @@ from realtime_llm.bodies import NO_NUL, bounded_int, optional_string, path_id, r
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.errors import BadRequest
 from realtime_llm.events import TITLE
+from realtime_llm.params import dump_params, load_params, parse_params
 from realtime_llm.responses import JSONResponse
 from realtime_llm.services import Services
 from realtime_llm.store.conversations import LIST_LIMIT_MAX, message_json
 from realtime_llm.store.records import Conversation, Message
 
-UPDATABLE = frozenset({"title", "model", "system_prompt", "api_key"})
+UPDATABLE = frozenset({"title", "model", "system_prompt", "api_key", "params"})
 MAX_QUERY_CHARS = 200
 
 
@@ -31,6 +32,7 @@ def conversation_json(conversation: Conversation) -> dict[str, object]:
         "model": conversation.model,
         "api_key": conversation.api_key_hint,
         "created_time": conversation.created_time,
+        "params": load_params(conversation.params),
     }
 
 
@@ -49,12 +51,14 @@ async def create(request: Request) -> JSONResponse:
         raise BadRequest(f"model '{model}' is not served here; see GET /api/models")
     api_key = optional_string(body, "api_key", max_chars=limits.max_api_key_chars) or ""
     system_prompt = optional_string(body, "system_prompt", max_chars=limits.max_system_prompt_chars) or ""
+    params = parse_params(body["params"]) if body.get("params") is not None else {}
     conversation = await services.conversations.create(
         caller.user.id,
         title=(title or "").strip(),
         model=model,
         system_prompt=system_prompt,
         api_key=api_key.strip(),
+        params=dump_params(params),
     )
     return JSONResponse(conversation_json(conversation))
 
@@ -100,8 +104,8 @@ async def update(request: Request) -> JSONResponse:
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}; updatable: {', '.join(sorted(UPDATABLE))}")
     nulls = sorted(name for name, value in body.items() if value is None)
-    if nulls:  # leave a field out to keep it; "" clears the API key
-        raise BadRequest(f"'{nulls[0]}' must be a string")
+    if nulls:  # leave a field out to keep it; "" clears the API key, a null in params one setting
+        raise BadRequest(f"'{nulls[0]}' must be {'an object' if nulls[0] == 'params' else 'a string'}")
     changes: dict[str, str] = {}
     title = optional_string(body, "title", max_chars=limits.max_title_chars)
     if title is not None:
@@ -119,9 +123,13 @@ async def update(request: Request) -> JSONResponse:
     api_key = optional_string(body, "api_key", max_chars=limits.max_api_key_chars)
     if api_key is not None:
         changes["api_key"] = api_key.strip()  # "" removes the conversation's own key
-    if not changes:
+    if "params" in body:
+        parse_params(body["params"])  # checked before anything is read: a bad one is a 400
+    elif not changes:
         raise BadRequest(f"nothing to update: send any of {', '.join(sorted(UPDATABLE))}")
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    if "params" in body:
+        changes["params"] = dump_params(parse_params(body["params"], load_params(conversation.params)))
     updated = await services.conversations.update(conversation, **changes)
     if "title" in changes:  # open pages show it; it also comes after any automatic title
         with contextlib.suppress(BrokerUnavailable):
@@ -142,6 +150,7 @@ async def history(request: Request) -> JSONResponse:
             "model": conversation.model,
             "messages": await store.history(conversation),
             "created_time": conversation.created_time,
+            "params": load_params(conversation.params),
         }
     )
 
@@ -221,7 +230,10 @@ def render_markdown(conversation: Conversation, messages: list[Message]) -> str:
         lines += ["## System prompt", "", conversation.system_prompt, ""]
     for message in messages:
         heading = {"user": "User", "assistant": "Assistant"}.get(message.role, message.role.title())
-        lines += [f"## {heading} · {_when(message.created_time)}", "", message.content, ""]
+        lines += [f"## {heading} · {_when(message.created_time)}", ""]
+        if message.reasoning:
+            lines += ["<details>", "<summary>Thinking</summary>", "", message.reasoning, "", "</details>", ""]
+        lines += [message.content, ""]
         if message.usage is not None:
             estimate = " (estimated)" if message.usage.estimated else ""
             lines += [f"*Tokens: {message.usage.prompt_tokens} prompt, "

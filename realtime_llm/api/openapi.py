@@ -15,11 +15,23 @@ from realtime_llm.api.docs import json_response, operation, operation_of, ref
 from realtime_llm.bodies import MAX_MESSAGE_ID, NO_NUL
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
-from realtime_llm.events import DONE, FULL_RESPONSE, MESSAGE, TITLE, TRUNCATE, USER_MESSAGE
+from realtime_llm.events import DONE, FULL_RESPONSE, MESSAGE, REASONING, TITLE, TRUNCATE, USER_MESSAGE
 from realtime_llm.events import ERROR as ERROR_EVENT
+from realtime_llm.params import EFFORTS, RANGES
 from realtime_llm.responses import JSONResponse
 
-EVENT_TYPES = (USER_MESSAGE, MESSAGE, DONE, FULL_RESPONSE, ERROR_EVENT, TITLE, TRUNCATE)
+EVENT_TYPES = (USER_MESSAGE, REASONING, MESSAGE, DONE, FULL_RESPONSE, ERROR_EVENT, TITLE, TRUNCATE)
+# A conversation's generation settings (params.py), as answered and as sent.
+PARAM_SCHEMAS: dict[str, Any] = {
+    "temperature": {"type": "number", "minimum": RANGES["temperature"][0], "maximum": RANGES["temperature"][1]},
+    "top_p": {"type": "number", "minimum": RANGES["top_p"][0], "maximum": RANGES["top_p"][1]},
+    "max_tokens": {"type": "integer", "minimum": RANGES["max_tokens"][0], "maximum": RANGES["max_tokens"][1]},
+    "reasoning_effort": {"type": "string", "enum": list(EFFORTS)},
+}
+PARAMS = {"type": "object", "properties": PARAM_SCHEMAS, "additionalProperties": False}
+# In an update, a null clears a setting.
+PARAMS_UPDATE = {**PARAMS, "properties": {name: {"anyOf": [schema, {"type": "null"}]}
+                                          for name, schema in PARAM_SCHEMAS.items()}}
 
 
 SCHEMAS: dict[str, Any] = {
@@ -51,6 +63,7 @@ SCHEMAS: dict[str, Any] = {
             "prompt_tokens": {"type": "integer"},
             "completion_tokens": {"type": "integer"},
             "estimated": {"type": "boolean", "description": "true: counted by us, not the model"},
+            "reasoning_tokens": {"type": "integer", "description": "of completion_tokens, where the model says"},
         },
     },
     "Conversation": {
@@ -62,6 +75,7 @@ SCHEMAS: dict[str, Any] = {
             "model": {"type": "string"},
             "api_key": {"type": "string", "description": "masked, e.g. sk-…7f3a, or empty"},
             "created_time": {"type": "integer"},
+            "params": PARAMS,
         },
     },
     "ConversationSummary": {
@@ -81,6 +95,7 @@ SCHEMAS: dict[str, Any] = {
             "title": {"type": "string"},
             "model": {"type": "string"},
             "created_time": {"type": "integer"},
+            "params": PARAMS,
             "messages": {
                 "type": "array",
                 "items": {
@@ -92,6 +107,7 @@ SCHEMAS: dict[str, Any] = {
                         "message_id": {"type": "integer"},
                         "created_time": {"type": "integer"},
                         "usage": ref("Usage"),
+                        "reasoning": {"type": "string", "description": "an answer's thinking; \"\" when none"},
                     },
                 },
             },
@@ -193,6 +209,7 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
                 "model": _text(200, nullable=True, pattern=model_pattern(catalog, allow_empty=True)),
                 "api_key": _text(limits.max_api_key_chars, nullable=True),
                 "system_prompt": _text(limits.max_system_prompt_chars, nullable=True),
+                "params": {**PARAMS, "type": ["object", "null"]},
             },
         },
         "ConversationUpdate": {
@@ -203,6 +220,7 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
                 "api_key": {**_text(limits.max_api_key_chars),
                             "description": "empty removes the conversation's own key"},
                 "system_prompt": _text(limits.max_system_prompt_chars),
+                "params": PARAMS_UPDATE,
             },
             "additionalProperties": False,
             "minProperties": 1,

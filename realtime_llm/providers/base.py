@@ -1,18 +1,26 @@
-"""What a model provider is: open a streamed completion, then read text deltas from it."""
+"""What a model provider is: open a streamed completion, then read text deltas from it:
+the answer's (str) and, for a reasoning model, its thinking's (Thought)."""
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncContextManager, AsyncIterator, Callable
 
 from realtime_llm.errors import UpstreamError  # noqa: F401  (raised by every provider)
 from realtime_llm.usage import Usage
 
 
+class Thought(str):
+    """A delta of the model's thinking, not of its answer (`reasoning` events)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
+    reasoning: str = ""  # an earlier answer's thinking: sent only where the provider asks
 
 
 @dataclass(frozen=True)
@@ -21,15 +29,20 @@ class ChatRequest:
     messages: tuple[ChatMessage, ...]
     api_key: str = ""
     max_tokens: int = 0  # 0: the model's own limit
+    # The conversation's generation settings (temperature, top_p, max_tokens,
+    # reasoning_effort): only those set, sent under the same names.
+    params: dict[str, object] = field(default_factory=dict)
 
 
 class Completion:
-    """What entering Provider.stream() gives: the answer's text deltas (iterate it once),
-    and, once they are read, the upstream's usage if it reported any."""
+    """What entering Provider.stream() gives: the answer's text deltas, Thought for the
+    thinking (iterate it once), and, once they are read, the upstream's usage if it
+    reported any and why the model stopped (`finish_reason`: "stop", "length", ...)."""
 
     def __init__(self, deltas: Callable[[Completion], AsyncIterator[str]]) -> None:
-        """`deltas(completion)` makes the iterator, which may set `completion.usage`."""
+        """`deltas(completion)` makes the iterator, which may set `usage` and `finish_reason`."""
         self.usage: Usage | None = None
+        self.finish_reason: str | None = None
         self._deltas = deltas(self)
 
     def __aiter__(self) -> AsyncIterator[str]:

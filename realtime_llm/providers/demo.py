@@ -1,4 +1,5 @@
-"""The offline demo model: deterministic, no network, paced like a real one."""
+"""The offline demo models: deterministic, no network, paced like a real one. `demo-think`
+(any model whose name starts so) first thinks aloud for a few words, as a reasoning model."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,7 @@ import re
 from typing import AsyncIterator
 
 from realtime_llm.config import ProviderSettings
-from realtime_llm.providers.base import ChatRequest, Completion, Provider
+from realtime_llm.providers.base import ChatRequest, Completion, Provider, Thought
 
 TOKEN = re.compile(r"\s*\S+|\s+")
 
@@ -23,6 +24,12 @@ def demo_reply(request: ChatRequest) -> str:
     )
 
 
+def demo_thinking(request: ChatRequest) -> str:
+    last = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+    return (f"The user wrote {len(last.split())} word(s). I am the demo model, so I will say what I "
+            f"always say, and say which turn this is.")
+
+
 def demo_tokens(text: str) -> list[str]:
     """Word-sized pieces that concatenate back to the text exactly."""
     return TOKEN.findall(text)
@@ -36,9 +43,15 @@ class DemoProvider(Provider):
 
     @contextlib.asynccontextmanager
     async def stream(self, request: ChatRequest) -> AsyncIterator[Completion]:
-        yield Completion(lambda _: self._deltas(demo_reply(request)))  # no usage: it is estimated
+        yield Completion(lambda completion: self._deltas(request, completion))  # no usage: it is estimated
 
-    async def _deltas(self, text: str) -> AsyncIterator[str]:
-        for token in demo_tokens(text):
+    async def _deltas(self, request: ChatRequest, completion: Completion) -> AsyncIterator[str]:
+        thinking = demo_tokens(demo_thinking(request)) if request.model.startswith("demo-think") else []
+        answer = demo_tokens(demo_reply(request))
+        limit = request.params.get("max_tokens")
+        budget = limit if isinstance(limit, int) else len(thinking) + len(answer)
+        pieces = [Thought(t) for t in thinking] + answer
+        for token in pieces[:budget]:
             await asyncio.sleep(self.delay)
             yield token
+        completion.finish_reason = "length" if budget < len(pieces) else "stop"

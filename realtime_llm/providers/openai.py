@@ -10,8 +10,9 @@ import orjson
 
 from realtime_llm.config import ProviderSettings
 from realtime_llm.errors import UpstreamError
-from realtime_llm.providers.base import ChatRequest, Completion, Provider
+from realtime_llm.providers.base import ChatMessage, ChatRequest, Completion, Provider, Thought
 from realtime_llm.providers.sse_reader import sse_data
+from realtime_llm.providers.think_tags import ThinkTagSplitter
 from realtime_llm.usage import Usage
 
 MAX_ERROR_BODY = 4096
@@ -59,8 +60,9 @@ class OpenAIProvider(Provider):
         if key:
             headers["Authorization"] = f"Bearer {key}"
         body: dict[str, Any] = {
+            **request.params,  # the conversation's settings, those it has set
             "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [self._message(m) for m in request.messages],
             "stream": True,
         }
         if self.settings.include_usage:  # the token counts come in a last chunk
@@ -75,14 +77,22 @@ class OpenAIProvider(Provider):
             ) as response:
                 if response.status_code != 200:
                     raise UpstreamError(await _refusal(response, key))
-                yield Completion(lambda completion: _deltas(response, key, completion))
+                splitter = ThinkTagSplitter() if self.settings.think_tags else None
+                yield Completion(lambda completion: _deltas(response, key, completion, splitter))
         except httpx.HTTPError as exc:
             raise UpstreamError(_network_message(exc, self.settings.name)) from None
         finally:
             self._busy[pool] -= 1
 
+    def _message(self, message: ChatMessage) -> dict[str, str]:
+        shown = {"role": message.role, "content": message.content}
+        if message.reasoning and self.settings.send_reasoning:
+            shown["reasoning_content"] = message.reasoning
+        return shown
 
-async def _deltas(response: httpx.Response, key: str, completion: Completion) -> AsyncIterator[str]:
+
+async def _deltas(response: httpx.Response, key: str, completion: Completion,
+                  splitter: ThinkTagSplitter | None) -> AsyncIterator[str]:
     finished = False
     events = sse_data(response.aiter_text())
     try:
@@ -100,16 +110,36 @@ async def _deltas(response: httpx.Response, key: str, completion: Completion) ->
             for choice in chunk.get("choices") or ():
                 if not isinstance(choice, dict):
                     continue
-                delta = choice.get("delta") or {}
-                content = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(content, str) and content:
-                    yield content
-                if choice.get("finish_reason"):
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    for piece in _pieces(delta, splitter):
+                        yield piece
+                reason = choice.get("finish_reason")
+                if reason:
                     finished = True
+                    completion.finish_reason = str(reason)[:40]
+                    if splitter is not None:
+                        for piece in splitter.end():
+                            yield piece
     except httpx.HTTPError as exc:
         raise UpstreamError(_network_message(exc, "upstream")) from None
     if not finished:
         raise UpstreamError("the model's stream ended before the answer was complete")
+
+
+def _pieces(delta: dict[str, Any], splitter: ThinkTagSplitter | None) -> list[str]:
+    """A chunk's deltas: its thinking (`reasoning_content`, as DeepSeek and older vLLM send
+    it, or `reasoning`, as vLLM, OpenRouter and Ollama do), then its answer text."""
+    pieces: list[str] = []
+    for name in ("reasoning_content", "reasoning"):
+        thought = delta.get(name)
+        if isinstance(thought, str) and thought:
+            pieces.append(Thought(thought))
+            break  # a proxy may send both, with the same text
+    content = delta.get("content")
+    if isinstance(content, str) and content:
+        pieces.extend(splitter.feed(content) if splitter is not None else (content,))
+    return pieces
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -118,7 +148,9 @@ def _usage(raw: Any) -> Usage | None:
     prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
     if not (_count(prompt) and _count(completion)):
         return None
-    return Usage(prompt, completion)
+    details = raw.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return Usage(prompt, completion, reasoning_tokens=reasoning if _count(reasoning) else None)
 
 
 def _count(n: object) -> TypeGuard[int]:

@@ -43,7 +43,7 @@ class ConversationStore:
         self.fts = fts  # SQLite's messages_fts index exists (see schema.SEARCH_SQLITE)
 
     async def create(
-        self, user_id: int, *, title: str, model: str, system_prompt: str, api_key: str
+        self, user_id: int, *, title: str, model: str, system_prompt: str, api_key: str, params: str = "{}"
     ) -> Conversation:
         values = dict(
             user_id=user_id,
@@ -53,6 +53,7 @@ class ConversationStore:
             api_key_sealed=self.box.seal(api_key),
             api_key_hint=mask_api_key(api_key),
             created_time=int(time.time()),
+            params=params,
         )
         [(conversation_id,)] = await fetch_all(self.database, conversations.insert().values(**values)
                                                .returning(conversations.c.id))
@@ -100,9 +101,10 @@ class ConversationStore:
         return mine.where(m.c.content.ilike(_like_pattern(q), escape="\\"))
 
     async def update(self, conversation: Conversation, **changes: str) -> Conversation:
-        """Change title, model, system_prompt and/or api_key (sealed). A generation already
-        running keeps the settings it started with; the next one uses these."""
-        values: dict[str, object] = {k: v for k, v in changes.items() if k in ("title", "model", "system_prompt")}
+        """Change title, model, system_prompt, params (JSON) and/or api_key (sealed). A
+        generation already running keeps the settings it started with; the next one uses these."""
+        values: dict[str, object] = {k: v for k, v in changes.items()
+                                     if k in ("title", "model", "system_prompt", "params")}
         if "api_key" in changes:
             values["api_key_sealed"] = self.box.seal(changes["api_key"])
             values["api_key_hint"] = mask_api_key(changes["api_key"])
@@ -203,7 +205,7 @@ class ConversationStore:
         await RAISE_EVENT_CEILING.fetch_all(self.database, cid=conversation_id, last_event_id=ceiling)
 
     async def add_message(self, conversation: Conversation, role: str, content: str,
-                          usage: Usage | None = None) -> Message:
+                          usage: Usage | None = None, *, reasoning: str = "") -> Message:
         """Append a message; its message_id is the conversation's next, taken atomically.
         An answer's usage is added to its owner's totals in the same transaction. A
         conversation deleted meanwhile is ConversationNotFound: nothing is written."""
@@ -219,14 +221,15 @@ class ConversationStore:
                     self.database, cid=conversation_id, message_id=message_id, role=role, content=content,
                     created_time=now, prompt_tokens=usage.prompt_tokens if usage else None,
                     completion_tokens=usage.completion_tokens if usage else None,
-                    usage_estimated=int(usage.estimated) if usage else 0)
+                    usage_estimated=int(usage.estimated) if usage else 0, reasoning=reasoning,
+                    reasoning_tokens=usage.reasoning_tokens if usage else None)
                 if usage is not None:
                     await ADD_USAGE.fetch_all(self.database, cid=conversation_id, prompt_tokens=usage.prompt_tokens,
                                               completion_tokens=usage.completion_tokens)
             return message_id
 
         message_id = await atomically(append)
-        message = Message(int(message_id), role, content, now, usage)
+        message = Message(int(message_id), role, content, now, usage, reasoning)
         await self.cache.append(conversation_id, message_json(message))
         return message
 
@@ -240,18 +243,25 @@ def message_json(message: Message) -> dict[str, object]:
     }
     if message.usage is not None:
         shown["usage"] = message.usage.as_json()
+    if message.role == "assistant":
+        shown["reasoning"] = message.reasoning
     return shown
 
 
 def row_json(row: Any) -> dict[str, object]:
     """message_json() straight from a driver row of MESSAGE_COLUMNS: the history of a long
     conversation skips building a Message per row (22 ms of 10,000, bench.history)."""
-    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated = row
+    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated, reasoning, thought = row
     shown: dict[str, object] = {"role": role, "content": content, "message_id": message_id,
                                 "created_time": created_time}
     if prompt_tokens is not None and completion_tokens is not None:
-        shown["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "estimated": bool(estimated)}
+        usage: dict[str, object] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                    "estimated": bool(estimated)}
+        if thought is not None:
+            usage["reasoning_tokens"] = thought
+        shown["usage"] = usage
+    if role == "assistant":
+        shown["reasoning"] = reasoning
     return shown
 
 

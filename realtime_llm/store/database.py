@@ -84,7 +84,8 @@ async def _migrate(database: Database) -> int:
         for upgrade in pending:
             if version is not None:
                 for statement in upgrade.alter:
-                    await database.execute(sa.text(statement))
+                    if not await _adds_an_existing_column(database, statement):
+                        await database.execute(sa.text(statement))
                 if dialect == "sqlite":
                     await rebuild_sqlite_tables(database, upgrade.rebuild_sqlite)
             await _run_extras(database, upgrade.extras.get(dialect, ()))
@@ -95,6 +96,19 @@ async def _migrate(database: Database) -> int:
             await database.execute(schema.schema_version.update().values(version=schema.SCHEMA_VERSION))
             logger.info("upgraded database schema %d -> %d", version, schema.SCHEMA_VERSION)
         return schema.SCHEMA_VERSION
+
+
+ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
+
+
+async def _adds_an_existing_column(database: Database, statement: str) -> bool:
+    """An upgrade's ADD COLUMN that a SQLite table rebuilt by an earlier upgrade already
+    has (a rebuild takes today's definition from schema.py, later columns included)."""
+    added = ADD_COLUMN.match(statement)
+    if added is None or database.url.dialect != "sqlite":
+        return False
+    table, column = added.groups()
+    return column in {row[1] for row in await database.fetch_all(sa.text(f"PRAGMA table_info({table})"))}
 
 
 async def rebuild_sqlite_tables(database: Database, names: tuple[str, ...]) -> None:

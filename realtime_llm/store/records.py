@@ -20,6 +20,7 @@ class Conversation:
     last_message_id: int = 0
     last_event_id: int = 0
     message_count: int = 0
+    params: str = "{}"  # generation settings, a JSON object (params.py reads it)
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,13 @@ class Message:
     content: str
     created_time: int
     usage: Usage | None = None
+    reasoning: str = ""  # an answer's thinking
 
 
 def message_from_row(row: Any) -> Message:
     """A Message from a driver row of MESSAGE_COLUMNS."""
-    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated = row
+    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated, reasoning, thought = row
     usage = None
     if prompt_tokens is not None and completion_tokens is not None:
-        usage = Usage(prompt_tokens, completion_tokens, bool(estimated))
-    return Message(message_id, role, content, created_time, usage)
+        usage = Usage(prompt_tokens, completion_tokens, bool(estimated), thought)
+    return Message(message_id, role, content, created_time, usage, reasoning)

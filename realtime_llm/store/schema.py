@@ -47,6 +47,8 @@ conversations = sa.Table(
     # blocks ahead of publishing them, so ids keep increasing after a crash, a restart or a
     # Redis flush (broker/eventids.py).
     sa.Column("last_event_id", sa.BigInteger, nullable=False, server_default="0"),
+    # Generation settings sent upstream (v4): a JSON object of those set, e.g. {"temperature": 0.2}.
+    sa.Column("params", sa.Text, nullable=False, server_default="{}"),
     sa.Index("ix_conversations_user_newest", "user_id", sa.text("id DESC")),
     # Never reused (v3): without AUTOINCREMENT SQLite hands the newest deleted id to the
     # next conversation, and an answer or title still on its way to the old one landed in
@@ -72,6 +74,9 @@ messages = sa.Table(
     sa.Column("prompt_tokens", sa.Integer, nullable=True),
     sa.Column("completion_tokens", sa.Integer, nullable=True),
     sa.Column("usage_estimated", sa.Integer, nullable=False, server_default="0"),
+    # Answers of reasoning models (v4): their thinking, and its tokens where reported.
+    sa.Column("reasoning", sa.Text, nullable=False, server_default=""),
+    sa.Column("reasoning_tokens", sa.Integer, nullable=True),
     # Also the index for "messages of a conversation in order".
     sa.UniqueConstraint("conversation_id", "message_id", name="uq_messages_conversation_order"),
 )
@@ -149,6 +154,13 @@ UPGRADES: list[Upgrade] = [
             "CREATE INDEX IF NOT EXISTS ix_revoked_tokens_revoked_at ON revoked_tokens (revoked_at)",
         ),
         rebuild_sqlite=("users", "conversations"),
+    ),
+    Upgrade(  # 3 -> 4: reasoning models' thinking; per-conversation generation settings
+        alter=(
+            "ALTER TABLE messages ADD COLUMN reasoning TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE messages ADD COLUMN reasoning_tokens INTEGER",
+            "ALTER TABLE conversations ADD COLUMN params TEXT NOT NULL DEFAULT '{}'",
+        ),
     ),
 ]
 SCHEMA_VERSION = 1 + len(UPGRADES)

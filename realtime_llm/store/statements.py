@@ -12,6 +12,7 @@ from realtime_llm.store.schema import conversations, messages, users
 MESSAGE_COLUMNS = (
     messages.c.message_id, messages.c.role, messages.c.content, messages.c.created_time,
     messages.c.prompt_tokens, messages.c.completion_tokens, messages.c.usage_estimated,
+    messages.c.reasoning, messages.c.reasoning_tokens,
 )
 
 _cid: sa.BindParameter[int] = sa.bindparam("cid")
@@ -43,7 +44,8 @@ INSERT_MESSAGE = Compiled(messages.insert().values(
     conversation_id=_cid, message_id=sa.bindparam("message_id"), role=sa.bindparam("role"),
     content=sa.bindparam("content"), created_time=sa.bindparam("created_time"),
     prompt_tokens=sa.bindparam("prompt_tokens"), completion_tokens=sa.bindparam("completion_tokens"),
-    usage_estimated=sa.bindparam("usage_estimated")))
+    usage_estimated=sa.bindparam("usage_estimated"), reasoning=sa.bindparam("reasoning"),
+    reasoning_tokens=sa.bindparam("reasoning_tokens")))
 ADD_USAGE = Compiled(
     users.update()
     .where(users.c.id == sa.select(conversations.c.user_id).where(conversations.c.id == _cid).scalar_subquery())
