@@ -13,6 +13,7 @@ const state = {
   reconnectTimer: null,
   generating: false,
   assistantBubble: null,
+  thinking: null, // the "Thinking" block of the answer being written, if its model thinks
   replay: null, // while replaying: {lastId, lastRole} of the history already shown
   skipping: false, // replayed events of an answer that history already shows
 };
@@ -168,13 +169,18 @@ async function openConversation(conversation) {
   showError("chat-error", "");
   const messages = $("messages");
   messages.replaceChildren();
-  for (const message of history.messages) addBubble(message.role, message.content, false, message.message_id);
+  for (const message of history.messages) {
+    if (message.reasoning) addThinking(message.reasoning, false, message.message_id);
+    addBubble(message.role, message.content, false, message.message_id);
+  }
+  showParams(history.params || {});
   const last = history.messages[history.messages.length - 1];
   // Replaying the buffer from the start, skip what history already shows; an answer still
   // being written (its user message is history's last) is rebuilt from its deltas.
   state.replay = { lastId: last ? last.message_id : 0, lastRole: last ? last.role : null };
   state.skipping = true;
   state.assistantBubble = null;
+  state.thinking = null;
   state.lastEventId = 0;
   for (const item of document.querySelectorAll("#conversations li")) {
     item.classList.toggle("active", Number(item.dataset.id) === id);
@@ -254,12 +260,20 @@ function handleEvent(frame) {
       state.skipping = false;
       addBubble("user", frame.data, false, frame.message_id);
       state.assistantBubble = null;
+      state.thinking = null;
       state.generating = true;
       setComposer(true);
       setStatus("answering…");
       break;
+    case "reasoning": // the model's thinking: its own block, open while it streams
+      if (state.skipping) break;
+      if (!state.thinking) state.thinking = addThinking("", true);
+      state.thinking.querySelector(".thought").textContent += frame.data;
+      scrollDown();
+      break;
     case "message":
       if (state.skipping) break;
+      if (state.thinking && !state.assistantBubble) state.thinking.querySelector("details").open = false;
       if (!state.assistantBubble) state.assistantBubble = addBubble("assistant", "", true);
       state.assistantBubble.textContent += frame.data;
       scrollDown();
@@ -273,6 +287,7 @@ function handleEvent(frame) {
     case "truncate": // edit or regenerate: these messages are gone; the new turn follows
       dropBubbles(frame.from_message_id, frame.through_message_id); // harmless if already gone
       state.assistantBubble = null;
+      state.thinking = null;
       // History read after this truncate already shows the new turn (its ids are higher):
       // skip its replay. Otherwise the new turn is being written now.
       state.skipping = Boolean(state.replay) && state.replay.lastId > frame.through_message_id;
@@ -303,6 +318,12 @@ function handleEvent(frame) {
 }
 
 function finishAnswer(text, messageId) {
+  if (state.thinking) {
+    state.thinking.classList.remove("streaming");
+    state.thinking.querySelector("details").open = false;
+    if (messageId) state.thinking.dataset.messageId = String(messageId);
+  }
+  state.thinking = null;
   if (state.assistantBubble) {
     if (text !== null) state.assistantBubble.textContent = text;
     state.assistantBubble.classList.remove("streaming");
@@ -325,6 +346,47 @@ function addBubble(role, text, streaming = false, messageId = null) {
   $("messages").append(bubble);
   scrollDown();
   return bubble;
+}
+
+function addThinking(text, streaming = false, messageId = null) {
+  // A block of its own above the answer (the answer's bubble stays the answer alone).
+  const block = document.createElement("li");
+  block.className = "reasoning" + (streaming ? " streaming" : "");
+  block.dataset.testid = "reasoning";
+  if (messageId) block.dataset.messageId = String(messageId);
+  const details = document.createElement("details");
+  details.open = streaming;
+  const summary = document.createElement("summary");
+  summary.textContent = "Thinking";
+  const thought = document.createElement("div");
+  thought.className = "thought";
+  thought.textContent = text; // never innerHTML: model output is untrusted
+  details.append(summary, thought);
+  block.append(details);
+  $("messages").append(block);
+  scrollDown();
+  return block;
+}
+
+// --- the conversation's generation settings --------------------------------------------------
+
+const PARAMS = ["temperature", "top_p", "max_tokens", "reasoning_effort"];
+
+function showParams(params) {
+  for (const name of PARAMS) $(`param-${name}`).value = params[name] ?? "";
+}
+
+async function saveParams() {
+  const params = {};
+  for (const name of PARAMS) {
+    const raw = $(`param-${name}`).value.trim();
+    params[name] = raw === "" ? null : name === "reasoning_effort" ? raw : Number(raw);
+  }
+  const updated = await api(`/api/conversations/update/${state.current.id}`, {
+    method: "POST", body: JSON.stringify({ params }),
+  });
+  showParams(updated.params);
+  $("params-form").hidden = true;
 }
 
 function dropBubbles(from, through) {
@@ -382,5 +444,7 @@ $("message-input").addEventListener("keydown", (event) => {
 });
 $("stop").addEventListener("click", () => state.socket?.send(JSON.stringify({ type: "stop" })));
 $("show-sidebar").addEventListener("click", () => $("app").classList.toggle("sidebar-open"));
+$("show-params").addEventListener("click", () => { if (state.current) $("params-form").hidden = !$("params-form").hidden; });
+$("params-form").addEventListener("submit", guard("chat-error", saveParams));
 
 if (state.token) showApp().catch(() => logout());

@@ -293,3 +293,36 @@ def test_title_and_an_edit_made_elsewhere_show_up(page: Page, page_server: Serve
     page.reload()  # and the same after reading it all again
     expect(tid(page, "message-user")).to_have_count(1)
     expect(tid(page, "message-assistant")).to_have_text(answer(2))
+
+
+def test_thinking_streams_in_its_own_block_collapses_and_survives_a_reload(page: Page,
+                                                                          upstream: FakeUpstream) -> None:
+    """A reasoning model's thinking shows live in a "Thinking" block above the answer,
+    folds away when the answer starts, and is there again after a reload; the answer's
+    bubble holds the answer alone. The conversation's settings go upstream."""
+    sign_up(page)
+    create(page, "Thinking")
+    send(page, "#fake think=25 delay_ms=60 tokens=5")
+    block = tid(page, "reasoning").last
+    expect(block).to_contain_text("r2 ")
+    expect(block.locator("details")).to_have_js_property("open", True)  # open while the model thinks
+    page.screenshot(path=str(SHOTS / "20-thinking.png"))
+    expect(tid(page, "message-assistant").last).to_have_text(answer(5), timeout=15000)
+    expect(block.locator("details")).to_have_js_property("open", False)  # folded once it answers
+    expect(block.locator(".thought")).to_have_text("".join(f"r{i} " for i in range(25)))
+    page.reload()
+    block = tid(page, "reasoning").last
+    expect(block.locator(".thought")).to_have_text("".join(f"r{i} " for i in range(25)))
+    expect(tid(page, "message-assistant").last).to_have_text(answer(5))
+    block.locator("summary").click()
+    page.screenshot(path=str(SHOTS / "21-thinking-after-reload.png"))
+
+    tid(page, "show-params").click()
+    tid(page, "param-temperature").fill("0.3")
+    tid(page, "param-reasoning_effort").select_option("high")
+    tid(page, "save-params").click()
+    expect(tid(page, "params-form")).to_be_hidden()
+    send(page, "#fake tokens=2\nwith settings")
+    expect(tid(page, "message-assistant").last).to_have_text(answer(2))
+    body = upstream.request_for("#fake tokens=2\nwith settings").body
+    assert body["temperature"] == 0.3 and body["reasoning_effort"] == "high" and "top_p" not in body
