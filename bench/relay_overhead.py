@@ -1,7 +1,10 @@
 """Relay overhead of SSE chat: time to first token through realtime-llm minus calling the
 fake upstream directly, at several concurrencies, measured in the same run.
 
-    .venv/bin/python -m bench.relay_overhead [--concurrency 1 100] [--rounds 5]
+    .venv/bin/python -m bench.relay_overhead [--concurrency 1 100] [--rounds 5] [--thinking]
+
+With --thinking the model thinks first (delta.reasoning_content) and the time is to the
+first thinking token: the first `reasoning` event through the server.
 
 The upstream, the server and this load generator are three processes. Each stream asks for
 a few tokens; TTFT is from sending the request to receiving the first content delta.
@@ -19,15 +22,20 @@ import httpx
 from bench.common import UpstreamProcess, make_users, median, percentile, start_server
 
 PROMPT = "#fake tokens=5 delay_ms=5\nhello"
+THINKING_PROMPT = "#fake think=5 tokens=5 delay_ms=5\nhello"
+# What marks the first token: in the upstream's stream, and in the server's.
+MARKERS = {False: ('"content"', "event: message"), True: ('"reasoning_content"', "event: reasoning")}
+thinking = False  # set by run()
 
 
 async def direct_ttft(client: httpx.AsyncClient, url: str) -> float:
-    body = {"model": "fake-bench", "stream": True, "messages": [{"role": "user", "content": PROMPT}]}
+    prompt, (marker, _) = THINKING_PROMPT if thinking else PROMPT, MARKERS[thinking]
+    body = {"model": "fake-bench", "stream": True, "messages": [{"role": "user", "content": prompt}]}
     start = time.perf_counter()
     ttft = None
     async with client.stream("POST", url + "/chat/completions", json=body) as response:
         async for line in response.aiter_lines():
-            if ttft is None and '"content"' in line:
+            if ttft is None and marker in line:
                 ttft = time.perf_counter() - start
     if ttft is None:
         raise RuntimeError("no token from the upstream")
@@ -35,11 +43,12 @@ async def direct_ttft(client: httpx.AsyncClient, url: str) -> float:
 
 
 async def relay_ttft(client: httpx.AsyncClient, headers: dict[str, str], cid: int) -> float:
+    prompt, (_, marker) = THINKING_PROMPT if thinking else PROMPT, MARKERS[thinking]
     start = time.perf_counter()
     ttft = None
-    async with client.stream("POST", f"/api/chat/{cid}", json={"message": PROMPT}, headers=headers) as response:
+    async with client.stream("POST", f"/api/chat/{cid}", json={"message": prompt}, headers=headers) as response:
         async for line in response.aiter_lines():
-            if ttft is None and line.startswith("event: message"):
+            if ttft is None and line.startswith(marker):
                 ttft = time.perf_counter() - start
     if ttft is None:
         raise RuntimeError(f"no token through the server (HTTP {response.status_code})")
@@ -59,8 +68,12 @@ async def measure(concurrency: int, rounds: int, upstream_url: str, server_url: 
     return direct, relay
 
 
-def run(concurrencies: list[int], rounds: int, batch_ms: int = 25) -> list[tuple[int, int, list[float], list[float]]]:
-    """(concurrency, streams, direct TTFTs, relayed TTFTs) for each concurrency, in seconds."""
+def run(concurrencies: list[int], rounds: int, batch_ms: int = 25,
+        first_thought: bool = False) -> list[tuple[int, int, list[float], list[float]]]:
+    """(concurrency, streams, direct TTFTs, relayed TTFTs) for each concurrency, in seconds;
+    with `first_thought`, to the first thinking token."""
+    global thinking
+    thinking = first_thought
     upstream = UpstreamProcess()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -85,9 +98,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 100])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-ms", type=int, default=25)
+    parser.add_argument("--thinking", action="store_true", help="time to the first thinking token")
     args = parser.parse_args()
-    rows = run(args.concurrency, args.rounds, args.batch_ms)
-    print("SSE time to first token, ms (direct = the fake upstream called without realtime-llm)")
+    rows = run(args.concurrency, args.rounds, args.batch_ms, args.thinking)
+    what = "first thinking token (reasoning event)" if args.thinking else "first token"
+    print(f"SSE time to {what}, ms (direct = the fake upstream called without realtime-llm)")
     print(f"{'conc':>5} {'n':>5} {'direct p50':>11} {'relay p50':>10} {'added p50':>10}"
           f" {'direct p99':>11} {'relay p99':>10} {'added p99':>10}")
     for concurrency, n, direct, relay in rows:

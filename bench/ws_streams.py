@@ -72,7 +72,10 @@ async def run_load(servers: list[ServerProcess] | list[Caddy], users: list[tuple
     return sum(counts) / elapsed, delays, len(failures)
 
 
-def redis_cost(workdir: Path, upstream: UpstreamProcess, private: PrivateRedis) -> tuple[int, int, int, int]:
+def redis_cost(workdir: Path, upstream: UpstreamProcess, private: PrivateRedis,
+               directive: str = "#fake tokens=1000") -> tuple[int, int, int, int]:
+    """Commands and bytes written to Redis for one answer, its size in bytes (thinking
+    included), and its message events."""
     server = start_server(workdir, upstream, redis={"url": private.url, "key_prefix": f"bench-{uuid.uuid4().hex[:6]}"})
     try:
         users = make_users(server.url, 1)
@@ -84,8 +87,9 @@ def redis_cost(workdir: Path, upstream: UpstreamProcess, private: PrivateRedis) 
         httpx.post(f"{server.url}/api/chat/{cid}", json={"message": "#fake tokens=5"}, headers=headers, timeout=60)
         client.config_resetstat()
         before = client.info("stats")["total_net_input_bytes"]
-        response = httpx.post(f"{server.url}/api/chat/{cid}", json={"message": "#fake tokens=1000"}, headers=headers, timeout=60)
-        answer = [orjson.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")][-1]["data"]
+        response = httpx.post(f"{server.url}/api/chat/{cid}", json={"message": directive}, headers=headers, timeout=60)
+        done, full = [orjson.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")][-2:]
+        answer = full["data"] + done.get("reasoning", "")
         stats = client.info("commandstats")
         written = client.info("stats")["total_net_input_bytes"] - before
         calls = sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config"))
