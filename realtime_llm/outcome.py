@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from realtime_llm.broker import Broker
 from realtime_llm.broker.base import BrokerUnavailable
+from realtime_llm.broker.eventids import Gathered
 from realtime_llm.errors import DATABASE_ERRORS, ConversationNotFound, database_error
-from realtime_llm.events import DONE, ERROR
+from realtime_llm.events import DONE, ERROR, FULL_RESPONSE, MESSAGE, REASONING
 from realtime_llm.prompt import answer_usage
 from realtime_llm.relay import Answer
 from realtime_llm.store.conversations import ConversationStore
@@ -54,9 +55,12 @@ class Outcome:
         usage_meta = {"usage": usage.as_json()} if usage is not None else {}
         stopped_by_limit = reason == "cancelled" and generation.limit is not None  # a cap that came too late: none
         limit_meta = {"limit": generation.limit} if stopped_by_limit else {}
-        await self.broker.publish(cid, DONE, "Stream finished", reason=reason, reasoning=reasoning, **limit_meta,
-                                  **meta, **usage_meta)
-        await self.broker.publish_answer(cid, text, generation.after_event_id, len(answer.parts), **meta)
+        after = generation.after_event_id  # both long strings are built from the events after it
+        await self.broker.publish_gathered(cid, DONE, "Stream finished",
+                                           Gathered("reasoning", REASONING, after, len(answer.thoughts)),
+                                           reason=reason, reasoning=reasoning, **limit_meta, **meta, **usage_meta)
+        await self.broker.publish_gathered(cid, FULL_RESPONSE, text,
+                                           Gathered("data", MESSAGE, after, len(answer.parts)), **meta)
 
     async def save(self, conversation: Conversation, answer: Answer, usage: Usage) -> Message:
         """Save an answer, waiting out a busy or unreachable database for up to

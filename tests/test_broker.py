@@ -11,6 +11,7 @@ import pytest
 
 from realtime_llm.broker import Broker, GenerationLocks, SubscriberOverflow, open_broker
 from realtime_llm.broker.base import ConversationGone
+from realtime_llm.broker.eventids import Gathered
 from realtime_llm.broker.memory import MemoryBroker
 from realtime_llm.broker.redis import RedisBroker
 from realtime_llm.config import Settings
@@ -151,7 +152,7 @@ TRICKY = ["plain ", 'quote " and \\ backslash ', "new\nline\r\t", "\u2028\u2029\
 
 
 async def test_full_response_is_the_answer_byte_for_byte(broker: Broker) -> None:
-    """publish_answer: the full_response every subscriber gets (with Redis, built inside
+    """publish_gathered: the full_response every subscriber gets (with Redis, built inside
     Redis from the message events) is exactly the event made from the whole answer."""
     from realtime_llm.events import make_event
 
@@ -163,9 +164,10 @@ async def test_full_response_is_the_answer_byte_for_byte(broker: Broker) -> None
         answer = "".join(TRICKY)
         if hasattr(broker, "redis"):  # it must be built in Redis, not sent whole again
             async def not_whole(*args: object, **kwargs: object) -> None:
-                raise AssertionError("publish_answer sent the whole answer")
-            broker.publish = not_whole  # type: ignore[method-assign]
-        sent = await broker.publish_answer(CID, answer, start.id, len(TRICKY), message_id=2)
+                raise AssertionError("publish_gathered sent the whole answer")
+            broker._publish = not_whole  # type: ignore[method-assign,assignment]
+        sent = await broker.publish_gathered(CID, "full_response", answer,
+                                             Gathered("data", "message", start.id, len(TRICKY)), message_id=2)
         received = [await asyncio.wait_for(subscription.get(), 5) for _ in range(len(TRICKY) + 2)][-1]
     expected = make_event(sent.id, "full_response", answer, conversation_id=CID, message_id=2).json
     assert sent.json == expected
@@ -174,10 +176,36 @@ async def test_full_response_is_the_answer_byte_for_byte(broker: Broker) -> None
     assert [e.json for e in await broker.replay(CID, sent.id - 1)] == [expected]
 
 
+async def test_dones_reasoning_is_the_thinking_byte_for_byte_between_other_events(broker: Broker) -> None:
+    """done's `reasoning` metadata (with Redis, built inside Redis from the reasoning
+    events, interleaved with message events) is exactly the event made from the whole text."""
+    from realtime_llm.events import make_event
+
+    start = await broker.publish(CID, "user_message", "q", message_id=1)
+    async with broker.subscribe(CID) as subscription:
+        for i, piece in enumerate(TRICKY):
+            await broker.publish(CID, "reasoning", piece)
+            await broker.publish(CID, "message", f"answer {i}")
+        thinking = "".join(TRICKY)
+        if hasattr(broker, "redis"):  # it must be built in Redis, not sent whole again
+            async def not_whole(*args: object, **kwargs: object) -> None:
+                raise AssertionError("publish_gathered sent the whole thinking")
+            broker._publish = not_whole  # type: ignore[method-assign,assignment]
+        meta = {"reason": "stop", "reasoning": thinking, "message_id": 2,
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "estimated": True}}
+        sent = await broker.publish_gathered(CID, "done", "Stream finished",
+                                             Gathered("reasoning", "reasoning", start.id, len(TRICKY)), **meta)
+        received = [await asyncio.wait_for(subscription.get(), 5) for _ in range(2 * len(TRICKY) + 1)][-1]
+    expected = make_event(sent.id, "done", "Stream finished", conversation_id=CID, **meta).json
+    assert sent.json == expected
+    assert received is not None and received.json == expected and received.payload["reasoning"] == thinking
+
+
 async def test_full_response_falls_back_when_the_buffer_lost_the_deltas(broker: Broker) -> None:
     start = await broker.publish(CID, "user_message", "q")
     await broker.publish(CID, "message", "only one of two")
-    sent = await broker.publish_answer(CID, "only one of two, and more", start.id, 2)
+    sent = await broker.publish_gathered(CID, "full_response", "only one of two, and more",
+                                         Gathered("data", "message", start.id, 2))
     assert sent.payload["data"] == "only one of two, and more"
     [replayed] = await broker.replay(CID, sent.id - 1)
     assert replayed.payload["data"] == "only one of two, and more"

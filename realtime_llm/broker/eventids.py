@@ -13,15 +13,26 @@ from __future__ import annotations
 
 import abc
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from realtime_llm.events import FULL_RESPONSE, Event
+from realtime_llm.events import Event
 
 logger = logging.getLogger("realtime_llm.broker")
 
 RESERVE = 1000
 HEADROOM = 500
 MAX_CACHED_CEILINGS = 10_000
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """Where an event's long string comes from (EventIds.publish_gathered)."""
+
+    field: str  # "data", or the metadata key
+    pieces: str  # the type of the events it is made of
+    after: int  # they were published after this event id
+    count: int  # and there are this many
 
 
 class CounterMissing(Exception):
@@ -63,13 +74,15 @@ class EventIds(abc.ABC):
         return await self._counted(conversation_id, lambda: self._publish(conversation_id, event_type, data,
                                                                           **metadata))
 
-    async def publish_answer(self, conversation_id: int, answer: str, after: int, deltas: int,
-                             **metadata: Any) -> Event:
-        """Publish `full_response`, whose data is `answer`: the concatenation of the `deltas`
-        `message` events published after event `after`. A broker that keeps those events
-        may build it from them instead of taking the whole answer again."""
-        return await self._counted(conversation_id, lambda: self._publish_answer(conversation_id, answer, after,
-                                                                                 deltas, **metadata))
+    async def publish_gathered(self, conversation_id: int, event_type: str, data: str, gathered: Gathered,
+                               **metadata: Any) -> Event:
+        """Publish an event one of whose strings (`gathered.field`: "data", or a metadata
+        key) is the concatenation of the data of `gathered.count` events of type
+        `gathered.pieces` published after event `gathered.after`: full_response (the
+        answer's message events), done (its `reasoning`). A broker that keeps those events
+        may build it from them instead of taking the whole text again."""
+        return await self._counted(conversation_id, lambda: self._publish_gathered(
+            conversation_id, event_type, data, gathered, **metadata))
 
     async def last_event_id(self, conversation_id: int) -> int:
         """The id of the conversation's latest event; with its counter lost, the SQL ceiling
@@ -125,9 +138,9 @@ class EventIds(abc.ABC):
     async def _publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
         """publish() without the id bookkeeping; raises CounterMissing instead of starting from 1."""
 
-    async def _publish_answer(self, conversation_id: int, answer: str, after: int, deltas: int,
-                              **metadata: Any) -> Event:
-        return await self._publish(conversation_id, FULL_RESPONSE, answer, **metadata)
+    async def _publish_gathered(self, conversation_id: int, event_type: str, data: str, gathered: Gathered,
+                                **metadata: Any) -> Event:
+        return await self._publish(conversation_id, event_type, data, **metadata)
 
     @abc.abstractmethod
     async def _counter(self, conversation_id: int) -> int | None:

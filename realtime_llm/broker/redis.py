@@ -19,10 +19,10 @@ import orjson
 import redis.asyncio as aioredis
 
 from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone, Subscription
-from realtime_llm.broker.eventids import CounterMissing
+from realtime_llm.broker.eventids import CounterMissing, Gathered
 from realtime_llm.broker.pubsub import RedisPubSub, redis_call
 from realtime_llm.config import Settings
-from realtime_llm.events import FULL_RESPONSE, Event, event_template
+from realtime_llm.events import Event, event_template
 from realtime_llm.metrics import EVENTS_PUBLISHED
 
 # A missing counter (never used, expired, Redis restarted) is never started from 0: the
@@ -38,32 +38,44 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return id
 """
 
-# full_response built inside Redis from the answer's message events, so the answer is not
-# sent to Redis twice (bench: 3.5x -> 2.5x the answer in bytes written). KEYS as PUBLISH;
-# ARGV[1] = the event up to its data, ARGV[2] = after its data up to the id, ARGV[3] =
-# after the id, ARGV[4..6] = maxlen, ttl, channel, ARGV[7] = the id the answer's events
-# follow, ARGV[8] = how many message events it has. Each message event's data is taken as
+# An event one of whose strings is built inside Redis from the data of earlier events
+# (full_response from the answer's message events, done's `reasoning` from its reasoning
+# events), so that text is not sent to Redis twice (bench: 3.5x -> 2.5x the answer in bytes
+# written). KEYS as PUBLISH. ARGV[1] = the head of the events to gather, ARGV[2..4] = the
+# event in three parts around the built string and the id: A .. S .. B .. id .. C when
+# ARGV[5] is "1", else A .. id .. B .. S .. C; ARGV[6..8] = maxlen, ttl, channel, ARGV[9] =
+# the id the pieces follow, ARGV[10] = how many there are. Each piece's data is taken as
 # written (already JSON-escaped, and escaping is per character, so the pieces concatenate
-# to the escaped answer). If the buffer no longer holds all of them: -1, nothing published.
-PUBLISH_ANSWER = """
+# to the escaped text). If the buffer no longer holds all of them: -1, nothing published.
+PUBLISH_GATHERED = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local head = '{"event":"message","data":"'
+local head = ARGV[1]
 local parts = {}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[2], (tonumber(ARGV[7]) + 1) .. '-0', '+')) do
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], (tonumber(ARGV[9]) + 1) .. '-0', '+')) do
   local payload = entry[2][2]
   if string.sub(payload, 1, #head) == head then
     parts[#parts + 1] = string.sub(payload, #head + 1, string.find(payload, '","id":', #head + 1, true) - 1)
   end
 end
-if #parts ~= tonumber(ARGV[8]) then return -1 end
+if #parts ~= tonumber(ARGV[10]) then return -1 end
 local id = redis.call('INCR', KEYS[1])
-local payload = ARGV[1] .. table.concat(parts) .. ARGV[2] .. id .. ARGV[3]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], id .. '-1', 'e', payload)
-redis.call('PUBLISH', ARGV[6], payload)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
+local payload
+if ARGV[5] == '1' then
+  payload = ARGV[2] .. table.concat(parts) .. ARGV[3] .. id .. ARGV[4]
+else
+  payload = ARGV[2] .. id .. ARGV[3] .. table.concat(parts) .. ARGV[4]
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], id .. '-1', 'e', payload)
+redis.call('PUBLISH', ARGV[8], payload)
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
 return id
 """
+
+# Stands for the built string in an event's template; nothing else in a built event's
+# metadata is text (reasons, counts, ids), so it cannot occur there.
+HOLE = "\ue000"
+HOLE_BYTES = HOLE.encode()
 
 RESTORE_COUNTER = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return tonumber(ARGV[1]) end
@@ -95,7 +107,7 @@ class RedisBroker(Broker):
         pubsub.on_lost(lambda: self._fail_local(None, BrokerUnavailable()))
         self._scripts: dict[str, Any] = {
             name: redis.register_script(source)
-            for name, source in (("publish", PUBLISH), ("publish_answer", PUBLISH_ANSWER),
+            for name, source in (("publish", PUBLISH), ("publish_gathered", PUBLISH_GATHERED),
                                  ("floor", RAISE_FLOOR), ("restore", RESTORE_COUNTER))
         }
 
@@ -122,23 +134,28 @@ class RedisBroker(Broker):
         EVENTS_PUBLISHED.labels(event_type).inc()
         return Event(event_id, event_type, prefix + str(event_id).encode() + suffix)
 
-    async def _publish_answer(self, conversation_id: int, answer: str, after: int, deltas: int,
-                              **metadata: Any) -> Event:
-        if deltas == 0 or deltas >= self.settings.replay_events:  # nothing to build from, or trimmed
-            return await self._publish(conversation_id, FULL_RESPONSE, answer, **metadata)
-        empty, suffix = event_template(FULL_RESPONSE, "", conversation_id=conversation_id, **metadata)
-        head, _, _ = empty.partition(b'"data":"')  # b'{"event":"full_response","data":"' then the data
-        head += b'"data":"'
-        event_id = int(await self._call(self._scripts["publish_answer"](
+    async def _publish_gathered(self, conversation_id: int, event_type: str, data: str, gathered: Gathered,
+                                **metadata: Any) -> Event:
+        if gathered.count == 0 or gathered.count >= self.settings.replay_events:  # nothing to build from, or trimmed
+            return await self._publish(conversation_id, event_type, data, **metadata)
+        in_data = gathered.field == "data"
+        holed = {**metadata} if in_data else {**metadata, gathered.field: HOLE}
+        prefix, suffix = event_template(event_type, HOLE if in_data else data, conversation_id=conversation_id, **holed)
+        if in_data:  # A .. text .. B .. id .. C
+            a, b, c = *prefix.split(HOLE_BYTES), suffix
+        else:  # A .. id .. B .. text .. C
+            a, (b, c) = prefix, suffix.split(HOLE_BYTES)
+        head = b'{"event":"%s","data":"' % gathered.pieces.encode()
+        event_id = int(await self._call(self._scripts["publish_gathered"](
             keys=[self.key(conversation_id, "seq"), self.key(conversation_id, "events")],
-            args=[head, empty[len(head):], suffix, self.settings.replay_events, self.settings.replay_ttl_seconds,
-                  self.key(conversation_id, "live"), after, deltas],
+            args=[head, a, b, c, "1" if in_data else "0", self.settings.replay_events,
+                  self.settings.replay_ttl_seconds, self.key(conversation_id, "live"), gathered.after, gathered.count],
         )))
         if event_id < 0:  # the buffer lost some of them (Redis restarted, say): send it whole
-            return await self._publish(conversation_id, FULL_RESPONSE, answer, **metadata)
-        EVENTS_PUBLISHED.labels(FULL_RESPONSE).inc()
-        prefix, suffix = event_template(FULL_RESPONSE, answer, conversation_id=conversation_id, **metadata)
-        return Event(event_id, FULL_RESPONSE, prefix + str(event_id).encode() + suffix)
+            return await self._publish(conversation_id, event_type, data, **metadata)
+        EVENTS_PUBLISHED.labels(event_type).inc()
+        prefix, suffix = event_template(event_type, data, conversation_id=conversation_id, **metadata)
+        return Event(event_id, event_type, prefix + str(event_id).encode() + suffix)
 
     async def replay(self, conversation_id: int, after: int) -> list[Event]:
         entries = await self._call(self.redis.xrange(
