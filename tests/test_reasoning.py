@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Api
@@ -252,3 +253,60 @@ def test_events_over_websocket_too(api: Api) -> None:
         socket.send({"type": "message", "content": "#fake think=3 tokens=2"})
         events = socket.recv_until("full_response")
     assert_thought_and_answered(events, "r0 r1 r2 ", "t0 t1 ")
+
+
+def test_a_socket_gets_protocol_pings_while_the_model_is_silent(api: Api) -> None:
+    """WebSocket keep-alive is protocol-level pings (never JSON frames), every keep-alive
+    period (1 s in the tests) from the start, also before the model's first token. Read
+    with a raw client, which sees the ping frames a library would answer unseen."""
+    import base64
+    import os
+    import socket as sockets
+    import struct
+
+    headers, cid = new_chat(api)
+    url = httpx.URL(str(api.http.base_url))
+    raw = sockets.create_connection((url.host, url.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw.sendall((f"GET /ws/conversations/{cid} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                 f"Authorization: {headers['Authorization']}\r\n\r\n").encode())
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        buffer += raw.recv(4096)
+    assert buffer.startswith(b"HTTP/1.1 101"), buffer[:100]
+    buffer = buffer.split(b"\r\n\r\n", 1)[1]
+
+    def read(size: int) -> bytes:
+        nonlocal buffer
+        while len(buffer) < size:
+            buffer += raw.recv(65536)
+        taken, buffer = buffer[:size], buffer[size:]
+        return taken
+
+    def frame() -> tuple[int, bytes]:
+        first, second = read(2)
+        size = second & 0x7F
+        if size == 126:
+            size = struct.unpack("!H", read(2))[0]
+        elif size == 127:
+            size = struct.unpack("!Q", read(8))[0]
+        return first & 0x0F, read(size)
+
+    started = time.monotonic()
+    sender = threading.Thread(target=chat, args=(api, headers, cid, "#fake think=1 delay_ms=2600 tokens=1"))
+    sender.start()
+    seen: list[tuple[float, int, bytes]] = []
+    while time.monotonic() - started < 15:
+        opcode, payload = frame()
+        seen.append((time.monotonic() - started, opcode, payload))
+        if opcode == 0x9:  # answer the ping (a client's frames are masked; a zero key leaves it as is)
+            raw.sendall(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+        if opcode == 0x1 and b'"event":"full_response"' in payload:
+            break
+    sender.join(10)
+    raw.close()
+    first_thought = next(t for t, opcode, payload in seen if opcode == 0x1 and b'"event":"reasoning"' in payload)
+    pings = [t for t, opcode, _ in seen if opcode == 0x9 and t < first_thought]
+    assert first_thought > 2.5 and len(pings) >= 2, seen
+    assert all(b'"event":"ping"' not in payload for _, _, payload in seen)  # no JSON keep-alive frames
