@@ -84,7 +84,7 @@ class RedisHistoryCache(HistoryCache):
             pass
 
     async def drop(self, conversation_id: int) -> None:
-        try:
-            await self.redis.delete(self.key(conversation_id))
+        try:  # and the key before v2, which a server of an earlier version may have left
+            await self.redis.delete(self.key(conversation_id), self.key(conversation_id).removesuffix(":v2"))
         except (RedisError, OSError):
             pass

@@ -14,8 +14,9 @@ NAMES = (*RANGES, "reasoning_effort")
 
 
 def parse_params(value: Any, current: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The settings a create asks for (`current` None), or those an update leaves (`current`
-    changed: a null clears one). Anything unknown, mistyped or out of range is a 400."""
+    """The settings a create asks for (`current` None; a null leaves one unset), or those an
+    update leaves (`current` changed; a null clears one). Anything unknown, mistyped or out
+    of range is a 400."""
     if not isinstance(value, dict):
         raise BadRequest("'params' must be an object")
     params = dict(current or {})

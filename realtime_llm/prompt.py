@@ -12,18 +12,21 @@ CHARS_PER_TOKEN = 4  # the budget is in tokens; this estimate avoids a tokenizer
 
 
 async def build_prompt(settings: LlmSettings, store: ConversationStore, conversation: Conversation,
-                       below: int | None = None) -> tuple[ChatMessage, ...]:
+                       below: int | None = None, with_reasoning: bool = False) -> tuple[ChatMessage, ...]:
     """System prompt, then the newest history (before message `below`, if given) that
-    fits the context budget."""
+    fits the context budget; `with_reasoning`: earlier answers' thinking goes too, and
+    counts against the budget."""
     system = conversation.system_prompt or settings.system_prompt
     budget = settings.context_budget_tokens * CHARS_PER_TOKEN - len(system)
-    history = await store.recent_messages(conversation.id, max(budget, 1), below=below)
-    return (ChatMessage("system", system), *(ChatMessage(m.role, m.content, m.reasoning) for m in history))
+    history = await store.recent_messages(conversation.id, max(budget, 1), below=below,
+                                          with_reasoning=with_reasoning)
+    return (ChatMessage("system", system),
+            *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "") for m in history))
 
 
 def answer_usage(reported: Usage | None, prompt: tuple[ChatMessage, ...], answer: str) -> Usage:
     """The upstream's counts when it gave them; else an estimate (4 characters a token)."""
     if reported is not None:
         return reported
-    prompt_chars = sum(len(m.content) for m in prompt)
+    prompt_chars = sum(len(m.content) + len(m.reasoning) for m in prompt)
     return Usage(-(-prompt_chars // CHARS_PER_TOKEN), -(-len(answer) // CHARS_PER_TOKEN), estimated=True)

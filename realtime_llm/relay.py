@@ -118,11 +118,12 @@ class AnswerRelay:
         if generation.stop_requested:
             return "cancelled"
         conversation = generation.conversation
-        generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, below=generation.replaces)
+        provider = self.provider_for(conversation.model)
+        generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, below=generation.replaces,
+                                               with_reasoning=provider.sends_reasoning)
         request = ChatRequest(model=conversation.model, messages=generation.prompt,
                               api_key=self.store.box.open(conversation.api_key_sealed),
                               params=load_params(conversation.params))
-        provider = self.provider_for(conversation.model)
         began = time.monotonic()
         try:
             async with UpstreamReader(provider, request) as reader:

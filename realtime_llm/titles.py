@@ -17,7 +17,7 @@ from realtime_llm.broker import Broker
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.config import Settings
 from realtime_llm.events import TITLE
-from realtime_llm.providers import ChatMessage, ChatRequest, Provider, UpstreamError
+from realtime_llm.providers import ChatMessage, ChatRequest, Provider, Thought, UpstreamError
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.records import Conversation
 
@@ -76,6 +76,8 @@ class Titler:
             async with asyncio.timeout(TITLE_TIMEOUT):
                 async with provider.stream(request) as completion:
                     async for delta in completion:
+                        if isinstance(delta, Thought):  # a reasoning model's thinking is no title
+                            continue
                         parts.append(delta)
                         if sum(map(len, parts)) > 4 * TITLE_CHARS:
                             break

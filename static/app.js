@@ -171,7 +171,8 @@ async function openConversation(conversation) {
   messages.replaceChildren();
   for (const message of history.messages) {
     if (message.reasoning) addThinking(message.reasoning, false, message.message_id);
-    addBubble(message.role, message.content, false, message.message_id);
+    // An answer stopped while its model was still thinking has no text: its block alone.
+    if (message.content || !message.reasoning) addBubble(message.role, message.content, false, message.message_id);
   }
   showParams(history.params || {});
   const last = history.messages[history.messages.length - 1];
@@ -377,10 +378,13 @@ function showParams(params) {
 }
 
 async function saveParams() {
+  if (!state.current) return;
   const params = {};
   for (const name of PARAMS) {
     const raw = $(`param-${name}`).value.trim();
-    params[name] = raw === "" ? null : name === "reasoning_effort" ? raw : Number(raw);
+    const value = raw === "" ? null : name === "reasoning_effort" ? raw : Number(raw);
+    if (typeof value === "number" && !Number.isFinite(value)) throw new Error(`${name} must be a number`);
+    params[name] = value;
   }
   const updated = await api(`/api/conversations/update/${state.current.id}`, {
     method: "POST", body: JSON.stringify({ params }),

@@ -27,6 +27,7 @@ The last user message steers it with a directive line, e.g.
     finish=R          the finish_reason (default stop): length, content_filter
     title_delay_ms=D  (anywhere in the conversation) the title request that follows its
                       first answer waits D ms before each token
+    title_think=N     (likewise) the title's answer thinks N tokens first
 
 Every request is recorded: its JSON body, its headers, and whether the client closed the
 stream before it ended.
@@ -130,7 +131,10 @@ class FakeUpstream:
         messages = body.get("messages") or [{}]
         if str(messages[0].get("content", "")).startswith("Write a title"):
             slow = re.search(r"title_delay_ms=(\d+)", str(messages[-1].get("content", "")))
+            thinks = re.search(r"title_think=(\d+)", str(messages[-1].get("content", "")))
             options = {"delay_ms": slow.group(1)} if slow else {}
+            if thinks:
+                options["think"] = thinks.group(1)
         if "head_delay_ms" in options:
             await asyncio.sleep(int(options["head_delay_ms"]) / 1000)
         if "status" in options:

@@ -14,10 +14,12 @@ from tests.wsclient import Socket
 
 
 def test_create_shape_and_defaults(api: Api) -> None:
-    """Creation answers the seed's shape; model defaults, an omitted title is ""."""
+    """Creation answers the seed's shape plus `params` ({} when none: DESIGN.md, generation
+    settings); model defaults, an omitted title is ""."""
     headers = api.new_user()
     created = api.create_conversation(headers)
-    assert set(created) == {"conversation_id", "title", "model", "api_key", "created_time"}
+    assert set(created) == {"conversation_id", "title", "model", "api_key", "created_time", "params"}
+    assert created["params"] == {}
     assert created["title"] == ""
     assert created["model"] == "demo"
     assert created["api_key"] == ""
@@ -90,6 +92,7 @@ def test_history_shape(api: Api) -> None:
         "model": "demo",
         "messages": [],
         "created_time": created["created_time"],
+        "params": {},  # DESIGN.md, generation settings: history answers them, {} when none
     }
 
 

@@ -57,7 +57,7 @@ def test_update_changes_what_the_next_answer_uses(api: Api, upstream: FakeUpstre
     shown = response.json()
     assert shown["conversation_id"] == cid and shown["title"] == "after" and shown["model"] == "fake-other"
     assert shown["api_key"].endswith("9876") and "conversation-key" not in shown["api_key"]
-    assert set(shown) == {"conversation_id", "title", "model", "api_key", "created_time"}
+    assert set(shown) == {"conversation_id", "title", "model", "api_key", "created_time", "params"}
     marker = f"#fake tokens=2\n{uuid.uuid4()}"
     assert chat(api, headers, cid, marker).status_code == 200
     sent = upstream.request_for(marker)
@@ -494,6 +494,15 @@ def test_untitled_conversation_gets_a_title_from_its_model(titled: Api, upstream
     chat(titled, headers, cid, "#fake tokens=1")  # the second answer asks for no title
     assert len([r for r in upstream.received if r.body["messages"][0]["content"].startswith("Write a title")
                 and topic in r.body["messages"][-1]["content"]]) == 1
+
+
+def test_a_reasoning_models_title_is_its_answer_not_its_thinking(titled: Api) -> None:
+    headers, cid = new_chat(titled)
+    with Socket(str(titled.http.base_url), cid, headers) as socket:
+        assert socket.recv()["event"] == "ready"
+        socket.send({"type": "message", "content": "#fake tokens=2 title_think=3\nA thoughtful topic"})
+        socket.recv_until("full_response")
+        assert socket.recv_until("title")[-1]["data"] == "t0 t1 t2 t3 t4"
 
 
 def test_demo_model_titles_come_from_the_first_message(titled: Api) -> None:

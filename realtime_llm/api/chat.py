@@ -70,19 +70,25 @@ async def regenerate(request: Request) -> StreamingResponse:
     return await answer_stream(request, caller, await services.engine.regenerate(conversation))
 
 
+ACCEPT_PATIENCE_SECONDS = 1.0
+
+
 async def answer_stream(request: Request, caller: Caller, generation: Generation) -> StreamingResponse:
     # Hold the response until the upstream has accepted, so a refusal is a plain 502; but
-    # not past a keep-alive period: an upstream slow to answer (a queue, a long prompt)
-    # must not leave the stream silent, and a later refusal arrives as an `error` event.
+    # not past a second: an upstream slow to answer (a queue, a long prompt) must not leave
+    # the client without a byte (proxies cut silent streams), so the stream then starts with
+    # a keep-alive comment, and a later refusal arrives as an `error` event.
+    patience = min(ACCEPT_PATIENCE_SECONDS, services_of(request).settings.stream.keepalive_seconds)
     try:
-        async with asyncio.timeout(services_of(request).settings.stream.keepalive_seconds):
+        async with asyncio.timeout(patience):
             refusal = await asyncio.shield(generation.accepted)
+        waiting = False
     except TimeoutError:
-        refusal = None
+        refusal, waiting = None, True
     if refusal is not None:
         raise UpstreamError(refusal)
     events = stream_events(request, caller, generation.conversation_id, after=generation.after_event_id,
-                           until_terminal=True)
+                           until_terminal=True, greet=waiting)
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -121,9 +127,11 @@ def last_event_id(request: Request) -> int | None:
 
 
 async def stream_events(
-    request: Request, caller: Caller, conversation_id: int, *, after: int | None, until_terminal: bool
+    request: Request, caller: Caller, conversation_id: int, *, after: int | None, until_terminal: bool,
+    greet: bool = False,
 ) -> AsyncIterator[bytes]:
-    """SSE frames of the conversation's events; comments keep an idle stream alive.
+    """SSE frames of the conversation's events; comments keep an idle stream alive (`greet`:
+    one at once).
 
     With `until_terminal` the stream ends after the first `full_response` or `error`
     following `after` (the POST that started a generation); otherwise it runs until the
@@ -134,6 +142,8 @@ async def stream_events(
     abort = request.scope.get("extensions", {}).get(ABORT)
     OPEN_SSE_STREAMS.inc()
     try:
+        if greet:  # the first bytes at once: the model has not answered yet
+            yield SSE_KEEPALIVE
         async with watched_subscription(services, caller, conversation_id, after) as subscription:
             async with _dropped_when_cut_off(subscription, abort):
                 async for frame in _frames(services, subscription, keepalive, until_terminal):

@@ -29,8 +29,8 @@ PARAM_SCHEMAS: dict[str, Any] = {
     "reasoning_effort": {"type": "string", "enum": list(EFFORTS)},
 }
 PARAMS = {"type": "object", "properties": PARAM_SCHEMAS, "additionalProperties": False}
-# In an update, a null clears a setting.
-PARAMS_UPDATE = {**PARAMS, "properties": {name: {"anyOf": [schema, {"type": "null"}]}
+# As sent: a null leaves a setting unset (create) or clears it (update).
+PARAMS_NULLABLE = {**PARAMS, "properties": {name: {"anyOf": [schema, {"type": "null"}]}
                                           for name, schema in PARAM_SCHEMAS.items()}}
 
 
@@ -209,7 +209,7 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
                 "model": _text(200, nullable=True, pattern=model_pattern(catalog, allow_empty=True)),
                 "api_key": _text(limits.max_api_key_chars, nullable=True),
                 "system_prompt": _text(limits.max_system_prompt_chars, nullable=True),
-                "params": {**PARAMS, "type": ["object", "null"]},
+                "params": {**PARAMS_NULLABLE, "type": ["object", "null"]},
             },
         },
         "ConversationUpdate": {
@@ -220,7 +220,7 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
                 "api_key": {**_text(limits.max_api_key_chars),
                             "description": "empty removes the conversation's own key"},
                 "system_prompt": _text(limits.max_system_prompt_chars),
-                "params": PARAMS_UPDATE,
+                "params": PARAMS_NULLABLE,
             },
             "additionalProperties": False,
             "minProperties": 1,

@@ -19,4 +19,5 @@ def create_provider(settings: ProviderSettings) -> Provider:
 
         provider = DemoProvider(settings)
     provider.name = settings.name
+    provider.sends_reasoning = settings.send_reasoning
     return provider

@@ -54,6 +54,7 @@ class Provider(abc.ABC):
 
     name = ""  # the config's provider name, set by create_provider (metrics use it)
     can_title = True  # worth asking for a conversation title (the demo model is not)
+    sends_reasoning = False  # earlier answers' thinking goes back upstream (config send_reasoning)
 
     async def start(self) -> None:  # noqa: B027  (optional: the demo provider opens nothing)
         """Open pooled connections; called once from the lifespan."""

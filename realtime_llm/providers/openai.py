@@ -86,7 +86,7 @@ class OpenAIProvider(Provider):
 
     def _message(self, message: ChatMessage) -> dict[str, str]:
         shown = {"role": message.role, "content": message.content}
-        if message.reasoning and self.settings.send_reasoning:
+        if message.reasoning:  # in the prompt only where this provider sends it (prompt.py)
             shown["reasoning_content"] = message.reasoning
         return shown
 
@@ -98,6 +98,9 @@ async def _deltas(response: httpx.Response, key: str, completion: Completion,
     try:
         async for data in events:
             if data.strip() == "[DONE]":
+                if splitter is not None and not finished:  # [DONE] with no finish_reason before it
+                    for piece in splitter.end():
+                        yield piece
                 with contextlib.suppress(TimeoutError, httpx.HTTPError):
                     async with asyncio.timeout(DRAIN_AFTER_DONE_SECONDS):
                         async for _ in events:

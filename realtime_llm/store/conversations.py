@@ -171,7 +171,7 @@ class ConversationStore:
         await self.cache.drop(conversation_id)
 
     async def recent_messages(self, conversation_id: int, budget_chars: int, page: int = 64,
-                              below: int | None = None) -> list[Message]:
+                              below: int | None = None, with_reasoning: bool = False) -> list[Message]:
         """The newest messages (with ids under `below`, if given) whose contents fit in the
         budget (the newest always), oldest first; read a page at a time so a long
         conversation costs no more than the budget."""
@@ -186,10 +186,11 @@ class ConversationStore:
                                                              below=before)
             for r in rows:
                 message = message_from_row(r)
-                if chosen and used + len(message.content) > budget_chars:
+                size = len(message.content) + (len(message.reasoning) if with_reasoning else 0)
+                if chosen and used + size > budget_chars:
                     return chosen[::-1]
                 chosen.append(message)
-                used += len(message.content)
+                used += size
             if len(rows) < page:
                 return chosen[::-1]
             before = chosen[-1].message_id
