@@ -15,7 +15,7 @@ from tests.conftest import Api
 from tests.fake_upstream import FakeUpstream
 from tests.sse import parse_stream
 from tests.test_chat import _wait_running, chat, chat_events, history, new_chat
-from tests.wsclient import Socket
+from tests.wsclient import Socket, masked_frame, raw_handshake
 
 
 def texts(events: list[dict[str, Any]], kind: str) -> str:
@@ -263,23 +263,10 @@ def test_a_socket_gets_protocol_pings_while_the_model_is_silent(api: Api) -> Non
     """WebSocket keep-alive is protocol-level pings (never JSON frames), every keep-alive
     period (1 s in the tests) from the start, also before the model's first token. Read
     with a raw client, which sees the ping frames a library would answer unseen."""
-    import base64
-    import os
-    import socket as sockets
     import struct
 
     headers, cid = new_chat(api)
-    url = httpx.URL(str(api.http.base_url))
-    raw = sockets.create_connection((url.host, url.port), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    raw.sendall((f"GET /ws/conversations/{cid} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                 f"Authorization: {headers['Authorization']}\r\n\r\n").encode())
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        buffer += raw.recv(4096)
-    assert buffer.startswith(b"HTTP/1.1 101"), buffer[:100]
-    buffer = buffer.split(b"\r\n\r\n", 1)[1]
+    raw, buffer = raw_handshake(httpx.URL(str(api.http.base_url)).port or 80, cid, headers["Authorization"])
 
     def read(size: int) -> bytes:
         nonlocal buffer
@@ -304,8 +291,8 @@ def test_a_socket_gets_protocol_pings_while_the_model_is_silent(api: Api) -> Non
     while time.monotonic() - started < 15:
         opcode, payload = frame()
         seen.append((time.monotonic() - started, opcode, payload))
-        if opcode == 0x9:  # answer the ping (a client's frames are masked; a zero key leaves it as is)
-            raw.sendall(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+        if opcode == 0x9:  # answered, or the server would close the socket
+            raw.sendall(masked_frame(0xA, payload))
         if opcode == 0x1 and b'"event":"full_response"' in payload:
             break
     sender.join(10)

@@ -1,8 +1,6 @@
 """The conversation WebSocket through the real server: auth, events, commands, hostile clients."""
 from __future__ import annotations
 
-import os
-import socket
 import time
 
 import pytest
@@ -11,7 +9,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import Api
 from tests.servers import ServerProcess
 from tests.test_chat import assert_complete, chat_events, history, new_chat
-from tests.wsclient import Socket, bearer
+from tests.wsclient import Socket, bearer, masked_frame, raw_handshake
 
 
 def ready(socket: Socket) -> dict:
@@ -208,22 +206,13 @@ def test_client_still_sending_after_a_refused_frame_learns_why(server: ServerPro
     assert codes == [1009] * 20
 
 
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    assert len(payload) < 126
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 def test_ping_behind_a_frame_that_is_not_utf8(server: ServerProcess, api: Api) -> None:
     """A text frame that is not UTF-8 fails the connection (1007) while a ping that came in
     the same packet is still being handled: its pong must not be written after the
     server's EOF (asyncio's 'Fatal error on transport')."""
     headers, cid = new_chat(api)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
-        raw.sendall((f"GET /ws/conversations/{cid} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                     f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     f"Sec-WebSocket-Version: 13\r\nAuthorization: {headers['Authorization']}\r\n\r\n").encode())
-        received = b""
+    raw, received = raw_handshake(server.port, cid, headers["Authorization"])
+    with raw:
         while b'"ready"' not in received:
             received += raw.recv(65536)
         raw.sendall(masked_frame(0x1, b"\xff\xfe not utf-8") + masked_frame(0x9, b"ping"))

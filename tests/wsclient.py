@@ -1,6 +1,8 @@
 """A small synchronous WebSocket client for tests, on the `websockets` library."""
 from __future__ import annotations
 
+import os
+import socket
 import time
 from typing import Any
 
@@ -65,3 +67,25 @@ def auth_socket(base_url: str, cid: int | str, headers: dict[str, str], **kwargs
 
 def bearer(headers: dict[str, str]) -> str:
     return headers["Authorization"].split(" ", 1)[1]
+
+
+def raw_handshake(port: int, cid: int, authorization: str) -> tuple[socket.socket, bytes]:
+    """A conversation socket opened by hand (for tests that must see or send frames a
+    library would handle unseen): the connection, and what came after the 101's headers."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.sendall((f"GET /ws/conversations/{cid} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 f"Sec-WebSocket-Version: 13\r\nAuthorization: {authorization}\r\n\r\n").encode())
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += raw.recv(4096)
+    head, rest = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101"), head[:100]
+    return raw, rest
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (clients mask theirs), payload under 126 bytes."""
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
