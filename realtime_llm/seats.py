@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from realtime_llm.config import LimitsSettings
 from realtime_llm.ratelimit import RateLimited
+from realtime_llm.tasks import stop_task
 
 logger = logging.getLogger("realtime_llm.seats")
 
@@ -100,10 +101,7 @@ class RedisSeats(Seats):
             self._renewer = asyncio.create_task(self._renew_forever())
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+        await stop_task(self._renewer)
 
     @contextlib.asynccontextmanager
     async def hold(self, user_id: int) -> AsyncIterator[None]:

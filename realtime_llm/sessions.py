@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 from realtime_llm.auth import TokenClaims
 from realtime_llm.store.users import RevocationStore
+from realtime_llm.tasks import stop_task
 
 logger = logging.getLogger("realtime_llm.sessions")
 
@@ -39,10 +40,7 @@ class SessionWatch:
         self._task = asyncio.create_task(self._poll(), name="session-watch")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     @contextlib.contextmanager
     def watch(self, claims: TokenClaims, end: Callable[[], None]) -> Iterator[None]:

@@ -16,6 +16,7 @@ from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.broker.locks import GenerationLocks
 from realtime_llm.errors import DATABASE_ERRORS
 from realtime_llm.events import ERROR, TERMINAL, TITLE
+from realtime_llm.tasks import stop_task
 
 LOST = "the server generating this answer stopped; the answer was lost"
 
@@ -32,10 +33,7 @@ class DeadGenerationWatch:
         self._task = asyncio.create_task(self._watch(), name="dead-generation-watch")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _watch(self) -> None:
         while True:

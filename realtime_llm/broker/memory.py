@@ -14,6 +14,7 @@ from realtime_llm.broker.eventids import CounterMissing
 from realtime_llm.config import StreamSettings
 from realtime_llm.events import Event, make_event
 from realtime_llm.metrics import EVENTS_PUBLISHED
+from realtime_llm.tasks import stop_task
 
 
 @dataclass
@@ -40,10 +41,7 @@ class MemoryBroker(Broker):
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="memory-broker-sweeper")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await stop_task(self._sweeper)
 
     def _channel(self, conversation_id: int) -> _Channel:
         channel = self._channels.get(conversation_id)

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from realtime_llm.broker.base import BrokerUnavailable
+from realtime_llm.tasks import stop_task
 
 logger = logging.getLogger("realtime_llm.broker.redis")
 
@@ -56,10 +57,7 @@ class RedisPubSub:
         self._listener = asyncio.create_task(self._listen(), name="redis-pubsub-listener")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await stop_task(self._listener)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
