@@ -190,6 +190,10 @@ def test_params_are_kept_sent_only_when_set_and_cleared_by_null(api: Api, upstre
     chat_events(api, headers, cid, "after update")
     body = upstream.request_for("after update").body
     assert "temperature" not in body and body["top_p"] == 0.5 and body["max_tokens"] == 100
+    stranger = api.new_user()  # someone else's conversation: as if it did not exist, and unchanged
+    response = api.http.post(f"/api/conversations/update/{cid}", headers=stranger, json={"params": {"top_p": 0.1}})
+    assert response.status_code == 404
+    assert api.http.get(f"/api/conversations/history/{cid}", headers=headers).json()["params"] == updated["params"]
     headers, plain = new_chat(api)
     assert api.http.get(f"/api/conversations/history/{plain}", headers=headers).json()["params"] == {}
 

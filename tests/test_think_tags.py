@@ -39,3 +39,12 @@ def test_every_chunking_of_a_think_block_gives_the_same_split() -> None:
 ])
 def test_edges(pieces: list[str], expected: tuple[str, str]) -> None:
     assert split(pieces) == expected
+
+
+def test_leading_whitespace_is_held_only_so_far() -> None:
+    """A stream of spaces waiting for a <think> that never comes is not held in memory:
+    past a bound it is the answer, and what follows is answer text as it comes."""
+    splitter = ThinkTagSplitter()
+    assert splitter.feed(" " * 200) == []
+    assert "".join(splitter.feed(" " * 100)) == " " * 300
+    assert splitter.feed("<think>x</think>") == ["<think>x</think>"]

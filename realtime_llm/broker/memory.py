@@ -95,8 +95,8 @@ class MemoryBroker(Broker):
         channel.last_id = max(channel.last_id or 0, floor)
 
     async def last_event(self, conversation_id: int) -> Event | None:
-        buffer = self._channel(conversation_id).buffer
-        return buffer[-1] if buffer else None
+        channel = self._channels.get(conversation_id)  # a look, not a use: nothing is created
+        return channel.buffer[-1] if channel is not None and channel.buffer else None
 
     async def clear_replay(self, conversation_id: int) -> None:
         self._channel(conversation_id).buffer.clear()

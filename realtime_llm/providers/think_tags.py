@@ -8,6 +8,9 @@ from realtime_llm.providers.base import Thought
 
 OPEN = "<think>"
 CLOSE = "</think>"
+# Whitespace a model may send before its <think>: past this, its answer has begun (and a
+# stream of nothing but spaces is not held in memory waiting for a tag).
+MAX_LEADING = 256
 
 
 class ThinkTagSplitter:
@@ -31,7 +34,7 @@ class ThinkTagSplitter:
             body = self._held.lstrip()
             if body.startswith(OPEN):
                 self._state, self._held = "thinking", body[len(OPEN):]
-            elif OPEN.startswith(body):  # "", "<", "<thi": not decided yet
+            elif OPEN.startswith(body) and len(self._held) <= MAX_LEADING:  # "", "<", "<thi": undecided
                 return out
             else:
                 self._state, held, self._held = "answer", self._held, ""
