@@ -47,6 +47,24 @@ def read_all(raw: socket.socket, timeout: float = 10.0) -> bytes:
     return received
 
 
+def read_response(raw: socket.socket, timeout: float) -> bytes:
+    """One whole response: the headers, then as many body bytes as Content-Length says
+    (the server may send them in separate segments)."""
+    raw.settimeout(timeout)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = raw.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (chunk := raw.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def closed_within(raw: socket.socket, seconds: float) -> bool:
     raw.settimeout(seconds)
     try:
@@ -134,8 +152,7 @@ def test_a_slow_body_is_408(bounded: ServerProcess) -> None:
     with connect(bounded) as raw:
         raw.sendall(b"POST /api/users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                     b"Content-Length: 50\r\n\r\n{\"user")
-        raw.settimeout(BODY_TIMEOUT + 5)
-        answer = raw.recv(65536)
+        answer = read_response(raw, BODY_TIMEOUT + 5)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
     assert b'"request_timeout"' in answer
 
