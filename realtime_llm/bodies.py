@@ -104,6 +104,14 @@ def bounded_int(value: Any, name: str, low: int, high: int) -> int | None:
     return value
 
 
+def message_id_of(body: dict[str, Any], name: str = "message_id") -> int:
+    """A message id the body must name."""
+    value = bounded_int(body.get(name), name, 1, MAX_MESSAGE_ID)
+    if value is None:
+        raise BadRequest(f"'{name}' is required: the id of a message of this conversation")
+    return value
+
+
 def event_id(value: Any, name: str = "last_event_id") -> int | None:
     """A client's last event id (header, query or JSON): a non-negative integer below
     2**53, or None when absent; anything else ("" too) is a 400."""

@@ -13,7 +13,8 @@ DONE = "done"
 FULL_RESPONSE = "full_response"
 ERROR = "error"
 TITLE = "title"
-TRUNCATE = "truncate"  # messages from `from_message_id` on are gone (edit, regenerate)
+TRUNCATE = "truncate"  # shown messages from `from_message_id` on give way (edit, regenerate)
+BRANCH = "branch"  # another branch is the active one: re-read the history
 
 # Events after which a generation has ended, one way or the other.
 TERMINAL = frozenset({FULL_RESPONSE, ERROR})

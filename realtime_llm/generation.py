@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine
 
+from realtime_llm.branches import announce_branch, announce_truncate, switch_branch
 from realtime_llm.broker import Broker, GenerationLocks
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.catalog import ModelCatalog
@@ -26,7 +27,7 @@ from realtime_llm.locks import kept_alive, take_lock
 from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS
 from realtime_llm.outcome import Outcome
 from realtime_llm.providers import ChatMessage, Provider, UpstreamError
-from realtime_llm.relay import Answer, AnswerRelay, UpstreamReader, truncate
+from realtime_llm.relay import Answer, AnswerRelay, UpstreamReader
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.records import Conversation
 from realtime_llm.titles import Titler
@@ -43,7 +44,9 @@ class Generation:
     conversation: Conversation  # as it was when the generation started; writes are bound to it
     # This generation's events are the conversation's events after this id.
     after_event_id: int = 0
-    replaces: int | None = None  # regenerate: the answer dropped once the model accepts
+    answers: int = 0  # the user message the answer is to: its parent, where the prompt ends
+    replaces: int | None = None  # regenerate: the answer the new one is another version of
+    replaced_hidden: bool = False  # subscribers were told to take the replaced answer away
     prompt: tuple[ChatMessage, ...] = ()
     usage: Usage | None = None  # the upstream's, once its stream has ended
     # Resolves once the upstream has accepted the request (None) or refused it (the reason).
@@ -92,35 +95,52 @@ class GenerationEngine:
 
     async def start(self, conversation: Conversation, text: str, edit_message_id: int | None = None) -> Generation:
         """Save and publish the user message and start the answer. With `edit_message_id`,
-        that user message and everything after it are dropped first (edit and resend)."""
+        the message is a new version of that user message: a sibling of it, which with its
+        answer becomes the active branch (the old one stays, as another branch)."""
         async def add_message(generation: Generation) -> None:
             cid = generation.conversation_id
-            after = None
-            if edit_message_id is not None:
+            if edit_message_id is None:
+                message = await self.store.add_message(conversation, "user", text)
+                left = None
+            else:
                 edited = await self.store.message(cid, edit_message_id)
                 if edited is None or edited.role != "user":
                     raise BadRequest("'edit_message_id' must name a user message of this conversation")
-                after = await truncate(self.store, self.broker, cid, edit_message_id)
-            message = await self.store.add_message(conversation, "user", text)
+                old_leaf = await self.store.active_leaf(conversation)
+                left = (await self.store.tree(cid)).first_left(old_leaf, edited.parent_id)
+                message = await self.store.add_message(conversation, "user", text, parent_id=edited.parent_id)
+                if left is not None:  # clients showing the old branch drop what it no longer shares
+                    generation.after_event_id = await announce_truncate(self.broker, cid, left, old_leaf)
+            generation.answers = message.message_id
             event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id)
-            generation.after_event_id = event.id - 1 if after is None else after
+            if left is None:
+                generation.after_event_id = event.id - 1
 
         return await self._begin(conversation, add_message)
 
     async def regenerate(self, conversation: Conversation) -> Generation:
-        """Replace the last answer with a new one to the same prompt (after a failed answer:
-        answer the last user message). The old answer goes only once the model has accepted
-        the new request, so a refusal (a 502) leaves the conversation as it was."""
+        """A new version of the last answer on the active branch, to the same prompt (after a
+        failed answer: an answer to the last user message). Subscribers are told to take
+        the old one away only once the model has accepted the new request, so a refusal (a
+        502) leaves the conversation as it was; the old one stays, as a sibling."""
         async def find_last_answer(generation: Generation) -> None:
             cid = generation.conversation_id
-            last = await self.store.last_message(cid)
-            if last is None:
+            leaf = await self.store.active_leaf(conversation)
+            last = await self.store.message(cid, leaf) if leaf else None
+            if last is not None and last.role == "assistant":
+                generation.replaces, generation.answers = last.message_id, last.parent_id
+            elif last is not None:
+                generation.answers = last.message_id
+            if not generation.answers:
                 raise Conflict("there is nothing to regenerate: the conversation has no messages")
-            if last.role == "assistant":
-                generation.replaces = last.message_id
             generation.after_event_id = await self.broker.last_event_id(cid)
 
         return await self._begin(conversation, find_last_answer)
+
+    async def switch_branch(self, conversation: Conversation, message_id: int) -> None:
+        """Make the branch through `message_id` the active one; a Conflict while an answer runs."""
+        await switch_branch(self.store, self.broker, self.locks, self.settings.stream.lock_ttl_seconds,
+                            conversation, message_id)
 
     async def _begin(self, conversation: Conversation, prepare: Callable[[Generation], Awaitable[None]]) -> Generation:
         if self.draining:
@@ -249,7 +269,15 @@ class GenerationEngine:
 
     async def _release(self, generation: Generation) -> None:
         """Free the conversation at once: a client may send its next message the moment it
-        sees full_response. (Event ids need no saving: the broker reserves them in SQL.)"""
+        sees full_response. (Event ids need no saving: the broker reserves them in SQL.) A
+        regenerated answer that left nothing to save: the old one is still the active
+        branch's, and clients that took it away are told to show it again."""
+        if generation.replaced_hidden and not generation.saved and generation.replaces is not None:
+            try:
+                await announce_branch(self.broker, generation.conversation_id, generation.replaces,
+                                      generation.replaces)
+            except Exception:
+                logger.warning("could not announce the answer kept in conversation %d", generation.conversation_id)
         await self.locks.release(generation.conversation_id, generation.owner)
 
     def provider_for(self, model: str) -> Provider:

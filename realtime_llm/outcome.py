@@ -15,7 +15,7 @@ from realtime_llm.events import DONE, ERROR, FULL_RESPONSE, MESSAGE, REASONING
 from realtime_llm.prompt import answer_usage
 from realtime_llm.relay import Answer
 from realtime_llm.store.conversations import ConversationStore
-from realtime_llm.store.records import Conversation, Message
+from realtime_llm.store.records import Message
 from realtime_llm.usage import Usage
 
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ class Outcome:
         try:
             if text or reasoning or reason != "cancelled":
                 usage = answer_usage(generation.usage, generation.prompt, text + reasoning)
-                message_id: int | None = (await self.save(generation.conversation, answer, usage)).message_id
-                generation.saved = True
+                message_id: int | None = (await self.save(generation, answer, usage)).message_id
             elif await self.store.exists(cid):  # ids are never reused: the id alone is this one
                 message_id = None
             else:
@@ -62,15 +61,19 @@ class Outcome:
         await self.broker.publish_gathered(cid, FULL_RESPONSE, text,
                                            Gathered("data", MESSAGE, after, len(answer.parts)), **meta)
 
-    async def save(self, conversation: Conversation, answer: Answer, usage: Usage) -> Message:
-        """Save an answer, waiting out a busy or unreachable database for up to
-        SAVE_PATIENCE_SECONDS: once the generation ends the answer exists nowhere else."""
+    async def save(self, generation: Generation, answer: Answer, usage: Usage) -> Message:
+        """Save an answer under the message it answers, waiting out a busy or unreachable
+        database for up to SAVE_PATIENCE_SECONDS: once the generation ends the answer
+        exists nowhere else."""
+        conversation = generation.conversation
         deadline = time.monotonic() + SAVE_PATIENCE_SECONDS
         pause = 0.1
         while True:
             try:
-                return await self.store.add_message(conversation, "assistant", answer.text, usage,
-                                                    reasoning=answer.reasoning)
+                saved = await self.store.add_message(conversation, "assistant", answer.text, usage,
+                                                     reasoning=answer.reasoning, parent_id=generation.answers)
+                generation.saved = True
+                return saved
             except DATABASE_ERRORS as exc:
                 if database_error(exc) is None or time.monotonic() + pause > deadline:
                     raise
@@ -85,7 +88,7 @@ class Outcome:
             return
         try:
             usage = answer_usage(generation.usage, generation.prompt, answer.text + answer.reasoning)
-            await self.save(generation.conversation, answer, usage)
+            await self.save(generation, answer, usage)
         except ConversationNotFound:
             pass  # deleted meanwhile: nothing to save
         except Exception:

@@ -12,14 +12,13 @@ CHARS_PER_TOKEN = 4  # the budget is in tokens; this estimate avoids a tokenizer
 
 
 async def build_prompt(settings: LlmSettings, store: ConversationStore, conversation: Conversation,
-                       below: int | None = None, with_reasoning: bool = False) -> tuple[ChatMessage, ...]:
-    """System prompt, then the newest history (before message `below`, if given) that
-    fits the context budget; `with_reasoning`: earlier answers' thinking goes too, and
-    counts against the budget."""
+                       last: int, with_reasoning: bool = False) -> tuple[ChatMessage, ...]:
+    """System prompt, then the newest messages of the branch ending at message `last` (the
+    one to answer) that fit the context budget; `with_reasoning`: earlier answers' thinking
+    goes too, and counts against the budget."""
     system = conversation.system_prompt or settings.system_prompt
     budget = settings.context_budget_tokens * CHARS_PER_TOKEN - len(system)
-    history = await store.recent_messages(conversation.id, max(budget, 1), below=below,
-                                          with_reasoning=with_reasoning)
+    history = await store.recent_messages(conversation.id, max(budget, 1), last, with_reasoning=with_reasoning)
     return (ChatMessage("system", system),
             *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "") for m in history))
 

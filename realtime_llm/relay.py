@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Callable
 from prometheus_client import Histogram
 
 from realtime_llm.batching import ACCEPTED, END, STOPPED, Item, Stopped, coalesce
+from realtime_llm.branches import announce_truncate
 from realtime_llm.broker import Broker
 from realtime_llm.config import Settings
-from realtime_llm.events import MESSAGE, REASONING, TRUNCATE
+from realtime_llm.events import MESSAGE, REASONING
 from realtime_llm.metrics import UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
 from realtime_llm.params import load_params
 from realtime_llm.prompt import build_prompt
@@ -119,7 +120,7 @@ class AnswerRelay:
             return "cancelled"
         conversation = generation.conversation
         provider = self.provider_for(conversation.model)
-        generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, below=generation.replaces,
+        generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, generation.answers,
                                                with_reasoning=provider.sends_reasoning)
         request = ChatRequest(model=conversation.model, messages=generation.prompt,
                               api_key=self.store.box.open(conversation.api_key_sealed),
@@ -130,9 +131,10 @@ class AnswerRelay:
                 generation.reader = reader
                 if generation.stop_requested or not await reader.accepted():
                     return "cancelled"  # stopped before the model took the request
-                if generation.replaces is not None:
-                    generation.after_event_id = await truncate(self.store, self.broker, generation.conversation_id,
-                                                           generation.replaces)
+                if generation.replaces is not None:  # taken off the screens; it stays, a sibling
+                    generation.after_event_id = await announce_truncate(
+                        self.broker, generation.conversation_id, generation.replaces, generation.replaces)
+                    generation.replaced_hidden = True
                 generation.settle(None)
                 await self._relay(generation, reader, answer, UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name),
                                   began)
@@ -170,19 +172,6 @@ class AnswerRelay:
             # The in-process publish and a non-empty queue never suspend: without this, a
             # fast upstream would fill every subscriber's queue before one of them sends.
             await asyncio.sleep(0)
-
-
-async def truncate(store: ConversationStore, broker: Broker, cid: int, from_message_id: int) -> int:
-    """Drop messages from `from_message_id` on, in SQL and in the replay buffer, and tell
-    subscribers with a `truncate` event (`through_message_id`: the last one dropped, so
-    a client can apply it twice); returns the id before it. The buffer is emptied so
-    that a client resuming never replays old turns next to new ones."""
-    last = await store.last_message(cid)
-    through = last.message_id if last is not None else from_message_id
-    await store.drop_messages_from(cid, from_message_id)
-    await broker.clear_replay(cid)
-    event = await broker.publish(cid, TRUNCATE, "", from_message_id=from_message_id, through_message_id=through)
-    return event.id - 1
 
 
 class AnswerTooLong(Exception):

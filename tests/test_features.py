@@ -207,7 +207,8 @@ def test_search_matches_titles_and_messages_case_insensitively_and_literally(api
     assert listing(api, stranger, q="sourdough") == []
 
 
-def test_search_sees_edits_and_deletes(api: Api) -> None:
+def test_search_sees_every_branch_and_deletes(api: Api) -> None:
+    """An edit keeps the old version (on a branch of its own): both are found."""
     headers, cid = new_chat(api, title="t")
     chat(api, headers, cid, "#fake tokens=1\nalpha-bravo-charlie")
     assert [c["conversation_id"] for c in listing(api, headers, q="bravo")] == [cid]
@@ -215,10 +216,10 @@ def test_search_sees_edits_and_deletes(api: Api) -> None:
     response = api.http.post(f"/api/chat/{cid}", json={"message": "#fake tokens=1\ndelta", "edit_message_id": first},
                              headers=headers)
     assert response.status_code == 200
-    assert listing(api, headers, q="bravo") == []
+    assert [c["conversation_id"] for c in listing(api, headers, q="bravo")] == [cid]
     assert [c["conversation_id"] for c in listing(api, headers, q="delta")] == [cid]
     api.http.post(f"/api/conversations/del/{cid}", headers=headers)
-    assert listing(api, headers, q="delta") == []
+    assert listing(api, headers, q="delta") == [] and listing(api, headers, q="bravo") == []
 
 
 # -- regenerate -------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def test_regenerate_over_websocket(api: Api) -> None:
 
 # -- edit and resend --------------------------------------------------------------------
 
-def test_edit_replaces_the_message_and_drops_what_followed(api: Api) -> None:
+def test_edit_replaces_the_message_on_the_active_branch(api: Api) -> None:
     headers, cid = new_chat(api)
     chat(api, headers, cid, "#fake tokens=2\nfirst question")
     chat(api, headers, cid, "#fake tokens=2\nsecond question")
@@ -440,7 +441,9 @@ def test_export_json_and_markdown(api: Api) -> None:
     document = as_json.json()
     assert document["conversation_id"] == cid and document["title"] == "Export *me*"
     assert document["system_prompt"] == "Be brief."
-    assert document["messages"] == history(api, headers, cid)
+    shown = history(api, headers, cid)  # one branch: the whole conversation, without sibling ids
+    assert document["messages"] == [{k: v for k, v in m.items() if k != "sibling_ids"} for m in shown]
+    assert document["active_leaf_id"] == shown[-1]["message_id"]
     assert document["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "estimated": False}
     default = api.http.get(f"/api/conversations/export/{cid}", params={"format": "json"}, headers=headers)
     assert default.json()["messages"] == document["messages"]

@@ -71,6 +71,16 @@ V2_COLUMNS = {"users": ("prompt_tokens", "completion_tokens"),
               "conversations": ("message_count",)}
 V3_COLUMNS = {"revoked_tokens": ("revoked_at",)}
 V4_COLUMNS = {"messages": ("reasoning", "reasoning_tokens"), "conversations": ("params",)}
+V5_COLUMNS = {"messages": ("parent_id",), "conversations": ("active_leaf_id",)}
+
+
+async def back_to_version_4(db) -> None:
+    """The tables as version 4 had them: no tree of versions."""
+    await db.execute(sa.text("DROP INDEX ix_messages_children"))
+    for table, columns in V5_COLUMNS.items():
+        for column in columns:
+            await db.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    await db.execute(schema.schema_version.update().values(version=4))
 
 
 async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -> None:
@@ -84,6 +94,7 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     else:
         await db.execute(sa.text("DROP INDEX ix_messages_content_trgm"))
     await db.execute(sa.text("DROP INDEX ix_revoked_tokens_revoked_at"))
+    await back_to_version_4(db)
     for table, columns in [*V2_COLUMNS.items(), *V3_COLUMNS.items(), *V4_COLUMNS.items()]:
         for column in columns:
             await db.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
@@ -97,7 +108,7 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     await db.execute(sa.text(f"INSERT INTO messages (conversation_id, message_id, role, content, created_time) "
                              f"VALUES ({cid}, 1, 'user', 'An archived Zanzibar itinerary', 1)"))
 
-    assert await migrate(db) == schema.SCHEMA_VERSION == 4
+    assert await migrate(db) == schema.SCHEMA_VERSION == 5
     store = ConversationStore(db, APIKeyBox("s" * 40), fts=await has_sqlite_search_index(db))
     assert store.fts == (dialect == "sqlite")
     assert [c["conversation_id"] for c in await store.list_for_user(user_id, q="zanzibar")] == [cid]
@@ -106,9 +117,34 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     assert (await store.get_owned(cid, user_id)).params == "{}"
     assert await UserStore(db).usage(user_id) == {"prompt_tokens": 0, "completion_tokens": 0}
     assert (await store.get_owned(cid, user_id)).message_count == 1  # backfilled
+    assert old.parent_id == 0 and (await store.get_owned(cid, user_id)).active_leaf_id == 1
     if dialect == "postgresql":  # the search really has its index
         assert await db.fetch_val(sa.text(
             "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_messages_content_trgm'")) == 1
+
+
+async def test_upgrade_to_branches_makes_each_conversation_one_branch(db) -> None:
+    """Version 4 dropped what an edit replaced, so ids have gaps: each conversation becomes
+    one branch, every message after the one before it, and the active one is its end."""
+    users, store = UserStore(db), ConversationStore(db, APIKeyBox("s" * 40))
+    owner = await users.create("brancher", "hash")
+    edited = await store.create(owner.id, title="edited", model="demo", system_prompt="", api_key="")
+    empty = await store.create(owner.id, title="empty", model="demo", system_prompt="", api_key="")
+    await back_to_version_4(db)
+    for message_id, role in [(1, "user"), (2, "assistant"), (5, "user"), (6, "assistant")]:  # 3, 4: edited away
+        await db.execute(sa.text(f"INSERT INTO messages (conversation_id, message_id, role, content, created_time) "
+                                 f"VALUES ({edited.id}, {message_id}, '{role}', 'text {message_id}', 1)"))
+    await db.execute(sa.text(f"UPDATE conversations SET last_message_id = 6, message_count = 4 WHERE id = {edited.id}"))
+
+    assert await migrate(db) == schema.SCHEMA_VERSION
+    assert [(m.message_id, m.parent_id) for m in await store.messages(edited.id)] == [(1, 0), (2, 1), (5, 2), (6, 5)]
+    upgraded = await store.get_owned(edited.id, owner.id)
+    assert upgraded.active_leaf_id == 6 and (await store.get_owned(empty.id, owner.id)).active_leaf_id == 0
+    shown = await store.history(upgraded)
+    assert [(m["message_id"], m["parent_id"], m["sibling_ids"]) for m in shown] == [
+        (1, None, [1]), (2, 1, [2]), (5, 2, [5]), (6, 5, [6])]
+    added = await store.add_message(upgraded, "user", "next")
+    assert (added.message_id, added.parent_id) == (7, 6)  # the branch goes on
 
 
 async def test_sqlite_version_2_upgrade_keeps_every_row_and_ids_are_never_reused(tmp_path: Path) -> None:

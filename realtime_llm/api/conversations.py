@@ -18,8 +18,10 @@ from realtime_llm.events import TITLE
 from realtime_llm.params import dump_params, load_params, parse_params
 from realtime_llm.responses import JSONResponse
 from realtime_llm.services import Services
-from realtime_llm.store.conversations import LIST_LIMIT_MAX, message_json
+from realtime_llm.store.conversations import LIST_LIMIT_MAX, ConversationStore
 from realtime_llm.store.records import Conversation, Message
+from realtime_llm.store.shapes import message_json
+from realtime_llm.store.tree import Tree
 
 UPDATABLE = frozenset({"title", "model", "system_prompt", "api_key", "params"})
 MAX_QUERY_CHARS = 200
@@ -139,10 +141,14 @@ async def update(request: Request) -> JSONResponse:
 
 @operation("A conversation and its messages", {"200": json_response(ref("History"), "history")}, params=True)
 async def history(request: Request) -> JSONResponse:
+    """The active branch, each message with its parent and its siblings' ids."""
     caller = await require_caller(request)
     conversation_id = path_id(request)
     store = services_of(request).conversations
-    conversation = await store.get_owned(conversation_id, caller.user.id)
+    return await history_response(store, await store.get_owned(conversation_id, caller.user.id))
+
+
+async def history_response(store: ConversationStore, conversation: Conversation) -> JSONResponse:
     return JSONResponse(
         {
             "conversation_id": conversation.id,
@@ -189,7 +195,8 @@ async def wait_for_lock_release(services: Services, conversation_id: int, patien
            params=True, query=({"name": "format", "in": "query", "required": False,
                                 "schema": {"type": "string", "enum": ["json", "markdown"]}},))
 async def export(request: Request) -> Response:
-    """The whole conversation as a download: `?format=json` (default) or `markdown`."""
+    """The whole conversation as a download: `?format=json` (default: every message of
+    every branch, with its parent) or `markdown` (the active branch)."""
     caller = await require_caller(request)
     services = services_of(request)
     conversation_id = path_id(request)
@@ -207,6 +214,7 @@ async def export(request: Request) -> Response:
         **conversation_json(conversation),
         "system_prompt": conversation.system_prompt,
         "messages": [message_json(m) for m in messages],
+        "active_leaf_id": conversation.active_leaf_id or None,
         "usage": totals(messages),
         "exported_time": int(time.time()),
     }
@@ -223,7 +231,10 @@ def totals(messages: list[Message]) -> dict[str, object]:
 
 
 def render_markdown(conversation: Conversation, messages: list[Message]) -> str:
-    """Readable Markdown: a heading per turn; message text goes in as written."""
+    """Readable Markdown of the active branch: a heading per turn; message text goes in as written."""
+    by_id = {m.message_id: m for m in messages}
+    messages = [by_id[m] for m in Tree((m.message_id, m.parent_id) for m in messages).path(
+        conversation.active_leaf_id)]
     title = " ".join(conversation.title.split()) or f"Conversation {conversation.id}"
     lines = [f"# {title}", "", f"Model: `{conversation.model}`  ", f"Created: {_when(conversation.created_time)}", ""]
     if conversation.system_prompt:

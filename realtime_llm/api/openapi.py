@@ -15,12 +15,12 @@ from realtime_llm.api.docs import json_response, operation, operation_of, ref
 from realtime_llm.bodies import MAX_MESSAGE_ID, NO_NUL
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
-from realtime_llm.events import DONE, FULL_RESPONSE, MESSAGE, REASONING, TITLE, TRUNCATE, USER_MESSAGE
+from realtime_llm.events import BRANCH, DONE, FULL_RESPONSE, MESSAGE, REASONING, TITLE, TRUNCATE, USER_MESSAGE
 from realtime_llm.events import ERROR as ERROR_EVENT
 from realtime_llm.params import EFFORTS, RANGES
 from realtime_llm.responses import JSONResponse
 
-EVENT_TYPES = (USER_MESSAGE, REASONING, MESSAGE, DONE, FULL_RESPONSE, ERROR_EVENT, TITLE, TRUNCATE)
+EVENT_TYPES = (USER_MESSAGE, REASONING, MESSAGE, DONE, FULL_RESPONSE, ERROR_EVENT, TITLE, TRUNCATE, BRANCH)
 # A conversation's generation settings (params.py), as answered and as sent.
 PARAM_SCHEMAS: dict[str, Any] = {
     "temperature": {"type": "number", "minimum": RANGES["temperature"][0], "maximum": RANGES["temperature"][1]},
@@ -108,6 +108,10 @@ SCHEMAS: dict[str, Any] = {
                         "created_time": {"type": "integer"},
                         "usage": ref("Usage"),
                         "reasoning": {"type": "string", "description": "an answer's thinking; \"\" when none"},
+                        "parent_id": {"type": ["integer", "null"], "description": "null: a first message"},
+                        "sibling_ids": {"type": "array", "items": {"type": "integer"},
+                                        "description": "its versions: its parent's children, itself included, "
+                                                       "oldest first"},
                     },
                 },
             },
@@ -231,8 +235,14 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
             "properties": {
                 "message": _text(limits.max_message_chars, pattern=NON_BLANK, min_chars=1),
                 "edit_message_id": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_MESSAGE_ID,
-                                    "description": "replace this user message and drop everything after it"},
+                                    "description": "a new version of this user message: its sibling, on a "
+                                                   "branch of its own"},
             },
+        },
+        "MessageChoice": {
+            "type": "object",
+            "required": ["message_id"],
+            "properties": {"message_id": {"type": "integer", "minimum": 1, "maximum": MAX_MESSAGE_ID}},
         },
     }
 

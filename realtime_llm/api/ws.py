@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, check_message_rate, services_of
 from realtime_llm.api.streams import align_event_ids, stream_end_message, watched_subscription
-from realtime_llm.bodies import MAX_MESSAGE_ID, bounded_int, event_id, validate_message
+from realtime_llm.bodies import MAX_MESSAGE_ID, bounded_int, event_id, message_id_of, validate_message
 from realtime_llm.broker.base import (
     BrokerUnavailable,
     ConversationGone,
@@ -237,7 +237,7 @@ class ConversationSocket:
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
-        if kind in ("message", "regenerate", "stop", "resume"):
+        if kind in ("message", "regenerate", "stop", "resume", "branch"):
             await self._still_authorised()
         if kind == "ping":
             await self.send(local_json("pong", ""))
@@ -252,6 +252,9 @@ class ConversationSocket:
             await self.services.locks.request_stop(self.conversation_id)
         elif kind == "resume":
             await self._resume(frame)
+        elif kind == "branch":  # this socket, like every other, then gets the `branch` event
+            conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
+            await self.services.engine.switch_branch(conversation, message_id_of(frame))
         elif kind == "auth":
             await self.send_error("this socket is already authenticated")
         elif isinstance(kind, str):

@@ -15,23 +15,28 @@ from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import fetch_all, fetch_one
 from realtime_llm.store.records import Conversation, Message, message_from_row
 from realtime_llm.store.schema import conversations, messages
+from realtime_llm.store.shapes import branch_json, message_json
 from realtime_llm.store.statements import (
+    ACTIVE_LEAF,
     ADD_USAGE,
     ALL_MESSAGES,
+    CHILDREN,
     EVENT_CEILING,
     EXISTS,
     INSERT_MESSAGE,
-    LAST_MESSAGE,
-    NEWEST_MESSAGES,
-    NEWEST_MESSAGES_BELOW,
+    MOVE_LEAF,
     NEXT_MESSAGE_ID,
     ONE_MESSAGE,
     OWNED,
+    PATH_UP,
     RAISE_EVENT_CEILING,
+    SKELETON,
 )
+from realtime_llm.store.tree import Tree
 from realtime_llm.usage import Usage
 
 LIST_LIMIT_MAX = 1000
+FORK_ROWS_A_STATEMENT = 500  # SQLite allows 32,766 parameters a statement; a row has 11
 
 
 class ConversationStore:
@@ -113,6 +118,36 @@ class ConversationStore:
                 conversations.c.id == conversation.id, conversations.c.user_id == conversation.user_id))
         return dataclasses.replace(conversation, **values)  # type: ignore[arg-type]
 
+    async def fork(self, conversation: Conversation, message_id: int) -> Conversation | None:
+        """A new conversation of the same owner holding copies of the branch up to
+        `message_id` (ids from 1, times and usage kept) and the settings; None if there is no
+        such message. Usage is not counted again: nothing was answered anew."""
+        path = [message_from_row(r) for r in await PATH_UP.fetch_all(
+            self.database, cid=conversation.id, start=message_id, page=2**31 - 1)][::-1]
+        if not path:
+            return None
+        values = {f: getattr(conversation, f) for f in ("user_id", "title", "model", "system_prompt",
+                                                          "api_key_sealed", "api_key_hint", "params")}
+        values.update(created_time=int(time.time()), last_message_id=len(path), message_count=len(path),
+                      active_leaf_id=len(path))
+
+        async def copy() -> int:  # one transaction, not to be cut by a cancel
+            async with self.database.transaction():
+                [(new_id,)] = await fetch_all(self.database, conversations.insert().values(**values)
+                                              .returning(conversations.c.id))
+                rows = [dict(conversation_id=new_id, message_id=i, parent_id=i - 1, role=m.role, content=m.content,
+                             created_time=m.created_time, reasoning=m.reasoning,
+                             prompt_tokens=m.usage.prompt_tokens if m.usage else None,
+                             completion_tokens=m.usage.completion_tokens if m.usage else None,
+                             usage_estimated=int(m.usage.estimated) if m.usage else 0,
+                             reasoning_tokens=m.usage.reasoning_tokens if m.usage else None)
+                        for i, m in enumerate(path, start=1)]
+                for at in range(0, len(rows), FORK_ROWS_A_STATEMENT):
+                    await fetch_all(self.database, messages.insert().values(rows[at:at + FORK_ROWS_A_STATEMENT]))
+            return int(new_id)
+
+        return Conversation(id=await atomically(copy), **values)
+
     async def set_title_if_untitled(self, conversation: Conversation, title: str) -> bool:
         """An automatic title: written only while the conversation has none, so a title the
         user set, even a moment ago, is never overwritten (nor one deleted since)."""
@@ -134,56 +169,49 @@ class ConversationStore:
         await self.cache.drop(conversation_id)
 
     async def history(self, conversation: Conversation) -> list[dict[str, object]]:
-        """All messages as the history route shows them: from the cache when it is current."""
-        cached = await self.cache.get(conversation.id, conversation.message_count, conversation.last_message_id)
+        """The active branch as the history route shows it: from the cache when it is current."""
+        cid, count, leaf = conversation.id, conversation.message_count, conversation.active_leaf_id
+        cached = await self.cache.get(cid, count, leaf)
         if cached is not None:
             return cached
-        messages = [row_json(r) for r in await self._all_message_rows(conversation.id)]
-        await self.cache.put(conversation.id, messages)
+        messages = branch_json(await ALL_MESSAGES.fetch_all(self.database, cid=cid), leaf)
+        await self.cache.put(cid, count, leaf, messages)
         return messages
 
     async def messages(self, conversation_id: int) -> list[Message]:
-        return [message_from_row(r) for r in await self._all_message_rows(conversation_id)]
-
-    async def _all_message_rows(self, conversation_id: int) -> list[Any]:
-        return await ALL_MESSAGES.fetch_all(self.database, cid=conversation_id)
+        """Every message of every branch, in id order."""
+        return [message_from_row(r) for r in await ALL_MESSAGES.fetch_all(self.database, cid=conversation_id)]
 
     async def message(self, conversation_id: int, message_id: int) -> Message | None:
         row = await ONE_MESSAGE.fetch_one(self.database, cid=conversation_id, message_id=message_id)
         return None if row is None else message_from_row(row)
 
-    async def last_message(self, conversation_id: int) -> Message | None:
-        row = await LAST_MESSAGE.fetch_one(self.database, cid=conversation_id)
-        return None if row is None else message_from_row(row)
+    async def tree(self, conversation_id: int) -> Tree:
+        return Tree(await SKELETON.fetch_all(self.database, cid=conversation_id))  # type: ignore[arg-type]
 
-    async def drop_messages_from(self, conversation_id: int, message_id: int) -> None:
-        """Delete that message and every later one (edit, regenerate). Ids are not reused:
-        the next message gets a new one, so an id always names the same text."""
-        async def drop() -> None:  # one transaction, not to be cut by a cancel
-            async with self.database.transaction():
-                await fetch_all(self.database, messages.delete().where(messages.c.conversation_id == conversation_id,
-                                                                       messages.c.message_id >= message_id))
-                remaining = sa.select(sa.func.count()).select_from(messages).where(
-                    messages.c.conversation_id == conversation_id).scalar_subquery()
-                await fetch_all(self.database, conversations.update().where(conversations.c.id == conversation_id)
-                                .values(message_count=remaining))
-        await atomically(drop)
-        await self.cache.drop(conversation_id)
+    async def active_leaf(self, conversation: Conversation) -> int:
+        """Where the active branch ends now (0: no messages); read afresh, not from `conversation`."""
+        leaf = await ACTIVE_LEAF.fetch_val(self.database, cid=conversation.id, user_id=conversation.user_id)
+        if leaf is None:
+            raise ConversationNotFound()
+        return int(leaf)
 
-    async def recent_messages(self, conversation_id: int, budget_chars: int, page: int = 64,
-                              below: int | None = None, with_reasoning: bool = False) -> list[Message]:
-        """The newest messages (with ids under `below`, if given) whose contents fit in the
-        budget (the newest always), oldest first; read a page at a time so a long
-        conversation costs no more than the budget."""
+    async def move_leaf(self, conversation: Conversation, expected: int, leaf: int) -> bool:
+        """Make the branch ending at `leaf` the active one, if it still ends at `expected`."""
+        moved = await MOVE_LEAF.fetch_one(self.database, cid=conversation.id, user_id=conversation.user_id,
+                                          expected=expected, leaf=leaf)
+        return moved is not None
+
+    async def recent_messages(self, conversation_id: int, budget_chars: int, leaf: int, page: int = 64,
+                              with_reasoning: bool = False) -> list[Message]:
+        """The newest messages of the branch ending at `leaf` whose contents fit in the
+        budget (the newest always), oldest first; read a page at a time up the branch, so
+        a long conversation costs no more than the budget."""
         chosen: list[Message] = []
         used = 0
-        before: int | None = below
-        while True:
-            if before is None:
-                rows = await NEWEST_MESSAGES.fetch_all(self.database, cid=conversation_id, page=page)
-            else:
-                rows = await NEWEST_MESSAGES_BELOW.fetch_all(self.database, cid=conversation_id, page=page,
-                                                             below=before)
+        start = leaf
+        while start:
+            rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=start, page=page)
             for r in rows:
                 message = message_from_row(r)
                 size = len(message.content) + (len(message.reasoning) if with_reasoning else 0)
@@ -191,9 +219,8 @@ class ConversationStore:
                     return chosen[::-1]
                 chosen.append(message)
                 used += size
-            if len(rows) < page:
-                return chosen[::-1]
-            before = chosen[-1].message_id
+            start = chosen[-1].parent_id if len(rows) == page else 0
+        return chosen[::-1]
 
     async def exists(self, conversation_id: int) -> bool:
         return await EXISTS.fetch_one(self.database, cid=conversation_id) is not None
@@ -206,64 +233,40 @@ class ConversationStore:
         await RAISE_EVENT_CEILING.fetch_all(self.database, cid=conversation_id, last_event_id=ceiling)
 
     async def add_message(self, conversation: Conversation, role: str, content: str,
-                          usage: Usage | None = None, *, reasoning: str = "") -> Message:
-        """Append a message; its message_id is the conversation's next, taken atomically.
-        An answer's usage is added to its owner's totals in the same transaction. A
-        conversation deleted meanwhile is ConversationNotFound: nothing is written."""
+                          usage: Usage | None = None, *, reasoning: str = "", parent_id: int | None = None) -> Message:
+        """Add a message under `parent_id` (by default: at the end of the active branch) and
+        make the branch ending with it the active one. Its message_id is the conversation's
+        next, taken atomically. An answer's usage is added to its owner's totals in the same
+        transaction. A conversation deleted meanwhile is ConversationNotFound: nothing is written."""
         now = int(time.time())
-        conversation_id = conversation.id
-        async def append() -> Any:  # one transaction, not to be cut by a cancel
+        cid, user_id = conversation.id, conversation.user_id
+
+        async def append() -> tuple[int, int, int, list[int]]:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
-                message_id = await NEXT_MESSAGE_ID.fetch_val(self.database, cid=conversation_id,
-                                                             user_id=conversation.user_id)
-                if message_id is None:
+                leaf = await ACTIVE_LEAF.fetch_val(self.database, cid=cid, user_id=user_id)
+                numbered = await NEXT_MESSAGE_ID.fetch_one(self.database, cid=cid, user_id=user_id)
+                if leaf is None or numbered is None:
                     raise ConversationNotFound()
+                message_id, count = numbered
+                parent = leaf if parent_id is None else parent_id
                 await INSERT_MESSAGE.fetch_all(
-                    self.database, cid=conversation_id, message_id=message_id, role=role, content=content,
+                    self.database, cid=cid, message_id=message_id, role=role, content=content,
                     created_time=now, prompt_tokens=usage.prompt_tokens if usage else None,
                     completion_tokens=usage.completion_tokens if usage else None,
                     usage_estimated=int(usage.estimated) if usage else 0, reasoning=reasoning,
-                    reasoning_tokens=usage.reasoning_tokens if usage else None)
+                    reasoning_tokens=usage.reasoning_tokens if usage else None, parent_id=parent)
+                # The active leaf has no children: a message after it is an only child.
+                siblings = [message_id] if parent == leaf else [
+                    row[0] for row in await CHILDREN.fetch_all(self.database, cid=cid, parent=parent)]
                 if usage is not None:
-                    await ADD_USAGE.fetch_all(self.database, cid=conversation_id, prompt_tokens=usage.prompt_tokens,
+                    await ADD_USAGE.fetch_all(self.database, cid=cid, prompt_tokens=usage.prompt_tokens,
                                               completion_tokens=usage.completion_tokens)
-            return message_id
+            return int(message_id), int(count), int(parent), siblings
 
-        message_id = await atomically(append)
-        message = Message(int(message_id), role, content, now, usage, reasoning)
-        await self.cache.append(conversation_id, message_json(message))
+        message_id, count, parent, siblings = await atomically(append)
+        message = Message(message_id, role, content, now, usage, reasoning, parent)
+        await self.cache.append(cid, message_json(message, siblings), count, parent)
         return message
-
-
-def message_json(message: Message) -> dict[str, object]:
-    shown: dict[str, object] = {
-        "role": message.role,
-        "content": message.content,
-        "message_id": message.message_id,
-        "created_time": message.created_time,
-    }
-    if message.usage is not None:
-        shown["usage"] = message.usage.as_json()
-    if message.role == "assistant":
-        shown["reasoning"] = message.reasoning
-    return shown
-
-
-def row_json(row: Any) -> dict[str, object]:
-    """message_json() straight from a driver row of MESSAGE_COLUMNS: the history of a long
-    conversation skips building a Message per row (22 ms of 10,000, bench.history)."""
-    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated, reasoning, thought = row
-    shown: dict[str, object] = {"role": role, "content": content, "message_id": message_id,
-                                "created_time": created_time}
-    if prompt_tokens is not None and completion_tokens is not None:
-        usage: dict[str, object] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                    "estimated": bool(estimated)}
-        if thought is not None:
-            usage["reasoning_tokens"] = thought
-        shown["usage"] = usage
-    if role == "assistant":
-        shown["reasoning"] = reasoning
-    return shown
 
 
 def _like_pattern(q: str) -> str:

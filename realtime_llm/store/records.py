@@ -21,6 +21,7 @@ class Conversation:
     last_event_id: int = 0
     message_count: int = 0
     params: str = "{}"  # generation settings, a JSON object (params.py reads it)
+    active_leaf_id: int = 0  # where the active branch ends (0: no messages yet)
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,14 @@ class Message:
     created_time: int
     usage: Usage | None = None
     reasoning: str = ""  # an answer's thinking
+    parent_id: int = 0  # the message it follows (0: none, it is a first message)
 
 
 def message_from_row(row: Any) -> Message:
     """A Message from a driver row of MESSAGE_COLUMNS."""
-    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated, reasoning, thought = row
+    message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated, reasoning, thought, \
+        parent_id = row
     usage = None
     if prompt_tokens is not None and completion_tokens is not None:
         usage = Usage(prompt_tokens, completion_tokens, bool(estimated), thought)
-    return Message(message_id, role, content, created_time, usage, reasoning)
+    return Message(message_id, role, content, created_time, usage, reasoning, parent_id)

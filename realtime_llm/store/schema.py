@@ -49,6 +49,9 @@ conversations = sa.Table(
     sa.Column("last_event_id", sa.BigInteger, nullable=False, server_default="0"),
     # Generation settings sent upstream (v4): a JSON object of those set, e.g. {"temperature": 0.2}.
     sa.Column("params", sa.Text, nullable=False, server_default="{}"),
+    # The active branch ends here (v5): the message_id of a message without children, 0
+    # while there is none. History shows the path from the first message to it.
+    sa.Column("active_leaf_id", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_conversations_user_newest", "user_id", sa.text("id DESC")),
     # Never reused (v3): without AUTOINCREMENT SQLite hands the newest deleted id to the
     # next conversation, and an answer or title still on its way to the old one landed in
@@ -77,6 +80,11 @@ messages = sa.Table(
     # Answers of reasoning models (v4): their thinking, and its tokens where reported.
     sa.Column("reasoning", sa.Text, nullable=False, server_default=""),
     sa.Column("reasoning_tokens", sa.Integer, nullable=True),
+    # The tree of versions (v5): the message_id this one follows, 0 for a first message.
+    # An edit is a sibling of the message it edits, a regenerated answer one of the answer.
+    sa.Column("parent_id", sa.Integer, nullable=False, server_default="0"),
+    # A message's children in order: the siblings of a version, the newest below a message.
+    sa.Index("ix_messages_children", "conversation_id", "parent_id", "message_id"),
     # Also the index for "messages of a conversation in order".
     sa.UniqueConstraint("conversation_id", "message_id", name="uq_messages_conversation_order"),
 )
@@ -160,6 +168,17 @@ UPGRADES: list[Upgrade] = [
             "ALTER TABLE messages ADD COLUMN reasoning TEXT NOT NULL DEFAULT ''",
             "ALTER TABLE messages ADD COLUMN reasoning_tokens INTEGER",
             "ALTER TABLE conversations ADD COLUMN params TEXT NOT NULL DEFAULT '{}'",
+        ),
+    ),
+    Upgrade(  # 4 -> 5: branches; a conversation so far is one branch, each message after the one before
+        alter=(
+            "ALTER TABLE messages ADD COLUMN parent_id INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE conversations ADD COLUMN active_leaf_id INTEGER NOT NULL DEFAULT 0",
+            "UPDATE messages SET parent_id = COALESCE((SELECT MAX(p.message_id) FROM messages p"
+            " WHERE p.conversation_id = messages.conversation_id AND p.message_id < messages.message_id), 0)",
+            "UPDATE conversations SET active_leaf_id = COALESCE((SELECT MAX(m.message_id) FROM messages m"
+            " WHERE m.conversation_id = conversations.id), 0)",
+            "CREATE INDEX IF NOT EXISTS ix_messages_children ON messages (conversation_id, parent_id, message_id)",
         ),
     ),
 ]
