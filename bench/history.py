@@ -1,11 +1,14 @@
-"""History of a 10,000-message conversation (issue 7, figure 5; target: median <= 50 ms).
+"""History of a 10,000-message conversation with 100 branches (issues 7 and 17; target:
+median <= 50 ms).
 
-    .venv/bin/python -m bench.history [--messages 10000] [--requests 30]
+    .venv/bin/python -m bench.history [--messages 10000] [--branches 100] [--requests 30]
 
 For SQLite and PostgreSQL: one server process (in-process broker), a conversation filled
-with N messages of 200 characters written straight into its tables, then
-`GET /api/conversations/history/{id}` N times in sequence. The baseline in the same run is
-`GET /api/users/me` (authenticated, one row) on the same server.
+with N messages of 200 characters written straight into its tables as B branches of N/B
+messages, each one starting halfway down the one before (so the active branch, the last,
+is about half the conversation), then `GET /api/conversations/history/{id}` N times in
+sequence. The baseline in the same run is `GET /api/users/me` (authenticated, one row) on
+the same server.
 """
 from __future__ import annotations
 
@@ -23,26 +26,33 @@ from bench.common import UpstreamProcess, make_users, median, percentile, start_
 from tests.backends import create_postgres_database, drop_postgres_database
 
 CONTENT = ("lorem ipsum dolor sit amet " * 8)[:200]
-INSERT = ("INSERT INTO messages (conversation_id, message_id, role, content, created_time, usage_estimated) "
-          "VALUES ({}, {}, {}, {}, {}, 0)")
-UPDATE = "UPDATE conversations SET last_message_id = {n}, message_count = {n} WHERE id = {cid}"
+INSERT = ("INSERT INTO messages (conversation_id, message_id, role, content, created_time, parent_id, "
+          "usage_estimated) VALUES ({}, {}, {}, {}, {}, {}, 0)")
+UPDATE = "UPDATE conversations SET last_message_id = {n}, message_count = {n}, active_leaf_id = {n} WHERE id = {cid}"
 
 
-def rows(cid: int, count: int) -> list[tuple[object, ...]]:
+def rows(cid: int, count: int, branches: int) -> list[tuple[object, ...]]:
+    """Branch k (of `count // branches` messages) starts under the middle of branch k - 1."""
     now = int(time.time())
-    return [(cid, i, "user" if i % 2 else "assistant", f"{i} {CONTENT}", now) for i in range(1, count + 1)]
+    size = count // branches
+    parents = [0] * (count + 1)
+    for i in range(2, count + 1):
+        start = (i - 1) % size == 0  # the first message of a branch after the first
+        parents[i] = i - 1 - size // 2 if start else i - 1
+    return [(cid, i, "user" if i % 2 else "assistant", f"{i} {CONTENT}", now, parents[i])
+            for i in range(1, count + 1)]
 
 
-def fill_sqlite(path: Path, cid: int, count: int) -> None:
+def fill_sqlite(path: Path, cid: int, count: int, branches: int) -> None:
     with sqlite3.connect(path) as db:
-        db.executemany(INSERT.format("?", "?", "?", "?", "?"), rows(cid, count))
+        db.executemany(INSERT.format(*"??????"), rows(cid, count, branches))
         db.execute(UPDATE.format(n=count, cid=cid))
 
 
-async def fill_postgres(url: str, cid: int, count: int) -> None:
+async def fill_postgres(url: str, cid: int, count: int, branches: int) -> None:
     db = await asyncpg.connect(url)
     try:
-        await db.executemany(INSERT.format("$1", "$2", "$3", "$4", "$5"), rows(cid, count))
+        await db.executemany(INSERT.format("$1", "$2", "$3", "$4", "$5", "$6"), rows(cid, count, branches))
         await db.execute(UPDATE.format(n=count, cid=cid))
     finally:
         await db.close()
@@ -60,7 +70,7 @@ def timings(base_url: str, path: str, headers: dict[str, str], requests: int) ->
     return samples
 
 
-def measure(messages: int, requests: int) -> list[dict[str, object]]:
+def measure(messages: int, branches: int, requests: int) -> list[dict[str, object]]:
     results = []
     upstream = UpstreamProcess()
     postgres = create_postgres_database()
@@ -73,9 +83,12 @@ def measure(messages: int, requests: int) -> list[dict[str, object]]:
                 try:
                     [(headers, cid)] = make_users(server.url, 1)
                     if database == "sqlite":
-                        fill_sqlite(Path(workdir / next(p.name for p in workdir.glob("bench-*.db"))), cid, messages)
+                        fill_sqlite(Path(workdir / next(p.name for p in workdir.glob("bench-*.db"))), cid, messages,
+                                    branches)
                     else:
-                        asyncio.run(fill_postgres(postgres, cid, messages))
+                        asyncio.run(fill_postgres(postgres, cid, messages, branches))
+                    with httpx.Client(base_url=server.url, timeout=60) as http:
+                        shown = http.get(f"/api/conversations/history/{cid}", headers=headers).json()["messages"]
                     history = timings(server.url, f"/api/conversations/history/{cid}", headers, requests)
                     me = timings(server.url, "/api/users/me", headers, requests)
                 finally:
@@ -83,7 +96,7 @@ def measure(messages: int, requests: int) -> list[dict[str, object]]:
                 for p in workdir.glob("bench-*.db*"):
                     p.unlink()
                 results.append({"database": database, "p50_ms": median(history), "p99_ms": percentile(history, 0.99),
-                                "baseline_ms": median(me)})
+                                "baseline_ms": median(me), "shown": len(shown)})
     finally:
         upstream.stop()
         drop_postgres_database(postgres)
@@ -93,11 +106,14 @@ def measure(messages: int, requests: int) -> list[dict[str, object]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--branches", type=int, default=100)
     parser.add_argument("--requests", type=int, default=30)
     args = parser.parse_args()
-    print(f"History of a {args.messages}-message conversation, {args.requests} sequential requests")
-    for row in measure(args.messages, args.requests):
+    print(f"History of a {args.messages}-message conversation with {args.branches} branches, "
+          f"{args.requests} sequential requests")
+    for row in measure(args.messages, args.branches, args.requests):
         print(f"  {row['database']:<10} p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms"
+              f"  active branch {row['shown']} messages"
               f"  (GET /api/users/me p50 {row['baseline_ms']:.2f} ms; target p50 <= 50 ms)")
 
 

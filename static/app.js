@@ -1,6 +1,8 @@
 // realtime-llm chat page: plain JavaScript, no build step.
 // Model output is untrusted: it only ever reaches the page through textContent.
 
+import { renderControls } from "./branches.js";
+
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -16,6 +18,8 @@ const state = {
   thinking: null, // the "Thinking" block of the answer being written, if its model thinks
   replay: null, // while replaying: {lastId, lastRole} of the history already shown
   skipping: false, // replayed events of an answer that history already shows
+  tree: new Map(), // message id -> {sibling_ids} of the branch shown, as history last gave it
+  editing: null, // the id of the user message the composer is writing a new version of
 };
 
 const FRIENDLY = {
@@ -167,13 +171,7 @@ async function openConversation(conversation) {
   $("chat-title").textContent = history.title || `Conversation ${id}`;
   $("app").classList.remove("sidebar-open");
   showError("chat-error", "");
-  const messages = $("messages");
-  messages.replaceChildren();
-  for (const message of history.messages) {
-    if (message.reasoning) addThinking(message.reasoning, false, message.message_id);
-    // An answer stopped while its model was still thinking has no text: its block alone.
-    if (message.content || !message.reasoning) addBubble(message.role, message.content, false, message.message_id);
-  }
+  showMessages(history);
   showParams(history.params || {});
   const last = history.messages[history.messages.length - 1];
   // Replaying the buffer from the start, skip what history already shows; an answer still
@@ -187,6 +185,64 @@ async function openConversation(conversation) {
     item.classList.toggle("active", Number(item.dataset.id) === id);
   }
   connect();
+}
+
+function showMessages(history) {
+  $("messages").replaceChildren();
+  for (const message of history.messages) {
+    if (message.reasoning) addThinking(message.reasoning, false, message.message_id);
+    // An answer stopped while its model was still thinking has no text: its block alone.
+    if (message.content || !message.reasoning) addBubble(message.role, message.content, false, message.message_id);
+  }
+  showVersions(history);
+  setEditing(null);
+}
+
+// Each message's versions, from history: the controls under the messages follow them.
+function showVersions(history) {
+  state.tree = new Map(history.messages.map((m) => [m.message_id, m]));
+  renderControls($("messages"), state.tree, BRANCH_ACTIONS);
+}
+
+// After a turn, or when another tab changed the branch: what history says now.
+async function rereadHistory(redraw) {
+  const id = state.current?.id;
+  if (!id) return;
+  const history = await api(`/api/conversations/history/${id}`);
+  if (state.current?.id !== id || (!redraw && state.generating)) return; // moved on meanwhile
+  if (redraw) showMessages(history);
+  else showVersions(history);
+}
+
+const BRANCH_ACTIONS = {
+  edit(id) {
+    const bubble = document.querySelector(`#messages li.user[data-message-id="${id}"]`);
+    setEditing(id);
+    $("message-input").value = bubble ? bubble.textContent : "";
+    $("message-input").focus();
+  },
+  regenerate: () => sendFrame({ type: "regenerate" }),
+  switchTo: (id) => sendFrame({ type: "branch", message_id: id }),
+  fork(id) {
+    guard("chat-error", async () => {
+      const forked = await api(`/api/conversations/fork/${state.current.id}`, {
+        method: "POST", body: JSON.stringify({ message_id: id }),
+      });
+      await loadConversations();
+      await openConversation(forked);
+    })();
+  },
+};
+
+function setEditing(id) {
+  state.editing = id;
+  $("editing").hidden = id === null;
+}
+
+function sendFrame(frame) {
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return;
+  showError("chat-error", "");
+  state.socket.send(JSON.stringify(frame));
 }
 
 // --- the conversation socket --------------------------------------------------------------
@@ -284,6 +340,12 @@ function handleEvent(frame) {
     case "full_response":
       if (!state.skipping) finishAnswer(frame.data, frame.message_id);
       state.skipping = false;
+      rereadHistory(false).catch(() => {}); // the new messages' versions
+      break;
+    case "branch": // another branch is the active one (here or in another tab): show it
+      state.skipping = false;
+      state.replay = null;
+      rereadHistory(true).catch((e) => showError("chat-error", e.message));
       break;
     case "truncate": // edit or regenerate: these messages are gone; the new turn follows
       dropBubbles(frame.from_message_id, frame.through_message_id); // harmless if already gone
@@ -312,6 +374,7 @@ function handleEvent(frame) {
         showError("chat-error", `The answer failed: ${frame.data}`);
       }
       state.skipping = false;
+      rereadHistory(false).catch(() => {});
       break;
     default:
       break; // pong, and events of later versions
@@ -420,9 +483,11 @@ function sendMessage() {
   const input = $("message-input");
   const content = input.value;
   if (!content.trim() || !state.socket || state.socket.readyState !== WebSocket.OPEN) return;
-  showError("chat-error", "");
-  state.socket.send(JSON.stringify({ type: "message", content }));
+  const frame = { type: "message", content };
+  if (state.editing !== null) frame.edit_message_id = state.editing; // a new version of that one
+  sendFrame(frame);
   input.value = "";
+  setEditing(null);
 }
 
 // --- wiring -------------------------------------------------------------------------------
@@ -447,6 +512,7 @@ $("message-input").addEventListener("keydown", (event) => {
   }
 });
 $("stop").addEventListener("click", () => state.socket?.send(JSON.stringify({ type: "stop" })));
+$("cancel-edit").addEventListener("click", () => { setEditing(null); $("message-input").value = ""; });
 $("show-sidebar").addEventListener("click", () => $("app").classList.toggle("sidebar-open"));
 $("show-params").addEventListener("click", () => { if (state.current) $("params-form").hidden = !$("params-form").hidden; });
 $("params-form").addEventListener("submit", guard("chat-error", saveParams));
