@@ -85,7 +85,7 @@ parameters = {{ "path.id" = {cid} }}
 
 # --- the WebSocket fuzzer ---------------------------------------------------------------
 
-TYPES = ["message", "stop", "resume", "ping", "auth", "regenerate", "", "MESSAGE", None, 7, ["ping"]]
+TYPES = ["message", "stop", "resume", "ping", "auth", "regenerate", "branch", "", "MESSAGE", None, 7, ["ping"]]
 
 
 def random_value(rng: random.Random, depth: int = 0) -> Any:
@@ -105,7 +105,7 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
         return rng.randrange(-5, 100)
     if kind in (8, 9):
         return [random_value(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
-    return {rng.choice(["type", "content", "last_event_id", "edit_message_id", "token", "x"]):
+    return {rng.choice(["type", "content", "last_event_id", "edit_message_id", "message_id", "token", "x"]):
             random_value(rng, depth + 1) for _ in range(rng.randrange(0, 4))}
 
 
@@ -114,7 +114,8 @@ def random_frame(rng: random.Random) -> tuple[str, Any]:
     roll = rng.random()
     if roll < 0.55:
         frame = {"type": rng.choice(TYPES)}
-        for key in rng.sample(["content", "last_event_id", "edit_message_id", "token", "extra"], rng.randrange(0, 3)):
+        for key in rng.sample(["content", "last_event_id", "edit_message_id", "message_id", "token", "extra"],
+                              rng.randrange(0, 3)):
             frame[key] = random_value(rng)
         if frame["type"] == "message" and rng.random() < 0.5:
             frame["content"] = "hello " * rng.randrange(1, 5)
