@@ -1,8 +1,8 @@
 """Changes of the active branch as subscribers learn of them (DESIGN.md, Branches): a
 `truncate` for an edit or a regenerated answer, a `branch` for a switch.
 
-Either empties the replay buffer first, so a client resuming after it never replays
-messages of the branch it left next to those of the new one (it gets `resync` instead).
+Either empties the replay buffer first, so a client resuming from before it gets the
+event and what follows it, never messages of the branch it left next to the new one's.
 """
 from __future__ import annotations
 

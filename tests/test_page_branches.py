@@ -1,5 +1,6 @@
 """The page's versions of a message (DESIGN.md, Branches) in a real browser: edit,
 regenerate, "‹ k/n ›", fork; a second tab keeps in step."""
+# ruff: noqa: F811  (test_page's fixtures are imported, and test arguments share their names)
 from __future__ import annotations
 
 from playwright.sync_api import Browser, Locator, Page, expect
@@ -52,8 +53,7 @@ def test_edit_regenerate_and_step_through_versions(page: Page) -> None:
     expect(controls(page, "user").get_by_test_id("branch-position")).to_have_text("1/2")
 
 
-def test_a_second_tab_follows_edits_and_switches(browser: Browser, page: Page,  # noqa: F811
-                                                 page_server: ServerProcess) -> None:  # noqa: F811
+def test_a_second_tab_follows_edits_and_switches(browser: Browser, page: Page, page_server: ServerProcess) -> None:
     username = sign_up(page)
     create(page, "Two tabs, two versions")
     send(page, "#fake tokens=2\nquestion")
