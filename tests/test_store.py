@@ -156,6 +156,7 @@ async def test_sqlite_version_2_upgrade_keeps_every_row_and_ids_are_never_reused
     await db.connect()
     try:
         await migrate(db)
+        await back_to_version_4(db)
         for name in ("users", "conversations"):  # back to version 2's own tables
             await db.execute(sa.text(f"DROP TABLE {name}"))
             ddl = str(sa.schema.CreateTable(schema.metadata.tables[name]).compile(dialect=sqlite_dialect()))
@@ -166,7 +167,10 @@ async def test_sqlite_version_2_upgrade_keeps_every_row_and_ids_are_never_reused
         users, store = UserStore(db), ConversationStore(db, APIKeyBox("s" * 40), fts=True)
         owner = await users.create("old_owner", "hash")
         kept = await store.create(owner.id, title="kept", model="demo", system_prompt="", api_key="")
-        await store.add_message(kept, "user", "A Zanzibar itinerary")
+        for message_id, role, text in [(1, "user", "A Zanzibar itinerary"), (2, "assistant", "Three days in Stone Town")]:
+            await db.execute(sa.text(f"INSERT INTO messages (conversation_id, message_id, role, content, created_time)"
+                                     f" VALUES ({kept.id}, {message_id}, '{role}', '{text}', 1)"))
+        await db.execute(sa.text(f"UPDATE conversations SET last_message_id = 2, message_count = 2 WHERE id = {kept.id}"))
         newest = await store.create(owner.id, title="newest", model="demo", system_prompt="", api_key="")
         await store.delete_owned(newest.id, owner.id)
         assert await db.fetch_val(sa.text("SELECT count(*) FROM sqlite_master WHERE instr(sql, 'AUTOINCREMENT') > 0")) == 0
@@ -175,7 +179,10 @@ async def test_sqlite_version_2_upgrade_keeps_every_row_and_ids_are_never_reused
         assert await db.fetch_val(sa.text(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND instr(sql, 'AUTOINCREMENT') > 0")) == 2
         assert (await store.get_owned(kept.id, owner.id)).title == "kept"
-        assert [m.content for m in await store.messages(kept.id)] == ["A Zanzibar itinerary"]
+        assert [(m.content, m.parent_id) for m in await store.messages(kept.id)] == [
+            ("A Zanzibar itinerary", 0), ("Three days in Stone Town", 1)]  # one branch
+        assert [m["content"] for m in await store.history(await store.get_owned(kept.id, owner.id))] == [
+            "A Zanzibar itinerary", "Three days in Stone Town"]
         assert [c["conversation_id"] for c in await store.list_for_user(owner.id, q="zanzibar")] == [kept.id]
         assert (await users.by_username("old_owner")) == owner
         again = await store.create(owner.id, title="after", model="demo", system_prompt="", api_key="")
