@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine
 
-from realtime_llm.branches import announce_branch, announce_truncate, switch_branch
+from realtime_llm.branches import announce_truncate
 from realtime_llm.broker import Broker, GenerationLocks
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.catalog import ModelCatalog
@@ -94,26 +94,28 @@ class GenerationEngine:
         self.draining = False
 
     async def start(self, conversation: Conversation, text: str, edit_message_id: int | None = None) -> Generation:
-        """Save and publish the user message and start the answer. With `edit_message_id`,
-        the message is a new version of that user message: a sibling of it, which with its
-        answer becomes the active branch (the old one stays, as another branch)."""
+        """Save and publish the user message and start the answer. With `edit_message_id`
+        (a user message on the active branch), the message is a new version of that one: a
+        sibling of it, which with its answer becomes the active branch (the old one stays,
+        as another branch)."""
         async def add_message(generation: Generation) -> None:
             cid = generation.conversation_id
             if edit_message_id is None:
                 message = await self.store.add_message(conversation, "user", text)
-                left = None
             else:
                 edited = await self.store.message(cid, edit_message_id)
                 if edited is None or edited.role != "user":
                     raise BadRequest("'edit_message_id' must name a user message of this conversation")
                 old_leaf = await self.store.active_leaf(conversation)
-                left = (await self.store.tree(cid)).first_left(old_leaf, edited.parent_id)
+                if edited.message_id not in (await self.store.tree(cid)).path(old_leaf):
+                    # Clients show the active branch; one that shows another is out of date.
+                    raise BadRequest("'edit_message_id' must name a message on the active branch: switch first")
                 message = await self.store.add_message(conversation, "user", text, parent_id=edited.parent_id)
-                if left is not None:  # clients showing the old branch drop what it no longer shares
-                    generation.after_event_id = await announce_truncate(self.broker, cid, left, old_leaf)
+                # Clients showing the branch drop the edited message and what followed it.
+                generation.after_event_id = await announce_truncate(self.broker, cid, edited.message_id, old_leaf)
             generation.answers = message.message_id
             event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id)
-            if left is None:
+            if edit_message_id is None:
                 generation.after_event_id = event.id - 1
 
         return await self._begin(conversation, add_message)
@@ -132,15 +134,10 @@ class GenerationEngine:
             elif last is not None:
                 generation.answers = last.message_id
             if not generation.answers:
-                raise Conflict("there is nothing to regenerate: the conversation has no messages")
+                raise Conflict("there is nothing to regenerate: no message of the active branch to answer")
             generation.after_event_id = await self.broker.last_event_id(cid)
 
         return await self._begin(conversation, find_last_answer)
-
-    async def switch_branch(self, conversation: Conversation, message_id: int) -> None:
-        """Make the branch through `message_id` the active one; a Conflict while an answer runs."""
-        await switch_branch(self.store, self.broker, self.locks, self.settings.stream.lock_ttl_seconds,
-                            conversation, message_id)
 
     async def _begin(self, conversation: Conversation, prepare: Callable[[Generation], Awaitable[None]]) -> Generation:
         if self.draining:
@@ -245,7 +242,7 @@ class GenerationEngine:
                 self._spawn(self.titles.give_title(conversation, generation.prompt, answer.text))
         except UpstreamError as exc:
             generation.settle(str(exc))
-            await self.outcome.fail(cid, str(exc))
+            await self.outcome.fail(generation, str(exc))
         except BrokerUnavailable:
             # Nobody can be told (subscribers got their error from the broker itself), but
             # the answer so far is not lost: SQL does not need the broker.
@@ -257,7 +254,7 @@ class GenerationEngine:
         except Exception as exc:  # a bug, or a database down for good: still end the stream
             logger.exception("generation failed in conversation %d", cid)
             generation.settle("internal error")
-            await self.outcome.fail(cid, "the answer could not be saved: the database is unavailable"
+            await self.outcome.fail(generation, "the answer could not be saved: the database is unavailable"
                                     if database_error(exc) else "the answer failed because of an internal error")
         finally:
             deadline.cancel()
@@ -269,15 +266,7 @@ class GenerationEngine:
 
     async def _release(self, generation: Generation) -> None:
         """Free the conversation at once: a client may send its next message the moment it
-        sees full_response. (Event ids need no saving: the broker reserves them in SQL.) A
-        regenerated answer that left nothing to save: the old one is still the active
-        branch's, and clients that took it away are told to show it again."""
-        if generation.replaced_hidden and not generation.saved and generation.replaces is not None:
-            try:
-                await announce_branch(self.broker, generation.conversation_id, generation.replaces,
-                                      generation.replaces)
-            except Exception:
-                logger.warning("could not announce the answer kept in conversation %d", generation.conversation_id)
+        sees full_response. (Event ids need no saving: the broker reserves them in SQL.)"""
         await self.locks.release(generation.conversation_id, generation.owner)
 
     def provider_for(self, model: str) -> Provider:

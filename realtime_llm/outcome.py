@@ -7,6 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from realtime_llm.branches import announce_branch
 from realtime_llm.broker import Broker
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.broker.eventids import Gathered
@@ -46,6 +47,7 @@ class Outcome:
                 message_id: int | None = (await self.save(generation, answer, usage)).message_id
             elif await self.store.exists(cid):  # ids are never reused: the id alone is this one
                 message_id = None
+                await self.keep_replaced(generation)
             else:
                 return
         except ConversationNotFound:
@@ -82,6 +84,13 @@ class Outcome:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
 
+    async def keep_replaced(self, generation: Generation) -> None:
+        """A new version of an answer that comes to nothing: the old one is still the end of
+        the branch, and the subscribers that were told to take it away are told to re-read
+        (before `done` or `error`, so a stream that ends there sees it too)."""
+        if generation.replaced_hidden and not generation.saved and generation.replaces is not None:
+            await announce_branch(self.broker, generation.conversation_id, generation.replaces, generation.replaces)
+
     async def save_quietly(self, generation: Generation, answer: Answer) -> None:
         """What there is of an answer whose end nobody can be told of (the broker is away)."""
         if not (answer.parts or answer.thoughts) or generation.saved:
@@ -94,9 +103,11 @@ class Outcome:
         except Exception:
             logger.exception("could not save the partial answer of conversation %d", generation.conversation_id)
 
-    async def fail(self, conversation_id: int, message: str) -> None:
+    async def fail(self, generation: Generation, message: str) -> None:
         """Tell the subscribers the answer failed (the user message stays)."""
+        conversation_id = generation.conversation_id
         try:
+            await self.keep_replaced(generation)
             await self.broker.publish(conversation_id, ERROR, message)
         except BrokerUnavailable:
             logger.warning("could not publish the error of conversation %d", conversation_id)

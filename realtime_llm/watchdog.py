@@ -15,7 +15,7 @@ from realtime_llm.broker import Broker
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.broker.locks import GenerationLocks
 from realtime_llm.errors import DATABASE_ERRORS
-from realtime_llm.events import ERROR, TERMINAL, TITLE
+from realtime_llm.events import BRANCH, ERROR, TERMINAL, TITLE
 from realtime_llm.tasks import stop_task
 
 LOST = "the server generating this answer stopped; the answer was lost"
@@ -56,6 +56,7 @@ class DeadGenerationWatch:
                 await self.locks.release(conversation_id, self.owner)
 
     async def _unfinished(self, conversation_id: int) -> bool:
-        """The conversation's last event says a generation was running."""
+        """The conversation's last event says a generation was running (a title or a branch
+        switch is published on its own, outside any generation)."""
         last = await self.broker.last_event(conversation_id)
-        return last is not None and last.type not in TERMINAL | {TITLE}
+        return last is not None and last.type not in TERMINAL | {TITLE, BRANCH}

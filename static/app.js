@@ -20,6 +20,8 @@ const state = {
   skipping: false, // replayed events of an answer that history already shows
   tree: new Map(), // message id -> {sibling_ids} of the branch shown, as history last gave it
   editing: null, // the id of the user message the composer is writing a new version of
+  branchSeen: 0, // the newest branch event acted on (a reopen replays it: not again)
+  reads: 0, // history reads for the versions: only the newest one's answer counts
 };
 
 const FRIENDLY = {
@@ -163,6 +165,7 @@ async function openConversation(conversation) {
   closeSocket();
   const attempt = ++opening;
   const id = conversation.conversation_id;
+  if (state.current?.id !== id) state.branchSeen = 0;
   const history = await api(`/api/conversations/history/${id}`);
   if (attempt !== opening) return; // another conversation was opened meanwhile
   closeSocket();
@@ -195,7 +198,7 @@ function showMessages(history) {
     if (message.content || !message.reasoning) addBubble(message.role, message.content, false, message.message_id);
   }
   showVersions(history);
-  setEditing(null);
+  if (!state.tree.has(state.editing)) setEditing(null); // no longer shown: nothing to edit
 }
 
 // Each message's versions, from history: the controls under the messages follow them.
@@ -204,14 +207,14 @@ function showVersions(history) {
   renderControls($("messages"), state.tree, BRANCH_ACTIONS);
 }
 
-// After a turn, or when another tab changed the branch: what history says now.
-async function rereadHistory(redraw) {
+// After a turn: the new messages' versions, as history says now.
+async function rereadVersions() {
   const id = state.current?.id;
+  const read = ++state.reads;
   if (!id) return;
   const history = await api(`/api/conversations/history/${id}`);
-  if (state.current?.id !== id || (!redraw && state.generating)) return; // moved on meanwhile
-  if (redraw) showMessages(history);
-  else showVersions(history);
+  if (state.current?.id !== id || read !== state.reads || state.generating) return; // moved on meanwhile
+  showVersions(history);
 }
 
 const BRANCH_ACTIONS = {
@@ -340,12 +343,13 @@ function handleEvent(frame) {
     case "full_response":
       if (!state.skipping) finishAnswer(frame.data, frame.message_id);
       state.skipping = false;
-      rereadHistory(false).catch(() => {}); // the new messages' versions
+      rereadVersions().catch(() => {});
       break;
-    case "branch": // another branch is the active one (here or in another tab): show it
-      state.skipping = false;
-      state.replay = null;
-      rereadHistory(true).catch((e) => showError("chat-error", e.message));
+    case "branch": // another branch is the active one (here or in another tab): read it and resume
+      if (frame.id <= state.branchSeen) break; // replayed after the reopen it caused
+      state.branchSeen = frame.id;
+      state.generating = false;
+      openConversation({ conversation_id: state.current.id }).catch((e) => showError("chat-error", e.message));
       break;
     case "truncate": // edit or regenerate: these messages are gone; the new turn follows
       dropBubbles(frame.from_message_id, frame.through_message_id); // harmless if already gone
@@ -374,7 +378,7 @@ function handleEvent(frame) {
         showError("chat-error", `The answer failed: ${frame.data}`);
       }
       state.skipping = false;
-      rereadHistory(false).catch(() => {});
+      rereadVersions().catch(() => {});
       break;
     default:
       break; // pong, and events of later versions
@@ -474,6 +478,7 @@ function setStatus(text) {
 
 function setComposer(connected) {
   const open = connected && state.socket && state.socket.readyState === WebSocket.OPEN;
+  $("messages").classList.toggle("busy", !open || state.generating); // versions wait for the answer
   $("message-input").disabled = !open;
   $("send").disabled = !open || state.generating;
   $("stop").disabled = !open || !state.generating;

@@ -73,9 +73,13 @@ def test_edit_twice_then_switch_back_to_the_first_version(api: Api, upstream: Fa
     assert prompt_of(upstream, q3) == [q1, "t0 t1 ", q2, "t0 t1 ", q3]  # that branch's prompt, and only it
     assert contents(history(api, headers, cid)) == [q1, "t0 t1 ", q2, "t0 t1 ", q3, "t0 "]
 
-    # An edit of a message on a branch that is not shown: the new version's branch becomes the active one.
-    edit(api, headers, cid, versions[1], f"#fake tokens=1\n{tag} two, fourth try")
-    assert contents(history(api, headers, cid))[2:] == [f"#fake tokens=1\n{tag} two, fourth try", "t0 "]
+    # A message of a branch that is not shown is not edited: clients show the active branch,
+    # and one showing another is out of date.
+    shown = history(api, headers, cid)
+    response = api.http.post(f"/api/chat/{cid}", headers=headers,
+                             json={"message": "#fake tokens=1\nno", "edit_message_id": versions[1]})
+    assert response.status_code == 400 and "active branch" in response.json()["error"]
+    assert history(api, headers, cid) == shown
 
 
 def first_with_siblings(first: list[dict[str, Any]], versions: list[int]) -> list[dict[str, Any]]:
@@ -213,6 +217,23 @@ def test_switch_reaches_another_tab_and_a_resume_replays_no_other_branch(api: Ap
         assert frames[:-1] == [event], frames
 
 
+def test_a_switch_is_not_taken_for_a_lost_answer(api: Api) -> None:
+    """A `branch` event is the last one published and no generation holds the lock: the
+    dead-generation watchdog (which checks every lock_ttl/3 = 1 s here) must not call it a
+    lost answer."""
+    headers, cid = new_chat(api)
+    chat(api, headers, cid, "#fake tokens=1\nfirst")
+    first = history(api, headers, cid)
+    edit(api, headers, cid, first[0]["message_id"], "#fake tokens=1\nsecond")
+    with Socket(str(api.http.base_url), cid, headers) as tab:
+        assert tab.recv()["event"] == "ready"
+        assert switch(api, headers, cid, {"message_id": first[0]["message_id"]}).status_code == 200
+        assert tab.recv()["event"] == "branch"
+        time.sleep(2.5)
+        tab.send({"type": "ping"})
+        assert tab.recv()["event"] == "pong"  # nothing came in between
+
+
 def test_switch_while_answering_is_409_and_changes_nothing(api: Api) -> None:
     headers, cid = new_chat(api)
     chat(api, headers, cid, "#fake tokens=1\nfirst")
@@ -292,10 +313,10 @@ def test_a_regenerate_that_saves_nothing_leaves_the_old_answer(api: Api) -> None
         socket.send({"type": "regenerate"})
         assert socket.recv()["event"] == "truncate"  # accepted: the old answer is taken off the screen
         socket.send({"type": "stop"})
-        frames = socket.recv_until("full_response")
-        assert frames[0]["event"] == "done" and frames[0]["reason"] == "cancelled" and "message_id" not in frames[0]
-        restored = socket.recv()
+        restored, done, _ = socket.recv_until("full_response")
+        # Before `done`, so a stream that ends there (the regenerate's own SSE) sees it too.
         assert restored["event"] == "branch" and restored["leaf_message_id"] == before[1]["message_id"]
+        assert done["event"] == "done" and done["reason"] == "cancelled" and "message_id" not in done
     assert history(api, headers, cid) == before
 
 

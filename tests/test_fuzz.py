@@ -58,7 +58,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(target: Serv
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG.read_text() + f"""
 [[operations]]
-include-path-regex = "^/api/(chat|conversations/(update|export|history))/"
+include-path-regex = "^/api/(chat|conversations/(update|export|history|branch|fork))/"
 parameters = {{ "path.id" = {cid} }}
 """)  # not /del/ (it would leave nothing for the rest)
     seed = int(os.environ.get("FUZZ_SEED") or random.randrange(2**32))

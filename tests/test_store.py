@@ -10,11 +10,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from realtime_llm.config import Settings
+from realtime_llm.errors import PayloadTooLarge
 from realtime_llm.keys import APIKeyBox
+from realtime_llm.store import conversations as conversations_module
 from realtime_llm.store import schema
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.users import UserStore
+from realtime_llm.usage import Usage
 
 pytestmark = pytest.mark.anyio
 
@@ -145,6 +148,29 @@ async def test_upgrade_to_branches_makes_each_conversation_one_branch(db) -> Non
         (1, None, [1]), (2, 1, [2]), (5, 2, [5]), (6, 5, [6])]
     added = await store.add_message(upgraded, "user", "next")
     assert (added.message_id, added.parent_id) == (7, 6)  # the branch goes on
+
+
+async def test_fork_copies_the_branch_in_sql_and_is_bounded(db, monkeypatch: pytest.MonkeyPatch) -> None:
+    users, store = UserStore(db), ConversationStore(db, APIKeyBox("s" * 40))
+    owner = await users.create("forker", "hash")
+    source = await store.create(owner.id, title="source", model="demo", system_prompt="Be brief.", api_key="sk-1234567")
+    await store.add_message(source, "user", "q1")
+    await store.add_message(source, "assistant", "a1", Usage(3, 4), reasoning="hmm", parent_id=1)
+    await store.add_message(source, "user", "q2")
+    await store.add_message(source, "user", "q1 again", parent_id=0)  # another first message
+    forked = await store.fork(source, 3)
+    assert forked is not None and forked.id != source.id and forked.user_id == owner.id
+    assert (forked.title, forked.system_prompt, forked.api_key_hint) == ("source", "Be brief.", source.api_key_hint)
+    copied = await store.messages(forked.id)
+    assert [(m.message_id, m.parent_id, m.content) for m in copied] == [(1, 0, "q1"), (2, 1, "a1"), (3, 2, "q2")]
+    assert copied[1].usage == Usage(3, 4) and copied[1].reasoning == "hmm"
+    stored = await store.get_owned(forked.id, owner.id)
+    assert (stored.active_leaf_id, stored.message_count, stored.last_message_id) == (3, 3, 3)
+    assert await store.fork(source, 99) is None
+    monkeypatch.setattr(conversations_module, "FORK_MAX_MESSAGES", 2)
+    with pytest.raises(PayloadTooLarge):
+        await store.fork(source, 3)
+    assert await store.fork(source, 2) is not None
 
 
 async def test_sqlite_version_2_upgrade_keeps_every_row_and_ids_are_never_reused(tmp_path: Path) -> None:

@@ -18,11 +18,3 @@ def test_path_siblings_and_newest_leaf() -> None:
     assert tree.siblings(6) == [6, 7] and tree.siblings(1) == [1, 8] and tree.siblings(4) == [4]
     assert tree.newest_leaf(2) == 7 and tree.newest_leaf(3) == 4 and tree.newest_leaf(4) == 4
     assert tree.newest_leaf(1) == 7 and 8 in tree and 9 not in tree
-
-
-def test_what_an_edit_leaves_behind() -> None:
-    tree = Tree(SKELETON)
-    assert tree.first_left(4, 2) == 3  # an edit of 3 (on the shown branch): 3 and 4 go
-    assert tree.first_left(7, 0) == 1  # an edit of the first message: everything goes
-    assert tree.first_left(4, 5) == 3  # a version of 6 (not shown): from where the branches part
-    assert tree.first_left(7, 7) is None  # a message after the end: nothing goes

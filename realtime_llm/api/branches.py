@@ -8,6 +8,7 @@ from realtime_llm.api.access import check_message_rate, require_caller, services
 from realtime_llm.api.conversations import conversation_json, history_response
 from realtime_llm.api.docs import ERROR_RESPONSE, json_response, operation, ref
 from realtime_llm.bodies import message_id_of, path_id, read_json_object
+from realtime_llm.branches import switch_branch
 from realtime_llm.errors import BadRequest
 from realtime_llm.responses import JSONResponse
 
@@ -22,7 +23,7 @@ async def branch(request: Request) -> JSONResponse:
     message_id = message_id_of(await read_json_object(request, services.settings.server))
     store = services.conversations
     conversation = await store.get_owned(conversation_id, caller.user.id)
-    await services.engine.switch_branch(conversation, message_id)
+    await switch_branch(services, conversation, message_id)
     return await history_response(store, await store.get_owned(conversation_id, caller.user.id))
 
 

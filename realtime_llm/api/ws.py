@@ -13,6 +13,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, check_message_rate, services_of
 from realtime_llm.api.streams import align_event_ids, stream_end_message, watched_subscription
 from realtime_llm.bodies import MAX_MESSAGE_ID, bounded_int, event_id, message_id_of, validate_message
+from realtime_llm.branches import SWITCH_OWNER, switch_branch
 from realtime_llm.broker.base import (
     BrokerUnavailable,
     ConversationGone,
@@ -162,8 +163,9 @@ class ConversationSocket:
 
     async def run(self) -> None:
         holder = await self.services.locks.holder(self.conversation_id)
+        generating = holder is not None and not holder.startswith(SWITCH_OWNER)  # a switch holds it a moment
         await self.send(local_json(
-            "ready", "", conversation_id=self.conversation_id, generating=holder is not None,
+            "ready", "", conversation_id=self.conversation_id, generating=generating,
             last_event_id=max(self.subscription.last_id,
                               await self.services.broker.last_event_id(self.conversation_id)),
         ))
@@ -254,7 +256,7 @@ class ConversationSocket:
             await self._resume(frame)
         elif kind == "branch":  # this socket, like every other, then gets the `branch` event
             conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
-            await self.services.engine.switch_branch(conversation, message_id_of(frame))
+            await switch_branch(self.services, conversation, message_id_of(frame))
         elif kind == "auth":
             await self.send_error("this socket is already authenticated")
         elif isinstance(kind, str):

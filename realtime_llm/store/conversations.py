@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from databases import Database
 
 from realtime_llm.cache import HistoryCache
-from realtime_llm.errors import ConversationNotFound
+from realtime_llm.errors import ConversationNotFound, PayloadTooLarge
 from realtime_llm.keys import APIKeyBox, mask_api_key
 from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import fetch_all, fetch_one
@@ -18,9 +18,11 @@ from realtime_llm.store.schema import conversations, messages
 from realtime_llm.store.shapes import branch_json, message_json
 from realtime_llm.store.statements import (
     ACTIVE_LEAF,
+    ACTIVE_LEAF_FOR_UPDATE,
     ADD_USAGE,
     ALL_MESSAGES,
     CHILDREN,
+    COPY_PATH,
     EVENT_CEILING,
     EXISTS,
     INSERT_MESSAGE,
@@ -28,6 +30,7 @@ from realtime_llm.store.statements import (
     NEXT_MESSAGE_ID,
     ONE_MESSAGE,
     OWNED,
+    PATH_LENGTH,
     PATH_UP,
     RAISE_EVENT_CEILING,
     SKELETON,
@@ -36,7 +39,7 @@ from realtime_llm.store.tree import Tree
 from realtime_llm.usage import Usage
 
 LIST_LIMIT_MAX = 1000
-FORK_ROWS_A_STATEMENT = 500  # SQLite allows 32,766 parameters a statement; a row has 11
+FORK_MAX_MESSAGES = 10_000  # a fork writes a whole branch: bounded, like every write
 
 
 class ConversationStore:
@@ -120,30 +123,25 @@ class ConversationStore:
 
     async def fork(self, conversation: Conversation, message_id: int) -> Conversation | None:
         """A new conversation of the same owner holding copies of the branch up to
-        `message_id` (ids from 1, times and usage kept) and the settings; None if there is no
-        such message. Usage is not counted again: nothing was answered anew."""
-        path = [message_from_row(r) for r in await PATH_UP.fetch_all(
-            self.database, cid=conversation.id, start=message_id, page=2**31 - 1)][::-1]
-        if not path:
+        `message_id` (ids from 1; times, thinking and usage kept) and the settings; None if
+        there is no such message. The copy is made inside the database, one statement.
+        Usage is not counted again: nothing was answered anew."""
+        whole = dict(cid=conversation.id, start=message_id, page=FORK_MAX_MESSAGES + 1)
+        length = int(await PATH_LENGTH.fetch_val(self.database, **whole))
+        if length == 0:
             return None
+        if length > FORK_MAX_MESSAGES:
+            raise PayloadTooLarge(f"a branch of more than {FORK_MAX_MESSAGES} messages is too long to fork")
         values = {f: getattr(conversation, f) for f in ("user_id", "title", "model", "system_prompt",
                                                           "api_key_sealed", "api_key_hint", "params")}
-        values.update(created_time=int(time.time()), last_message_id=len(path), message_count=len(path),
-                      active_leaf_id=len(path))
+        values.update(created_time=int(time.time()), last_message_id=length, message_count=length,
+                      active_leaf_id=length)
 
         async def copy() -> int:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
                 [(new_id,)] = await fetch_all(self.database, conversations.insert().values(**values)
                                               .returning(conversations.c.id))
-                rows = [dict(conversation_id=new_id, message_id=i, parent_id=i - 1, role=m.role, content=m.content,
-                             created_time=m.created_time, reasoning=m.reasoning,
-                             prompt_tokens=m.usage.prompt_tokens if m.usage else None,
-                             completion_tokens=m.usage.completion_tokens if m.usage else None,
-                             usage_estimated=int(m.usage.estimated) if m.usage else 0,
-                             reasoning_tokens=m.usage.reasoning_tokens if m.usage else None)
-                        for i, m in enumerate(path, start=1)]
-                for at in range(0, len(rows), FORK_ROWS_A_STATEMENT):
-                    await fetch_all(self.database, messages.insert().values(rows[at:at + FORK_ROWS_A_STATEMENT]))
+                await COPY_PATH.fetch_all(self.database, new=new_id, n=length, **whole)
             return int(new_id)
 
         return Conversation(id=await atomically(copy), **values)
@@ -243,7 +241,7 @@ class ConversationStore:
 
         async def append() -> tuple[int, int, int, list[int]]:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
-                leaf = await ACTIVE_LEAF.fetch_val(self.database, cid=cid, user_id=user_id)
+                leaf = await ACTIVE_LEAF_FOR_UPDATE.fetch_val(self.database, cid=cid, user_id=user_id)
                 numbered = await NEXT_MESSAGE_ID.fetch_one(self.database, cid=cid, user_id=user_id)
                 if leaf is None or numbered is None:
                     raise ConversationNotFound()
@@ -255,7 +253,8 @@ class ConversationStore:
                     completion_tokens=usage.completion_tokens if usage else None,
                     usage_estimated=int(usage.estimated) if usage else 0, reasoning=reasoning,
                     reasoning_tokens=usage.reasoning_tokens if usage else None, parent_id=parent)
-                # The active leaf has no children: a message after it is an only child.
+                # The active leaf has no children (NEXT_MESSAGE_ID and MOVE_LEAF see to it): a
+                # message after it is an only child.
                 siblings = [message_id] if parent == leaf else [
                     row[0] for row in await CHILDREN.fetch_all(self.database, cid=cid, parent=parent)]
                 if usage is not None:

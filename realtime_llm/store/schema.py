@@ -40,8 +40,8 @@ conversations = sa.Table(
     sa.Column("api_key_hint", sa.String(16), nullable=False, server_default=""),
     sa.Column("created_time", sa.BigInteger, nullable=False),
     sa.Column("last_message_id", sa.Integer, nullable=False, server_default="0"),
-    # How many messages it has now (v2): with edits, ids have gaps, and the history cache
-    # is valid only if it holds exactly this many, ending at last_message_id.
+    # How many messages it has now (v2; with branches, v5, every message ever: none is
+    # deleted). The history cache is valid for this count and active_leaf_id (cache.py).
     sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
     # The event id ceiling: no id above it has been handed out. The broker reserves ids in
     # blocks ahead of publishing them, so ids keep increasing after a crash, a restart or a

@@ -39,27 +39,45 @@ CHILDREN = Compiled(sa.select(messages.c.message_id).where(
     .order_by(messages.c.message_id))
 
 
-def _path_up() -> Compiled:
-    """Up to `page` messages from `start` towards the first, newest first: the branch
-    through `start` read backwards a page at a time, each step one index lookup."""
+def _up() -> sa.CTE:
+    """Up to `page` messages from `start` towards the first, each step one index lookup:
+    (message_id, depth), depth 0 for `start`."""
     step = messages.alias("step")
     up = sa.select(sa.cast(sa.bindparam("start"), sa.Integer).label("message_id"),
                    sa.cast(sa.literal(0), sa.Integer).label("depth")).cte("up", recursive=True)
-    up = up.union_all(sa.select(step.c.parent_id, up.c.depth + 1).where(
+    return up.union_all(sa.select(step.c.parent_id, up.c.depth + 1).where(
         step.c.conversation_id == _cid, step.c.message_id == up.c.message_id, step.c.parent_id != 0,
         up.c.depth + 1 < sa.bindparam("page")))
-    return Compiled(sa.select(*MESSAGE_COLUMNS).join_from(
-        up, messages, sa.and_(messages.c.conversation_id == _cid, messages.c.message_id == up.c.message_id))
-        .order_by(up.c.depth))
 
 
-PATH_UP = _path_up()
-ACTIVE_LEAF = Compiled(sa.select(conversations.c.active_leaf_id).where(
-    conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id")))
-# Moves the active leaf only from where the caller saw it, so a move never undoes another's.
+_path = _up()
+_on_path = sa.and_(messages.c.conversation_id == _cid, messages.c.message_id == _path.c.message_id)
+# The branch through `start` read backwards a page at a time, newest first.
+PATH_UP = Compiled(sa.select(*MESSAGE_COLUMNS).join_from(_path, messages, _on_path).order_by(_path.c.depth))
+PATH_LENGTH = Compiled(sa.select(sa.func.count()).select_from(_path.join(messages, _on_path)))
+# A fork: the branch up to `start` copied, in SQL, into conversation `new` as messages 1..n.
+_COPIED = ("role", "content", "created_time", "prompt_tokens", "completion_tokens", "usage_estimated",
+           "reasoning", "reasoning_tokens")
+_n = sa.bindparam("n", type_=sa.Integer)
+COPY_PATH = Compiled(messages.insert().from_select(
+    ["conversation_id", "message_id", "parent_id", *_COPIED],
+    sa.select(sa.cast(sa.bindparam("new"), messages.c.conversation_id.type), _n - _path.c.depth,
+              _n - _path.c.depth - 1, *(messages.c[c] for c in _COPIED)).join_from(_path, messages, _on_path)))
+_active_leaf = sa.select(conversations.c.active_leaf_id).where(
+    conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id"))
+ACTIVE_LEAF = Compiled(_active_leaf)
+# The same inside a transaction that adds under it: on PostgreSQL the row stays locked until
+# the commit, so no other message is added under the same leaf meanwhile (SQLite's
+# transactions take the write lock at BEGIN already).
+ACTIVE_LEAF_FOR_UPDATE = Compiled(_active_leaf.with_for_update())
+# Moves the active leaf only from where the caller saw it (so a move never undoes another's)
+# and only to a message without children: the active branch always ends at a leaf.
+_step = messages.alias("child")
 MOVE_LEAF = Compiled(
-    conversations.update().where(conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id"),
-                                 conversations.c.active_leaf_id == sa.bindparam("expected"))
+    conversations.update().where(
+        conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id"),
+        conversations.c.active_leaf_id == sa.bindparam("expected"),
+        ~sa.exists().where(_step.c.conversation_id == _cid, _step.c.parent_id == sa.bindparam("leaf")))
     .values(active_leaf_id=sa.bindparam("leaf")).returning(conversations.c.id))
 # Bound to the owner too: a write that belongs to a conversation names it whole.
 NEXT_MESSAGE_ID = Compiled(

@@ -37,10 +37,3 @@ class Tree:
         while self.children.get(message_id):
             message_id = self.children[message_id][-1]
         return message_id
-
-    def first_left(self, old_leaf: int, new_parent: int) -> int | None:
-        """The first message of the branch ending at `old_leaf` that a message added under
-        `new_parent` leaves behind (what a client showing that branch must take away);
-        None when the new message just continues it."""
-        kept = set(self.path(new_parent))
-        return next((m for m in self.path(old_leaf) if m not in kept), None)
