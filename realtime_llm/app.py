@@ -11,7 +11,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from realtime_llm import metrics
-from realtime_llm.api import branches, chat, conversations, health, openapi, page, users, ws
+from realtime_llm.api import branches, chat, conversations, files, health, openapi, page, users, ws
 from realtime_llm.config import Settings
 from realtime_llm.errors import EXCEPTION_HANDLERS
 from realtime_llm.services import open_services
@@ -32,6 +32,8 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         Route("/api/conversations/export/{id}", conversations.export, methods=["GET"]),
         Route("/api/conversations/branch/{id}", branches.branch, methods=["POST"]),
         Route("/api/conversations/fork/{id}", branches.fork, methods=["POST"]),
+        Route("/api/files", files.upload, methods=["POST"]),
+        Route("/api/files/{file_id}", files.download, methods=["GET"]),
         Route("/api/chat/{id}", chat.chat, methods=["POST"]),
         Route("/api/chat/{id}/regenerate", chat.regenerate, methods=["POST"]),
         Route("/api/chat/{id}/events", chat.events, methods=["GET"]),

@@ -25,6 +25,11 @@ class ModelCatalog:
     def can_serve(self, model: str) -> bool:
         return self.provider_for(model) is not None
 
+    def reads_images(self, model: str) -> bool:
+        """Its provider does not say `vision: false` (a model no longer served: it reads nothing)."""
+        provider = self.provider_for(model)
+        return provider is not None and provider.vision
+
     def listing(self) -> list[dict[str, object]]:
         """Every configured model name; a pattern stands for a family of models."""
         return [

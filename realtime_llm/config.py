@@ -105,6 +105,12 @@ class LimitsSettings:
     websockets_per_user: int = 20  # open at once, over every process
     # With Redis: how soon the sockets of a process that died uncleanly stop counting.
     websocket_seat_lease_seconds: float = 60
+    # Attachments (POST /api/files).
+    max_file_bytes: int = 10_485_760  # one file; larger is a 413, refused while it streams in
+    max_bytes_per_user: int = 1_073_741_824  # all of a user's files together; past it a 413
+    attachments_per_message: int = 8
+    uploads_per_minute_per_user: int = 30
+    unattached_file_ttl_seconds: int = 86_400  # a file no message carries is deleted after this
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,9 @@ class ProviderSettings:
     # openai: send earlier answers' thinking back (as `reasoning_content`); most upstreams
     # want it left out, some (interleaved-thinking models) want it.
     send_reasoning: bool = False
+    # Its models read images (image_url content parts); false: a message with an image is
+    # refused before anything is saved.
+    vision: bool = True
 
 
 PROVIDER_KINDS = ("openai", "demo")

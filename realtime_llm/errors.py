@@ -63,6 +63,11 @@ class PayloadTooLarge(APIError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(APIError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class UpstreamError(APIError):
     """The model upstream failed; the message is fit to show a person and holds no secrets."""
 

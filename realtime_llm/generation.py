@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
 from realtime_llm.branches import announce_truncate
 from realtime_llm.broker import Broker, GenerationLocks
@@ -29,6 +29,7 @@ from realtime_llm.outcome import Outcome
 from realtime_llm.providers import ChatMessage, Provider, UpstreamError
 from realtime_llm.relay import Answer, AnswerRelay, UpstreamReader
 from realtime_llm.store.conversations import ConversationStore
+from realtime_llm.store.files import StoredFile
 from realtime_llm.store.records import Conversation
 from realtime_llm.titles import Titler
 from realtime_llm.usage import Usage
@@ -93,15 +94,22 @@ class GenerationEngine:
         self.relay = AnswerRelay(settings, store, broker, self.provider_for)
         self.draining = False
 
-    async def start(self, conversation: Conversation, text: str, edit_message_id: int | None = None) -> Generation:
+    async def start(self, conversation: Conversation, text: str, edit_message_id: int | None = None,
+                    attachments: Sequence[StoredFile] | None = None) -> Generation:
         """Save and publish the user message and start the answer. With `edit_message_id`
         (a user message on the active branch), the message is a new version of that one: a
         sibling of it, which with its answer becomes the active branch (the old one stays,
-        as another branch)."""
+        as another branch). `attachments`: files of the owner's the message carries (an edit
+        given none keeps the edited message's)."""
         async def add_message(generation: Generation) -> None:
             cid = generation.conversation_id
+            files = attachments
+            if files is None and edit_message_id is not None:
+                files = await self.store.attachments(cid, edit_message_id)
+            if any(f.is_image for f in files or ()) and not self.catalog.reads_images(conversation.model):
+                raise BadRequest(f"model '{conversation.model}' does not read images")
             if edit_message_id is None:
-                message = await self.store.add_message(conversation, "user", text)
+                message = await self.store.add_message(conversation, "user", text, attachments=files or ())
             else:
                 edited = await self.store.message(cid, edit_message_id)
                 if edited is None or edited.role != "user":
@@ -110,11 +118,13 @@ class GenerationEngine:
                 if edited.message_id not in (await self.store.tree(cid)).path(old_leaf):
                     # Clients show the active branch; one that shows another is out of date.
                     raise BadRequest("'edit_message_id' must name a message on the active branch: switch first")
-                message = await self.store.add_message(conversation, "user", text, parent_id=edited.parent_id)
+                message = await self.store.add_message(conversation, "user", text, parent_id=edited.parent_id,
+                                                       attachments=files or ())
                 # Clients showing the branch drop the edited message and what followed it.
                 generation.after_event_id = await announce_truncate(self.broker, cid, edited.message_id, old_leaf)
             generation.answers = message.message_id
-            event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id)
+            event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id,
+                                              attachments=[f.json() for f in message.attachments])
             if edit_message_id is None:
                 generation.after_event_id = event.id - 1
 

@@ -3,7 +3,7 @@ budget) and what an answer is counted as when the upstream gives no token counts
 from __future__ import annotations
 
 from realtime_llm.config import LlmSettings
-from realtime_llm.providers import ChatMessage
+from realtime_llm.providers import Attachment, ChatMessage
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.records import Conversation
 from realtime_llm.usage import Usage
@@ -20,7 +20,9 @@ async def build_prompt(settings: LlmSettings, store: ConversationStore, conversa
     budget = settings.context_budget_tokens * CHARS_PER_TOKEN - len(system)
     history = await store.recent_messages(conversation.id, max(budget, 1), last, with_reasoning=with_reasoning)
     return (ChatMessage("system", system),
-            *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "") for m in history))
+            *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "",
+                          tuple(Attachment(f.name, f.content_type, f.size, f.data, f.text, f.width, f.height)
+                                for f in m.attachments)) for m in history))
 
 
 def answer_usage(reported: Usage | None, prompt: tuple[ChatMessage, ...], answer: str) -> Usage:

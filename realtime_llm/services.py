@@ -17,6 +17,7 @@ from realtime_llm.broker.base import ShuttingDown
 from realtime_llm.cache import HistoryCache
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
+from realtime_llm.filesweeper import FileSweeper
 from realtime_llm.generation import GenerationEngine
 from realtime_llm.keys import APIKeyBox, load_or_create_secret, secret_file_path
 from realtime_llm.providers import Provider, create_provider
@@ -118,6 +119,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         seats = create_seats(settings.limits, redis, settings.redis.key_prefix)
         await seats.start()
         stack.push_async_callback(seats.close)
+
+        sweeper = FileSweeper(conversations.files, settings.limits.unattached_file_ttl_seconds)
+        await sweeper.start()
+        stack.push_async_callback(sweeper.close)
 
         revocations = RevocationStore(database)
         sessions = SessionWatch(revocations)

@@ -2,6 +2,7 @@
 // Model output is untrusted: it only ever reaches the page through textContent.
 
 import { renderControls } from "./branches.js";
+import { addFiles, initAttachments, showAttachments, takePending } from "./files.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -195,7 +196,10 @@ function showMessages(history) {
   for (const message of history.messages) {
     if (message.reasoning) addThinking(message.reasoning, false, message.message_id);
     // An answer stopped while its model was still thinking has no text: its block alone.
-    if (message.content || !message.reasoning) addBubble(message.role, message.content, false, message.message_id);
+    if (message.content || !message.reasoning) {
+      const bubble = addBubble(message.role, message.content, false, message.message_id);
+      showAttachments(bubble, message.message_id, message.attachments);
+    }
   }
   showVersions(history);
   if (!state.tree.has(state.editing)) setEditing(null); // no longer shown: nothing to edit
@@ -318,7 +322,7 @@ function handleEvent(frame) {
         break;
       }
       state.skipping = false;
-      addBubble("user", frame.data, false, frame.message_id);
+      showAttachments(addBubble("user", frame.data, false, frame.message_id), frame.message_id, frame.attachments);
       state.assistantBubble = null;
       state.thinking = null;
       state.generating = true;
@@ -490,6 +494,8 @@ function sendMessage() {
   if (!content.trim() || !state.socket || state.socket.readyState !== WebSocket.OPEN) return;
   const frame = { type: "message", content };
   if (state.editing !== null) frame.edit_message_id = state.editing; // a new version of that one
+  const attachments = takePending();
+  if (attachments.length) frame.attachments = attachments; // (an edit sent without keeps the old ones)
   sendFrame(frame);
   input.value = "";
   setEditing(null);
@@ -518,6 +524,25 @@ $("message-input").addEventListener("keydown", (event) => {
 });
 $("stop").addEventListener("click", () => state.socket?.send(JSON.stringify({ type: "stop" })));
 $("cancel-edit").addEventListener("click", () => { setEditing(null); $("message-input").value = ""; });
+initAttachments({ token: () => state.token, onError: (message) => showError("chat-error", message) });
+$("attach-button").addEventListener("click", () => $("attach").click());
+$("attach").addEventListener("change", () => {
+  const files = [...$("attach").files];
+  $("attach").value = "";
+  addFiles(files);
+});
+$("message-input").addEventListener("paste", (event) => {
+  const files = [...(event.clipboardData?.files || [])];
+  if (files.length) {
+    event.preventDefault();
+    addFiles(files);
+  }
+});
+$("chat").addEventListener("dragover", (event) => event.preventDefault());
+$("chat").addEventListener("drop", (event) => {
+  event.preventDefault();
+  addFiles([...(event.dataTransfer?.files || [])]);
+});
 $("show-sidebar").addEventListener("click", () => $("app").classList.toggle("sidebar-open"));
 $("show-params").addEventListener("click", () => { if (state.current) $("params-form").hidden = !$("params-form").hidden; });
 $("params-form").addEventListener("submit", guard("chat-error", saveParams));

@@ -12,7 +12,10 @@ export function renderControls(list, tree, actions) {
     const id = Number(bubble.dataset.messageId);
     const role = bubble.classList.contains("user") ? "user" : "assistant";
     const siblings = tree.get(id)?.sibling_ids ?? [id];
-    bubble.after(controls(id, role, siblings, at === bubbles.length - 1, actions));
+    const files = bubble.nextElementSibling; // its attachments, if any, come first
+    const anchor = files?.classList.contains("files") && files.dataset.messageId === bubble.dataset.messageId
+      ? files : bubble;
+    anchor.after(controls(id, role, siblings, at === bubbles.length - 1, actions));
   });
 }
 

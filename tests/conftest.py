@@ -27,6 +27,9 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
         # The same upstream as a raw reasoning model: <think> in content, its thinking sent back.
         providers.append({"name": "raw", "kind": "openai", "base_url": upstream.base_url, "api_key": PROVIDER_KEY,
                           "models": ["raw-*"], "read_timeout": 3, "think_tags": True, "send_reasoning": True})
+        # The same upstream behind a provider whose models read no images.
+        providers.append({"name": "blind", "kind": "openai", "base_url": upstream.base_url, "api_key": PROVIDER_KEY,
+                          "models": ["blind-*"], "read_timeout": 3, "vision": False})
         # Nothing listens on port 9 (discard) here: a provider that cannot be reached.
         providers.append({"name": "dead", "kind": "openai", "base_url": "http://127.0.0.1:9/v1",
                           "models": ["dead-*"], "connect_timeout": 2})
@@ -36,7 +39,7 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
         # way here; tests/test_ratelimit.py checks them.
         "limits": {"login_attempts_per_minute_per_username": 0, "login_attempts_per_minute_per_address": 0,
                    "registrations_per_hour_per_address": 0, "messages_per_minute_per_user": 0,
-                   "ws_frames_per_10_seconds": 0, "websockets_per_user": 0},
+                   "ws_frames_per_10_seconds": 0, "websockets_per_user": 0, "uploads_per_minute_per_user": 0},
         "auth": {"bcrypt_rounds": 4},
         "jwt": {"secret_file": str(workdir / "jwt.secret")},
         "stream": {"keepalive_seconds": 1, "batch_ms": 0, "ws_auth_timeout_seconds": 1, "subscriber_queue": 50,

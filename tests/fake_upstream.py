@@ -63,6 +63,8 @@ class Received:
 
 def parse_directive(messages: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
     last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    if isinstance(last, list):  # content parts (attachments): the directive is in the first text
+        last = next((p.get("text", "") for p in last if p.get("type") == "text"), "")
     first, _, rest = last.partition("\n")
     if not first.startswith("#fake"):
         return {}, last

@@ -77,8 +77,16 @@ V4_COLUMNS = {"messages": ("reasoning", "reasoning_tokens"), "conversations": ("
 V5_COLUMNS = {"messages": ("parent_id",), "conversations": ("active_leaf_id",)}
 
 
+async def back_to_version_5(db) -> None:
+    """The tables as version 5 had them: no files."""
+    await db.execute(sa.text("DROP TABLE message_files"))
+    await db.execute(sa.text("DROP TABLE files"))
+    await db.execute(schema.schema_version.update().values(version=5))
+
+
 async def back_to_version_4(db) -> None:
     """The tables as version 4 had them: no tree of versions."""
+    await back_to_version_5(db)
     await db.execute(sa.text("DROP INDEX ix_messages_children"))
     for table, columns in V5_COLUMNS.items():
         for column in columns:
@@ -111,7 +119,7 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     await db.execute(sa.text(f"INSERT INTO messages (conversation_id, message_id, role, content, created_time) "
                              f"VALUES ({cid}, 1, 'user', 'An archived Zanzibar itinerary', 1)"))
 
-    assert await migrate(db) == schema.SCHEMA_VERSION == 5
+    assert await migrate(db) == schema.SCHEMA_VERSION == 6
     store = ConversationStore(db, APIKeyBox("s" * 40), fts=await has_sqlite_search_index(db))
     assert store.fts == (dialect == "sqlite")
     assert [c["conversation_id"] for c in await store.list_for_user(user_id, q="zanzibar")] == [cid]
@@ -198,7 +206,7 @@ async def test_sqlite_version_2_upgrade_keeps_every_row_and_ids_are_never_reused
                                      f" VALUES ({kept.id}, {message_id}, '{role}', '{text}', 1)"))
         await db.execute(sa.text(f"UPDATE conversations SET last_message_id = 2, message_count = 2 WHERE id = {kept.id}"))
         newest = await store.create(owner.id, title="newest", model="demo", system_prompt="", api_key="")
-        await store.delete_owned(newest.id, owner.id)
+        await db.execute(sa.text(f"DELETE FROM conversations WHERE id = {newest.id}"))  # as version 2 deleted
         assert await db.fetch_val(sa.text("SELECT count(*) FROM sqlite_master WHERE instr(sql, 'AUTOINCREMENT') > 0")) == 0
 
         assert await migrate(db) == schema.SCHEMA_VERSION

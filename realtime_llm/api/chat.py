@@ -11,6 +11,7 @@ from starlette.responses import StreamingResponse
 
 from realtime_llm.api.access import Caller, check_message_rate, require_caller, services_of
 from realtime_llm.api.docs import ERROR_RESPONSE, event_stream, json_response, operation, ref
+from realtime_llm.api.files import attachments_in
 from realtime_llm.api.streams import align_event_ids, ended_unseen, stream_end_message, watched_subscription
 from realtime_llm.bodies import (
     EVENT_ID_SCHEMA,
@@ -53,8 +54,9 @@ async def chat(request: Request) -> StreamingResponse:
     text = validate_message(body.get("message"), services.settings.limits.max_message_chars)
     edit = bounded_int(body.get("edit_message_id"), "edit_message_id", 1, MAX_MESSAGE_ID)
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    files = await attachments_in(services, body.get("attachments"), caller.user.id)
     await check_message_rate(services, caller.user.id)
-    return await answer_stream(request, caller, await services.engine.start(conversation, text, edit))
+    return await answer_stream(request, caller, await services.engine.start(conversation, text, edit, files))
 
 
 @operation("Replace the last answer with a new one; it streams as Server-Sent Events",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 
 from starlette.requests import Request
@@ -213,12 +214,20 @@ async def export(request: Request) -> Response:
     document = {
         **conversation_json(conversation),
         "system_prompt": conversation.system_prompt,
-        "messages": [message_json(m) for m in messages],
+        "messages": [exported_json(m) for m in messages],
         "active_leaf_id": conversation.active_leaf_id or None,
         "usage": totals(messages),
         "exported_time": int(time.time()),
     }
     return JSONResponse(document, headers=headers)
+
+
+def exported_json(message: Message) -> dict[str, object]:
+    """As history shows it, each attachment with where to download it."""
+    shown = message_json(message)
+    if message.attachments:
+        shown["attachments"] = [{**f.json(), "path": f"/api/files/{f.file_id}"} for f in message.attachments]
+    return shown
 
 
 def totals(messages: list[Message]) -> dict[str, object]:
@@ -245,6 +254,11 @@ def render_markdown(conversation: Conversation, messages: list[Message]) -> str:
         if message.reasoning:
             lines += ["<details>", "<summary>Thinking</summary>", "", message.reasoning, "", "</details>", ""]
         lines += [message.content, ""]
+        for file in message.attachments:  # the name shown as text: brackets escaped
+            name = re.sub(r"([\\\[\]])", r"\\\1", file.name)
+            lines += [f"- Attached: [{name}](/api/files/{file.file_id}) ({file.content_type}, {file.size} bytes)"]
+        if message.attachments:
+            lines += [""]
         if message.usage is not None:
             estimate = " (estimated)" if message.usage.estimated else ""
             lines += [f"*Tokens: {message.usage.prompt_tokens} prompt, "

@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 from realtime_llm import __version__
 from realtime_llm.api.access import services_of
 from realtime_llm.api.docs import json_response, operation, operation_of, ref
+from realtime_llm.api.files import FILE_ID_SCHEMA
 from realtime_llm.bodies import MAX_MESSAGE_ID, NO_NUL
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
@@ -109,6 +110,10 @@ SCHEMAS: dict[str, Any] = {
                         "usage": ref("Usage"),
                         "reasoning": {"type": "string", "description": "an answer's thinking; \"\" when none"},
                         "parent_id": {"type": ["integer", "null"], "description": "null: a first message"},
+                        "attachments": {"type": "array", "description": "a user message's files", "items": {
+                            "type": "object", "required": ["file_id", "name", "content_type", "size"],
+                            "properties": {"file_id": {"type": "string"}, "name": {"type": "string"},
+                                           "content_type": {"type": "string"}, "size": {"type": "integer"}}}},
                         "sibling_ids": {"type": "array", "items": {"type": "integer"},
                                         "description": "its versions: its parent's children, itself included, "
                                                        "oldest first"},
@@ -116,6 +121,12 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
         },
+    },
+    "File": {
+        "type": "object",
+        "required": ["file_id", "name", "content_type", "size", "created_time"],
+        "properties": {"file_id": {"type": "string"}, "name": {"type": "string"}, "content_type": {"type": "string"},
+                       "size": {"type": "integer"}, "created_time": {"type": "integer"}},
     },
     "Models": {
         "type": "object",
@@ -237,6 +248,9 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
                 "edit_message_id": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_MESSAGE_ID,
                                     "description": "a new version of this user message: its sibling, on a "
                                                    "branch of its own"},
+                "attachments": {"type": ["array", "null"], "maxItems": limits.attachments_per_message,
+                                "uniqueItems": True, "items": FILE_ID_SCHEMA,
+                                "description": "ids of the caller's files (POST /api/files)"},
             },
         },
         "MessageChoice": {

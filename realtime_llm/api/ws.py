@@ -11,6 +11,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_llm.api.access import Caller, authenticate_token, bearer_token, check_message_rate, services_of
+from realtime_llm.api.files import attachments_in
 from realtime_llm.api.streams import align_event_ids, stream_end_message, watched_subscription
 from realtime_llm.bodies import MAX_MESSAGE_ID, bounded_int, event_id, message_id_of, validate_message
 from realtime_llm.branches import SWITCH_OWNER, switch_branch
@@ -275,8 +276,9 @@ class ConversationSocket:
         content = validate_message(frame.get("content"), self.services.settings.limits.max_message_chars, "content")
         edit = bounded_int(frame.get("edit_message_id"), "edit_message_id", 1, MAX_MESSAGE_ID)
         conversation = await self.services.conversations.get_owned(self.conversation_id, self.caller.user.id)
+        files = await attachments_in(self.services, frame.get("attachments"), self.caller.user.id)
         await check_message_rate(self.services, self.caller.user.id)
-        await self.services.engine.start(conversation, content, edit)
+        await self.services.engine.start(conversation, content, edit, files)
 
     async def _resume(self, frame: dict[str, Any]) -> None:
         after = event_id(frame.get("last_event_id"))  # a bad one is an error event, via _read_frames

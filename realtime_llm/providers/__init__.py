@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from realtime_llm.config import ProviderSettings
 from realtime_llm.errors import UpstreamError
-from realtime_llm.providers.base import ChatMessage, ChatRequest, Completion, Provider, Thought
+from realtime_llm.providers.base import Attachment, ChatMessage, ChatRequest, Completion, Provider, Thought
 
-__all__ = ["ChatMessage", "ChatRequest", "Completion", "Provider", "Thought", "UpstreamError", "create_provider"]
+__all__ = ["Attachment", "ChatMessage", "ChatRequest", "Completion", "Provider", "Thought", "UpstreamError",
+           "create_provider"]
 
 
 def create_provider(settings: ProviderSettings) -> Provider:

@@ -17,10 +17,29 @@ class Thought(str):
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file a user message carries, as a model is given it: an image's bytes, or the
+    text of a text file or a PDF."""
+
+    name: str
+    content_type: str
+    size: int
+    data: bytes = b""  # images
+    text: str = ""  # text files and PDFs
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return self.content_type.startswith("image/")
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
     reasoning: str = ""  # an earlier answer's thinking: sent only where the provider asks
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,20 +8,33 @@ import re
 from typing import AsyncIterator
 
 from realtime_llm.config import ProviderSettings
-from realtime_llm.providers.base import ChatRequest, Completion, Provider, Thought
+from realtime_llm.providers.base import Attachment, ChatMessage, ChatRequest, Completion, Provider, Thought
 
 TOKEN = re.compile(r"\s*\S+|\s+")
 
 
 def demo_reply(request: ChatRequest) -> str:
-    """The reply is built from the prompt, so it is the same for the same conversation."""
-    last = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+    """The reply is built from the prompt, so it is the same for the same conversation; a
+    line for each file the last message carries."""
+    last = next((m for m in reversed(request.messages) if m.role == "user"), ChatMessage("user", ""))
     turns = sum(1 for m in request.messages if m.role == "user")
+    files = "".join(f"\n- {describe(a)}" for a in last.attachments)
     return (
-        f'You said: "{last.strip()}". I am the demo model of realtime-llm: I run offline '
+        f'You said: "{last.content.strip()}". I am the demo model of realtime-llm: I run offline '
         f"and answer every message the same way, so you can try the streaming without an API key. "
         f"This is turn {turns} of our conversation."
+        + (f"\nYou attached:{files}" if files else "")
     )
+
+
+def describe(attachment: Attachment) -> str:
+    """`name` (type, size; an image's dimensions; a text's length)."""
+    details = [attachment.content_type, f"{attachment.size} bytes"]
+    if attachment.width and attachment.height:
+        details.append(f"{attachment.width}×{attachment.height} pixels")
+    elif not attachment.is_image:
+        details.append(f"{len(attachment.text)} characters of text")
+    return f"{attachment.name} ({', '.join(details)})"
 
 
 def demo_thinking(request: ChatRequest) -> str:

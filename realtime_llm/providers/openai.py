@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from typing import Any, AsyncIterator, TypeGuard
 
@@ -10,7 +11,7 @@ import orjson
 
 from realtime_llm.config import ProviderSettings
 from realtime_llm.errors import UpstreamError
-from realtime_llm.providers.base import ChatMessage, ChatRequest, Completion, Provider, Thought
+from realtime_llm.providers.base import Attachment, ChatMessage, ChatRequest, Completion, Provider, Thought
 from realtime_llm.providers.sse_reader import sse_data
 from realtime_llm.providers.think_tags import ThinkTagSplitter
 from realtime_llm.usage import Usage
@@ -84,11 +85,21 @@ class OpenAIProvider(Provider):
         finally:
             self._busy[pool] -= 1
 
-    def _message(self, message: ChatMessage) -> dict[str, str]:
-        shown = {"role": message.role, "content": message.content}
+    def _message(self, message: ChatMessage) -> dict[str, object]:
+        shown: dict[str, object] = {"role": message.role, "content": message.content}
+        if message.attachments:  # OpenAI's content parts: the text, then each file
+            shown["content"] = [{"type": "text", "text": message.content}, *map(content_part, message.attachments)]
         if message.reasoning:  # in the prompt only where this provider sends it (prompt.py)
             shown["reasoning_content"] = message.reasoning
         return shown
+
+
+def content_part(attachment: Attachment) -> dict[str, object]:
+    """An image as a data URL; a text file or a PDF as its text, headed by its name."""
+    if attachment.is_image:
+        url = f"data:{attachment.content_type};base64,{base64.b64encode(attachment.data).decode()}"
+        return {"type": "image_url", "image_url": {"url": url}}
+    return {"type": "text", "text": f"{attachment.name}:\n{attachment.text}"}
 
 
 async def _deltas(response: httpx.Response, key: str, completion: Completion,

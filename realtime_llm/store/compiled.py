@@ -34,7 +34,9 @@ class Compiled:
         """The SQL for `dialect`, its parameters' names in order, and the values of the
         statement's own literals (the 1 of `x + 1`)."""
         if dialect not in self._forms:
-            compiled = self.statement.compile(dialect=DIALECTS[dialect])
+            # A complete statement's IN lists are values too: one parameter each.
+            compiled = self.statement.compile(dialect=DIALECTS[dialect],
+                                              compile_kwargs={"render_postcompile": self.complete})
             literals = {name: value for name, value in compiled.params.items()
                         if value is not None or self.complete}
             names = getattr(compiled, "positiontup", None) or ()  # positional paramstyles only

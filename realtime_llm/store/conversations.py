@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import sqlalchemy as sa
 from databases import Database
@@ -13,6 +13,7 @@ from realtime_llm.errors import ConversationNotFound, PayloadTooLarge
 from realtime_llm.keys import APIKeyBox, mask_api_key
 from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import fetch_all, fetch_one
+from realtime_llm.store.files import FileStore, StoredFile, attach_statements
 from realtime_llm.store.records import Conversation, Message, message_from_row
 from realtime_llm.store.schema import conversations, messages
 from realtime_llm.store.shapes import branch_json, message_json
@@ -23,6 +24,7 @@ from realtime_llm.store.statements import (
     ALL_MESSAGES,
     CHILDREN,
     COPY_PATH,
+    COPY_PATH_FILES,
     EVENT_CEILING,
     EXISTS,
     INSERT_MESSAGE,
@@ -39,16 +41,18 @@ from realtime_llm.store.tree import Tree
 from realtime_llm.usage import Usage
 
 LIST_LIMIT_MAX = 1000
+IMAGE_COST_CHARS = 4_000  # what an image counts for in the prompt budget (about 1,000 tokens)
 FORK_MAX_MESSAGES = 10_000  # a fork writes a whole branch: bounded, like every write
 
 
 class ConversationStore:
     def __init__(self, database: Database, box: APIKeyBox, cache: HistoryCache | None = None,
-                 fts: bool = False) -> None:
+                 fts: bool = False, files: FileStore | None = None) -> None:
         self.database = database
         self.box = box
         self.cache = cache or HistoryCache()
         self.fts = fts  # SQLite's messages_fts index exists (see schema.SEARCH_SQLITE)
+        self.files = files or FileStore(database)
 
     async def create(
         self, user_id: int, *, title: str, model: str, system_prompt: str, api_key: str, params: str = "{}"
@@ -142,6 +146,7 @@ class ConversationStore:
                 [(new_id,)] = await fetch_all(self.database, conversations.insert().values(**values)
                                               .returning(conversations.c.id))
                 await COPY_PATH.fetch_all(self.database, new=new_id, n=length, **whole)
+                await COPY_PATH_FILES.fetch_all(self.database, new=new_id, n=length, **whole)
             return int(new_id)
 
         return Conversation(id=await atomically(copy), **values)
@@ -160,6 +165,7 @@ class ConversationStore:
         async def delete() -> None:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
                 await self.get_owned(conversation_id, user_id)
+                await self.files.delete_carried_only_by(conversation_id)
                 await fetch_all(self.database, messages.delete().where(messages.c.conversation_id == conversation_id))
                 await fetch_all(self.database, conversations.delete().where(conversations.c.id == conversation_id,
                                                                             conversations.c.user_id == user_id))
@@ -172,13 +178,19 @@ class ConversationStore:
         cached = await self.cache.get(cid, count, leaf)
         if cached is not None:
             return cached
-        messages = branch_json(await ALL_MESSAGES.fetch_all(self.database, cid=cid), leaf)
+        rows = await ALL_MESSAGES.fetch_all(self.database, cid=cid)
+        messages = branch_json(rows, leaf, await self.files.of_messages(cid))
         await self.cache.put(cid, count, leaf, messages)
         return messages
 
     async def messages(self, conversation_id: int) -> list[Message]:
-        """Every message of every branch, in id order."""
-        return [message_from_row(r) for r in await ALL_MESSAGES.fetch_all(self.database, cid=conversation_id)]
+        """Every message of every branch, in id order, with the files each carries."""
+        carried = await self.files.of_messages(conversation_id)
+        return [dataclasses.replace(m, attachments=tuple(carried.get(m.message_id, ())))
+                for m in map(message_from_row, await ALL_MESSAGES.fetch_all(self.database, cid=conversation_id))]
+
+    async def attachments(self, conversation_id: int, message_id: int) -> list[StoredFile]:
+        return (await self.files.of_messages(conversation_id, [message_id])).get(message_id, [])
 
     async def message(self, conversation_id: int, message_id: int) -> Message | None:
         row = await ONE_MESSAGE.fetch_one(self.database, cid=conversation_id, message_id=message_id)
@@ -202,23 +214,35 @@ class ConversationStore:
 
     async def recent_messages(self, conversation_id: int, budget_chars: int, leaf: int, page: int = 64,
                               with_reasoning: bool = False) -> list[Message]:
-        """The newest messages of the branch ending at `leaf` whose contents fit in the
-        budget (the newest always), oldest first; read a page at a time up the branch, so
-        a long conversation costs no more than the budget."""
+        """The newest messages of the branch ending at `leaf` whose contents (files
+        included: their text, IMAGE_COST_CHARS an image) fit in the budget (the newest
+        always), oldest first, each whole with its files; read a page at a time up the
+        branch, so a long conversation costs no more than the budget."""
         chosen: list[Message] = []
         used = 0
         start = leaf
         while start:
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=start, page=page)
+            carried = await self.files.of_messages(conversation_id, [r[0] for r in rows if r[1] == "user"])
             for r in rows:
-                message = message_from_row(r)
-                size = len(message.content) + (len(message.reasoning) if with_reasoning else 0)
+                message = dataclasses.replace(message_from_row(r), attachments=tuple(carried.get(r[0], ())))
+                size = len(message.content) + (len(message.reasoning) if with_reasoning else 0) + sum(
+                    IMAGE_COST_CHARS if f.is_image else len(f.name) + f.text_chars for f in message.attachments)
                 if chosen and used + size > budget_chars:
-                    return chosen[::-1]
+                    return await self._with_contents(conversation_id, chosen[::-1])
                 chosen.append(message)
                 used += size
             start = chosen[-1].parent_id if len(rows) == page else 0
-        return chosen[::-1]
+        return await self._with_contents(conversation_id, chosen[::-1])
+
+    async def _with_contents(self, conversation_id: int, chosen: list[Message]) -> list[Message]:
+        """The messages with what a model reads of their files: loaded only for those sent."""
+        carrying = [m.message_id for m in chosen if m.attachments]
+        if not carrying:
+            return chosen
+        full = await self.files.of_messages(conversation_id, carrying, contents=True)
+        return [dataclasses.replace(m, attachments=tuple(full.get(m.message_id, ()))) if m.attachments else m
+                for m in chosen]
 
     async def exists(self, conversation_id: int) -> bool:
         return await EXISTS.fetch_one(self.database, cid=conversation_id) is not None
@@ -231,10 +255,12 @@ class ConversationStore:
         await RAISE_EVENT_CEILING.fetch_all(self.database, cid=conversation_id, last_event_id=ceiling)
 
     async def add_message(self, conversation: Conversation, role: str, content: str,
-                          usage: Usage | None = None, *, reasoning: str = "", parent_id: int | None = None) -> Message:
-        """Add a message under `parent_id` (by default: at the end of the active branch) and
-        make the branch ending with it the active one. Its message_id is the conversation's
-        next, taken atomically. An answer's usage is added to its owner's totals in the same
+                          usage: Usage | None = None, *, reasoning: str = "", parent_id: int | None = None,
+                          attachments: Sequence[StoredFile] = ()) -> Message:
+        """Add a message under `parent_id` (by default: at the end of the active branch),
+        carrying `attachments` (files of the conversation's owner), and make the branch
+        ending with it the active one. Its message_id is the conversation's next, taken
+        atomically. An answer's usage is added to its owner's totals in the same
         transaction. A conversation deleted meanwhile is ConversationNotFound: nothing is written."""
         now = int(time.time())
         cid, user_id = conversation.id, conversation.user_id
@@ -253,6 +279,8 @@ class ConversationStore:
                     completion_tokens=usage.completion_tokens if usage else None,
                     usage_estimated=int(usage.estimated) if usage else 0, reasoning=reasoning,
                     reasoning_tokens=usage.reasoning_tokens if usage else None, parent_id=parent)
+                for statement in attach_statements(cid, message_id, [f.file_id for f in attachments]):
+                    await fetch_all(self.database, statement)
                 # The active leaf has no children (NEXT_MESSAGE_ID and MOVE_LEAF see to it): a
                 # message after it is an only child.
                 siblings = [message_id] if parent == leaf else [
@@ -263,7 +291,7 @@ class ConversationStore:
             return int(message_id), int(count), int(parent), siblings
 
         message_id, count, parent, siblings = await atomically(append)
-        message = Message(message_id, role, content, now, usage, reasoning, parent)
+        message = Message(message_id, role, content, now, usage, reasoning, parent, tuple(attachments))
         await self.cache.append(cid, message_json(message, siblings), count, parent)
         return message
 

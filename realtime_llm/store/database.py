@@ -74,15 +74,13 @@ async def _migrate(database: Database) -> int:
                 f"{schema.SCHEMA_VERSION}; upgrade realtime-llm"
             )
         if version is None:
-            for table in schema.BASELINE:
-                await database.execute(sa.schema.CreateTable(table, if_not_exists=True))
-                for index in table.indexes:
-                    await database.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+            await _create_tables(database, schema.BASELINE)
             pending = schema.UPGRADES
         else:
             pending = schema.UPGRADES[version - 1:]
         for upgrade in pending:
             if version is not None:
+                await _create_tables(database, upgrade.creates)
                 for statement in upgrade.alter:
                     if not await _adds_an_existing_column(database, statement):
                         await database.execute(sa.text(statement))
@@ -96,6 +94,13 @@ async def _migrate(database: Database) -> int:
             await database.execute(schema.schema_version.update().values(version=schema.SCHEMA_VERSION))
             logger.info("upgraded database schema %d -> %d", version, schema.SCHEMA_VERSION)
         return schema.SCHEMA_VERSION
+
+
+async def _create_tables(database: Database, tables: tuple[sa.Table, ...]) -> None:
+    for table in tables:
+        await database.execute(sa.schema.CreateTable(table, if_not_exists=True))
+        for index in table.indexes:
+            await database.execute(sa.schema.CreateIndex(index, if_not_exists=True))
 
 
 ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)

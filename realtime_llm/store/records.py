@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from realtime_llm.store.files import StoredFile
 from realtime_llm.usage import Usage
 
 
@@ -33,6 +34,7 @@ class Message:
     usage: Usage | None = None
     reasoning: str = ""  # an answer's thinking
     parent_id: int = 0  # the message it follows (0: none, it is a first message)
+    attachments: tuple[StoredFile, ...] = ()  # a user message's files, in order
 
 
 def message_from_row(row: Any) -> Message:

@@ -89,6 +89,37 @@ messages = sa.Table(
     sa.UniqueConstraint("conversation_id", "message_id", name="uq_messages_conversation_order"),
 )
 
+# Uploaded files (v6): the bytes in the database itself, so every process and machine
+# serves them. `text` is what a model reads of it: the text of a text file or a PDF.
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # "file_" and 24 random letters: not guessable
+    sa.Column("user_id", Id, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("content_type", sa.String(100), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("width", sa.Integer, nullable=True),  # images, where their header says
+    sa.Column("height", sa.Integer, nullable=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("text", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_files_user", "user_id"),
+)
+
+# Which files a message carries, in order (v6). A file may be carried by several messages
+# (an edit keeps them, a fork copies them); it goes when the last conversation holding it does.
+message_files = sa.Table(
+    "message_files",
+    metadata,
+    sa.Column("conversation_id", Id, sa.ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("message_id", sa.Integer, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("file_id", sa.String(40), sa.ForeignKey("files.id", ondelete="CASCADE"), nullable=False),
+    sa.PrimaryKeyConstraint("conversation_id", "message_id", "position"),
+    sa.Index("ix_message_files_file", "file_id"),
+)
+
 revoked_tokens = sa.Table(
     "revoked_tokens",
     metadata,
@@ -117,6 +148,8 @@ class Upgrade:
     # SQLite tables recreated from their definitions above, rows and ids kept: what its
     # ALTER TABLE cannot change (AUTOINCREMENT). See database.rebuild_sqlite_tables.
     rebuild_sqlite: tuple[str, ...] = ()
+    # New tables, created (with their indexes) from their definitions above.
+    creates: tuple[sa.Table, ...] = ()
 
 
 # Message search. SQLite: an FTS5 index with the trigram tokenizer (substring matches,
@@ -140,7 +173,7 @@ SEARCH_POSTGRESQL = (
     "CREATE INDEX IF NOT EXISTS ix_messages_content_trgm ON messages USING gin (content gin_trgm_ops)",
 )
 
-BASELINE = (users, conversations, messages, revoked_tokens)
+BASELINE = (users, conversations, messages, revoked_tokens, files, message_files)
 # Upgrade i takes the schema from version i to i+1; never edit one that has shipped.
 UPGRADES: list[Upgrade] = [
     Upgrade(  # 1 -> 2: token usage, message search
@@ -181,5 +214,6 @@ UPGRADES: list[Upgrade] = [
             "CREATE INDEX IF NOT EXISTS ix_messages_children ON messages (conversation_id, parent_id, message_id)",
         ),
     ),
+    Upgrade(creates=(files, message_files)),  # 5 -> 6: attachments
 ]
 SCHEMA_VERSION = 1 + len(UPGRADES)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from realtime_llm.store.files import StoredFile
 from realtime_llm.store.records import Message
 from realtime_llm.store.tree import Tree
 
@@ -22,10 +23,12 @@ def message_json(message: Message, sibling_ids: list[int] | None = None) -> dict
         shown["usage"] = message.usage.as_json()
     if message.role == "assistant":
         shown["reasoning"] = message.reasoning
+    else:
+        shown["attachments"] = [f.json() for f in message.attachments]
     return shown
 
 
-def row_json(row: Sequence[Any], sibling_ids: list[int]) -> dict[str, object]:
+def row_json(row: Sequence[Any], sibling_ids: list[int], attachments: Sequence[StoredFile] = ()) -> dict[str, object]:
     """message_json() straight from a driver row of MESSAGE_COLUMNS: the history of a long
     conversation skips building a Message per row (22 ms of 10,000, bench.history)."""
     message_id, role, content, created_time, prompt_tokens, completion_tokens, estimated, reasoning, thought, \
@@ -41,11 +44,15 @@ def row_json(row: Sequence[Any], sibling_ids: list[int]) -> dict[str, object]:
         shown["usage"] = usage
     if role == "assistant":
         shown["reasoning"] = reasoning
+    else:
+        shown["attachments"] = [f.json() for f in attachments]
     return shown
 
 
-def branch_json(rows: Sequence[Sequence[Any]], leaf: int) -> list[dict[str, object]]:
-    """The branch ending at `leaf`, in order, from the rows of every message (in id order)."""
+def branch_json(rows: Sequence[Sequence[Any]], leaf: int,
+                carried: dict[int, list[StoredFile]]) -> list[dict[str, object]]:
+    """The branch ending at `leaf`, in order, from the rows of every message (in id order)
+    and the files they carry."""
     tree = Tree((row[0], row[9]) for row in rows)
     by_id = {row[0]: row for row in rows}
-    return [row_json(by_id[m], tree.siblings(m)) for m in tree.path(leaf)]
+    return [row_json(by_id[m], tree.siblings(m), carried.get(m, ())) for m in tree.path(leaf)]

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from realtime_llm.store.compiled import Compiled
 from realtime_llm.store.records import Conversation
-from realtime_llm.store.schema import conversations, messages, users
+from realtime_llm.store.schema import conversations, message_files, messages, users
 
 # In the order store/records.message_from_row reads them.
 MESSAGE_COLUMNS = (
@@ -55,7 +55,8 @@ _on_path = sa.and_(messages.c.conversation_id == _cid, messages.c.message_id == 
 # The branch through `start` read backwards a page at a time, newest first.
 PATH_UP = Compiled(sa.select(*MESSAGE_COLUMNS).join_from(_path, messages, _on_path).order_by(_path.c.depth))
 PATH_LENGTH = Compiled(sa.select(sa.func.count()).select_from(_path.join(messages, _on_path)))
-# A fork: the branch up to `start` copied, in SQL, into conversation `new` as messages 1..n.
+# A fork: the branch up to `start` copied, in SQL, into conversation `new` as messages 1..n,
+# with the files they carry.
 _COPIED = ("role", "content", "created_time", "prompt_tokens", "completion_tokens", "usage_estimated",
            "reasoning", "reasoning_tokens")
 _n = sa.bindparam("n", type_=sa.Integer)
@@ -63,6 +64,12 @@ COPY_PATH = Compiled(messages.insert().from_select(
     ["conversation_id", "message_id", "parent_id", *_COPIED],
     sa.select(sa.cast(sa.bindparam("new"), messages.c.conversation_id.type), _n - _path.c.depth,
               _n - _path.c.depth - 1, *(messages.c[c] for c in _COPIED)).join_from(_path, messages, _on_path)))
+_mf = message_files
+COPY_PATH_FILES = Compiled(_mf.insert().from_select(
+    ["conversation_id", "message_id", "position", "file_id"],
+    sa.select(sa.cast(sa.bindparam("new"), _mf.c.conversation_id.type), _n - _path.c.depth, _mf.c.position,
+              _mf.c.file_id).join_from(_path, _mf, sa.and_(_mf.c.conversation_id == _cid,
+                                                          _mf.c.message_id == _path.c.message_id))))
 _active_leaf = sa.select(conversations.c.active_leaf_id).where(
     conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id"))
 ACTIVE_LEAF = Compiled(_active_leaf)

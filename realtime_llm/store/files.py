@@ -1,0 +1,133 @@
+"""Uploaded files and the messages that carry them (DESIGN.md, Attachments)."""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+from databases import Database
+
+from realtime_llm.errors import BadRequest, PayloadTooLarge
+from realtime_llm.store.cancelsafe import atomically
+from realtime_llm.store.compiled import fetch_all, fetch_one
+from realtime_llm.store.schema import files, message_files, users
+
+META_COLUMNS = (files.c.id, files.c.name, files.c.content_type, files.c.size, files.c.width, files.c.height,
+                sa.func.length(files.c.text))
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file as messages and the prompt see it; `text` and `data` only where asked for."""
+
+    file_id: str
+    name: str
+    content_type: str
+    size: int
+    width: int | None = None
+    height: int | None = None
+    text_chars: int = 0  # how long what a model reads of it is (its text; 0 for an image)
+    text: str = ""
+    data: bytes = b""
+
+    @property
+    def is_image(self) -> bool:
+        return self.content_type.startswith("image/")
+
+    def json(self) -> dict[str, object]:
+        return {"file_id": self.file_id, "name": self.name, "content_type": self.content_type, "size": self.size}
+
+
+def _stored(row: Sequence[Any], text: str = "", data: bytes = b"") -> StoredFile:
+    """From a row of META_COLUMNS."""
+    return StoredFile(row[0], row[1], row[2], int(row[3]), row[4], row[5], int(row[6] or 0), text, data)
+
+
+class FileStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def create(self, user_id: int, *, name: str, content_type: str, data: bytes, text: str,
+                     width: int | None, height: int | None, max_bytes_per_user: int) -> dict[str, object]:
+        """Keep a file of the user's, if their files together stay within `max_bytes_per_user`
+        (checked in the same transaction, with the user's row locked on PostgreSQL)."""
+        file_id = "file_" + secrets.token_urlsafe(18)
+        now = int(time.time())
+
+        async def insert() -> None:  # one transaction, not to be cut by a cancel
+            async with self.database.transaction():
+                await fetch_all(self.database, sa.select(users.c.id).where(users.c.id == user_id).with_for_update())
+                [(used,)] = await fetch_all(self.database, sa.select(sa.func.coalesce(sa.func.sum(files.c.size), 0))
+                                            .where(files.c.user_id == user_id))
+                if int(used) + len(data) > max_bytes_per_user:
+                    raise PayloadTooLarge(f"your files would take more than {max_bytes_per_user} bytes: "
+                                          "delete conversations holding some first")
+                await fetch_all(self.database, files.insert().values(
+                    id=file_id, user_id=user_id, name=name, content_type=content_type, size=len(data), width=width,
+                    height=height, data=data, text=text, created_time=now))
+
+        await atomically(insert)
+        return {"file_id": file_id, "name": name, "content_type": content_type, "size": len(data),
+                "created_time": now}
+
+    async def download(self, file_id: str, user_id: int) -> StoredFile | None:
+        row = await fetch_one(self.database, sa.select(*META_COLUMNS, files.c.data)
+                              .where(files.c.id == file_id, files.c.user_id == user_id))
+        return None if row is None else _stored(row, data=bytes(row[7]))
+
+    async def owned(self, file_ids: Sequence[str], user_id: int) -> list[StoredFile]:
+        """The user's files of these ids, in the order given; any other id is a 400 (someone
+        else's file is answered exactly like one that does not exist)."""
+        rows = await fetch_all(self.database, sa.select(*META_COLUMNS)
+                               .where(files.c.id.in_(list(file_ids)), files.c.user_id == user_id))
+        found = {row[0]: _stored(row) for row in rows}
+        missing = [f for f in file_ids if f not in found]
+        if missing:
+            raise BadRequest(f"no file {missing[0][:60]!r} of yours: upload it first (POST /api/files)")
+        return [found[f] for f in file_ids]
+
+    async def of_messages(self, conversation_id: int, message_ids: Sequence[int] | None = None,
+                          *, contents: bool = False) -> dict[int, list[StoredFile]]:
+        """The files each message carries, in order (of every message, or of these); with
+        `contents`, what a model reads of them too."""
+        m = message_files
+        columns = [*META_COLUMNS, files.c.text, files.c.data] if contents else list(META_COLUMNS)
+        query = sa.select(m.c.message_id, *columns).join_from(m, files, files.c.id == m.c.file_id).where(
+            m.c.conversation_id == conversation_id).order_by(m.c.message_id, m.c.position)
+        if message_ids is not None:
+            if not message_ids:
+                return {}
+            query = query.where(m.c.message_id.in_(list(message_ids)))
+        carried: dict[int, list[StoredFile]] = {}
+        for row in await fetch_all(self.database, query):
+            stored = _stored(row[1:], row[8], bytes(row[9])) if contents else _stored(row[1:])
+            carried.setdefault(row[0], []).append(stored)
+        return carried
+
+    async def delete_carried_only_by(self, conversation_id: int) -> None:
+        """Inside the transaction deleting a conversation: the files its messages carry that
+        no other conversation's do go, and its messages stop carrying any."""
+        m, other = message_files, message_files.alias("other")
+        theirs = sa.select(m.c.file_id).where(m.c.conversation_id == conversation_id)
+        elsewhere = sa.select(other.c.file_id).where(other.c.file_id == files.c.id,
+                                                     other.c.conversation_id != conversation_id)
+        await fetch_all(self.database, files.delete().where(files.c.id.in_(theirs), ~sa.exists(elsewhere)))
+        await fetch_all(self.database, m.delete().where(m.c.conversation_id == conversation_id))
+
+    async def sweep_unattached(self, ttl_seconds: int) -> int:
+        """Delete files older than `ttl_seconds` that no message carries; how many went."""
+        carried = sa.select(message_files.c.file_id).where(message_files.c.file_id == files.c.id)
+        gone = await fetch_all(self.database, files.delete().where(
+            files.c.created_time < int(time.time()) - ttl_seconds, ~sa.exists(carried)).returning(files.c.id))
+        return len(gone)
+
+
+def attach_statements(conversation_id: int, message_id: int, file_ids: Sequence[str]) -> list[Any]:
+    """The rows that make a message carry these files, for the transaction that adds it."""
+    if not file_ids:
+        return []
+    return [message_files.insert().values([
+        dict(conversation_id=conversation_id, message_id=message_id, position=i, file_id=f)
+        for i, f in enumerate(file_ids)])]

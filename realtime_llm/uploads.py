@@ -1,0 +1,118 @@
+"""An uploaded file, read off the request within its bounds (DESIGN.md, Attachments): the
+multipart body is parsed as it streams in (python-multipart, through Starlette's parser,
+which spools a file past 1 MiB to disk) and refused with a 413 the moment it passes the
+limit, without the rest being read. What it is comes from its bytes (filetypes.py)."""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import AsyncGenerator
+
+import anyio
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from realtime_llm.config import ServerSettings
+from realtime_llm.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from realtime_llm.filetypes import Sniffed, sniff
+
+logger = logging.getLogger("realtime_llm.uploads")
+
+MULTIPART_OVERHEAD = 16_384  # boundaries and part headers around the file
+MAX_NAME_CHARS = 255
+PDF_SECONDS = 30.0  # reading a PDF's text may take this long; past it the file is refused
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+    kind: Sniffed
+    text: str  # what a model reads of it: a text file's text, a PDF's; "" for an image
+
+
+async def read_upload(request: Request, server: ServerSettings, max_bytes: int) -> Upload:
+    """The file in the form's `file` field, checked and typed."""
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise UnsupportedMediaType("send the file as multipart/form-data, in a field named 'file'")
+    bound = max_bytes + MULTIPART_OVERHEAD
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > bound):
+        raise PayloadTooLarge(f"a file may be at most {max_bytes} bytes")  # refused before a byte is read
+
+    async def bounded() -> AsyncGenerator[bytes, None]:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > bound:
+                raise PayloadTooLarge(f"a file may be at most {max_bytes} bytes")
+            yield chunk
+
+    parser = MultiPartParser(request.headers, bounded(), max_files=1, max_fields=8, max_part_size=4096)
+    try:
+        # As long as a body of this size may take at the slowest rate the server allows
+        # (server.body_timeout_seconds per max_body_bytes), and never less than that timeout.
+        async with asyncio.timeout(server.body_timeout_seconds * max(1.0, bound / server.max_body_bytes)):
+            form = await parser.parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from None
+    except TimeoutError:
+        raise RequestTimeout("the file did not arrive in time") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("the form needs the file in a field named 'file'")
+        data = await upload.read()
+        name = clean_name(upload.filename or "")
+    finally:
+        await form.close()
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"a file may be at most {max_bytes} bytes")
+    kind = sniff(data, name)
+    if kind is None:
+        raise UnsupportedMediaType("only images (PNG, JPEG, WebP, GIF), PDF and UTF-8 text files are taken")
+    if kind.kind == "text":
+        text = data.decode("utf-8")
+    elif kind.kind == "pdf":
+        text = await pdf_text(data, max_chars=max_bytes)
+    else:
+        text = ""
+    return Upload(name, data, kind, text)
+
+
+def clean_name(raw: str) -> str:
+    """The file's own name (no directories), without control characters, at most 255 characters."""
+    name = re.split(r"[\\/]", raw)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
+    return name[:MAX_NAME_CHARS] or "file"
+
+
+async def pdf_text(data: bytes, max_chars: int) -> str:
+    """A PDF's text (pypdf), read in a worker thread; a PDF it cannot read is refused."""
+    try:
+        async with asyncio.timeout(PDF_SECONDS):
+            return await anyio.to_thread.run_sync(_pdf_text, data, max_chars)
+    except TimeoutError:
+        raise UnsupportedMediaType("this PDF takes too long to read") from None
+    except Exception as exc:  # pypdf's own errors, and what a malformed file makes it raise
+        logger.info("unreadable PDF (%s)", type(exc).__name__)
+        raise UnsupportedMediaType("this PDF cannot be read") from None
+
+
+def _pdf_text(data: bytes, max_chars: int) -> str:
+    from pypdf import PdfReader  # imported where used: most processes never read a PDF
+
+    pages = []
+    size = 0
+    for page in PdfReader(io.BytesIO(data)).pages:
+        text = page.extract_text() or ""
+        pages.append(text)
+        size += len(text)
+        if size >= max_chars:
+            break
+    return "\n\n".join(pages)[:max_chars]
