@@ -19,6 +19,8 @@ from realtime_llm.uploads import read_upload
 
 FILE_ID = re.compile(r"file_[A-Za-z0-9_-]{1,35}")
 FILE_ID_SCHEMA = {"type": "string", "pattern": f"^{FILE_ID.pattern}$", "maxLength": 40}
+BINARY = {"type": "string", "format": "binary"}
+SERVED_AS = ("image/png", "image/jpeg", "image/webp", "image/gif", "application/pdf", "text/plain")
 # What a downloaded file may never do in a browser: run, be sniffed as HTML, be framed.
 DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox",
                     "Cache-Control": "private, no-store"}
@@ -28,7 +30,7 @@ DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Polic
     "summary": "Upload a file (an image, a PDF or a text file) to attach to messages",
     "security": SECURED,
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}},
+        "type": "object", "required": ["file"], "properties": {"file": BINARY}}}}},
     "responses": {"201": json_response(ref("File"), "stored"), **{code: ERROR_RESPONSE for code in (
         "400", "401", "408", "413", "415", "429", "503")}},
 })
@@ -48,9 +50,8 @@ async def upload(request: Request) -> JSONResponse:
     "summary": "A file of the caller's, as a download",
     "security": SECURED,
     "parameters": [{"name": "file_id", "in": "path", "required": True, "schema": FILE_ID_SCHEMA}],
-    "responses": {"200": {"description": "the bytes", "content": {"application/octet-stream": {
-        "schema": {"type": "string", "format": "binary"}}}}, "401": ERROR_RESPONSE, "404": ERROR_RESPONSE,
-        "503": ERROR_RESPONSE},
+    "responses": {"200": {"description": "the bytes", "content": {media: {"schema": BINARY} for media in SERVED_AS}},
+                  "401": ERROR_RESPONSE, "404": ERROR_RESPONSE, "503": ERROR_RESPONSE},
 })
 async def download(request: Request) -> Response:
     """To its owner only; anyone else's, or none, is a 404. Text goes out as text/plain."""
