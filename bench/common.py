@@ -49,7 +49,7 @@ class UpstreamProcess:
 
 NO_RATE_LIMITS = {"login_attempts_per_minute_per_username": 0, "login_attempts_per_minute_per_address": 0,
                   "registrations_per_hour_per_address": 0, "messages_per_minute_per_user": 0,
-                  "ws_frames_per_10_seconds": 0, "websockets_per_user": 0}
+                  "ws_frames_per_10_seconds": 0, "websockets_per_user": 0, "uploads_per_minute_per_user": 0}
 
 
 def start_server(workdir: Path, upstream: UpstreamProcess, **sections: Any) -> ServerProcess:
