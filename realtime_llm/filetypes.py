@@ -2,10 +2,12 @@
 client says. Images (PNG, JPEG, WebP, GIF), PDF, and UTF-8 text; anything else is refused."""
 from __future__ import annotations
 
+import codecs
 import struct
 from dataclasses import dataclass
 
 TEXT_TYPES = {".md": "text/markdown", ".markdown": "text/markdown", ".csv": "text/csv", ".json": "application/json"}
+HEAD_BYTES = 262_144  # what sniff() is given: enough for a JPEG's size after its metadata
 
 
 @dataclass(frozen=True)
@@ -16,29 +18,45 @@ class Sniffed:
     height: int | None = None
 
 
-def sniff(data: bytes, name: str) -> Sniffed | None:
-    """The file's type from its first bytes (text: from its name's extension once the
-    bytes are known to be UTF-8); None for anything else."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        width, height = struct.unpack(">II", data[16:24]) if len(data) >= 24 else (None, None)
+def sniff(head: bytes, name: str) -> Sniffed | None:
+    """The file's type from its first HEAD_BYTES (text: from its name's extension once those
+    bytes look like UTF-8 text; text_chars() checks the rest); None for anything else."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        width, height = struct.unpack(">II", head[16:24]) if len(head) >= 24 else (None, None)
         return Sniffed("image/png", "image", width, height)
-    if data.startswith(b"\xff\xd8\xff"):
-        return Sniffed("image/jpeg", "image", *_jpeg_size(data))
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        width, height = struct.unpack("<HH", data[6:10]) if len(data) >= 10 else (None, None)
+    if head.startswith(b"\xff\xd8\xff"):
+        return Sniffed("image/jpeg", "image", *_jpeg_size(head))
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        width, height = struct.unpack("<HH", head[6:10]) if len(head) >= 10 else (None, None)
         return Sniffed("image/gif", "image", width, height)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return Sniffed("image/webp", "image", *_webp_size(data))
-    if data.startswith(b"%PDF-"):
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return Sniffed("image/webp", "image", *_webp_size(head))
+    if head.startswith(b"%PDF-"):
         return Sniffed("application/pdf", "pdf")
-    if b"\x00" in data:  # UTF-8 text has no NUL; binary formats nearly always do
-        return None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+    head_text = Utf8Text()
+    head_text.feed(head)  # (it may end inside a character)
+    if head_text.chars is None:
         return None
     extension = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
     return Sniffed(TEXT_TYPES.get(extension, "text/plain"), "text")
+
+
+class Utf8Text:
+    """Counts the characters of UTF-8 text fed a chunk at a time; `chars` turns None at the
+    first sign it is not text (not UTF-8, or a NUL, which text has not and binary formats
+    nearly always have)."""
+
+    def __init__(self) -> None:
+        self.chars: int | None = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def feed(self, chunk: bytes, final: bool = False) -> None:
+        if self.chars is None:
+            return
+        try:
+            self.chars = None if b"\x00" in chunk else self.chars + len(self._decoder.decode(chunk, final=final))
+        except UnicodeDecodeError:
+            self.chars = None
 
 
 def _jpeg_size(data: bytes) -> tuple[int | None, int | None]:

@@ -1,16 +1,18 @@
 """An uploaded file, read off the request within its bounds (DESIGN.md, Attachments): the
 multipart body is parsed as it streams in (python-multipart, through Starlette's parser,
 which spools a file past 1 MiB to disk) and refused with a 413 the moment it passes the
-limit, without the rest being read. What it is comes from its bytes (filetypes.py)."""
+limit, without the rest being read. What it is comes from its bytes (filetypes.py); it is
+then read off the spool a chunk at a time, never whole."""
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
+import dataclasses
 import logging
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import AsyncGenerator
+from typing import AsyncGenerator, AsyncIterator, BinaryIO
 
 import anyio
 from starlette.datastructures import UploadFile
@@ -19,7 +21,7 @@ from starlette.requests import Request
 
 from realtime_llm.config import ServerSettings
 from realtime_llm.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
-from realtime_llm.filetypes import Sniffed, sniff
+from realtime_llm.filetypes import HEAD_BYTES, Sniffed, Utf8Text, sniff
 
 logger = logging.getLogger("realtime_llm.uploads")
 
@@ -28,16 +30,29 @@ MAX_NAME_CHARS = 255
 PDF_SECONDS = 30.0  # reading a PDF's text may take this long; past it the file is refused
 
 
+CHUNK_BYTES = 262_144  # how a file is read off its spool and kept: file_chunks rows of this size
+
+
 @dataclass(frozen=True)
 class Upload:
+    """A received file, spooled (on disk past 1 MiB): its bytes are read a chunk at a time."""
+
     name: str
-    data: bytes
+    size: int
     kind: Sniffed
-    text: str  # what a model reads of it: a text file's text, a PDF's; "" for an image
+    text: str  # a PDF's text; "" for anything else (a text file's text is its bytes)
+    text_chars: int  # what a model reads of it: a text file's or a PDF's characters
+    file: UploadFile
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        await self.file.seek(0)
+        while chunk := await self.file.read(CHUNK_BYTES):
+            yield chunk
 
 
-async def read_upload(request: Request, server: ServerSettings, max_bytes: int) -> Upload:
-    """The file in the form's `file` field, checked and typed."""
+@contextlib.asynccontextmanager
+async def received_file(request: Request, server: ServerSettings, max_bytes: int) -> AsyncIterator[Upload]:
+    """The file in the form's `file` field, checked and typed; its spool is removed on leaving."""
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise UnsupportedMediaType("send the file as multipart/form-data, in a field named 'file'")
     bound = max_bytes + MULTIPART_OVERHEAD
@@ -64,25 +79,37 @@ async def read_upload(request: Request, server: ServerSettings, max_bytes: int) 
     except TimeoutError:
         raise RequestTimeout("the file did not arrive in time") from None
     try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
             raise BadRequest("the form needs the file in a field named 'file'")
-        data = await upload.read()
-        name = clean_name(upload.filename or "")
+        yield await _checked(file, max_bytes)
     finally:
         await form.close()
-    if len(data) > max_bytes:
+
+
+async def _checked(file: UploadFile, max_bytes: int) -> Upload:
+    name = clean_name(file.filename or "")
+    size = file.size if file.size is not None else 0
+    if size > max_bytes:
         raise PayloadTooLarge(f"a file may be at most {max_bytes} bytes")
-    kind = sniff(data, name)
+    await file.seek(0)
+    kind = sniff(await file.read(HEAD_BYTES), name)
     if kind is None:
         raise UnsupportedMediaType("only images (PNG, JPEG, WebP, GIF), PDF and UTF-8 text files are taken")
+    upload = Upload(name, size, kind, "", 0, file)
+    if kind.kind == "pdf":
+        pdf = await pdf_text(file, max_chars=max_bytes)
+        return dataclasses.replace(upload, text=pdf, text_chars=len(pdf))
     if kind.kind == "text":
-        text = data.decode("utf-8")
-    elif kind.kind == "pdf":
-        text = await pdf_text(data, max_chars=max_bytes)
-    else:
-        text = ""
-    return Upload(name, data, kind, text)
+        counted = Utf8Text()  # the whole of it, read a chunk at a time
+        async for chunk in upload.chunks():
+            counted.feed(chunk)
+        counted.feed(b"", final=True)
+        chars = counted.chars
+        if chars is None:
+            raise UnsupportedMediaType("a text file must be UTF-8 throughout")
+        return dataclasses.replace(upload, text_chars=chars)
+    return upload
 
 
 def clean_name(raw: str) -> str:
@@ -92,11 +119,12 @@ def clean_name(raw: str) -> str:
     return name[:MAX_NAME_CHARS] or "file"
 
 
-async def pdf_text(data: bytes, max_chars: int) -> str:
-    """A PDF's text (pypdf), read in a worker thread; a PDF it cannot read is refused."""
+async def pdf_text(file: UploadFile, max_chars: int) -> str:
+    """A PDF's text (pypdf, reading the spooled file), in a worker thread; a PDF it cannot
+    read is refused."""
     try:
         async with asyncio.timeout(PDF_SECONDS):
-            return await anyio.to_thread.run_sync(_pdf_text, data, max_chars)
+            return await anyio.to_thread.run_sync(_pdf_text, file.file, max_chars)
     except TimeoutError:
         raise UnsupportedMediaType("this PDF takes too long to read") from None
     except Exception as exc:  # pypdf's own errors, and what a malformed file makes it raise
@@ -104,12 +132,13 @@ async def pdf_text(data: bytes, max_chars: int) -> str:
         raise UnsupportedMediaType("this PDF cannot be read") from None
 
 
-def _pdf_text(data: bytes, max_chars: int) -> str:
+def _pdf_text(stream: BinaryIO, max_chars: int) -> str:
     from pypdf import PdfReader  # imported where used: most processes never read a PDF
 
+    stream.seek(0)
     pages = []
     size = 0
-    for page in PdfReader(io.BytesIO(data)).pages:
+    for page in PdfReader(stream).pages:
         text = page.extract_text() or ""
         pages.append(text)
         size += len(text)

@@ -79,8 +79,8 @@ V5_COLUMNS = {"messages": ("parent_id",), "conversations": ("active_leaf_id",)}
 
 async def back_to_version_5(db) -> None:
     """The tables as version 5 had them: no files."""
-    await db.execute(sa.text("DROP TABLE message_files"))
-    await db.execute(sa.text("DROP TABLE files"))
+    for table in ("message_files", "file_chunks", "files"):
+        await db.execute(sa.text(f"DROP TABLE {table}"))
     await db.execute(schema.schema_version.update().values(version=5))
 
 

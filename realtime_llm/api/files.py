@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import StreamingResponse
 
 from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.api.docs import ERROR_RESPONSE, SECURED, documented, json_response, ref
@@ -15,7 +15,7 @@ from realtime_llm.errors import BadRequest, NotFound
 from realtime_llm.responses import JSONResponse
 from realtime_llm.services import Services
 from realtime_llm.store.files import StoredFile
-from realtime_llm.uploads import read_upload
+from realtime_llm.uploads import received_file
 
 FILE_ID = re.compile(r"file_[A-Za-z0-9_-]{1,35}")
 FILE_ID_SCHEMA = {"type": "string", "pattern": f"^{FILE_ID.pattern}$", "maxLength": 40}
@@ -39,10 +39,11 @@ async def upload(request: Request) -> JSONResponse:
     services = services_of(request)
     limits = services.settings.limits
     await services.limiter.check("uploads", f"uploads:{caller.user.id}", limits.uploads_per_minute_per_user, 60)
-    file = await read_upload(request, services.settings.server, limits.max_file_bytes)
-    stored = await services.conversations.files.create(
-        caller.user.id, name=file.name, content_type=file.kind.content_type, data=file.data, text=file.text,
-        width=file.kind.width, height=file.kind.height, max_bytes_per_user=limits.max_bytes_per_user)
+    async with received_file(request, services.settings.server, limits.max_file_bytes) as file:
+        stored = await services.conversations.files.create(
+            caller.user.id, name=file.name, content_type=file.kind.content_type, size=file.size,
+            width=file.kind.width, height=file.kind.height, text=file.text, text_chars=file.text_chars,
+            chunks=file.chunks(), max_bytes_per_user=limits.max_bytes_per_user)
     return JSONResponse(stored, status_code=201)
 
 
@@ -53,19 +54,20 @@ async def upload(request: Request) -> JSONResponse:
     "responses": {"200": {"description": "the bytes", "content": {media: {"schema": BINARY} for media in SERVED_AS}},
                   "401": ERROR_RESPONSE, "404": ERROR_RESPONSE, "503": ERROR_RESPONSE},
 })
-async def download(request: Request) -> Response:
+async def download(request: Request) -> StreamingResponse:
     """To its owner only; anyone else's, or none, is a 404. Text goes out as text/plain."""
     caller = await require_caller(request)
     file_id = request.path_params["file_id"]
-    stored = await services_of(request).conversations.files.download(file_id, caller.user.id) \
-        if FILE_ID.fullmatch(file_id) else None
+    files = services_of(request).conversations.files
+    stored = await files.find(file_id, caller.user.id) if FILE_ID.fullmatch(file_id) else None
     if stored is None:
         raise NotFound("file not found")
     media = stored.content_type if stored.is_image or stored.content_type == "application/pdf" \
         else "text/plain; charset=utf-8"
     fallback = stored.name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
     disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(stored.name, safe='')}"
-    return Response(stored.data, media_type=media, headers={**DOWNLOAD_HEADERS, "Content-Disposition": disposition})
+    headers = {**DOWNLOAD_HEADERS, "Content-Disposition": disposition, "Content-Length": str(stored.size)}
+    return StreamingResponse(files.chunks(stored.file_id), media_type=media, headers=headers)
 
 
 async def attachments_in(services: Services, value: Any, user_id: int) -> list[StoredFile] | None:

@@ -1,21 +1,26 @@
 """Uploaded files and the messages that carry them (DESIGN.md, Attachments)."""
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import sqlalchemy as sa
 from databases import Database
 
 from realtime_llm.errors import BadRequest, PayloadTooLarge
 from realtime_llm.store.cancelsafe import atomically
-from realtime_llm.store.compiled import fetch_all, fetch_one
-from realtime_llm.store.schema import files, message_files, users
+from realtime_llm.store.compiled import Compiled, fetch_all, fetch_one
+from realtime_llm.store.schema import file_chunks, files, message_files, users
 
 META_COLUMNS = (files.c.id, files.c.name, files.c.content_type, files.c.size, files.c.width, files.c.height,
-                sa.func.length(files.c.text))
+                files.c.text_chars)
+INSERT_CHUNK = Compiled(file_chunks.insert().values(file_id=sa.bindparam("file_id"), seq=sa.bindparam("seq"),
+                                                    data=sa.bindparam("data")))
+ONE_CHUNK = Compiled(sa.select(file_chunks.c.data).where(file_chunks.c.file_id == sa.bindparam("file_id"),
+                                                         file_chunks.c.seq == sa.bindparam("seq")))
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,12 @@ class FileStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    async def create(self, user_id: int, *, name: str, content_type: str, data: bytes, text: str,
-                     width: int | None, height: int | None, max_bytes_per_user: int) -> dict[str, object]:
-        """Keep a file of the user's, if their files together stay within `max_bytes_per_user`
-        (checked in the same transaction, with the user's row locked on PostgreSQL)."""
+    async def create(self, user_id: int, *, name: str, content_type: str, size: int, width: int | None,
+                     height: int | None, text: str, text_chars: int, chunks: AsyncIterator[bytes],
+                     max_bytes_per_user: int) -> dict[str, object]:
+        """Keep a file of the user's, its bytes a chunk at a time, if their files together
+        stay within `max_bytes_per_user` (checked in the same transaction, with the user's
+        row locked on PostgreSQL)."""
         file_id = "file_" + secrets.token_urlsafe(18)
         now = int(time.time())
 
@@ -61,21 +68,32 @@ class FileStore:
                 await fetch_all(self.database, sa.select(users.c.id).where(users.c.id == user_id).with_for_update())
                 [(used,)] = await fetch_all(self.database, sa.select(sa.func.coalesce(sa.func.sum(files.c.size), 0))
                                             .where(files.c.user_id == user_id))
-                if int(used) + len(data) > max_bytes_per_user:
+                if int(used) + size > max_bytes_per_user:
                     raise PayloadTooLarge(f"your files would take more than {max_bytes_per_user} bytes: "
                                           "delete conversations holding some first")
                 await fetch_all(self.database, files.insert().values(
-                    id=file_id, user_id=user_id, name=name, content_type=content_type, size=len(data), width=width,
-                    height=height, data=data, text=text, created_time=now))
+                    id=file_id, user_id=user_id, name=name, content_type=content_type, size=size, width=width,
+                    height=height, text=text, text_chars=text_chars, created_time=now))
+                seq = 0
+                async for chunk in chunks:
+                    await INSERT_CHUNK.fetch_all(self.database, file_id=file_id, seq=seq, data=chunk)
+                    seq += 1
 
         await atomically(insert)
-        return {"file_id": file_id, "name": name, "content_type": content_type, "size": len(data),
-                "created_time": now}
+        return {"file_id": file_id, "name": name, "content_type": content_type, "size": size, "created_time": now}
 
-    async def download(self, file_id: str, user_id: int) -> StoredFile | None:
-        row = await fetch_one(self.database, sa.select(*META_COLUMNS, files.c.data)
+    async def find(self, file_id: str, user_id: int) -> StoredFile | None:
+        """The user's file of that id, without its bytes (read them with chunks())."""
+        row = await fetch_one(self.database, sa.select(*META_COLUMNS)
                               .where(files.c.id == file_id, files.c.user_id == user_id))
-        return None if row is None else _stored(row, data=bytes(row[7]))
+        return None if row is None else _stored(row)
+
+    async def chunks(self, file_id: str) -> AsyncIterator[bytes]:
+        """A file's bytes, a chunk (one row) at a time: a download never holds it whole."""
+        seq = 0
+        while (chunk := await ONE_CHUNK.fetch_val(self.database, file_id=file_id, seq=seq)) is not None:
+            yield bytes(chunk)
+            seq += 1
 
     async def owned(self, file_ids: Sequence[str], user_id: int) -> list[StoredFile]:
         """The user's files of these ids, in the order given; any other id is a 400 (someone
@@ -93,18 +111,33 @@ class FileStore:
         """The files each message carries, in order (of every message, or of these); with
         `contents`, what a model reads of them too."""
         m = message_files
-        columns = [*META_COLUMNS, files.c.text, files.c.data] if contents else list(META_COLUMNS)
-        query = sa.select(m.c.message_id, *columns).join_from(m, files, files.c.id == m.c.file_id).where(
-            m.c.conversation_id == conversation_id).order_by(m.c.message_id, m.c.position)
+        query = sa.select(m.c.message_id, *META_COLUMNS, files.c.text if contents else sa.literal("")).join_from(
+            m, files, files.c.id == m.c.file_id).where(m.c.conversation_id == conversation_id).order_by(
+            m.c.message_id, m.c.position)
         if message_ids is not None:
             if not message_ids:
                 return {}
             query = query.where(m.c.message_id.in_(list(message_ids)))
+        rows = await fetch_all(self.database, query)
+        data = await self._bytes_of({row[1] for row in rows if row[3] != "application/pdf"}) if contents else {}
         carried: dict[int, list[StoredFile]] = {}
-        for row in await fetch_all(self.database, query):
-            stored = _stored(row[1:], row[8], bytes(row[9])) if contents else _stored(row[1:])
+        for row in rows:
+            stored = _stored(row[1:], row[8], data.get(row[1], b""))
+            if contents and not stored.is_image and stored.content_type != "application/pdf":
+                stored = dataclasses.replace(stored, text=stored.data.decode("utf-8"), data=b"")
             carried.setdefault(row[0], []).append(stored)
         return carried
+
+    async def _bytes_of(self, file_ids: set[str]) -> dict[str, bytes]:
+        """Whole files, for the prompt (which sends them whole)."""
+        if not file_ids:
+            return {}
+        pieces: dict[str, list[bytes]] = {}
+        for file_id, chunk in await fetch_all(self.database, sa.select(file_chunks.c.file_id, file_chunks.c.data)
+                                              .where(file_chunks.c.file_id.in_(sorted(file_ids)))
+                                              .order_by(file_chunks.c.file_id, file_chunks.c.seq)):
+            pieces.setdefault(file_id, []).append(bytes(chunk))
+        return {file_id: b"".join(chunks) for file_id, chunks in pieces.items()}
 
     async def delete_carried_only_by(self, conversation_id: int) -> None:
         """Inside the transaction deleting a conversation: the files its messages carry that

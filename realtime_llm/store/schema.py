@@ -89,8 +89,10 @@ messages = sa.Table(
     sa.UniqueConstraint("conversation_id", "message_id", name="uq_messages_conversation_order"),
 )
 
-# Uploaded files (v6): the bytes in the database itself, so every process and machine
-# serves them. `text` is what a model reads of it: the text of a text file or a PDF.
+# Uploaded files (v6), in the database itself so every process and machine serves them:
+# their bytes in chunks (file_chunks), so that neither an upload nor a download holds a
+# whole file in memory, nor does the database driver. `text` is a PDF's text, which is
+# what a model reads of it; `text_chars` how long that is (a text file's: its own text).
 files = sa.Table(
     "files",
     metadata,
@@ -101,10 +103,19 @@ files = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("width", sa.Integer, nullable=True),  # images, where their header says
     sa.Column("height", sa.Integer, nullable=True),
-    sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("text", sa.Text, nullable=False, server_default=""),
+    sa.Column("text_chars", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_time", sa.BigInteger, nullable=False),
     sa.Index("ix_files_user", "user_id"),
+)
+
+file_chunks = sa.Table(
+    "file_chunks",
+    metadata,
+    sa.Column("file_id", sa.String(40), sa.ForeignKey("files.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("file_id", "seq"),
 )
 
 # Which files a message carries, in order (v6). A file may be carried by several messages
@@ -173,7 +184,7 @@ SEARCH_POSTGRESQL = (
     "CREATE INDEX IF NOT EXISTS ix_messages_content_trgm ON messages USING gin (content gin_trgm_ops)",
 )
 
-BASELINE = (users, conversations, messages, revoked_tokens, files, message_files)
+BASELINE = (users, conversations, messages, revoked_tokens, files, file_chunks, message_files)
 # Upgrade i takes the schema from version i to i+1; never edit one that has shipped.
 UPGRADES: list[Upgrade] = [
     Upgrade(  # 1 -> 2: token usage, message search
@@ -214,6 +225,6 @@ UPGRADES: list[Upgrade] = [
             "CREATE INDEX IF NOT EXISTS ix_messages_children ON messages (conversation_id, parent_id, message_id)",
         ),
     ),
-    Upgrade(creates=(files, message_files)),  # 5 -> 6: attachments
+    Upgrade(creates=(files, file_chunks, message_files)),  # 5 -> 6: attachments
 ]
 SCHEMA_VERSION = 1 + len(UPGRADES)
