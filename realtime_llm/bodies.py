@@ -24,7 +24,7 @@ async def read_json_object(request: Request, server: ServerSettings, *, allow_em
     limit = server.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # ('²'.isdigit() is true)
             raise BadRequest("invalid Content-Length header")
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes")

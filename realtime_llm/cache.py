@@ -60,9 +60,9 @@ class RedisHistoryCache(HistoryCache):
         self._append = redis.register_script(APPEND)
 
     def key(self, conversation_id: int) -> str:
-        # v3: a header, then the active branch (with parent and sibling ids); a history
-        # cached by an earlier version is not read again.
-        return f"{self.prefix}:{{conv:{conversation_id}}}:history:v3"
+        # v4: a header, then the active branch (with parent and sibling ids; user messages
+        # with their attachments); a history cached by an earlier version is not read again.
+        return f"{self.prefix}:{{conv:{conversation_id}}}:history:v4"
 
     async def get(self, conversation_id: int, count: int, leaf: int) -> list[dict[str, Any]] | None:
         try:
@@ -98,6 +98,7 @@ class RedisHistoryCache(HistoryCache):
     async def drop(self, conversation_id: int) -> None:
         key = self.key(conversation_id)
         try:  # and the keys of earlier versions, which a server of such a version may have left
-            await self.redis.delete(key, key.removesuffix(":v3") + ":v2", key.removesuffix(":v3"))
+            base = key.removesuffix(":v4")
+            await self.redis.delete(key, base + ":v3", base + ":v2", base)
         except (RedisError, OSError):
             pass

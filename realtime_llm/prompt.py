@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from realtime_llm.config import LlmSettings
 from realtime_llm.providers import Attachment, ChatMessage
-from realtime_llm.store.conversations import ConversationStore
+from realtime_llm.store.conversations import IMAGE_COST_CHARS, ConversationStore
 from realtime_llm.store.records import Conversation
 from realtime_llm.usage import Usage
 
@@ -29,5 +29,6 @@ def answer_usage(reported: Usage | None, prompt: tuple[ChatMessage, ...], answer
     """The upstream's counts when it gave them; else an estimate (4 characters a token)."""
     if reported is not None:
         return reported
-    prompt_chars = sum(len(m.content) + len(m.reasoning) for m in prompt)
+    prompt_chars = sum(len(m.content) + len(m.reasoning) + sum(
+        IMAGE_COST_CHARS if a.is_image else len(a.name) + len(a.text) for a in m.attachments) for m in prompt)
     return Usage(-(-prompt_chars // CHARS_PER_TOKEN), -(-len(answer) // CHARS_PER_TOKEN), estimated=True)

@@ -10,11 +10,11 @@ import contextlib
 import dataclasses
 import logging
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass
-from typing import AsyncGenerator, AsyncIterator, BinaryIO
+from typing import AsyncGenerator, AsyncIterator
 
-import anyio
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -28,6 +28,10 @@ logger = logging.getLogger("realtime_llm.uploads")
 MULTIPART_OVERHEAD = 16_384  # boundaries and part headers around the file
 MAX_NAME_CHARS = 255
 PDF_SECONDS = 30.0  # reading a PDF's text may take this long; past it the file is refused
+PDF_MAX_PAGES = 2_000  # pages read for text; the rest of a longer PDF is not
+PDF_MEMORY_BYTES = 1 << 30  # the PDF reader's process may map this much
+PDFS_AT_ONCE = 2  # PDF readers a server process runs at a time (the machine's cores, not more)
+_pdf_slots = asyncio.Semaphore(PDFS_AT_ONCE)
 
 
 CHUNK_BYTES = 262_144  # how a file is read off its spool and kept: file_chunks rows of this size
@@ -57,8 +61,11 @@ async def received_file(request: Request, server: ServerSettings, max_bytes: int
         raise UnsupportedMediaType("send the file as multipart/form-data, in a field named 'file'")
     bound = max_bytes + MULTIPART_OVERHEAD
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > bound):
-        raise PayloadTooLarge(f"a file may be at most {max_bytes} bytes")  # refused before a byte is read
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise BadRequest("invalid Content-Length header")
+        if int(declared) > bound:
+            raise PayloadTooLarge(f"a file may be at most {max_bytes} bytes")  # refused before a byte is read
 
     async def bounded() -> AsyncGenerator[bytes, None]:
         size = 0
@@ -120,28 +127,34 @@ def clean_name(raw: str) -> str:
 
 
 async def pdf_text(file: UploadFile, max_chars: int) -> str:
-    """A PDF's text (pypdf, reading the spooled file), in a worker thread; a PDF it cannot
-    read is refused."""
-    try:
-        async with asyncio.timeout(PDF_SECONDS):
-            return await anyio.to_thread.run_sync(_pdf_text, file.file, max_chars)
-    except TimeoutError:
-        raise UnsupportedMediaType("this PDF takes too long to read") from None
-    except Exception as exc:  # pypdf's own errors, and what a malformed file makes it raise
-        logger.info("unreadable PDF (%s)", type(exc).__name__)
-        raise UnsupportedMediaType("this PDF cannot be read") from None
-
-
-def _pdf_text(stream: BinaryIO, max_chars: int) -> str:
-    from pypdf import PdfReader  # imported where used: most processes never read a PDF
-
-    stream.seek(0)
-    pages = []
-    size = 0
-    for page in PdfReader(stream).pages:
-        text = page.extract_text() or ""
-        pages.append(text)
-        size += len(text)
-        if size >= max_chars:
-            break
-    return "\n\n".join(pages)[:max_chars]
+    """A PDF's text, read in a process of its own (pdftext.py) with bounded memory and CPU,
+    killed at PDF_SECONDS; at most PDFS_AT_ONCE at a time in this process. A PDF it cannot
+    read in time is refused."""
+    async with _pdf_slots:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "realtime_llm.pdftext", str(max_chars), str(PDF_MAX_PAGES), str(PDF_MEMORY_BYTES),
+            str(int(PDF_SECONDS) + 1), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            async with asyncio.timeout(PDF_SECONDS):
+                await file.seek(0)
+                while chunk := await file.read(CHUNK_BYTES):
+                    process.stdin.write(chunk)
+                    await process.stdin.drain()
+                process.stdin.close()
+                text = await process.stdout.read(4 * max_chars + 4)  # UTF-8: at most 4 bytes a character
+                status = await process.wait()
+        except TimeoutError:
+            raise UnsupportedMediaType("this PDF takes too long to read") from None
+        except (BrokenPipeError, ConnectionResetError):
+            status = await process.wait()  # it stopped reading: ended by a limit
+            text = b""
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    if status != 0:
+        logger.info("unreadable PDF (pdftext exited with %s)", status)
+        raise UnsupportedMediaType("this PDF cannot be read")
+    return text.decode("utf-8", "replace")[:max_chars]

@@ -2,7 +2,7 @@
 // Model output is untrusted: it only ever reaches the page through textContent.
 
 import { renderControls } from "./branches.js";
-import { addFiles, initAttachments, showAttachments, takePending } from "./files.js";
+import { addFiles, initAttachments, resetAttachments, showAttachments, takePending } from "./files.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -75,6 +75,7 @@ async function register() {
 function logout(message = "") {
   if (state.token) api("/api/users/logout", { method: "POST" }).catch(() => {});
   closeSocket();
+  resetAttachments();
   state.token = null;
   state.current = null;
   sessionStorage.removeItem("token");
@@ -166,7 +167,10 @@ async function openConversation(conversation) {
   closeSocket();
   const attempt = ++opening;
   const id = conversation.conversation_id;
-  if (state.current?.id !== id) state.branchSeen = 0;
+  if (state.current?.id !== id) {
+    state.branchSeen = 0;
+    resetAttachments();
+  }
   const history = await api(`/api/conversations/history/${id}`);
   if (attempt !== opening) return; // another conversation was opened meanwhile
   closeSocket();

@@ -25,6 +25,14 @@ export async function addFiles(files) {
   }
 }
 
+// Another conversation, or a logout: nothing waits, and the images shown are let go.
+export function resetAttachments() {
+  pending = [];
+  showPending();
+  for (const url of urls.values()) url.then((u) => URL.revokeObjectURL(u)).catch(() => {});
+  urls.clear();
+}
+
 // The ids of the waiting files, which go with the message being sent; none wait after.
 export function takePending() {
   const ids = pending.map((f) => f.file_id);
@@ -33,7 +41,8 @@ export function takePending() {
   return ids;
 }
 
-// A message's files, shown under its bubble in an element of their own.
+// A message's files, shown under its bubble in an element of their own (images: their
+// thumbnails, kept while the conversation is open).
 export function showAttachments(bubble, messageId, attachments) {
   if (!attachments || !attachments.length) return;
   const row = document.createElement("li");
@@ -86,7 +95,7 @@ function attachmentLink(file) {
   if (file.content_type.startsWith("image/")) {
     const image = document.createElement("img");
     image.alt = file.name;
-    objectUrl(file.file_id).then((url) => { image.src = url; }).catch(() => { image.alt = `${file.name} (unavailable)`; });
+    thumbnailUrl(file.file_id).then((url) => { image.src = url; }).catch(() => { image.alt = `${file.name} (unavailable)`; });
     link.append(image);
   } else {
     link.className = "file";
@@ -99,7 +108,7 @@ function attachmentLink(file) {
   return link;
 }
 
-function objectUrl(fileId) {
+function thumbnailUrl(fileId) {
   if (!urls.has(fileId)) {
     urls.set(fileId, fetch(`/api/files/${encodeURIComponent(fileId)}`, {
       headers: { Authorization: `Bearer ${token()}` },
@@ -113,8 +122,15 @@ function objectUrl(fileId) {
 }
 
 async function download(file) {
+  // Its own object URL, let go once the browser has taken the download.
+  const response = await fetch(`/api/files/${encodeURIComponent(file.file_id)}`, {
+    headers: { Authorization: `Bearer ${token()}` },
+  });
+  if (!response.ok) throw new Error(`the server answered ${response.status}`);
+  const url = URL.createObjectURL(await response.blob());
   const save = document.createElement("a");
-  save.href = await objectUrl(file.file_id);
+  save.href = url;
   save.download = file.name;
   save.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
 }

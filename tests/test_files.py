@@ -82,6 +82,7 @@ def test_each_accepted_type_uploads_and_downloads(api: Api, data: bytes, name: s
     (b"\xff\xfe\x00\x00 not UTF-8 \xc3\x28", "latin.txt"),
     (b"<svg xmlns='http://www.w3.org/2000/svg'\x00>", "image.svg"),
     (bytes(range(256)) * 4, "random.bin"),
+    (b"%PDF-1.7\n" + bytes(range(256)) * 8, "broken.pdf"),  # a PDF its reader cannot read
 ])
 def test_anything_else_is_415(api: Api, data: bytes, name: str) -> None:
     response = upload(api, api.new_user(), data, name, "image/png")

@@ -266,10 +266,18 @@ async def test_deleting_a_user_cascades(db) -> None:
     user = await UserStore(db).create("cascade", "hash")
     store = ConversationStore(db, APIKeyBox("s" * 40))
     conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
-    await store.add_message(conversation, "user", "hello")
+    stored = await store.files.create(user.id, name="a.txt", content_type="text/plain", size=2, width=None,
+                                      height=None, text="", text_chars=2, chunks=one_chunk(b"hi"),
+                                      max_bytes_per_user=100)
+    [file] = await store.files.owned([str(stored["file_id"])], user.id)
+    await store.add_message(conversation, "user", "hello", attachments=[file])
     await db.execute(schema.users.delete().where(schema.users.c.id == user.id))
-    assert await db.fetch_val(sa.select(sa.func.count()).select_from(schema.conversations)) == 0
-    assert await db.fetch_val(sa.select(sa.func.count()).select_from(schema.messages)) == 0
+    for table in (schema.conversations, schema.messages, schema.files, schema.file_chunks, schema.message_files):
+        assert await db.fetch_val(sa.select(sa.func.count()).select_from(table)) == 0, table.name
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def test_api_key_is_not_stored_in_clear(db) -> None:

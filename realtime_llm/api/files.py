@@ -11,9 +11,10 @@ from starlette.responses import StreamingResponse
 
 from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.api.docs import ERROR_RESPONSE, SECURED, documented, json_response, ref
-from realtime_llm.errors import BadRequest, NotFound
+from realtime_llm.errors import BadRequest, NotFound, PayloadTooLarge
 from realtime_llm.responses import JSONResponse
 from realtime_llm.services import Services
+from realtime_llm.store.conversations import PROMPT_IMAGE_BYTES
 from realtime_llm.store.files import StoredFile
 from realtime_llm.uploads import received_file
 
@@ -81,4 +82,7 @@ async def attachments_in(services: Services, value: Any, user_id: int) -> list[S
         raise BadRequest(f"a message may carry at most {most} attachments")
     if len(set(value)) != len(value):
         raise BadRequest("'attachments' names a file twice")
-    return await services.conversations.files.owned(value, user_id)
+    files = await services.conversations.files.owned(value, user_id)
+    if sum(f.size for f in files if f.is_image) > PROMPT_IMAGE_BYTES:
+        raise PayloadTooLarge(f"the images of one message may take at most {PROMPT_IMAGE_BYTES // 2**20} MiB")
+    return files

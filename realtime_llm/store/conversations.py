@@ -13,7 +13,7 @@ from realtime_llm.errors import ConversationNotFound, PayloadTooLarge
 from realtime_llm.keys import APIKeyBox, mask_api_key
 from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import fetch_all, fetch_one
-from realtime_llm.store.files import FileStore, StoredFile, attach_statements
+from realtime_llm.store.files import FileStore, StoredFile, attach
 from realtime_llm.store.records import Conversation, Message, message_from_row
 from realtime_llm.store.schema import conversations, messages
 from realtime_llm.store.shapes import branch_json, message_json
@@ -42,6 +42,7 @@ from realtime_llm.usage import Usage
 
 LIST_LIMIT_MAX = 1000
 IMAGE_COST_CHARS = 4_000  # what an image counts for in the prompt budget (about 1,000 tokens)
+PROMPT_IMAGE_BYTES = 20 * 1024 * 1024  # images a prompt carries at most, in bytes (base64 adds a third)
 FORK_MAX_MESSAGES = 10_000  # a fork writes a whole branch: bounded, like every write
 
 
@@ -165,7 +166,7 @@ class ConversationStore:
         async def delete() -> None:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
                 await self.get_owned(conversation_id, user_id)
-                await self.files.delete_carried_only_by(conversation_id)
+                await self.files.delete_carried_only_by(conversation_id, user_id)
                 await fetch_all(self.database, messages.delete().where(messages.c.conversation_id == conversation_id))
                 await fetch_all(self.database, conversations.delete().where(conversations.c.id == conversation_id,
                                                                             conversations.c.user_id == user_id))
@@ -215,11 +216,12 @@ class ConversationStore:
     async def recent_messages(self, conversation_id: int, budget_chars: int, leaf: int, page: int = 64,
                               with_reasoning: bool = False) -> list[Message]:
         """The newest messages of the branch ending at `leaf` whose contents (files
-        included: their text, IMAGE_COST_CHARS an image) fit in the budget (the newest
-        always), oldest first, each whole with its files; read a page at a time up the
-        branch, so a long conversation costs no more than the budget."""
+        included: their text, IMAGE_COST_CHARS an image) fit in the budget, and whose images
+        in PROMPT_IMAGE_BYTES (the newest always), oldest first, each whole with its files;
+        read a page at a time up the branch, so a long conversation costs no more than the
+        budget."""
         chosen: list[Message] = []
-        used = 0
+        used = images = 0
         start = leaf
         while start:
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=start, page=page)
@@ -228,10 +230,12 @@ class ConversationStore:
                 message = dataclasses.replace(message_from_row(r), attachments=tuple(carried.get(r[0], ())))
                 size = len(message.content) + (len(message.reasoning) if with_reasoning else 0) + sum(
                     IMAGE_COST_CHARS if f.is_image else len(f.name) + f.text_chars for f in message.attachments)
-                if chosen and used + size > budget_chars:
+                pixels = sum(f.size for f in message.attachments if f.is_image)
+                if chosen and (used + size > budget_chars or images + pixels > PROMPT_IMAGE_BYTES):
                     return await self._with_contents(conversation_id, chosen[::-1])
                 chosen.append(message)
                 used += size
+                images += pixels
             start = chosen[-1].parent_id if len(rows) == page else 0
         return await self._with_contents(conversation_id, chosen[::-1])
 
@@ -279,8 +283,7 @@ class ConversationStore:
                     completion_tokens=usage.completion_tokens if usage else None,
                     usage_estimated=int(usage.estimated) if usage else 0, reasoning=reasoning,
                     reasoning_tokens=usage.reasoning_tokens if usage else None, parent_id=parent)
-                for statement in attach_statements(cid, message_id, [f.file_id for f in attachments]):
-                    await fetch_all(self.database, statement)
+                await attach(self.database, cid, user_id, message_id, [f.file_id for f in attachments])
                 # The active leaf has no children (NEXT_MESSAGE_ID and MOVE_LEAF see to it): a
                 # message after it is an only child.
                 siblings = [message_id] if parent == leaf else [

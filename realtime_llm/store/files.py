@@ -65,7 +65,9 @@ class FileStore:
 
         async def insert() -> None:  # one transaction, not to be cut by a cancel
             async with self.database.transaction():
-                await fetch_all(self.database, sa.select(users.c.id).where(users.c.id == user_id).with_for_update())
+                # (FOR NO KEY UPDATE: the user's other writes, which only reference the row, go on.)
+                await fetch_all(self.database, sa.select(users.c.id).where(users.c.id == user_id)
+                                .with_for_update(key_share=True))
                 [(used,)] = await fetch_all(self.database, sa.select(sa.func.coalesce(sa.func.sum(files.c.size), 0))
                                             .where(files.c.user_id == user_id))
                 if int(used) + size > max_bytes_per_user:
@@ -139,28 +141,57 @@ class FileStore:
             pieces.setdefault(file_id, []).append(bytes(chunk))
         return {file_id: b"".join(chunks) for file_id, chunks in pieces.items()}
 
-    async def delete_carried_only_by(self, conversation_id: int) -> None:
-        """Inside the transaction deleting a conversation: the files its messages carry that
-        no other conversation's do go, and its messages stop carrying any."""
-        m, other = message_files, message_files.alias("other")
-        theirs = sa.select(m.c.file_id).where(m.c.conversation_id == conversation_id)
-        elsewhere = sa.select(other.c.file_id).where(other.c.file_id == files.c.id,
-                                                     other.c.conversation_id != conversation_id)
-        await fetch_all(self.database, files.delete().where(files.c.id.in_(theirs), ~sa.exists(elsewhere)))
-        await fetch_all(self.database, m.delete().where(m.c.conversation_id == conversation_id))
+    async def delete_carried_only_by(self, conversation_id: int, user_id: int) -> None:
+        """Inside the transaction deleting a conversation: its messages stop carrying files,
+        and those of its files no other conversation's messages carry go."""
+        m = message_files
+        theirs = [row[0] for row in await fetch_all(self.database, sa.select(m.c.file_id).distinct()
+                                                    .where(m.c.conversation_id == conversation_id))]
+        await self._delete_uncarried(sa.and_(files.c.id.in_(theirs), files.c.user_id == user_id),
+                                     before=m.delete().where(m.c.conversation_id == conversation_id))
 
-    async def sweep_unattached(self, ttl_seconds: int) -> int:
-        """Delete files older than `ttl_seconds` that no message carries; how many went."""
+    async def sweep_unattached(self, ttl_seconds: int, batch: int = 500) -> int:
+        """Delete files older than `ttl_seconds` that no message carries, `batch` at a time
+        (a transaction each, so the database's write lock is held briefly); how many went."""
+        gone = 0
+        while True:
+            async with self.database.transaction():
+                went = await self._delete_uncarried(files.c.created_time < int(time.time()) - ttl_seconds, limit=batch)
+            gone += went
+            if went < batch:
+                return gone
+
+    async def _delete_uncarried(self, candidates: Any, *, before: Any = None, limit: int | None = None) -> int:
+        """Delete the files matching `candidates` that no message carries, in the caller's
+        transaction: their rows are locked first (PostgreSQL), so a message that attaches one
+        meanwhile either commits before the check below, which then sees it, or waits and
+        then fails to find the file (SQLite's transactions are serial already)."""
+        if before is not None:  # (the messages being deleted: what they carry is a candidate now)
+            await fetch_all(self.database, before)
         carried = sa.select(message_files.c.file_id).where(message_files.c.file_id == files.c.id)
-        gone = await fetch_all(self.database, files.delete().where(
-            files.c.created_time < int(time.time()) - ttl_seconds, ~sa.exists(carried)).returning(files.c.id))
+        query = sa.select(files.c.id).where(candidates, ~sa.exists(carried)).order_by(files.c.id).with_for_update()
+        locked = [row[0] for row in await fetch_all(self.database, query if limit is None else query.limit(limit))]
+        if not locked:
+            return 0
+        gone = await fetch_all(self.database, files.delete().where(files.c.id.in_(locked), ~sa.exists(carried))
+                               .returning(files.c.id))
         return len(gone)
 
 
-def attach_statements(conversation_id: int, message_id: int, file_ids: Sequence[str]) -> list[Any]:
-    """The rows that make a message carry these files, for the transaction that adds it."""
-    if not file_ids:
-        return []
-    return [message_files.insert().values([
-        dict(conversation_id=conversation_id, message_id=message_id, position=i, file_id=f)
-        for i, f in enumerate(file_ids)])]
+ATTACH = Compiled(message_files.insert().from_select(
+    ["conversation_id", "message_id", "position", "file_id"],
+    sa.select(sa.cast(sa.bindparam("cid"), message_files.c.conversation_id.type),
+              sa.cast(sa.bindparam("message_id"), sa.Integer), sa.cast(sa.bindparam("position"), sa.Integer),
+              files.c.id).where(files.c.id == sa.bindparam("file_id"), files.c.user_id == sa.bindparam("user_id"))
+    .with_for_update(read=True, key_share=True))  # PostgreSQL: waits for a delete under way, then sees it
+    .returning(message_files.c.file_id))
+
+
+async def attach(database: Database, conversation_id: int, user_id: int, message_id: int,
+                 file_ids: Sequence[str]) -> None:
+    """Inside the transaction that adds a message: it carries these files, each still the
+    owner's now (a file swept or deleted since it was checked is a 400, and nothing is saved)."""
+    for position, file_id in enumerate(file_ids):
+        if not await ATTACH.fetch_all(database, cid=conversation_id, message_id=message_id, position=position,
+                                      file_id=file_id, user_id=user_id):
+            raise BadRequest(f"the file {file_id!r} is gone: upload it again")

@@ -103,10 +103,11 @@ files = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("width", sa.Integer, nullable=True),  # images, where their header says
     sa.Column("height", sa.Integer, nullable=True),
-    sa.Column("text", sa.Text, nullable=False, server_default=""),
     sa.Column("text_chars", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_time", sa.BigInteger, nullable=False),
+    sa.Column("text", sa.Text, nullable=False, server_default=""),  # last: a long one overflows its row
     sa.Index("ix_files_user", "user_id"),
+    sa.Index("ix_files_created", "created_time"),  # the sweep of unattached files
 )
 
 file_chunks = sa.Table(
@@ -126,7 +127,10 @@ message_files = sa.Table(
     sa.Column("conversation_id", Id, sa.ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
     sa.Column("message_id", sa.Integer, nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("file_id", sa.String(40), sa.ForeignKey("files.id", ondelete="CASCADE"), nullable=False),
+    # No cascade: a file is deleted only once no message carries it (store/files.py checks,
+    # with the file's row locked), and a delete that loses a race fails instead of quietly
+    # taking the file off a message just saved.
+    sa.Column("file_id", sa.String(40), sa.ForeignKey("files.id"), nullable=False),
     sa.PrimaryKeyConstraint("conversation_id", "message_id", "position"),
     sa.Index("ix_message_files_file", "file_id"),
 )
