@@ -11,7 +11,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from realtime_llm import metrics
-from realtime_llm.api import branches, chat, conversations, files, health, openapi, page, users, ws
+from realtime_llm.api import branches, chat, conversations, files, health, openapi, page, tokens, users, ws
+from realtime_llm.api.docs import by_method
 from realtime_llm.config import Settings
 from realtime_llm.errors import EXCEPTION_HANDLERS
 from realtime_llm.services import open_services
@@ -23,6 +24,10 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         Route("/api/users/login", users.login, methods=["POST"]),
         Route("/api/users/me", users.me, methods=["GET"]),
         Route("/api/users/logout", users.logout, methods=["POST"]),
+        Route("/api/users/logout_all", users.logout_all, methods=["POST"]),
+        Route("/api/users/password", users.change_password, methods=["POST"]),
+        Route("/api/tokens", by_method(get=tokens.list_tokens, post=tokens.create), methods=["GET", "POST"]),
+        Route("/api/tokens/del/{token_id}", tokens.delete, methods=["POST"]),
         Route("/api/models", health.models, methods=["GET"]),
         Route("/api/conversations/create", conversations.create, methods=["POST"]),
         Route("/api/conversations/list", conversations.list_conversations, methods=["GET"]),

@@ -59,9 +59,27 @@ class PasswordHasher:
 
 @dataclass(frozen=True)
 class TokenClaims:
+    """What a bearer token stands for: a login session (a JWT) or an API token."""
+
     user_id: int
-    jti: str
+    jti: str  # an API token's: "api:<token_id>"
     expires_at: int
+    epoch: int = 0  # a login session's: the user's session epoch when it was issued
+    api_token: bool = False
+
+    @property
+    def token_id(self) -> str:
+        return self.jti.removeprefix(API_JTI)
+
+
+API_JTI = "api:"
+API_TOKEN_PREFIX = "rtllm_"
+NEVER = 2**53  # the expiry of an API token without one
+
+
+def api_token_hash(token: str) -> str:
+    """API tokens are long random strings: a fast hash keeps them from the database's readers."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class InvalidToken(Exception):
@@ -75,13 +93,14 @@ class TokenIssuer:
         self._secret = secret
         self.ttl_seconds = ttl_seconds
 
-    def issue(self, user_id: int) -> str:
+    def issue(self, user_id: int, epoch: int = 0) -> str:
         now = int(time.time())
         claims = {
             "sub": str(user_id),
             "iat": now,
             "exp": now + self.ttl_seconds,
             "jti": uuid.uuid4().hex,
+            "sep": epoch,  # the user's session epoch: a password change ends older tokens
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
@@ -95,11 +114,14 @@ class TokenIssuer:
             )
             user_id = _user_id(claims["sub"])
             jti = claims["jti"]
-            if not isinstance(jti, str) or not jti:
+            if not isinstance(jti, str) or not jti or jti.startswith(API_JTI):
                 raise InvalidToken("bad jti")
+            epoch = claims.get("sep", 0)  # (tokens from before epochs: 0)
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**31:
+                raise InvalidToken("bad sep")
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(str(exc)) from None
-        return TokenClaims(user_id=user_id, jti=jti, expires_at=int(claims["exp"]))
+        return TokenClaims(user_id=user_id, jti=jti, expires_at=int(claims["exp"]), epoch=epoch)
 
 
 MAX_USER_ID = 2**53 - 1  # ids are below 2**53 (DESIGN.md); a larger `sub` overflowed the database's integer

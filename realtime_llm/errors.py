@@ -38,6 +38,11 @@ class Unauthorized(APIError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(APIError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(APIError):
     status_code = 404
     code = "not_found"

@@ -25,6 +25,7 @@ from realtime_llm.ratelimit import RateLimiter, RedisRateLimiter
 from realtime_llm.redisclient import redis_client
 from realtime_llm.seats import Seats, create_seats
 from realtime_llm.sessions import SessionWatch
+from realtime_llm.store.apitokens import ApiTokenStore
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.users import RevocationStore, UserStore
@@ -39,6 +40,7 @@ class Services:
     settings: Settings
     database: Database
     users: UserStore
+    api_tokens: ApiTokenStore
     revocations: RevocationStore
     conversations: ConversationStore
     hasher: PasswordHasher
@@ -125,7 +127,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(sweeper.close)
 
         revocations = RevocationStore(database)
-        sessions = SessionWatch(revocations)
+        users = UserStore(database)
+        sessions = SessionWatch(revocations, users)
         await sessions.start()
         stack.push_async_callback(sessions.close)
 
@@ -133,7 +136,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         yield Services(
             settings=settings,
             database=database,
-            users=UserStore(database),
+            users=users,
+            api_tokens=ApiTokenStore(database),
             revocations=revocations,
             conversations=conversations,
             hasher=hasher,

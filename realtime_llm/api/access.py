@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-from realtime_llm.auth import InvalidToken, TokenClaims
+from realtime_llm.auth import API_TOKEN_PREFIX, InvalidToken, TokenClaims
 from realtime_llm.errors import Unauthorized
 from realtime_llm.services import Services
 from realtime_llm.store.users import User
@@ -33,12 +33,17 @@ async def authenticate_token(services: Services, token: str | None) -> Caller:
     """The user a token speaks for; any doubt (forged, expired, revoked, user gone) is a 401."""
     if not token:
         raise Unauthorized("missing bearer token")
+    if token.startswith(API_TOKEN_PREFIX):
+        found = await services.users.api_token(token)
+        if found is None:
+            raise Unauthorized("invalid, expired or deleted API token")
+        return Caller(*found)
     try:
         claims = services.tokens.verify(token)
     except InvalidToken:
         raise Unauthorized("invalid or expired token") from None
-    user = await services.users.active(claims.user_id, claims.jti)
-    if user is None:  # the user is gone, or this token was revoked by logout
+    user = await services.users.holder(claims)
+    if user is None:  # the user is gone, or this token was revoked by logout, or all sessions ended
         raise Unauthorized("invalid, expired or revoked token")
     return Caller(user=user, claims=claims)
 

@@ -5,7 +5,10 @@ so the document's paths and methods are the router's own and cannot drift from i
 """
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
 
 from realtime_llm.bodies import MAX_ID
 
@@ -66,5 +69,24 @@ def documented(op: dict[str, Any]) -> Callable[[F], F]:
     return document
 
 
-def operation_of(endpoint: Any) -> dict[str, Any] | None:
+def operation_of(endpoint: Any, method: str = "") -> dict[str, Any] | None:
+    """The endpoint's operation (for `method`, where it has one per method: by_method)."""
+    per_method = getattr(endpoint, PER_METHOD, None)
+    if per_method is not None:
+        return operation_of(per_method.get(method.upper()))
     return getattr(endpoint, ATTRIBUTE, None)
+
+
+PER_METHOD = "__methods__"
+
+
+def by_method(**handlers: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """One endpoint for a path that several handlers serve, one per method, so the router's
+    405 lists them all in `Allow`; each keeps its own operation."""
+    table = {method.upper(): handler for method, handler in handlers.items()}
+
+    async def endpoint(request: Request) -> Response:
+        return await table["GET" if request.method == "HEAD" else request.method](request)
+
+    setattr(endpoint, PER_METHOD, table)
+    return endpoint

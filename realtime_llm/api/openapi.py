@@ -43,6 +43,19 @@ SCHEMAS: dict[str, Any] = {
     },
     "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
     "Token": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+    "ApiToken": {
+        "type": "object",
+        "required": ["token_id", "name", "created_time", "expires_time"],
+        "properties": {"token_id": {"type": "string"}, "name": {"type": "string"},
+                       "created_time": {"type": "integer"}, "expires_time": {"type": ["integer", "null"]}},
+    },
+    "NewApiToken": {
+        "type": "object",
+        "required": ["token_id", "name", "token", "created_time", "expires_time"],
+        "properties": {"token_id": {"type": "string"}, "name": {"type": "string"},
+                       "token": {"type": "string", "pattern": "^rtllm_", "description": "shown this once"},
+                       "created_time": {"type": "integer"}, "expires_time": {"type": ["integer", "null"]}},
+    },
     "Me": {
         "type": "object",
         "required": ["user_id", "username", "created_time", "usage"],
@@ -253,6 +266,18 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
                                 "description": "ids of the caller's files (POST /api/files)"},
             },
         },
+        "ApiTokenRequest": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "maxLength": 100, "pattern": NON_BLANK},
+                           "expires_in_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 3650}},
+        },
+        "PasswordChange": {
+            "type": "object",
+            "required": ["old_password", "new_password"],
+            "properties": {"old_password": _text(auth.max_password_length, min_chars=1),
+                           "new_password": _text(auth.max_password_length, min_chars=auth.min_password_length)},
+        },
         "MessageChoice": {
             "type": "object",
             "required": ["message_id"],
@@ -267,10 +292,10 @@ def paths(routes: list[BaseRoute]) -> dict[str, Any]:
     for route in routes:
         if not isinstance(route, Route):
             continue  # the WebSocket (DESIGN.md describes it) and the static files
-        op = operation_of(route.endpoint)
-        if op is None:
-            raise RuntimeError(f"{route.path} has no @operation: document it beside its handler")
         for method in sorted((route.methods or set()) - {"HEAD"}):
+            op = operation_of(route.endpoint, method)
+            if op is None:
+                raise RuntimeError(f"{method} {route.path} has no @operation: document it beside its handler")
             found.setdefault(route.path, {})[method.lower()] = op
     return found
 

@@ -53,7 +53,7 @@ async def login(request: Request) -> JSONResponse:
     ok = await services.hasher.verify(password, user.password_hash if user else None)
     if user is None or not ok:
         raise Unauthorized("invalid username or password")
-    return JSONResponse({"token": services.tokens.issue(user.id)})
+    return JSONResponse({"token": services.tokens.issue(user.id, user.session_epoch)})
 
 
 def client_address(request: Request) -> str:
@@ -71,13 +71,45 @@ async def me(request: Request) -> JSONResponse:
                          "usage": usage})
 
 
-@operation("Revoke the caller's token", {"200": json_response(ref("Message"), "revoked")})
+@operation("Revoke the caller's token", {"200": json_response(ref("Message"), "revoked"), "400": ERROR_RESPONSE})
 async def logout(request: Request) -> JSONResponse:
     caller = await require_caller(request)
+    if caller.claims.api_token:
+        raise BadRequest("an API token is not logged out: delete it (POST /api/tokens/del/{token_id})")
     services = services_of(request)
     await services.revocations.revoke(caller.claims.jti, caller.claims.expires_at)
     services.sessions.end_session(caller.claims.jti)  # here at once; other processes within a second
     return JSONResponse({"message": "Logged out successfully"})
+
+
+@operation("Change the password; every login session ends (API tokens stay)",
+           {"200": json_response(ref("Message"), "changed")}, body="PasswordChange", limited=True)
+async def change_password(request: Request) -> JSONResponse:
+    caller = await require_caller(request)
+    services = services_of(request)
+    rules = services.settings.auth
+    body = await read_json_object(request, services.settings.server)
+    old = required_string(body, "old_password", max_chars=rules.max_password_length)
+    new = required_string(body, "new_password", max_chars=rules.max_password_length)
+    await services.limiter.check("login attempts for this user", f"login-user:{caller.user.username.lower()}",
+                                 services.settings.limits.login_attempts_per_minute_per_username, 60)
+    if len(new) < rules.min_password_length:
+        raise BadRequest(f"password must be at least {rules.min_password_length} characters")
+    if not await services.hasher.verify(old, caller.user.password_hash):
+        raise Unauthorized("the old password is wrong")
+    epoch = await services.users.change_password(caller.user.id, await services.hasher.hash(new))
+    services.sessions.end_user_sessions(caller.user.id, epoch)  # here at once; elsewhere within a second
+    return JSONResponse({"message": "Password changed: every session has ended, log in again"})
+
+
+@operation("Log out everywhere: every login session ends (API tokens stay)",
+           {"200": json_response(ref("Message"), "ended")})
+async def logout_all(request: Request) -> JSONResponse:
+    caller = await require_caller(request)
+    services = services_of(request)
+    epoch = await services.users.end_sessions(caller.user.id)
+    services.sessions.end_user_sessions(caller.user.id, epoch)
+    return JSONResponse({"message": "Every session has ended"})
 
 
 async def _credentials(request: Request) -> tuple[str, str]:

@@ -269,7 +269,7 @@ class ConversationSocket:
         """A socket lives longer than a check at the door: an expired or logged-out token
         ends it (4401) at its next command."""
         claims = self.caller.claims
-        if claims.expires_at <= time.time() or await self.services.users.active(claims.user_id, claims.jti) is None:
+        if claims.expires_at <= time.time() or await self.services.users.holder(claims) is None:
             raise CloseSocket(CLOSE_AUTH, "token expired or revoked")
 
     async def _start_generation(self, frame: dict[str, Any]) -> None:

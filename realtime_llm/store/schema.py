@@ -21,6 +21,11 @@ users = sa.Table(
     # Token usage of all this user's answers, kept when conversations are deleted (v2).
     sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    # Login sessions (JWTs) carry the epoch they were issued in; a password change or a
+    # "log out everywhere" moves it on, and when (v7), so every process ends their streams.
+    sa.Column("session_epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sessions_ended_at", sa.Float, nullable=False, server_default="0"),
+    sa.Index("ix_users_sessions_ended_at", "sessions_ended_at"),
     # A user id is never handed out twice (SQLite AUTOINCREMENT, PostgreSQL BIGSERIAL): a
     # token's `sub` must never come to mean somebody else (v3).
     sqlite_autoincrement=True,
@@ -135,6 +140,20 @@ message_files = sa.Table(
     sa.Index("ix_message_files_file", "file_id"),
 )
 
+# API tokens for scripts and services (v7): only a hash of each is kept; deleting the row
+# ends the token (its open streams end through a revocation of "api:<id>").
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # "tok_" and random letters
+    sa.Column("user_id", Id, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_time", sa.BigInteger, nullable=False),
+    sa.Column("expires_time", sa.BigInteger, nullable=True),  # null: until deleted
+    sa.Index("ix_api_tokens_user", "user_id"),
+)
+
 revoked_tokens = sa.Table(
     "revoked_tokens",
     metadata,
@@ -188,7 +207,7 @@ SEARCH_POSTGRESQL = (
     "CREATE INDEX IF NOT EXISTS ix_messages_content_trgm ON messages USING gin (content gin_trgm_ops)",
 )
 
-BASELINE = (users, conversations, messages, revoked_tokens, files, file_chunks, message_files)
+BASELINE = (users, conversations, messages, revoked_tokens, files, file_chunks, message_files, api_tokens)
 # Upgrade i takes the schema from version i to i+1; never edit one that has shipped.
 UPGRADES: list[Upgrade] = [
     Upgrade(  # 1 -> 2: token usage, message search
@@ -230,5 +249,13 @@ UPGRADES: list[Upgrade] = [
         ),
     ),
     Upgrade(creates=(files, file_chunks, message_files)),  # 5 -> 6: attachments
+    Upgrade(  # 6 -> 7: API tokens; ending every login session of a user
+        creates=(api_tokens,),
+        alter=(
+            "ALTER TABLE users ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE users ADD COLUMN sessions_ended_at FLOAT NOT NULL DEFAULT 0",
+            "CREATE INDEX IF NOT EXISTS ix_users_sessions_ended_at ON users (sessions_ended_at)",
+        ),
+    ),
 ]
 SCHEMA_VERSION = 1 + len(UPGRADES)

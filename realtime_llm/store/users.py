@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from databases import Database
 
+from realtime_llm.auth import API_JTI, NEVER, TokenClaims, api_token_hash
 from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import Compiled, fetch_all, fetch_one
-from realtime_llm.store.schema import revoked_tokens, users
+from realtime_llm.store.schema import api_tokens, revoked_tokens, users
 
 
 @dataclass(frozen=True)
@@ -18,18 +19,28 @@ class User:
     username: str
     password_hash: str
     created_time: int
+    session_epoch: int = 0  # login tokens of an earlier epoch are dead
 
 
 class UsernameTaken(Exception):
     pass
 
 
-# Every authenticated request: the user a token names, unless that token was revoked.
-USER_COLUMNS = (users.c.id, users.c.username, users.c.password_hash, users.c.created_time)
+# Every authenticated request: the user a login token names, unless that token was revoked
+# or the user's sessions were all ended since it was issued; or the owner of an API token.
+USER_COLUMNS = (users.c.id, users.c.username, users.c.password_hash, users.c.created_time, users.c.session_epoch)
 ACTIVE_USER = Compiled(
     sa.select(*USER_COLUMNS)
-    .where(users.c.id == sa.bindparam("user_id"),
+    .where(users.c.id == sa.bindparam("user_id"), users.c.session_epoch == sa.bindparam("epoch"),
            ~sa.exists().where(revoked_tokens.c.jti == sa.bindparam("jti"))))
+_live = sa.or_(api_tokens.c.expires_time.is_(None), api_tokens.c.expires_time > sa.bindparam("now"))
+API_TOKEN_OWNER = Compiled(
+    sa.select(*USER_COLUMNS, api_tokens.c.id, api_tokens.c.expires_time).join_from(
+        api_tokens, users, users.c.id == api_tokens.c.user_id)
+    .where(api_tokens.c.token_hash == sa.bindparam("token_hash"), _live))
+API_TOKEN_HOLDER = Compiled(
+    sa.select(*USER_COLUMNS).join_from(api_tokens, users, users.c.id == api_tokens.c.user_id)
+    .where(api_tokens.c.id == sa.bindparam("token_id"), _live))
 
 
 class UserStore:
@@ -55,10 +66,43 @@ class UserStore:
         row = await fetch_one(self.database, sa.select(*USER_COLUMNS).where(users.c.username == username))
         return None if row is None else User(*row)
 
-    async def active(self, user_id: int, jti: str) -> User | None:
-        """The user a token names, unless that token was revoked: one query per request."""
-        row = await ACTIVE_USER.fetch_one(self.database, user_id=user_id, jti=jti)
+    async def holder(self, claims: TokenClaims) -> User | None:
+        """The user a checked token still speaks for: one query per request. None for a
+        revoked or deleted token, a session ended since, or a user gone."""
+        if claims.api_token:
+            row = await API_TOKEN_HOLDER.fetch_one(self.database, token_id=claims.token_id, now=int(time.time()))
+        else:
+            row = await ACTIVE_USER.fetch_one(self.database, user_id=claims.user_id, jti=claims.jti,
+                                              epoch=claims.epoch)
         return None if row is None else User(*row)
+
+    async def api_token(self, token: str) -> tuple[User, TokenClaims] | None:
+        """The owner of an API token and its claims; None for an unknown, deleted or expired one."""
+        row = await API_TOKEN_OWNER.fetch_one(self.database, token_hash=api_token_hash(token), now=int(time.time()))
+        if row is None:
+            return None
+        user = User(*row[:5])
+        return user, TokenClaims(user.id, API_JTI + row[5], row[6] or NEVER, api_token=True)
+
+    async def change_password(self, user_id: int, password_hash: str) -> int:
+        """A new password, and every login session ended; the new session epoch."""
+        return await self._new_epoch(user_id, password_hash=password_hash)
+
+    async def end_sessions(self, user_id: int) -> int:
+        """Every login session of the user ended (API tokens stay); the new session epoch."""
+        return await self._new_epoch(user_id)
+
+    async def _new_epoch(self, user_id: int, **values: str) -> int:
+        [(epoch,)] = await fetch_all(self.database, users.update().where(users.c.id == user_id).values(
+            session_epoch=users.c.session_epoch + 1, sessions_ended_at=time.time(), **values)
+            .returning(users.c.session_epoch))
+        return int(epoch)
+
+    async def sessions_ended_since(self, since: float) -> dict[int, int]:
+        """Users whose sessions were ended at `since` or later, with their epoch now."""
+        rows = await fetch_all(self.database, sa.select(users.c.id, users.c.session_epoch)
+                               .where(users.c.sessions_ended_at >= since))
+        return {int(user_id): int(epoch) for user_id, epoch in rows}
 
 
     async def usage(self, user_id: int) -> dict[str, int]:
