@@ -28,6 +28,7 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         Route("/api/users/password", users.change_password, methods=["POST"]),
         Route("/api/tokens", by_method(get=tokens.list_tokens, post=tokens.create), methods=["GET", "POST"]),
         Route("/api/tokens/del/{token_id}", tokens.delete, methods=["POST"]),
+        Route("/api/tickets", tokens.ticket, methods=["POST"]),
         Route("/api/models", health.models, methods=["GET"]),
         Route("/api/conversations/create", conversations.create, methods=["POST"]),
         Route("/api/conversations/list", conversations.list_conversations, methods=["GET"]),

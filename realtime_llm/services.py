@@ -29,6 +29,7 @@ from realtime_llm.store.apitokens import ApiTokenStore
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.users import RevocationStore, UserStore
+from realtime_llm.tickets import RedisTickets, Tickets
 
 logger = logging.getLogger("realtime_llm")
 
@@ -41,6 +42,7 @@ class Services:
     database: Database
     users: UserStore
     api_tokens: ApiTokenStore
+    tickets: Tickets  # single-use stream tickets for browsers
     revocations: RevocationStore
     conversations: ConversationStore
     hasher: PasswordHasher
@@ -138,6 +140,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             database=database,
             users=users,
             api_tokens=ApiTokenStore(database),
+            tickets=RedisTickets(redis, settings.redis.key_prefix) if redis is not None else Tickets(),
             revocations=revocations,
             conversations=conversations,
             hasher=hasher,

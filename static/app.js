@@ -22,6 +22,7 @@ const state = {
   tree: new Map(), // message id -> {sibling_ids} of the branch shown, as history last gave it
   editing: null, // the id of the user message the composer is writing a new version of
   branchSeen: 0, // the newest branch event acted on (a reopen replays it: not again)
+  connecting: 0, // connection attempts: only the newest one's ticket opens a socket
   reads: 0, // history reads for the versions: only the newest one's answer counts
 };
 
@@ -50,7 +51,11 @@ async function api(path, options = {}) {
   if (response.status === 401 && state.token) {
     logout("Your session has ended. Please log in again.");
   }
-  if (!response.ok) throw new Error(body.error || `The server answered ${response.status}.`);
+  if (!response.ok) {
+    const error = new Error(body.error || `The server answered ${response.status}.`);
+    error.status = response.status;
+    throw error;
+  }
   return body;
 }
 
@@ -260,13 +265,39 @@ function sendFrame(frame) {
 
 function connect() {
   if (!state.current) return;
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/ws/conversations/${state.current.id}`);
-  state.socket = socket;
+  const id = state.current.id;
+  const attempt = ++state.connecting;
   setStatus("connecting…");
-  socket.addEventListener("open", () => {
-    socket.send(JSON.stringify({ type: "auth", token: state.token, last_event_id: state.lastEventId }));
+  // A single-use ticket in the URL: the long-lived token goes neither into a URL nor a frame.
+  api("/api/tickets", { method: "POST", body: JSON.stringify({ conversation_id: id }) }).then(({ ticket }) => {
+    if (attempt === state.connecting && state.current?.id === id) openSocket(id, ticket);
+  }).catch((error) => {
+    if (attempt !== state.connecting || !state.token) return;
+    if (error.status === 404) conversationGone();
+    else reconnectLater();
   });
+}
+
+function conversationGone() {
+  showError("chat-error", "This conversation no longer exists.");
+  state.current = null;
+  loadConversations().catch(() => {});
+}
+
+function reconnectLater() {
+  // A blip or a restart: come back, with backoff, and resume.
+  const delay = Math.min(10000, 300 * 2 ** state.retries) * (0.75 + Math.random() / 2);
+  state.retries += 1;
+  setStatus("reconnecting…");
+  state.reconnectTimer = setTimeout(connect, delay);
+}
+
+function openSocket(id, ticket) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const resume = typeof state.lastEventId === "number" ? `&last_event_id=${state.lastEventId}` : "";
+  const socket = new WebSocket(
+    `${scheme}://${location.host}/ws/conversations/${id}?ticket=${encodeURIComponent(ticket)}${resume}`);
+  state.socket = socket;
   socket.addEventListener("message", (message) => {
     if (socket !== state.socket) return;
     let frame;
@@ -278,22 +309,14 @@ function connect() {
     state.socket = null;
     setComposer(false);
     if (event.code === 4401) return logout("Your session has ended. Please log in again.");
-    if (event.code === 4404) {
-      showError("chat-error", "This conversation no longer exists.");
-      state.current = null;
-      loadConversations().catch(() => {});
-      return;
-    }
-    // Anything else is a blip or a restart: come back, with backoff, and resume.
-    const delay = Math.min(10000, 300 * 2 ** state.retries) * (0.75 + Math.random() / 2);
-    state.retries += 1;
-    setStatus("reconnecting…");
-    state.reconnectTimer = setTimeout(connect, delay);
+    if (event.code === 4404) return conversationGone();
+    reconnectLater();
   });
 }
 
 function closeSocket() {
   clearTimeout(state.reconnectTimer);
+  state.connecting += 1; // a ticket on its way is for nothing now
   const socket = state.socket;
   state.socket = null;
   if (socket) socket.close(1000);

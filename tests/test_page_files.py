@@ -58,3 +58,4 @@ def test_a_refused_file_is_said_in_words(page: Page, tmp_path: Path) -> None:
     tid(page, "attach").set_input_files(str(program))
     expect(tid(page, "error").last).to_contain_text("setup.png: only images (PNG, JPEG, WebP, GIF), PDF")
     expect(tid(page, "pending-attachment")).to_have_count(0)
+

@@ -1,6 +1,7 @@
 """Who is asking: the bearer token of a request, checked."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
@@ -45,6 +46,15 @@ async def authenticate_token(services: Services, token: str | None) -> Caller:
     user = await services.users.holder(claims)
     if user is None:  # the user is gone, or this token was revoked by logout, or all sessions ended
         raise Unauthorized("invalid, expired or revoked token")
+    return Caller(user=user, claims=claims)
+
+
+async def ticket_caller(services: Services, ticket: str, conversation_id: int) -> Caller:
+    """The caller a stream ticket stands for, on the conversation it was given for; used up."""
+    claims = await services.tickets.redeem(ticket, conversation_id) if len(ticket) <= 64 else None
+    user = await services.users.holder(claims) if claims is not None and claims.expires_at > time.time() else None
+    if claims is None or user is None:
+        raise Unauthorized("invalid, used or expired ticket (or one for another conversation)")
     return Caller(user=user, claims=claims)
 
 

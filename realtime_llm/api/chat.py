@@ -9,7 +9,7 @@ from typing import AsyncIterator, Callable
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from realtime_llm.api.access import Caller, check_message_rate, require_caller, services_of
+from realtime_llm.api.access import Caller, check_message_rate, require_caller, services_of, ticket_caller
 from realtime_llm.api.docs import ERROR_RESPONSE, event_stream, json_response, operation, ref
 from realtime_llm.api.files import attachments_in
 from realtime_llm.api.streams import align_event_ids, ended_unseen, stream_end_message, watched_subscription
@@ -97,11 +97,14 @@ async def answer_stream(request: Request, caller: Caller, generation: Generation
 @operation("The conversation's events, live; replays after Last-Event-ID first",
            {"200": event_stream("events, until the client leaves")}, params=True,
            query=({"name": "last_event_id", "in": "query", "required": False, "schema": EVENT_ID_SCHEMA},
-                  {"name": "Last-Event-ID", "in": "header", "required": False, "schema": EVENT_ID_SCHEMA}))
+                  {"name": "Last-Event-ID", "in": "header", "required": False, "schema": EVENT_ID_SCHEMA},
+                  {"name": "ticket", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 64},
+                   "description": "a stream ticket (POST /api/tickets) instead of the Authorization header"}))
 async def events(request: Request) -> StreamingResponse:
-    caller = await require_caller(request)
     conversation_id = path_id(request)
     services = services_of(request)
+    ticket = request.query_params.get("ticket")  # EventSource sends no headers: a ticket instead
+    caller = await (require_caller(request) if ticket is None else ticket_caller(services, ticket, conversation_id))
     after = last_event_id(request)
     await services.conversations.get_owned(conversation_id, caller.user.id)
     await align_event_ids(services, conversation_id, after)

@@ -13,7 +13,7 @@ from realtime_llm import __version__
 from realtime_llm.api.access import services_of
 from realtime_llm.api.docs import json_response, operation, operation_of, ref
 from realtime_llm.api.files import FILE_ID_SCHEMA
-from realtime_llm.bodies import MAX_MESSAGE_ID, NO_NUL
+from realtime_llm.bodies import MAX_ID, MAX_MESSAGE_ID, NO_NUL
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
 from realtime_llm.events import BRANCH, DONE, FULL_RESPONSE, MESSAGE, REASONING, TITLE, TRUNCATE, USER_MESSAGE
@@ -43,6 +43,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
     "Token": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+    "Ticket": {"type": "object", "required": ["ticket", "expires_in"],
+               "properties": {"ticket": {"type": "string"}, "expires_in": {"type": "integer"}}},
     "ApiToken": {
         "type": "object",
         "required": ["token_id", "name", "created_time", "expires_time"],
@@ -265,6 +267,11 @@ def bounded_schemas(settings: Settings, catalog: ModelCatalog) -> dict[str, Any]
                                 "uniqueItems": True, "items": FILE_ID_SCHEMA,
                                 "description": "ids of the caller's files (POST /api/files)"},
             },
+        },
+        "TicketRequest": {
+            "type": "object",
+            "required": ["conversation_id"],
+            "properties": {"conversation_id": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
         },
         "ApiTokenRequest": {
             "type": "object",

@@ -1,5 +1,6 @@
 """/api/tokens: API tokens for scripts and services (DESIGN.md, Programmatic and shared
-access) — made, listed and deleted by their owner, in a login session."""
+access) — made, listed and deleted by their owner, in a login session; /api/tickets:
+single-use stream tickets for browsers."""
 from __future__ import annotations
 
 import time
@@ -8,9 +9,10 @@ from starlette.requests import Request
 
 from realtime_llm.api.access import Caller, require_caller, services_of
 from realtime_llm.api.docs import ERROR_RESPONSE, SECURED, documented, json_response, operation, ref
-from realtime_llm.bodies import bounded_int, read_json_object, required_string
+from realtime_llm.bodies import MAX_ID, bounded_int, read_json_object, required_string
 from realtime_llm.errors import BadRequest, Forbidden, NotFound
 from realtime_llm.responses import JSONResponse
+from realtime_llm.tickets import TICKET_SECONDS
 
 MAX_NAME_CHARS = 100
 # A deleted token's revocation is what tells other processes to end its streams; the token
@@ -67,3 +69,24 @@ async def delete(request: Request) -> JSONResponse:
     await services.revocations.revoke(jti, expires_at=int(time.time()) + REVOCATION_SECONDS)
     services.sessions.end_session(jti)
     return JSONResponse({"message": "API token deleted"})
+
+
+TICKETS_PER_MINUTE = 120  # per user: a page asks for one each time it (re)connects
+
+
+@operation("A single-use stream ticket for one conversation, valid 60 s (for ?ticket= on its "
+           "events stream and WebSocket)", {"200": json_response(ref("Ticket"), "the ticket")},
+           body="TicketRequest", limited=True)
+async def ticket(request: Request) -> JSONResponse:
+    """A browser's EventSource cannot send a header, and a token in a URL lands in logs: a
+    ticket stands for the caller's token, once, for a minute, on one conversation."""
+    caller = await require_caller(request)
+    services = services_of(request)
+    body = await read_json_object(request, services.settings.server)
+    conversation_id = bounded_int(body.get("conversation_id"), "conversation_id", 1, MAX_ID)
+    if conversation_id is None:
+        raise BadRequest("'conversation_id' is required")
+    await services.conversations.get_owned(conversation_id, caller.user.id)
+    await services.limiter.check("stream tickets", f"tickets:{caller.user.id}", TICKETS_PER_MINUTE, 60)
+    issued = await services.tickets.issue(caller.claims, conversation_id)
+    return JSONResponse({"ticket": issued, "expires_in": TICKET_SECONDS})

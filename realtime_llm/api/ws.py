@@ -10,7 +10,14 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from realtime_llm.api.access import Caller, authenticate_token, bearer_token, check_message_rate, services_of
+from realtime_llm.api.access import (
+    Caller,
+    authenticate_token,
+    bearer_token,
+    check_message_rate,
+    services_of,
+    ticket_caller,
+)
 from realtime_llm.api.files import attachments_in
 from realtime_llm.api.streams import align_event_ids, stream_end_message, watched_subscription
 from realtime_llm.bodies import MAX_MESSAGE_ID, bounded_int, event_id, message_id_of, validate_message
@@ -103,9 +110,17 @@ def _socket_id(raw: str) -> int:
 
 
 async def _authenticate(websocket: WebSocket, services: Services) -> tuple[Caller, int | None]:
-    """Header auth on the upgrade, else a first {"type":"auth"} frame within 10 seconds."""
+    """Header auth on the upgrade, or a stream ticket in the URL, else a first
+    {"type":"auth"} frame within 10 seconds."""
     token = bearer_token(websocket)
     raw_after: Any = websocket.query_params.get("last_event_id")
+    ticket = websocket.query_params.get("ticket")
+    if ticket is not None:
+        try:
+            after = event_id(raw_after)
+            return await ticket_caller(services, ticket, _socket_id(websocket.path_params["id"])), after
+        except (BadRequest, Unauthorized) as exc:
+            raise CloseSocket(CLOSE_AUTH, exc.message) from None
     if token is None:
         try:
             async with asyncio.timeout(services.settings.stream.ws_auth_timeout_seconds):

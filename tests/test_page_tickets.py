@@ -1,0 +1,36 @@
+"""Stream tickets in a real browser: an EventSource, which sends no headers, reads a live
+answer with a ticket in its URL (the page's own socket connects with tickets too)."""
+# ruff: noqa: F811  (test_page's fixtures are imported, and test arguments share their names)
+from __future__ import annotations
+
+from playwright.sync_api import Page
+
+from tests.test_page import browser, create, page, page_server, send, sign_up  # noqa: F401
+
+
+def test_an_event_source_reads_a_live_answer_with_a_ticket(page: Page) -> None:
+    """A browser's EventSource sends no Authorization header: with a ticket in its URL it
+    reads the conversation's events live, while the page itself chats."""
+    sign_up(page)
+    create(page, "Event source")
+    cid = page.evaluate("Number(sessionStorage.getItem('conversation'))")
+    page.evaluate("""async (cid) => {
+        const token = sessionStorage.getItem("token");
+        const response = await fetch("/api/tickets", {method: "POST", body: JSON.stringify({conversation_id: cid}),
+            headers: {Authorization: `Bearer ${token}`, "Content-Type": "application/json"}});
+        const {ticket} = await response.json();
+        window.__seen = [];
+        const source = new EventSource(`/api/chat/${cid}/events?ticket=${encodeURIComponent(ticket)}`);
+        for (const type of ["user_message", "message", "full_response"]) {
+            source.addEventListener(type, (event) => window.__seen.push(JSON.parse(event.data)));
+        }
+        await new Promise((resolve, reject) => { source.onopen = resolve; source.onerror = reject; });
+        window.__source = source;
+    }""", cid)
+    send(page, "#fake tokens=4 delay_ms=20")
+    page.wait_for_function("() => window.__seen.some((e) => e.event === 'full_response')")
+    seen = page.evaluate("window.__seen")
+    assert [e["event"] for e in seen][0] == "user_message"
+    assert "".join(e["data"] for e in seen if e["event"] == "message") == "t0 t1 t2 t3 "
+    assert seen[-1]["data"] == "t0 t1 t2 t3 "
+    page.evaluate("window.__source.close()")
