@@ -11,7 +11,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from realtime_llm import metrics
-from realtime_llm.api import branches, chat, conversations, files, health, openapi, page, tokens, users, ws
+from realtime_llm.api import branches, chat, conversations, files, health, openapi, page, shares, tokens, users, ws
 from realtime_llm.api.docs import by_method
 from realtime_llm.config import Settings
 from realtime_llm.errors import EXCEPTION_HANDLERS
@@ -38,6 +38,11 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         Route("/api/conversations/export/{id}", conversations.export, methods=["GET"]),
         Route("/api/conversations/branch/{id}", branches.branch, methods=["POST"]),
         Route("/api/conversations/fork/{id}", branches.fork, methods=["POST"]),
+        Route("/api/conversations/share/{id}", shares.share, methods=["POST"]),
+        Route("/api/conversations/unshare/{id}", shares.unshare, methods=["POST"]),
+        Route("/api/shared/{share_id}", shares.shared_history, methods=["GET"]),
+        Route("/api/shared/{share_id}/events", shares.shared_events, methods=["GET"]),
+        Route("/s/{share_id}", shares.shared_page, methods=["GET"]),
         Route("/api/files", files.upload, methods=["POST"]),
         Route("/api/files/{file_id}", files.download, methods=["GET"]),
         Route("/api/chat/{id}", chat.chat, methods=["POST"]),
@@ -45,6 +50,7 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         Route("/api/chat/{id}/events", chat.events, methods=["GET"]),
         Route("/api/chat/{id}/stop", chat.stop, methods=["POST"]),
         WebSocketRoute("/ws/conversations/{id}", ws.conversation_socket),
+        WebSocketRoute("/ws/shared/{share_id}", ws.shared_socket),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),

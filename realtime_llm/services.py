@@ -28,6 +28,7 @@ from realtime_llm.sessions import SessionWatch
 from realtime_llm.store.apitokens import ApiTokenStore
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
+from realtime_llm.store.shares import ShareStore
 from realtime_llm.store.users import RevocationStore, UserStore
 from realtime_llm.tickets import RedisTickets, Tickets
 
@@ -43,6 +44,7 @@ class Services:
     users: UserStore
     api_tokens: ApiTokenStore
     tickets: Tickets  # single-use stream tickets for browsers
+    shares: ShareStore  # read-only share links
     revocations: RevocationStore
     conversations: ConversationStore
     hasher: PasswordHasher
@@ -140,6 +142,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             database=database,
             users=users,
             api_tokens=ApiTokenStore(database),
+            shares=ShareStore(database),
             tickets=RedisTickets(redis, settings.redis.key_prefix) if redis is not None else Tickets(),
             revocations=revocations,
             conversations=conversations,

@@ -175,6 +175,7 @@ async function openConversation(conversation) {
   if (state.current?.id !== id) {
     state.branchSeen = 0;
     resetAttachments();
+    $("share-panel").hidden = true;
   }
   const history = await api(`/api/conversations/history/${id}`);
   if (attempt !== opening) return; // another conversation was opened meanwhile
@@ -573,5 +574,17 @@ $("chat").addEventListener("drop", (event) => {
 $("show-sidebar").addEventListener("click", () => $("app").classList.toggle("sidebar-open"));
 $("show-params").addEventListener("click", () => { if (state.current) $("params-form").hidden = !$("params-form").hidden; });
 $("params-form").addEventListener("submit", guard("chat-error", saveParams));
+$("share").addEventListener("click", guard("chat-error", async () => {
+  if (!state.current) return;
+  const shared = await api(`/api/conversations/share/${state.current.id}`, { method: "POST" });
+  $("share-link").href = shared.url;
+  $("share-link").textContent = new URL(shared.url, location.href).href;
+  $("share-panel").hidden = false;
+}));
+$("unshare").addEventListener("click", guard("chat-error", async () => {
+  if (!state.current) return;
+  await api(`/api/conversations/unshare/${state.current.id}`, { method: "POST" });
+  $("share-panel").hidden = true;
+}));
 
 if (state.token) showApp().catch(() => logout());

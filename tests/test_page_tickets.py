@@ -1,9 +1,12 @@
-"""Stream tickets in a real browser: an EventSource, which sends no headers, reads a live
-answer with a ticket in its URL (the page's own socket connects with tickets too)."""
+"""Stream tickets and share links in a real browser: an EventSource, which sends no
+headers, reads a live answer with a ticket in its URL (the page's own socket connects with
+tickets too); a shared page streams an answer while its owner chats."""
 # ruff: noqa: F811  (test_page's fixtures are imported, and test arguments share their names)
 from __future__ import annotations
 
-from playwright.sync_api import Page
+import re
+
+from playwright.sync_api import Page, expect
 
 from tests.test_page import browser, create, page, page_server, send, sign_up  # noqa: F401
 
@@ -34,3 +37,30 @@ def test_an_event_source_reads_a_live_answer_with_a_ticket(page: Page) -> None:
     assert "".join(e["data"] for e in seen if e["event"] == "message") == "t0 t1 t2 t3 "
     assert seen[-1]["data"] == "t0 t1 t2 t3 "
     page.evaluate("window.__source.close()")
+
+
+def test_a_shared_page_streams_while_the_owner_chats(browser, page: Page, page_server) -> None:  # noqa: ANN001
+    """The owner presses Share; someone else opens the link (no login) and watches an answer
+    arrive live; Stop sharing ends their view."""
+    sign_up(page)
+    create(page, "Shared live")
+    send(page, "#fake tokens=2\nbefore sharing")
+    expect(page.get_by_test_id("message-assistant").last).to_have_text("t0 t1 ")
+    page.get_by_test_id("share").click()
+    link = page.get_by_test_id("share-link")
+    expect(link).to_have_text(re.compile(r"/s/shr_"))
+    other = browser.new_context()
+    viewer = other.new_page()
+    try:
+        viewer.goto(link.text_content() or "")
+        expect(viewer.get_by_test_id("message-user")).to_have_text(["#fake tokens=2\nbefore sharing"])
+        expect(viewer.get_by_test_id("status")).to_have_text("live")
+        send(page, "#fake tokens=30 delay_ms=40\nwatched")
+        answer = viewer.get_by_test_id("message-assistant").last
+        expect(answer).to_have_text(re.compile(r"^t0 t1 "))
+        assert "t29" not in (answer.text_content() or "")  # seen while it is written
+        expect(answer).to_have_text("".join(f"t{i} " for i in range(30)), timeout=15000)
+        page.get_by_test_id("unshare").click()
+        expect(viewer.get_by_test_id("error")).to_have_text("This conversation is no longer shared.")
+    finally:
+        other.close()

@@ -80,6 +80,7 @@ V5_COLUMNS = {"messages": ("parent_id",), "conversations": ("active_leaf_id",)}
 async def back_to_version_6(db) -> None:
     """The tables as version 6 had them: no API tokens, no session epochs."""
     await db.execute(sa.text("DROP TABLE api_tokens"))
+    await db.execute(sa.text("DROP TABLE shares"))
     await db.execute(sa.text("DROP INDEX ix_users_sessions_ended_at"))
     for column in ("session_epoch", "sessions_ended_at"):
         await db.execute(sa.text(f"ALTER TABLE users DROP COLUMN {column}"))

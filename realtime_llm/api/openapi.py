@@ -43,6 +43,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
     "Token": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+    "Share": {"type": "object", "required": ["share_id", "url"],
+              "properties": {"share_id": {"type": "string"}, "url": {"type": "string"}}},
     "Ticket": {"type": "object", "required": ["ticket", "expires_in"],
                "properties": {"ticket": {"type": "string"}, "expires_in": {"type": "integer"}}},
     "ApiToken": {

@@ -19,6 +19,7 @@ from realtime_llm.api.access import (
     ticket_caller,
 )
 from realtime_llm.api.files import attachments_in
+from realtime_llm.api.shares import viewer
 from realtime_llm.api.streams import align_event_ids, stream_end_message, watched_subscription
 from realtime_llm.bodies import MAX_MESSAGE_ID, bounded_int, event_id, message_id_of, validate_message
 from realtime_llm.branches import SWITCH_OWNER, switch_branch
@@ -30,7 +31,7 @@ from realtime_llm.broker.base import (
     SubscriberOverflow,
     Subscription,
 )
-from realtime_llm.errors import BadRequest, ConversationNotFound, Unauthorized, as_api_error
+from realtime_llm.errors import BadRequest, ConversationNotFound, NotFound, Unauthorized, as_api_error
 from realtime_llm.events import ERROR, local_json
 from realtime_llm.metrics import OPEN_WEBSOCKETS
 from realtime_llm.ratelimit import RateLimited, RateLimiter
@@ -82,6 +83,37 @@ async def conversation_socket(websocket: WebSocket) -> None:
         with contextlib.suppress(Exception):
             await websocket.send_text(local_json(ERROR, exc.message, code=exc.code,
                                                  conversation_id=conversation_id).decode())
+        await _close(websocket, CLOSE_POLICY, "rate limit")
+    except BrokerUnavailable:
+        await _close(websocket, CLOSE_TRY_AGAIN, "live updates are unavailable right now")
+    except WebSocketDisconnect:
+        pass
+    finally:
+        OPEN_WEBSOCKETS.dec()
+
+
+async def shared_socket(websocket: WebSocket) -> None:
+    """/ws/shared/{share_id}: a share link's live view, read-only, no authentication; it ends
+    (4404) when the link is removed."""
+    services = services_of(websocket)
+    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"),
+                          services.settings.server.allowed_origins):
+        await websocket.close(CLOSE_POLICY)
+        return
+    await websocket.accept()
+    OPEN_WEBSOCKETS.inc()
+    try:
+        caller, conversation_id = await viewer(websocket, services)
+        after = event_id(websocket.query_params.get("last_event_id"))
+        async with watched_subscription(services, caller, conversation_id, after) as subscription:
+            await ConversationSocket(websocket, services, caller, conversation_id, subscription, read_only=True).run()
+    except CloseSocket as close:
+        await _close(websocket, close.code, close.reason)
+    except NotFound:
+        await _close(websocket, CLOSE_NOT_FOUND, "no such shared conversation")
+    except BadRequest as exc:
+        await _close(websocket, CLOSE_POLICY, exc.message[:120])
+    except RateLimited:
         await _close(websocket, CLOSE_POLICY, "rate limit")
     except BrokerUnavailable:
         await _close(websocket, CLOSE_TRY_AGAIN, "live updates are unavailable right now")
@@ -156,12 +188,13 @@ class ConversationSocket:
     """An authenticated socket on one conversation: events out, commands in."""
 
     def __init__(self, websocket: WebSocket, services: Services, caller: Caller, conversation_id: int,
-                 subscription: Subscription) -> None:
+                 subscription: Subscription, read_only: bool = False) -> None:
         self.websocket = websocket
         self.services = services
         self.caller = caller
         self.conversation_id = conversation_id
         self.subscription = subscription
+        self.read_only = read_only  # a share link's viewer: events out, resume and ping in
         self._send_lock = asyncio.Lock()
         self.frames = RateLimiter()  # this socket's own frame counter
 
@@ -218,6 +251,8 @@ class ConversationSocket:
     async def _stream_ended(self, exc: Exception) -> None:
         code = {SubscriberOverflow: CLOSE_POLICY, ShuttingDown: CLOSE_GOING_AWAY, SessionEnded: CLOSE_AUTH,
                 ConversationGone: CLOSE_NOT_FOUND, BrokerUnavailable: CLOSE_TRY_AGAIN}[type(exc)]
+        if self.read_only and code == CLOSE_AUTH:  # a viewer's link was removed
+            code = CLOSE_NOT_FOUND
         if not isinstance(exc, SubscriberOverflow):  # a client that does not read gets nothing more
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1):
@@ -255,8 +290,11 @@ class ConversationSocket:
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
-        if kind in ("message", "regenerate", "stop", "resume", "branch"):
-            await self._still_authorised()
+        if self.read_only and kind in ("message", "regenerate", "stop", "branch"):
+            await self.send_error("this is a shared conversation: it can be watched, not changed", "forbidden")
+            return
+        if kind in ("message", "regenerate", "stop", "resume", "branch") and not self.read_only:
+            await self._still_authorised()  # (a viewer's link is watched: its removal ends the socket)
         if kind == "ping":
             await self.send(local_json("pong", ""))
         elif kind == "message":

@@ -154,6 +154,17 @@ api_tokens = sa.Table(
     sa.Index("ix_api_tokens_user", "user_id"),
 )
 
+# Read-only share links (v7): one a conversation; deleting the row ends its viewers (through
+# a revocation of "share:<id>", as for tokens).
+shares = sa.Table(
+    "shares",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # "shr_" and random letters: the link
+    sa.Column("conversation_id", Id, sa.ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False,
+              unique=True),
+    sa.Column("created_time", sa.BigInteger, nullable=False),
+)
+
 revoked_tokens = sa.Table(
     "revoked_tokens",
     metadata,
@@ -207,7 +218,7 @@ SEARCH_POSTGRESQL = (
     "CREATE INDEX IF NOT EXISTS ix_messages_content_trgm ON messages USING gin (content gin_trgm_ops)",
 )
 
-BASELINE = (users, conversations, messages, revoked_tokens, files, file_chunks, message_files, api_tokens)
+BASELINE = (users, conversations, messages, revoked_tokens, files, file_chunks, message_files, api_tokens, shares)
 # Upgrade i takes the schema from version i to i+1; never edit one that has shipped.
 UPGRADES: list[Upgrade] = [
     Upgrade(  # 1 -> 2: token usage, message search
@@ -249,8 +260,8 @@ UPGRADES: list[Upgrade] = [
         ),
     ),
     Upgrade(creates=(files, file_chunks, message_files)),  # 5 -> 6: attachments
-    Upgrade(  # 6 -> 7: API tokens; ending every login session of a user
-        creates=(api_tokens,),
+    Upgrade(  # 6 -> 7: API tokens; ending every login session of a user; share links
+        creates=(api_tokens, shares),
         alter=(
             "ALTER TABLE users ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE users ADD COLUMN sessions_ended_at FLOAT NOT NULL DEFAULT 0",

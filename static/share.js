@@ -1,0 +1,96 @@
+// The read-only page of a shared conversation (/s/<share_id>): its history, then its
+// answers live over /ws/shared/<share_id>. No login; text only (textContent).
+
+const $ = (id) => document.getElementById(id);
+const shareId = decodeURIComponent(location.pathname.split("/").pop());
+let answer = null; // the bubble of the answer being written
+let retries = 0;
+
+function add(role, text, messageId, streaming = false) {
+  const bubble = document.createElement("li");
+  bubble.className = role + (streaming ? " streaming" : "");
+  bubble.dataset.testid = role === "user" ? "message-user" : "message-assistant";
+  if (messageId) bubble.dataset.messageId = String(messageId);
+  bubble.textContent = text;
+  $("messages").append(bubble);
+  $("messages").scrollTop = $("messages").scrollHeight;
+  return bubble;
+}
+
+function ended(message) {
+  $("status").textContent = "";
+  $("chat-error").textContent = message;
+  $("chat-error").hidden = false;
+}
+
+async function load() {
+  const response = await fetch(`/api/shared/${encodeURIComponent(shareId)}`);
+  if (response.status === 404) return ended("This conversation is not shared (any more).");
+  if (!response.ok) throw new Error(`the server answered ${response.status}`);
+  const history = await response.json();
+  $("chat-title").textContent = history.title || "Shared conversation";
+  $("messages").replaceChildren();
+  answer = null;
+  for (const message of history.messages) {
+    if (message.content) add(message.role, message.content, message.message_id);
+  }
+  connect();
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/shared/${encodeURIComponent(shareId)}`);
+  $("status").textContent = "connecting…";
+  socket.addEventListener("message", (message) => {
+    let frame;
+    try { frame = JSON.parse(message.data); } catch { return; }
+    show(frame, socket);
+  });
+  socket.addEventListener("close", (event) => {
+    if (event.code === 4404) return ended("This conversation is no longer shared.");
+    const delay = Math.min(10000, 300 * 2 ** retries++);
+    $("status").textContent = "reconnecting…";
+    setTimeout(() => load().catch((e) => ended(e.message)), delay);
+  });
+}
+
+function show(frame, socket) {
+  switch (frame.event) {
+    case "ready":
+      retries = 0;
+      $("status").textContent = frame.generating ? "answering…" : "live";
+      break;
+    case "user_message":
+      add("user", frame.data, frame.message_id);
+      answer = null;
+      $("status").textContent = "answering…";
+      break;
+    case "message":
+      if (!answer) answer = add("assistant", "", null, true);
+      answer.textContent += frame.data;
+      break;
+    case "full_response":
+      if (answer) answer.textContent = frame.data;
+      else if (frame.data) answer = add("assistant", frame.data, frame.message_id);
+      answer?.classList.remove("streaming");
+      answer = null;
+      $("status").textContent = "live";
+      break;
+    case "truncate":
+      for (const bubble of [...$("messages").children]) {
+        const id = Number(bubble.dataset.messageId);
+        if (id >= frame.from_message_id && id <= frame.through_message_id) bubble.remove();
+      }
+      break;
+    case "branch": // the owner switched versions: read it again
+      socket.close(1000);
+      break;
+    case "title":
+      $("chat-title").textContent = frame.data;
+      break;
+    default:
+      break;
+  }
+}
+
+load().catch((error) => ended(error.message));
