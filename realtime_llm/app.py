@@ -11,7 +11,20 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from realtime_llm import metrics
-from realtime_llm.api import branches, chat, conversations, files, health, openapi, page, shares, tokens, users, ws
+from realtime_llm.api import (
+    branches,
+    chat,
+    conversations,
+    files,
+    health,
+    openai_compat,
+    openapi,
+    page,
+    shares,
+    tokens,
+    users,
+    ws,
+)
 from realtime_llm.api.docs import by_method
 from realtime_llm.config import Settings
 from realtime_llm.errors import EXCEPTION_HANDLERS
@@ -51,6 +64,8 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         Route("/api/chat/{id}/stop", chat.stop, methods=["POST"]),
         WebSocketRoute("/ws/conversations/{id}", ws.conversation_socket),
         WebSocketRoute("/ws/shared/{share_id}", ws.shared_socket),
+        Route("/v1/models", openai_compat.models, methods=["GET"]),
+        Route("/v1/chat/completions", openai_compat.completions, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),

@@ -56,7 +56,9 @@ class SessionWatch:
             yield
         finally:
             callbacks.pop(key, None)
-            if not callbacks:
+            # Only if still this token's: once the token was ended, another stream of it (one
+            # authorised a moment before) may have registered anew, and must stay watched.
+            if not callbacks and self._watched.get(claims.jti) is callbacks:
                 self._watched.pop(claims.jti, None)
                 self._claims.pop(claims.jti, None)
 

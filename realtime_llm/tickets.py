@@ -39,14 +39,17 @@ class Tickets:
     """In this process (no Redis: one process serves everything)."""
 
     def __init__(self) -> None:
-        self._tickets: dict[str, tuple[float, bytes]] = {}
+        self._tickets: dict[str, tuple[float, bytes]] = {}  # in the order issued, so of expiry
 
     async def issue(self, claims: TokenClaims, conversation_id: int) -> str:
         now = time.monotonic()
+        while self._tickets:  # the expired ones are the oldest
+            oldest = next(iter(self._tickets))
+            if self._tickets[oldest][0] > now:
+                break
+            del self._tickets[oldest]
         if len(self._tickets) >= MAX_LOCAL_TICKETS:
-            self._tickets = {k: v for k, v in self._tickets.items() if v[0] > now}
-            if len(self._tickets) >= MAX_LOCAL_TICKETS:
-                raise ServiceUnavailable("too many stream tickets are outstanding: try again in a minute")
+            raise ServiceUnavailable("too many stream tickets are outstanding: try again in a minute")
         ticket = TICKET_PREFIX + secrets.token_urlsafe(24)
         self._tickets[ticket] = (now + TICKET_SECONDS, _claims_json(claims, conversation_id))
         return ticket
@@ -61,7 +64,6 @@ class Tickets:
 
 class RedisTickets(Tickets):
     def __init__(self, redis: Any, prefix: str) -> None:
-        super().__init__()
         self.redis = redis
         self.prefix = prefix
 
@@ -77,8 +79,11 @@ class RedisTickets(Tickets):
         return ticket
 
     async def redeem(self, ticket: str, conversation_id: int) -> TokenClaims | None:
-        try:
-            raw = await self.redis.getdel(self.key(ticket))  # single use, in every process
+        try:  # single use, in every process (GET and DEL in one transaction: any Redis version)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.get(self.key(ticket))
+                pipe.delete(self.key(ticket))
+                raw, _ = await pipe.execute()
         except (RedisError, OSError):
             raise ServiceUnavailable("stream tickets are unavailable right now: try again") from None
         return None if raw is None else _claims_of(raw, conversation_id)

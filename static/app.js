@@ -309,7 +309,12 @@ function openSocket(id, ticket) {
     if (socket !== state.socket) return;
     state.socket = null;
     setComposer(false);
-    if (event.code === 4401) return logout("Your session has ended. Please log in again.");
+    if (event.code === 4401) {
+      // The session ended, or only the ticket was refused (a tab frozen past its minute):
+      // asking who we are tells them apart (a 401 there logs out).
+      api("/api/users/me").then(reconnectLater).catch(() => { if (state.token) reconnectLater(); });
+      return;
+    }
     if (event.code === 4404) return conversationGone();
     reconnectLater();
   });

@@ -103,9 +103,9 @@ async def answer_stream(request: Request, caller: Caller, generation: Generation
 async def events(request: Request) -> StreamingResponse:
     conversation_id = path_id(request)
     services = services_of(request)
+    after = last_event_id(request)  # (checked before a ticket is used up)
     ticket = request.query_params.get("ticket")  # EventSource sends no headers: a ticket instead
     caller = await (require_caller(request) if ticket is None else ticket_caller(services, ticket, conversation_id))
-    after = last_event_id(request)
     await services.conversations.get_owned(conversation_id, caller.user.id)
     await align_event_ids(services, conversation_id, after)
     stream = stream_events(request, caller, conversation_id, after=after, until_terminal=False)

@@ -44,9 +44,10 @@ async def unshare(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     services = services_of(request)
     conversation = await services.conversations.get_owned(path_id(request), caller.user.id)
-    share_id = await services.shares.unshare(conversation)
-    if share_id is not None:  # its viewers end: here at once, elsewhere within a second
+    share_id = await services.shares.shared_id(conversation)
+    if share_id is not None:  # revoked first, then removed; its viewers end here at once, elsewhere within a second
         await services.revocations.revoke(SHARE_JTI + share_id, expires_at=int(time.time()) + 300)
+        await services.shares.unshare(conversation)
         services.sessions.end_session(SHARE_JTI + share_id)
     return JSONResponse({"message": "Conversation unshared" if share_id else "Conversation was not shared"})
 

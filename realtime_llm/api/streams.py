@@ -4,7 +4,7 @@ out that what it waits for is gone, and why it ended, in words for a person."""
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from realtime_llm.api.access import Caller
 from realtime_llm.broker.base import (
@@ -12,8 +12,10 @@ from realtime_llm.broker.base import (
     ConversationGone,
     SessionEnded,
     ShuttingDown,
+    SubscriberOverflow,
     Subscription,
 )
+from realtime_llm.events import ERROR, TERMINAL
 from realtime_llm.services import Services
 
 
@@ -70,3 +72,28 @@ def stream_end_message(exc: Exception) -> str:
     if isinstance(exc, BrokerUnavailable):
         return "live updates are unavailable right now; reconnect to resume"
     return "you fell too far behind the stream; reconnect with Last-Event-ID to resume"
+
+
+async def generation_events(services: Services, caller: Caller, conversation_id: int,
+                            after: int) -> AsyncIterator[dict[str, Any] | None]:
+    """A generation's events after `after`, as objects, until its `full_response` or
+    `error`; None when idle for a keep-alive period (the caller may send a ping). A stream
+    that ends early ends with an `error` object saying why."""
+    keepalive = services.settings.stream.keepalive_seconds
+    async with watched_subscription(services, caller, conversation_id, after) as subscription:
+        while True:
+            try:
+                event = await subscription.get(timeout=keepalive)
+            except (SubscriberOverflow, ConversationGone, ShuttingDown, BrokerUnavailable, SessionEnded) as exc:
+                yield {"event": ERROR, "data": stream_end_message(exc)}
+                return
+            if event is None:
+                ended = await ended_unseen(services, subscription, until_terminal=True)
+                if ended is not None:
+                    yield {"event": ERROR, "data": stream_end_message(ended)}
+                    return
+                yield None
+                continue
+            yield event.payload
+            if event.type in TERMINAL:
+                return

@@ -62,11 +62,14 @@ async def delete(request: Request) -> JSONResponse:
     require_login_session(caller)
     services = services_of(request)
     token_id = request.path_params["token_id"]
-    if len(token_id) > 40 or not await services.api_tokens.delete(token_id, caller.user.id):
+    if len(token_id) > 40 or not any(t["token_id"] == token_id for t in await services.api_tokens.list(caller.user.id)):
         raise NotFound("API token not found")
-    # Its streams end: here at once, in other processes at their next look (within a second).
+    # Revoked first (a failure leaves the token as it was, and a retry works), then deleted;
+    # its streams end here at once, in other processes at their next look (within a second).
     jti = f"api:{token_id}"
     await services.revocations.revoke(jti, expires_at=int(time.time()) + REVOCATION_SECONDS)
+    if not await services.api_tokens.delete(token_id, caller.user.id):
+        raise NotFound("API token not found")
     services.sessions.end_session(jti)
     return JSONResponse({"message": "API token deleted"})
 

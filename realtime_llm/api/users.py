@@ -8,7 +8,7 @@ from starlette.requests import Request
 from realtime_llm.api.access import require_caller, services_of
 from realtime_llm.api.docs import ERROR_RESPONSE, json_response, operation, ref
 from realtime_llm.bodies import read_json_object, required_string
-from realtime_llm.errors import BadRequest, Unauthorized
+from realtime_llm.errors import BadRequest, Conflict, Unauthorized
 from realtime_llm.responses import JSONResponse
 from realtime_llm.store.users import UsernameTaken
 
@@ -83,7 +83,8 @@ async def logout(request: Request) -> JSONResponse:
 
 
 @operation("Change the password; every login session ends (API tokens stay)",
-           {"200": json_response(ref("Message"), "changed")}, body="PasswordChange", limited=True)
+           {"200": json_response(ref("Message"), "changed"), "409": ERROR_RESPONSE}, body="PasswordChange",
+           limited=True)
 async def change_password(request: Request) -> JSONResponse:
     caller = await require_caller(request)
     services = services_of(request)
@@ -97,7 +98,10 @@ async def change_password(request: Request) -> JSONResponse:
         raise BadRequest(f"password must be at least {rules.min_password_length} characters")
     if not await services.hasher.verify(old, caller.user.password_hash):
         raise Unauthorized("the old password is wrong")
-    epoch = await services.users.change_password(caller.user.id, await services.hasher.hash(new))
+    epoch = await services.users.change_password(caller.user.id, caller.user.password_hash,
+                                                 await services.hasher.hash(new))
+    if epoch is None:
+        raise Conflict("the password was changed meanwhile: log in again")
     services.sessions.end_user_sessions(caller.user.id, epoch)  # here at once; elsewhere within a second
     return JSONResponse({"message": "Password changed: every session has ended, log in again"})
 

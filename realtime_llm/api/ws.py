@@ -31,7 +31,14 @@ from realtime_llm.broker.base import (
     SubscriberOverflow,
     Subscription,
 )
-from realtime_llm.errors import BadRequest, ConversationNotFound, NotFound, Unauthorized, as_api_error
+from realtime_llm.errors import (
+    BadRequest,
+    ConversationNotFound,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    as_api_error,
+)
 from realtime_llm.events import ERROR, local_json
 from realtime_llm.metrics import OPEN_WEBSOCKETS
 from realtime_llm.ratelimit import RateLimited, RateLimiter
@@ -153,6 +160,8 @@ async def _authenticate(websocket: WebSocket, services: Services) -> tuple[Calle
             return await ticket_caller(services, ticket, _socket_id(websocket.path_params["id"])), after
         except (BadRequest, Unauthorized) as exc:
             raise CloseSocket(CLOSE_AUTH, exc.message) from None
+        except ServiceUnavailable as exc:  # tickets kept in Redis, which is away
+            raise CloseSocket(CLOSE_TRY_AGAIN, exc.message[:120]) from None
     if token is None:
         try:
             async with asyncio.timeout(services.settings.stream.ws_auth_timeout_seconds):

@@ -44,6 +44,9 @@ class ShareStore:
             shares, conversations, conversations.c.id == shares.c.conversation_id).where(shares.c.id == share_id))
         return None if row is None else (int(row[0]), int(row[1]))
 
+    async def shared_id(self, conversation: Conversation) -> str | None:
+        return await self._of(conversation.id)
+
     async def _of(self, conversation_id: int) -> str | None:
         row = await fetch_one(self.database, sa.select(shares.c.id).where(shares.c.conversation_id == conversation_id))
         return None if row is None else str(row[0])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from databases import Database
@@ -11,6 +12,7 @@ from realtime_llm.auth import API_JTI, NEVER, TokenClaims, api_token_hash
 from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import Compiled, fetch_all, fetch_one
 from realtime_llm.store.schema import api_tokens, revoked_tokens, users
+from realtime_llm.usage import Usage
 
 
 @dataclass(frozen=True)
@@ -84,19 +86,20 @@ class UserStore:
         user = User(*row[:5])
         return user, TokenClaims(user.id, API_JTI + row[5], row[6] or NEVER, api_token=True)
 
-    async def change_password(self, user_id: int, password_hash: str) -> int:
-        """A new password, and every login session ended; the new session epoch."""
-        return await self._new_epoch(user_id, password_hash=password_hash)
+    async def change_password(self, user_id: int, old_hash: str, password_hash: str) -> int | None:
+        """A new password, if the old one is still `old_hash` (a change made meanwhile wins),
+        and every login session ended; the new session epoch, or None."""
+        return await self._new_epoch(users.c.password_hash == old_hash, user_id, password_hash=password_hash)
 
     async def end_sessions(self, user_id: int) -> int:
         """Every login session of the user ended (API tokens stay); the new session epoch."""
-        return await self._new_epoch(user_id)
+        return await self._new_epoch(sa.true(), user_id) or 0
 
-    async def _new_epoch(self, user_id: int, **values: str) -> int:
-        [(epoch,)] = await fetch_all(self.database, users.update().where(users.c.id == user_id).values(
+    async def _new_epoch(self, condition: Any, user_id: int, **values: str) -> int | None:
+        row = await fetch_one(self.database, users.update().where(users.c.id == user_id, condition).values(
             session_epoch=users.c.session_epoch + 1, sessions_ended_at=time.time(), **values)
             .returning(users.c.session_epoch))
-        return int(epoch)
+        return None if row is None else int(row[0])
 
     async def sessions_ended_since(self, since: float) -> dict[int, int]:
         """Users whose sessions were ended at `since` or later, with their epoch now."""
@@ -104,6 +107,12 @@ class UserStore:
                                .where(users.c.sessions_ended_at >= since))
         return {int(user_id): int(epoch) for user_id, epoch in rows}
 
+
+    async def add_usage(self, user_id: int, usage: Usage) -> None:
+        """Tokens of an answer given outside any conversation (the /v1 façade's relays)."""
+        await fetch_all(self.database, users.update().where(users.c.id == user_id).values(
+            prompt_tokens=users.c.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=users.c.completion_tokens + usage.completion_tokens))
 
     async def usage(self, user_id: int) -> dict[str, int]:
         """Tokens of all this user's answers, deleted conversations included."""

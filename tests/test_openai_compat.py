@@ -1,0 +1,96 @@
+"""The OpenAI-compatible façade (DESIGN.md, Programmatic and shared access), driven by the
+official `openai` package: models, completions streamed and not, usage, errors; with a
+conversation, the answer is saved and reaches the conversation's other subscribers."""
+from __future__ import annotations
+
+import uuid
+
+import openai
+import pytest
+
+from tests.conftest import Api
+from tests.fake_upstream import FakeUpstream
+from tests.test_chat import history, new_chat
+from tests.wsclient import Socket
+
+
+def client(api: Api, headers: dict[str, str]) -> openai.OpenAI:
+    token = headers["Authorization"].split(" ", 1)[1]
+    return openai.OpenAI(base_url=f"{api.http.base_url}/v1", api_key=token, max_retries=0, timeout=30)
+
+
+def test_models_and_a_completion(api: Api, upstream: FakeUpstream) -> None:
+    headers = api.new_user()
+    sdk = client(api, headers)
+    ids = {m.id for m in sdk.models.list()}
+    assert {"demo", "demo-think"} <= ids and not any("*" in i for i in ids)
+    marker = f"#fake tokens=3 usage=11,3\n{uuid.uuid4().hex[:8]}"
+    done = sdk.chat.completions.create(model="fake-model", temperature=0.2,
+                                       messages=[{"role": "system", "content": "Be brief."},
+                                                 {"role": "user", "content": marker}])
+    assert done.object == "chat.completion" and done.choices[0].message.content == "t0 t1 t2 "
+    assert done.choices[0].finish_reason == "stop" and done.choices[0].message.role == "assistant"
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.total_tokens) == (11, 3, 14)
+    sent = [r.body for r in upstream.received if r.body["messages"][-1]["content"] == marker][-1]
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": marker}]
+    assert sent["temperature"] == 0.2
+    me = api.http.get("/api/users/me", headers=headers).json()
+    assert me["usage"] == {"prompt_tokens": 11, "completion_tokens": 3}  # counted, as a chat would be
+
+
+def test_a_streamed_completion_with_usage(api: Api) -> None:
+    sdk = client(api, api.new_user())
+    chunks = list(sdk.chat.completions.create(
+        model="fake-model", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "#fake tokens=4 usage=5,4\nhi"}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "t0 t1 t2 t3 "
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 9
+    thinking = list(sdk.chat.completions.create(model="demo-think", stream=True,
+                                                messages=[{"role": "user", "content": "think"}]))
+    assert any(getattr(c.choices[0].delta, "reasoning_content", None) for c in thinking if c.choices)
+
+
+def test_errors_come_in_openais_shape(api: Api) -> None:
+    headers = api.new_user()
+    sdk = client(api, headers)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{api.http.base_url}/v1", api_key="not-a-token", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body["message"].startswith("the model") and missing.value.body["type"]  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="fake-model", messages=[])
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="fake-model", messages=[{"role": "robot", "content": "x"}])
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "#fake status=503"}])
+    assert refused.value.status_code == 502
+    stranger_cid = new_chat(api)[1]
+    with pytest.raises(openai.NotFoundError):  # someone else's conversation: as if none
+        sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "x"}],
+                                    extra_body={"conversation_id": stranger_cid})
+
+
+def test_with_a_conversation_the_answer_is_saved_and_shared(api: Api) -> None:
+    headers, cid = new_chat(api)
+    token = api.http.post("/api/tokens", headers=headers, json={"name": "sdk"}).json()["token"]
+    sdk = client(api, {"Authorization": f"Bearer {token}"})  # an API token is the SDK's key
+    with Socket(str(api.http.base_url), cid, headers) as browser:
+        assert browser.recv()["event"] == "ready"
+        chunks = list(sdk.chat.completions.create(
+            model="fake-model", stream=True,
+            messages=[{"role": "user", "content": "ignored: the conversation has the history"},
+                      {"role": "user", "content": "#fake tokens=3\nfrom a script"}],
+            extra_body={"conversation_id": cid}))
+        seen = browser.recv_until("full_response")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "t0 t1 t2 " == seen[-1]["data"]  # the script and the browser saw the same answer
+    assert [e["data"] for e in seen if e["event"] == "message"] == \
+        [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert [m["content"] for m in history(api, headers, cid)] == ["#fake tokens=3\nfrom a script", "t0 t1 t2 "]
+    whole = sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "#fake tokens=1\nagain"}],
+                                        extra_headers={"X-Conversation-Id": str(cid)})
+    assert whole.choices[0].message.content == "t0 " and len(history(api, headers, cid)) == 4
