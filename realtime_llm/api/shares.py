@@ -94,6 +94,10 @@ async def shared_events(request: Request) -> StreamingResponse:
 
 @documented({"summary": "The read-only page of a shared conversation",
              "parameters": [SHARE_PARAM],
-             "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}})
+             "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                           "404": ERROR_RESPONSE}})
 async def shared_page(request: Request) -> FileResponse:
+    """The page itself (its script reads the link's history: an unknown one says so)."""
+    if not SHARE_ID.fullmatch(request.path_params["share_id"]):
+        raise NotFound("no such shared conversation")
     return FileResponse(STATIC_DIR / "share.html", headers=PAGE_HEADERS)
