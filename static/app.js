@@ -3,6 +3,7 @@
 
 import { renderControls } from "./branches.js";
 import { addFiles, initAttachments, resetAttachments, showAttachments, takePending } from "./files.js";
+import { initTokens } from "./tokens.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -558,6 +559,7 @@ $("message-input").addEventListener("keydown", (event) => {
 $("stop").addEventListener("click", () => state.socket?.send(JSON.stringify({ type: "stop" })));
 $("cancel-edit").addEventListener("click", () => { setEditing(null); $("message-input").value = ""; });
 initAttachments({ token: () => state.token, onError: (message) => showError("chat-error", message) });
+initTokens({ api, onError: (message) => showError("chat-error", message) });
 $("attach-button").addEventListener("click", () => $("attach").click());
 $("attach").addEventListener("change", () => {
   const files = [...$("attach").files];

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import httpx
 from playwright.sync_api import Page, expect
 
 from tests.test_page import browser, create, page, page_server, send, sign_up  # noqa: F401
@@ -64,3 +65,19 @@ def test_a_shared_page_streams_while_the_owner_chats(browser, page: Page, page_s
         expect(viewer.get_by_test_id("error")).to_have_text("This conversation is no longer shared.")
     finally:
         other.close()
+
+
+def test_the_api_token_panel(page: Page, page_server) -> None:  # noqa: ANN001
+    """Make a token (shown once), use it from a script, delete it: it stops working."""
+    sign_up(page)
+    page.get_by_test_id("show-tokens").click()
+    page.get_by_test_id("token-name").fill("my script")
+    page.get_by_test_id("create-token").click()
+    secret = page.get_by_test_id("new-token")
+    expect(secret).to_have_text(re.compile(r"^rtllm_"))
+    expect(page.get_by_test_id("token-item")).to_have_text(["my script✕"])
+    headers = {"Authorization": f"Bearer {secret.text_content()}"}
+    assert httpx.get(page_server.url + "/api/users/me", headers=headers).status_code == 200
+    page.get_by_test_id("delete-token").click()
+    expect(page.get_by_test_id("token-item")).to_have_count(0)
+    assert httpx.get(page_server.url + "/api/users/me", headers=headers).status_code == 401
