@@ -11,7 +11,7 @@ from tests.conftest import Api
 from tests.servers import ServerProcess
 from tests.sse import iter_frames
 from tests.test_chat import chat_events, new_chat
-from tests.test_tokens import processes  # noqa: F401  (the fixture, reused)
+from tests.test_sessions import processes  # noqa: F401  (the fixture, reused)
 from tests.wsclient import Socket
 
 

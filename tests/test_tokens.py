@@ -4,15 +4,14 @@ out everywhere" end every login session, its open sockets included; API tokens s
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from tests.conftest import PASSWORD, Api, base_config
-from tests.fake_upstream import FakeUpstream
-from tests.servers import ServerProcess, write_config
+from tests.conftest import PASSWORD, Api
+from tests.servers import ServerProcess
 from tests.test_chat import chat_events, new_chat
+from tests.test_sessions import processes  # noqa: F401  (two processes with Redis, one without: reused)
 from tests.wsclient import Socket
 
 
@@ -93,18 +92,7 @@ def test_someone_elses_token_cannot_be_deleted(api: Api) -> None:
 
 # -- two processes (with Redis; one with the in-process broker) -------------------------
 
-@pytest.fixture
-def processes(database: str, broker: str, upstream: FakeUpstream, tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    config = write_config(tmp_path / "config.yaml", base_config(tmp_path, database, upstream, broker))
-    started = [ServerProcess(config, tmp_path).start()]
-    if broker != "memory":
-        started.append(ServerProcess(config, tmp_path).start())
-    yield started
-    for process in started:
-        process.stop()
-
-
-def test_a_token_deleted_in_one_process_is_refused_by_the_other(processes: list[ServerProcess]) -> None:
+def test_a_token_deleted_in_one_process_is_refused_by_the_other(processes: list[ServerProcess]) -> None:  # noqa: F811
     a, b = Api(processes[0].url), Api(processes[-1].url)
     headers, cid = new_chat(a)
     made = make_token(a, headers)
@@ -120,7 +108,7 @@ def test_a_token_deleted_in_one_process_is_refused_by_the_other(processes: list[
     assert a.http.get("/api/tokens", headers=headers).json() == []
 
 
-def test_a_password_change_ends_every_login_session(processes: list[ServerProcess]) -> None:
+def test_a_password_change_ends_every_login_session(processes: list[ServerProcess]) -> None:  # noqa: F811
     a, b = Api(processes[0].url), Api(processes[-1].url)
     username = a.register()
     first, second = (bearer(a.login(username)) for _ in range(2))
@@ -145,7 +133,7 @@ def test_a_password_change_ends_every_login_session(processes: list[ServerProces
     assert a.http.get("/api/users/me", headers=fresh).status_code == 200
 
 
-def test_log_out_everywhere(processes: list[ServerProcess]) -> None:
+def test_log_out_everywhere(processes: list[ServerProcess]) -> None:  # noqa: F811
     a, b = Api(processes[0].url), Api(processes[-1].url)
     username = a.register()
     sessions = [bearer(a.login(username)) for _ in range(2)]

@@ -62,16 +62,22 @@ class CloseSocket(Exception):
         self.reason = reason
 
 
-async def conversation_socket(websocket: WebSocket) -> None:
-    services = services_of(websocket)
+async def _accepted(websocket: WebSocket, services: Services) -> bool:
+    """Complete the handshake, unless a page of another site asks: cross-site WebSocket
+    hijacking (refused before the handshake completes: the browser sees a 403)."""
     if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"),
                           services.settings.server.allowed_origins):
-        # Cross-site WebSocket hijacking: a page elsewhere may not open our sockets
-        # (refused before the handshake completes: the browser sees a 403).
         await websocket.close(CLOSE_POLICY)
-        return
+        return False
     await websocket.accept()
     OPEN_WEBSOCKETS.inc()
+    return True
+
+
+async def conversation_socket(websocket: WebSocket) -> None:
+    services = services_of(websocket)
+    if not await _accepted(websocket, services):
+        return
     conversation_id = None
     try:
         caller, after = await _authenticate(websocket, services)
@@ -103,12 +109,8 @@ async def shared_socket(websocket: WebSocket) -> None:
     """/ws/shared/{share_id}: a share link's live view, read-only, no authentication; it ends
     (4404) when the link is removed."""
     services = services_of(websocket)
-    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"),
-                          services.settings.server.allowed_origins):
-        await websocket.close(CLOSE_POLICY)
+    if not await _accepted(websocket, services):
         return
-    await websocket.accept()
-    OPEN_WEBSOCKETS.inc()
     try:
         caller, conversation_id = await viewer(websocket, services)
         after = event_id(websocket.query_params.get("last_event_id"))
