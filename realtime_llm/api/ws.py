@@ -5,22 +5,27 @@ import asyncio
 import contextlib
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
-import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from realtime_llm.api.access import (
-    Caller,
-    authenticate_token,
-    bearer_token,
-    check_message_rate,
-    services_of,
-    ticket_caller,
-)
+from realtime_llm.api.access import Caller, check_message_rate, services_of
 from realtime_llm.api.files import attachments_in
 from realtime_llm.api.shares import viewer
 from realtime_llm.api.streams import align_event_ids, stream_end_message, watched_subscription
+from realtime_llm.api.wshandshake import (
+    CLOSE_AUTH,
+    CLOSE_GOING_AWAY,
+    CLOSE_NOT_FOUND,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNSUPPORTED,
+    CloseSocket,
+    accept,
+    authenticate,
+    close,
+    parse_frame,
+    socket_id,
+)
 from realtime_llm.bodies import MAX_MESSAGE_ID, bounded_int, event_id, message_id_of, validate_message
 from realtime_llm.branches import SWITCH_OWNER, switch_branch
 from realtime_llm.broker.base import (
@@ -31,74 +36,40 @@ from realtime_llm.broker.base import (
     SubscriberOverflow,
     Subscription,
 )
-from realtime_llm.errors import (
-    BadRequest,
-    ConversationNotFound,
-    NotFound,
-    ServiceUnavailable,
-    Unauthorized,
-    as_api_error,
-)
+from realtime_llm.errors import BadRequest, ConversationNotFound, NotFound, as_api_error
 from realtime_llm.events import ERROR, local_json
 from realtime_llm.metrics import OPEN_WEBSOCKETS
 from realtime_llm.ratelimit import RateLimited, RateLimiter
 from realtime_llm.services import Services
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
-CLOSE_POLICY = 1008
-CLOSE_TRY_AGAIN = 1013
-CLOSE_AUTH = 4401
-CLOSE_NOT_FOUND = 4404
-
-
 STREAM_ENDINGS = (SubscriberOverflow, ShuttingDown, ConversationGone, BrokerUnavailable, SessionEnded)
-
-
-class CloseSocket(Exception):
-    def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-async def _accepted(websocket: WebSocket, services: Services) -> bool:
-    """Complete the handshake, unless a page of another site asks: cross-site WebSocket
-    hijacking (refused before the handshake completes: the browser sees a 403)."""
-    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"),
-                          services.settings.server.allowed_origins):
-        await websocket.close(CLOSE_POLICY)
-        return False
-    await websocket.accept()
-    OPEN_WEBSOCKETS.inc()
-    return True
 
 
 async def conversation_socket(websocket: WebSocket) -> None:
     services = services_of(websocket)
-    if not await _accepted(websocket, services):
+    if not await accept(websocket, services):
         return
     conversation_id = None
     try:
-        caller, after = await _authenticate(websocket, services)
-        conversation_id = _socket_id(websocket.path_params["id"])
+        caller, after = await authenticate(websocket, services)
+        conversation_id = socket_id(websocket.path_params["id"])
         await services.conversations.get_owned(conversation_id, caller.user.id)
         async with services.seats.hold(caller.user.id):
             await align_event_ids(services, conversation_id, after)
             # Logout or expiry of the token ends the socket (4401), whatever it is doing.
             async with watched_subscription(services, caller, conversation_id, after) as subscription:
                 await ConversationSocket(websocket, services, caller, conversation_id, subscription).run()
-    except CloseSocket as close:
-        await _close(websocket, close.code, close.reason)
+    except CloseSocket as closing:
+        await close(websocket, closing.code, closing.reason)
     except ConversationNotFound:
-        await _close(websocket, CLOSE_NOT_FOUND, "conversation not found")
+        await close(websocket, CLOSE_NOT_FOUND, "conversation not found")
     except RateLimited as exc:  # too many sockets open
         with contextlib.suppress(Exception):
             await websocket.send_text(local_json(ERROR, exc.message, code=exc.code,
                                                  conversation_id=conversation_id).decode())
-        await _close(websocket, CLOSE_POLICY, "rate limit")
+        await close(websocket, CLOSE_POLICY, "rate limit")
     except BrokerUnavailable:
-        await _close(websocket, CLOSE_TRY_AGAIN, "live updates are unavailable right now")
+        await close(websocket, CLOSE_TRY_AGAIN, "live updates are unavailable right now")
     except WebSocketDisconnect:
         pass
     finally:
@@ -109,90 +80,27 @@ async def shared_socket(websocket: WebSocket) -> None:
     """/ws/shared/{share_id}: a share link's live view, read-only, no authentication; it ends
     (4404) when the link is removed."""
     services = services_of(websocket)
-    if not await _accepted(websocket, services):
+    if not await accept(websocket, services):
         return
     try:
         caller, conversation_id = await viewer(websocket, services)
         after = event_id(websocket.query_params.get("last_event_id"))
         async with watched_subscription(services, caller, conversation_id, after) as subscription:
             await ConversationSocket(websocket, services, caller, conversation_id, subscription, read_only=True).run()
-    except CloseSocket as close:
-        await _close(websocket, close.code, close.reason)
+    except CloseSocket as closing:
+        await close(websocket, closing.code, closing.reason)
     except NotFound:
-        await _close(websocket, CLOSE_NOT_FOUND, "no such shared conversation")
+        await close(websocket, CLOSE_NOT_FOUND, "no such shared conversation")
     except BadRequest as exc:
-        await _close(websocket, CLOSE_POLICY, exc.message[:120])
+        await close(websocket, CLOSE_POLICY, exc.message[:120])
     except RateLimited:
-        await _close(websocket, CLOSE_POLICY, "rate limit")
+        await close(websocket, CLOSE_POLICY, "rate limit")
     except BrokerUnavailable:
-        await _close(websocket, CLOSE_TRY_AGAIN, "live updates are unavailable right now")
+        await close(websocket, CLOSE_TRY_AGAIN, "live updates are unavailable right now")
     except WebSocketDisconnect:
         pass
     finally:
         OPEN_WEBSOCKETS.dec()
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """No Origin (not a browser), the server's own origin, or one in the allowlist."""
-    if origin is None or "*" in allowed or origin in allowed:
-        return True
-    return host is not None and urlsplit(origin).netloc == host
-
-
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    with contextlib.suppress(Exception):  # the peer may be gone already
-        await websocket.close(code, reason)
-
-
-def _socket_id(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16:
-        raise CloseSocket(CLOSE_NOT_FOUND, "conversation not found")
-    return int(raw)
-
-
-async def _authenticate(websocket: WebSocket, services: Services) -> tuple[Caller, int | None]:
-    """Header auth on the upgrade, or a stream ticket in the URL, else a first
-    {"type":"auth"} frame within 10 seconds."""
-    token = bearer_token(websocket)
-    raw_after: Any = websocket.query_params.get("last_event_id")
-    ticket = websocket.query_params.get("ticket")
-    if ticket is not None:
-        try:
-            after = event_id(raw_after)
-            return await ticket_caller(services, ticket, _socket_id(websocket.path_params["id"])), after
-        except (BadRequest, Unauthorized) as exc:
-            raise CloseSocket(CLOSE_AUTH, exc.message) from None
-        except ServiceUnavailable as exc:  # tickets kept in Redis, which is away
-            raise CloseSocket(CLOSE_TRY_AGAIN, exc.message[:120]) from None
-    if token is None:
-        try:
-            async with asyncio.timeout(services.settings.stream.ws_auth_timeout_seconds):
-                message = await websocket.receive()
-        except TimeoutError:
-            raise CloseSocket(CLOSE_AUTH, "authentication timed out") from None
-        if message["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(message.get("code", 1000))
-        frame = _parse(message.get("text"))
-        if not isinstance(frame, dict) or frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
-            raise CloseSocket(CLOSE_AUTH, 'the first frame must be {"type":"auth","token":...}')
-        token, raw_after = frame["token"], frame.get("last_event_id")
-    try:
-        after = event_id(raw_after)
-    except BadRequest as exc:
-        raise CloseSocket(CLOSE_AUTH, exc.message) from None
-    try:
-        return await authenticate_token(services, token), after
-    except Unauthorized as exc:
-        raise CloseSocket(CLOSE_AUTH, exc.message) from None
-
-
-def _parse(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
 
 
 class ConversationSocket:
@@ -282,7 +190,7 @@ class ConversationSocket:
             except RateLimited as exc:
                 await self.send_error(exc.message, exc.code)
                 raise CloseSocket(CLOSE_POLICY, "rate limit") from None
-            frame = _parse(message.get("text"))
+            frame = parse_frame(message.get("text"))
             if not isinstance(frame, dict):
                 await self.send_error("a frame must be a JSON object")
                 continue
