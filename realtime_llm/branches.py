@@ -51,14 +51,14 @@ async def switch_branch(services: Services, conversation: Conversation, message_
     if not await take_lock(services.locks, cid, owner, services.settings.stream.lock_ttl_seconds):
         raise Conflict("a generation is running in this conversation: switch branches when it has ended")
     try:
-        current = await store.active_leaf(conversation)  # first: a message added after it moves it
-        tree = await store.tree(cid)
+        current = await store.messages.active_leaf(conversation)  # first: a message added after it moves it
+        tree = await store.messages.tree(cid)
         if message_id not in tree:
             raise BadRequest("'message_id' must name a message of this conversation")
         leaf = tree.newest_leaf(message_id)
         if leaf == current:
             return
-        if not await store.move_leaf(conversation, current, leaf):
+        if not await store.messages.move_leaf(conversation, current, leaf):
             raise Conflict("the conversation changed meanwhile: read its history and try again")
         # Switched in SQL, which is what counts: a broker outage only keeps other tabs unaware.
         with contextlib.suppress(BrokerUnavailable):

@@ -16,13 +16,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
-from realtime_llm.branches import announce_truncate
+from realtime_llm import turns
 from realtime_llm.broker import Broker, GenerationLocks
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
-from realtime_llm.errors import BadRequest, Conflict, ServiceUnavailable, database_error
-from realtime_llm.events import USER_MESSAGE
+from realtime_llm.errors import Conflict, ServiceUnavailable, database_error
 from realtime_llm.locks import kept_alive, take_lock
 from realtime_llm.metrics import GENERATIONS, RUNNING_GENERATIONS
 from realtime_llm.outcome import Outcome
@@ -96,60 +95,19 @@ class GenerationEngine:
 
     async def start(self, conversation: Conversation, text: str, edit_message_id: int | None = None,
                     attachments: Sequence[StoredFile] | None = None) -> Generation:
-        """Save and publish the user message and start the answer. With `edit_message_id`
-        (a user message on the active branch), the message is a new version of that one: a
-        sibling of it, which with its answer becomes the active branch (the old one stays,
-        as another branch). `attachments`: files of the owner's the message carries (an edit
-        given none keeps the edited message's)."""
-        async def add_message(generation: Generation) -> None:
-            cid = generation.conversation_id
-            files = attachments
-            if files is None and edit_message_id is not None:
-                files = await self.store.attachments(cid, edit_message_id)
-            if any(f.is_image for f in files or ()) and not self.catalog.reads_images(conversation.model):
-                raise BadRequest(f"model '{conversation.model}' does not read images")
-            if edit_message_id is None:
-                message = await self.store.add_message(conversation, "user", text, attachments=files or ())
-            else:
-                edited = await self.store.message(cid, edit_message_id)
-                if edited is None or edited.role != "user":
-                    raise BadRequest("'edit_message_id' must name a user message of this conversation")
-                old_leaf = await self.store.active_leaf(conversation)
-                if edited.message_id not in (await self.store.tree(cid)).path(old_leaf):
-                    # Clients show the active branch; one that shows another is out of date.
-                    raise BadRequest("'edit_message_id' must name a message on the active branch: switch first")
-                message = await self.store.add_message(conversation, "user", text, parent_id=edited.parent_id,
-                                                       attachments=files or ())
-                # Clients showing the branch drop the edited message and what followed it.
-                generation.after_event_id = await announce_truncate(self.broker, cid, edited.message_id, old_leaf)
-            generation.answers = message.message_id
-            event = await self.broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id,
-                                              attachments=[f.json() for f in message.attachments])
-            if edit_message_id is None:
-                generation.after_event_id = event.id - 1
-
-        return await self._begin(conversation, add_message)
+        """Save and publish the user message (turns.user_message) and start the answer."""
+        return await self._begin(conversation, lambda: turns.user_message(
+            self.store, self.broker, conversation, text, edit_message_id=edit_message_id, attachments=attachments,
+            reads_images=self.catalog.reads_images(conversation.model)))
 
     async def regenerate(self, conversation: Conversation) -> Generation:
-        """A new version of the last answer on the active branch, to the same prompt (after a
-        failed answer: an answer to the last user message). Subscribers are told to take
-        the old one away only once the model has accepted the new request, so a refusal (a
-        502) leaves the conversation as it was; the old one stays, as a sibling."""
-        async def find_last_answer(generation: Generation) -> None:
-            cid = generation.conversation_id
-            leaf = await self.store.active_leaf(conversation)
-            last = await self.store.message(cid, leaf) if leaf else None
-            if last is not None and last.role == "assistant":
-                generation.replaces, generation.answers = last.message_id, last.parent_id
-            elif last is not None:
-                generation.answers = last.message_id
-            if not generation.answers:
-                raise Conflict("there is nothing to regenerate: no message of the active branch to answer")
-            generation.after_event_id = await self.broker.last_event_id(cid)
+        """A new version of the last answer on the active branch (turns.last_answer), to the
+        same prompt. Subscribers are told to take the old one away only once the model has
+        accepted the new request, so a refusal (a 502) leaves the conversation as it was;
+        the old one stays, as a sibling."""
+        return await self._begin(conversation, lambda: turns.last_answer(self.store, self.broker, conversation))
 
-        return await self._begin(conversation, find_last_answer)
-
-    async def _begin(self, conversation: Conversation, prepare: Callable[[Generation], Awaitable[None]]) -> Generation:
+    async def _begin(self, conversation: Conversation, prepare: Callable[[], Awaitable[turns.Turn]]) -> Generation:
         if self.draining:
             raise ServiceUnavailable("this server is shutting down: send the message again to reach another")
         self._starting += 1  # drain() waits for this start too
@@ -158,9 +116,9 @@ class GenerationEngine:
         finally:
             self._starting -= 1
 
-    async def _start(self, conversation: Conversation, prepare: Callable[[Generation], Awaitable[None]]) -> Generation:
-        """Take the conversation's lock, then (under it) `prepare` the history and publish
-        what comes before the answer, setting the event id the answer follows."""
+    async def _start(self, conversation: Conversation, prepare: Callable[[], Awaitable[turns.Turn]]) -> Generation:
+        """Take the conversation's lock, then (under it) `prepare` the turn (turns.py):
+        what comes before the answer, and the event id the answer follows."""
         cid = conversation.id
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if not await take_lock(self.locks, cid, owner, self.settings.stream.lock_ttl_seconds):
@@ -171,11 +129,13 @@ class GenerationEngine:
         listening = contextlib.AsyncExitStack()
         try:
             await listening.enter_async_context(self.locks.on_stop(cid, lambda: self.stop(generation)))
-            await prepare(generation)
+            turn = await prepare()
         except BaseException:
             await listening.aclose()
             await self.locks.release(cid, owner)
             raise
+        generation.answers, generation.replaces = turn.answers, turn.replaces
+        generation.after_event_id = turn.after_event_id
         self._running[cid] = generation
         generation.task = asyncio.create_task(self._run(generation, listening), name=f"generation-{cid}")
         return generation

@@ -72,7 +72,7 @@ class Outcome:
         pause = 0.1
         while True:
             try:
-                saved = await self.store.add_message(conversation, "assistant", answer.text, usage,
+                saved = await self.store.messages.add(conversation, "assistant", answer.text, usage,
                                                      reasoning=answer.reasoning, parent_id=generation.answers)
                 generation.saved = True
                 return saved

@@ -35,22 +35,22 @@ async def test_history_is_cached_written_through_and_checked(db, client, tmp_pat
     store = ConversationStore(db, APIKeyBox("s" * 40), cache)
     user = await UserStore(db).create(f"cache_{uuid.uuid4().hex[:6]}", "hash")
     created = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
-    await store.add_message(created, "user", "one")
+    await store.messages.add(created, "user", "one")
     conversation = await store.get_owned(created.id, user.id)
-    first = await store.history(conversation)
+    first = await store.messages.history(conversation)
     assert [m["content"] for m in first] == ["one"]
     assert await client.llen(cache.key(created.id)) == 2  # filled by the read: its header, the message
 
-    await store.add_message(created, "assistant", "two")  # written through
+    await store.messages.add(created, "assistant", "two")  # written through
     assert await client.llen(cache.key(created.id)) == 3
     conversation = await store.get_owned(created.id, user.id)
     assert await cache.get(created.id, conversation.message_count, conversation.active_leaf_id) is not None
-    assert [m["content"] for m in await store.history(conversation)] == ["one", "two"]
+    assert [m["content"] for m in await store.messages.history(conversation)] == ["one", "two"]
 
     # A cache that missed a write (here: emptied behind its back, then refilled short) is not served.
     await client.delete(cache.key(created.id))
     await cache.put(created.id, 1, 1, first)
-    assert [m["content"] for m in await store.history(conversation)] == ["one", "two"]
+    assert [m["content"] for m in await store.messages.history(conversation)] == ["one", "two"]
 
     await store.delete_owned(created.id, user.id)
     assert await client.exists(cache.key(created.id)) == 0
@@ -65,27 +65,27 @@ async def test_cache_across_edits_regenerations_and_switches(db, client) -> None
     user = await UserStore(db).create(f"cache_{uuid.uuid4().hex[:6]}", "hash")
     created = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
     for text in ("q1", "a1", "q2", "a2"):
-        await store.add_message(created, "user" if text.startswith("q") else "assistant", text)
+        await store.messages.add(created, "user" if text.startswith("q") else "assistant", text)
 
     async def shown() -> list[tuple[str, list[int]]]:
         conversation = await store.get_owned(created.id, user.id)
-        return [(m["content"], m["sibling_ids"]) for m in await store.history(conversation)]
+        return [(m["content"], m["sibling_ids"]) for m in await store.messages.history(conversation)]
 
-    stale = await store.history(await store.get_owned(created.id, user.id))  # a reader, slow to finish
-    await store.add_message(created, "user", "q2 edited", parent_id=2)  # message 5, a sibling of 3
+    stale = await store.messages.history(await store.get_owned(created.id, user.id))  # a reader, slow to finish
+    await store.messages.add(created, "user", "q2 edited", parent_id=2)  # message 5, a sibling of 3
     await cache.put(created.id, 4, 4, stale)  # ... its write lands after the edit
-    await store.add_message(created, "assistant", "a2 edited")  # 6
+    await store.messages.add(created, "assistant", "a2 edited")  # 6
     assert await shown() == [("q1", [1]), ("a1", [2]), ("q2 edited", [3, 5]), ("a2 edited", [6])]
     assert await cache.get(created.id, 6, 6) is not None  # rebuilt, and from now on used
 
-    await store.add_message(created, "assistant", "a2 edited, again", parent_id=5)  # 7: another version of 6
+    await store.messages.add(created, "assistant", "a2 edited, again", parent_id=5)  # 7: another version of 6
     assert await shown() == [("q1", [1]), ("a1", [2]), ("q2 edited", [3, 5]), ("a2 edited, again", [6, 7])]
 
     conversation = await store.get_owned(created.id, user.id)
-    assert await store.move_leaf(conversation, 7, 4)  # back to the first version of the question
+    assert await store.messages.move_leaf(conversation, 7, 4)  # back to the first version of the question
     assert await shown() == [("q1", [1]), ("a1", [2]), ("q2", [3, 5]), ("a2", [4])]
-    assert not await store.move_leaf(conversation, 7, 6)  # moved on since: refused
-    await store.add_message(created, "user", "q3")  # 8, after a2
+    assert not await store.messages.move_leaf(conversation, 7, 6)  # moved on since: refused
+    await store.messages.add(created, "user", "q3")  # 8, after a2
     assert await shown() == [("q1", [1]), ("a1", [2]), ("q2", [3, 5]), ("a2", [4]), ("q3", [8])]
     conversation = await store.get_owned(created.id, user.id)
     assert (conversation.message_count, conversation.active_leaf_id) == (8, 8)

@@ -134,7 +134,7 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     store = ConversationStore(db, APIKeyBox("s" * 40), fts=await has_sqlite_search_index(db))
     assert store.fts == (dialect == "sqlite")
     assert [c["conversation_id"] for c in await store.list_for_user(user_id, q="zanzibar")] == [cid]
-    (old,) = await store.messages(cid)
+    (old,) = await store.messages.every(cid)
     assert old.content == "An archived Zanzibar itinerary" and old.usage is None and old.reasoning == ""
     assert (await store.get_owned(cid, user_id)).params == "{}"
     assert await UserStore(db).usage(user_id) == {"prompt_tokens": 0, "completion_tokens": 0}
@@ -159,13 +159,13 @@ async def test_upgrade_to_branches_makes_each_conversation_one_branch(db) -> Non
     await db.execute(sa.text(f"UPDATE conversations SET last_message_id = 6, message_count = 4 WHERE id = {edited.id}"))
 
     assert await migrate(db) == schema.SCHEMA_VERSION
-    assert [(m.message_id, m.parent_id) for m in await store.messages(edited.id)] == [(1, 0), (2, 1), (5, 2), (6, 5)]
+    assert [(m.message_id, m.parent_id) for m in await store.messages.every(edited.id)] == [(1, 0), (2, 1), (5, 2), (6, 5)]
     upgraded = await store.get_owned(edited.id, owner.id)
     assert upgraded.active_leaf_id == 6 and (await store.get_owned(empty.id, owner.id)).active_leaf_id == 0
-    shown = await store.history(upgraded)
+    shown = await store.messages.history(upgraded)
     assert [(m["message_id"], m["parent_id"], m["sibling_ids"]) for m in shown] == [
         (1, None, [1]), (2, 1, [2]), (5, 2, [5]), (6, 5, [6])]
-    added = await store.add_message(upgraded, "user", "next")
+    added = await store.messages.add(upgraded, "user", "next")
     assert (added.message_id, added.parent_id) == (7, 6)  # the branch goes on
 
 
@@ -173,14 +173,14 @@ async def test_fork_copies_the_branch_in_sql_and_is_bounded(db, monkeypatch: pyt
     users, store = UserStore(db), ConversationStore(db, APIKeyBox("s" * 40))
     owner = await users.create("forker", "hash")
     source = await store.create(owner.id, title="source", model="demo", system_prompt="Be brief.", api_key="sk-1234567")
-    await store.add_message(source, "user", "q1")
-    await store.add_message(source, "assistant", "a1", Usage(3, 4), reasoning="hmm", parent_id=1)
-    await store.add_message(source, "user", "q2")
-    await store.add_message(source, "user", "q1 again", parent_id=0)  # another first message
+    await store.messages.add(source, "user", "q1")
+    await store.messages.add(source, "assistant", "a1", Usage(3, 4), reasoning="hmm", parent_id=1)
+    await store.messages.add(source, "user", "q2")
+    await store.messages.add(source, "user", "q1 again", parent_id=0)  # another first message
     forked = await store.fork(source, 3)
     assert forked is not None and forked.id != source.id and forked.user_id == owner.id
     assert (forked.title, forked.system_prompt, forked.api_key_hint) == ("source", "Be brief.", source.api_key_hint)
-    copied = await store.messages(forked.id)
+    copied = await store.messages.every(forked.id)
     assert [(m.message_id, m.parent_id, m.content) for m in copied] == [(1, 0, "q1"), (2, 1, "a1"), (3, 2, "q2")]
     assert copied[1].usage == Usage(3, 4) and copied[1].reasoning == "hmm"
     stored = await store.get_owned(forked.id, owner.id)
@@ -224,9 +224,9 @@ async def test_sqlite_version_2_upgrade_keeps_every_row_and_ids_are_never_reused
         assert await db.fetch_val(sa.text(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND instr(sql, 'AUTOINCREMENT') > 0")) == 2
         assert (await store.get_owned(kept.id, owner.id)).title == "kept"
-        assert [(m.content, m.parent_id) for m in await store.messages(kept.id)] == [
+        assert [(m.content, m.parent_id) for m in await store.messages.every(kept.id)] == [
             ("A Zanzibar itinerary", 0), ("Three days in Stone Town", 1)]  # one branch
-        assert [m["content"] for m in await store.history(await store.get_owned(kept.id, owner.id))] == [
+        assert [m["content"] for m in await store.messages.history(await store.get_owned(kept.id, owner.id))] == [
             "A Zanzibar itinerary", "Three days in Stone Town"]
         assert [c["conversation_id"] for c in await store.list_for_user(owner.id, q="zanzibar")] == [kept.id]
         assert (await users.by_username("old_owner")) == owner
@@ -266,9 +266,9 @@ async def test_message_ids_count_up_under_concurrency(db) -> None:
     b = await store.create(user.id, title="b", model="demo", system_prompt="", api_key="")
     async with anyio.create_task_group() as tg:
         for i in range(20):
-            tg.start_soon(store.add_message, a if i % 2 else b, "user", f"m{i}")
+            tg.start_soon(store.messages.add, a if i % 2 else b, "user", f"m{i}")
     for conversation in (a, b):
-        ids = [m.message_id for m in await store.messages(conversation.id)]
+        ids = [m.message_id for m in await store.messages.every(conversation.id)]
         assert ids == list(range(1, 11))
 
 
@@ -281,7 +281,7 @@ async def test_deleting_a_user_cascades(db) -> None:
                                       height=None, text="", text_chars=2, chunks=one_chunk(b"hi"),
                                       max_bytes_per_user=100)
     [file] = await store.files.owned([str(stored["file_id"])], user.id)
-    await store.add_message(conversation, "user", "hello", attachments=[file])
+    await store.messages.add(conversation, "user", "hello", attachments=[file])
     await db.execute(schema.users.delete().where(schema.users.c.id == user.id))
     for table in (schema.conversations, schema.messages, schema.files, schema.file_chunks, schema.message_files):
         assert await db.fetch_val(sa.select(sa.func.count()).select_from(table)) == 0, table.name
@@ -333,8 +333,8 @@ async def test_search_with_and_without_the_sqlite_index(db, use_index: bool) -> 
     store = ConversationStore(db, APIKeyBox("s" * 40), fts=use_index and await has_sqlite_search_index(db))
     mine = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
     theirs = await store.create(other.id, title="t", model="demo", system_prompt="", api_key="")
-    await store.add_message(mine, "user", "Kilimanjaro at 50% humidity")
-    await store.add_message(theirs, "user", "Kilimanjaro too")
+    await store.messages.add(mine, "user", "Kilimanjaro at 50% humidity")
+    await store.messages.add(theirs, "user", "Kilimanjaro too")
     for q in ("kilimanjaro", "KILIM", "50%", "0%", "% h"):
         assert [c["conversation_id"] for c in await store.list_for_user(user.id, q=q)] == [mine.id], q
     assert await store.list_for_user(user.id, q="kilimanjaro too") == []

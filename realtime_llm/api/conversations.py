@@ -155,7 +155,7 @@ async def history_response(store: ConversationStore, conversation: Conversation)
             "conversation_id": conversation.id,
             "title": conversation.title,
             "model": conversation.model,
-            "messages": await store.history(conversation),
+            "messages": await store.messages.history(conversation),
             "created_time": conversation.created_time,
             "params": load_params(conversation.params),
         }
@@ -205,7 +205,7 @@ async def export(request: Request) -> Response:
     if kind not in ("json", "markdown"):
         raise BadRequest("'format' must be 'json' or 'markdown'")
     conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
-    messages = await services.conversations.messages(conversation.id)
+    messages = await services.conversations.messages.every(conversation.id)
     filename = f"conversation-{conversation.id}.{'md' if kind == 'markdown' else 'json'}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if kind == "markdown":

@@ -14,8 +14,8 @@ from realtime_llm.api.docs import ERROR_RESPONSE, SECURED, documented, json_resp
 from realtime_llm.errors import BadRequest, NotFound, PayloadTooLarge
 from realtime_llm.responses import JSONResponse
 from realtime_llm.services import Services
-from realtime_llm.store.conversations import PROMPT_IMAGE_BYTES
 from realtime_llm.store.files import StoredFile
+from realtime_llm.store.messages import PROMPT_IMAGE_BYTES
 from realtime_llm.uploads import received_file
 
 FILE_ID = re.compile(r"file_[A-Za-z0-9_-]{1,35}")

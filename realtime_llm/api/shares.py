@@ -75,8 +75,9 @@ async def shared_history(request: Request) -> JSONResponse:
     caller, conversation_id = await viewer(request, services)
     store = services.conversations
     conversation = await store.get_owned(conversation_id, caller.user.id)
+    history = await store.messages.history(conversation)
     return JSONResponse({"conversation_id": conversation.id, "title": conversation.title, "model": conversation.model,
-                         "messages": await store.history(conversation), "created_time": conversation.created_time,
+                         "messages": history, "created_time": conversation.created_time,
                          "params": load_params(conversation.params)})
 
 

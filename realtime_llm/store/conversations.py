@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from databases import Database
@@ -13,36 +13,21 @@ from realtime_llm.errors import ConversationNotFound, PayloadTooLarge
 from realtime_llm.keys import APIKeyBox, mask_api_key
 from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import fetch_all, fetch_one
-from realtime_llm.store.files import FileStore, StoredFile, attach
-from realtime_llm.store.records import Conversation, Message, message_from_row
+from realtime_llm.store.files import FileStore
+from realtime_llm.store.messages import MessageStore
+from realtime_llm.store.records import Conversation
 from realtime_llm.store.schema import conversations, messages
-from realtime_llm.store.shapes import branch_json, message_json
 from realtime_llm.store.statements import (
-    ACTIVE_LEAF,
-    ACTIVE_LEAF_FOR_UPDATE,
-    ADD_USAGE,
-    ALL_MESSAGES,
-    CHILDREN,
     COPY_PATH,
     COPY_PATH_FILES,
     EVENT_CEILING,
     EXISTS,
-    INSERT_MESSAGE,
-    MOVE_LEAF,
-    NEXT_MESSAGE_ID,
-    ONE_MESSAGE,
     OWNED,
     PATH_LENGTH,
-    PATH_UP,
     RAISE_EVENT_CEILING,
-    SKELETON,
 )
-from realtime_llm.store.tree import Tree
-from realtime_llm.usage import Usage
 
 LIST_LIMIT_MAX = 1000
-IMAGE_COST_CHARS = 4_000  # what an image counts for in the prompt budget (about 1,000 tokens)
-PROMPT_IMAGE_BYTES = 20 * 1024 * 1024  # images a prompt carries at most, in bytes (base64 adds a third)
 FORK_MAX_MESSAGES = 10_000  # a fork writes a whole branch: bounded, like every write
 
 
@@ -54,6 +39,7 @@ class ConversationStore:
         self.cache = cache or HistoryCache()
         self.fts = fts  # SQLite's messages_fts index exists (see schema.SEARCH_SQLITE)
         self.files = files or FileStore(database)
+        self.messages = MessageStore(database, self.cache, self.files)
 
     async def create(
         self, user_id: int, *, title: str, model: str, system_prompt: str, api_key: str, params: str = "{}"
@@ -173,81 +159,6 @@ class ConversationStore:
         await atomically(delete)
         await self.cache.drop(conversation_id)
 
-    async def history(self, conversation: Conversation) -> list[dict[str, object]]:
-        """The active branch as the history route shows it: from the cache when it is current."""
-        cid, count, leaf = conversation.id, conversation.message_count, conversation.active_leaf_id
-        cached = await self.cache.get(cid, count, leaf)
-        if cached is not None:
-            return cached
-        rows = await ALL_MESSAGES.fetch_all(self.database, cid=cid)
-        messages = branch_json(rows, leaf, await self.files.of_messages(cid))
-        await self.cache.put(cid, count, leaf, messages)
-        return messages
-
-    async def messages(self, conversation_id: int) -> list[Message]:
-        """Every message of every branch, in id order, with the files each carries."""
-        carried = await self.files.of_messages(conversation_id)
-        return [dataclasses.replace(m, attachments=tuple(carried.get(m.message_id, ())))
-                for m in map(message_from_row, await ALL_MESSAGES.fetch_all(self.database, cid=conversation_id))]
-
-    async def attachments(self, conversation_id: int, message_id: int) -> list[StoredFile]:
-        return (await self.files.of_messages(conversation_id, [message_id])).get(message_id, [])
-
-    async def message(self, conversation_id: int, message_id: int) -> Message | None:
-        row = await ONE_MESSAGE.fetch_one(self.database, cid=conversation_id, message_id=message_id)
-        return None if row is None else message_from_row(row)
-
-    async def tree(self, conversation_id: int) -> Tree:
-        return Tree(await SKELETON.fetch_all(self.database, cid=conversation_id))  # type: ignore[arg-type]
-
-    async def active_leaf(self, conversation: Conversation) -> int:
-        """Where the active branch ends now (0: no messages); read afresh, not from `conversation`."""
-        leaf = await ACTIVE_LEAF.fetch_val(self.database, cid=conversation.id, user_id=conversation.user_id)
-        if leaf is None:
-            raise ConversationNotFound()
-        return int(leaf)
-
-    async def move_leaf(self, conversation: Conversation, expected: int, leaf: int) -> bool:
-        """Make the branch ending at `leaf` the active one, if it still ends at `expected`."""
-        moved = await MOVE_LEAF.fetch_one(self.database, cid=conversation.id, user_id=conversation.user_id,
-                                          expected=expected, leaf=leaf)
-        return moved is not None
-
-    async def recent_messages(self, conversation_id: int, budget_chars: int, leaf: int, page: int = 64,
-                              with_reasoning: bool = False) -> list[Message]:
-        """The newest messages of the branch ending at `leaf` whose contents (files
-        included: their text, IMAGE_COST_CHARS an image) fit in the budget, and whose images
-        in PROMPT_IMAGE_BYTES (the newest always), oldest first, each whole with its files;
-        read a page at a time up the branch, so a long conversation costs no more than the
-        budget."""
-        chosen: list[Message] = []
-        used = images = 0
-        start = leaf
-        while start:
-            rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=start, page=page)
-            carried = await self.files.of_messages(conversation_id, [r[0] for r in rows if r[1] == "user"])
-            for r in rows:
-                message = dataclasses.replace(message_from_row(r), attachments=tuple(carried.get(r[0], ())))
-                size = len(message.content) + (len(message.reasoning) if with_reasoning else 0) + sum(
-                    IMAGE_COST_CHARS if f.is_image else len(f.name) + f.text_chars for f in message.attachments)
-                pixels = sum(f.size for f in message.attachments if f.is_image)
-                if chosen and (used + size > budget_chars or images + pixels > PROMPT_IMAGE_BYTES):
-                    return await self._with_contents(conversation_id, chosen[::-1])
-                chosen.append(message)
-                used += size
-                images += pixels
-            start = chosen[-1].parent_id if len(rows) == page else 0
-        return await self._with_contents(conversation_id, chosen[::-1])
-
-    async def _with_contents(self, conversation_id: int, chosen: list[Message]) -> list[Message]:
-        """The messages with what a model reads of their files: loaded only for those sent."""
-        carrying = [m.message_id for m in chosen if m.attachments]
-        if not carrying:
-            return chosen
-        full = await self.files.of_messages(conversation_id, carrying, contents=True)
-        return [dataclasses.replace(m, attachments=tuple(full.get(m.message_id, ()))) if m.attachments else m
-                for m in chosen]
-
     async def exists(self, conversation_id: int) -> bool:
         return await EXISTS.fetch_one(self.database, cid=conversation_id) is not None
 
@@ -258,45 +169,6 @@ class ConversationStore:
     async def raise_event_ceiling(self, conversation_id: int, ceiling: int) -> None:
         await RAISE_EVENT_CEILING.fetch_all(self.database, cid=conversation_id, last_event_id=ceiling)
 
-    async def add_message(self, conversation: Conversation, role: str, content: str,
-                          usage: Usage | None = None, *, reasoning: str = "", parent_id: int | None = None,
-                          attachments: Sequence[StoredFile] = ()) -> Message:
-        """Add a message under `parent_id` (by default: at the end of the active branch),
-        carrying `attachments` (files of the conversation's owner), and make the branch
-        ending with it the active one. Its message_id is the conversation's next, taken
-        atomically. An answer's usage is added to its owner's totals in the same
-        transaction. A conversation deleted meanwhile is ConversationNotFound: nothing is written."""
-        now = int(time.time())
-        cid, user_id = conversation.id, conversation.user_id
-
-        async def append() -> tuple[int, int, int, list[int]]:  # one transaction, not to be cut by a cancel
-            async with self.database.transaction():
-                leaf = await ACTIVE_LEAF_FOR_UPDATE.fetch_val(self.database, cid=cid, user_id=user_id)
-                numbered = await NEXT_MESSAGE_ID.fetch_one(self.database, cid=cid, user_id=user_id)
-                if leaf is None or numbered is None:
-                    raise ConversationNotFound()
-                message_id, count = numbered
-                parent = leaf if parent_id is None else parent_id
-                await INSERT_MESSAGE.fetch_all(
-                    self.database, cid=cid, message_id=message_id, role=role, content=content,
-                    created_time=now, prompt_tokens=usage.prompt_tokens if usage else None,
-                    completion_tokens=usage.completion_tokens if usage else None,
-                    usage_estimated=int(usage.estimated) if usage else 0, reasoning=reasoning,
-                    reasoning_tokens=usage.reasoning_tokens if usage else None, parent_id=parent)
-                await attach(self.database, cid, user_id, message_id, [f.file_id for f in attachments])
-                # The active leaf has no children (NEXT_MESSAGE_ID and MOVE_LEAF see to it): a
-                # message after it is an only child.
-                siblings = [message_id] if parent == leaf else [
-                    row[0] for row in await CHILDREN.fetch_all(self.database, cid=cid, parent=parent)]
-                if usage is not None:
-                    await ADD_USAGE.fetch_all(self.database, cid=cid, prompt_tokens=usage.prompt_tokens,
-                                              completion_tokens=usage.completion_tokens)
-            return int(message_id), int(count), int(parent), siblings
-
-        message_id, count, parent, siblings = await atomically(append)
-        message = Message(message_id, role, content, now, usage, reasoning, parent, tuple(attachments))
-        await self.cache.append(cid, message_json(message, siblings), count, parent)
-        return message
 
 
 def _like_pattern(q: str) -> str:
