@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import os
 
-from realtime_llm.broker import Broker
-from realtime_llm.broker.base import BrokerUnavailable
+from realtime_llm.broker.base import Broker, BrokerUnavailable
 from realtime_llm.broker.locks import GenerationLocks
 from realtime_llm.errors import DATABASE_ERRORS
 from realtime_llm.events import BRANCH, ERROR, TERMINAL, TITLE
