@@ -71,7 +71,7 @@ def timings(base_url: str, path: str, headers: dict[str, str], requests: int) ->
 
 
 def measure(messages: int, branches: int, requests: int) -> list[dict[str, object]]:
-    results = []
+    results: list[dict[str, object]] = []
     upstream = UpstreamProcess()
     postgres = create_postgres_database()
     try:

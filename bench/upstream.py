@@ -18,7 +18,7 @@ def main() -> None:
                 lifespan="off", access_log=False)
 
 
-class _Discard(list):  # type: ignore[type-arg]
+class _Discard(list):
     def append(self, item: object) -> None:
         pass
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -113,7 +114,7 @@ def run(client_counts: list[int], tokens: int, repeat: int, with_caddy: bool = T
             first = start_server(workdir, upstream, **config)
             pair = [first, ServerProcess(first.config_path, workdir).start()]
             caddy = Caddy(workdir, [f"127.0.0.1:{server.port}" for server in pair]) if with_caddy else None
-            setups = [("1 process, in-process broker", single), ("2 processes + Redis", pair)]
+            setups: list[tuple[str, list[Any]]] = [("1 process, in-process broker", single), ("2 processes + Redis", pair)]
             if caddy is not None:
                 setups.append(("2 processes + Redis, Caddy", [caddy]))
             try:
