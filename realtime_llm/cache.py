@@ -15,7 +15,8 @@ import logging
 from typing import Any, Sequence
 
 import orjson
-from redis.exceptions import RedisError
+
+from realtime_llm.redisclient import REDIS_FAILURES
 
 logger = logging.getLogger("realtime_llm.cache")
 
@@ -67,7 +68,7 @@ class RedisHistoryCache(HistoryCache):
     async def get(self, conversation_id: int, count: int, leaf: int) -> list[dict[str, Any]] | None:
         try:
             raw = await self.redis.lrange(self.key(conversation_id), 0, -1)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             logger.debug("history cache unavailable: %s", type(exc).__name__)
             return None
         if not raw or raw[0] != header(count, leaf):
@@ -84,7 +85,7 @@ class RedisHistoryCache(HistoryCache):
                 pipe.rpush(key, header(count, leaf), *(orjson.dumps(m) for m in messages))
                 pipe.expire(key, self.ttl)
                 await pipe.execute()
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             pass
 
     async def append(self, conversation_id: int, message: dict[str, Any], count: int, parent: int) -> None:
@@ -92,7 +93,7 @@ class RedisHistoryCache(HistoryCache):
         try:
             await self._append(keys=[self.key(conversation_id)],
                                args=[header(count - 1, parent), orjson.dumps(message), new_header, self.ttl])
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             pass
 
     async def drop(self, conversation_id: int) -> None:
@@ -100,5 +101,5 @@ class RedisHistoryCache(HistoryCache):
         try:  # and the keys of earlier versions, which a server of such a version may have left
             base = key.removesuffix(":v4")
             await self.redis.delete(key, base + ":v3", base + ":v2", base)
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             pass

@@ -38,7 +38,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         server["workers"] = args.workers
     settings = settings.replace(server=server) if server else settings
     if settings.server.workers > 1 and not settings.redis.enabled:
-        raise ConfigError("more than one worker needs Redis: set redis.address or REDIS_URL")
+        raise ConfigError("more than one worker needs Redis: set redis.address, REDIS_URL or REDIS_CLUSTER_NODES")
     return settings
 
 

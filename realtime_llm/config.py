@@ -42,6 +42,9 @@ class RedisSettings:
     password: str = ""
     db: int = 0
     url: str = ""  # redis://... ; REDIS_URL sets it and wins over address
+    # A Redis Cluster: some of its nodes, "host:port" (REDIS_CLUSTER_NODES, comma separated);
+    # the client finds the rest. Not together with address or url.
+    cluster_nodes: tuple[str, ...] = ()
     key_prefix: str = "rtllm"  # every key and channel starts with this
     socket_timeout: float = 5.0  # every Redis call gives up after this
     # Connections per process; a call finding them all busy waits (up to socket_timeout)
@@ -50,7 +53,11 @@ class RedisSettings:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.url or self.address)
+        return bool(self.url or self.address or self.cluster_nodes)
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.cluster_nodes)
 
     def connection_url(self) -> str:
         if self.url:

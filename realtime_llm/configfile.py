@@ -30,6 +30,11 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
             if not isinstance(raw[section], dict):
                 raise ConfigError(f"config: '{section}' must be a mapping")
             raw[section][key] = environ[variable]
+    if environ.get("REDIS_CLUSTER_NODES"):  # a list, comma separated
+        raw.setdefault("redis", {})
+        if not isinstance(raw["redis"], dict):
+            raise ConfigError("config: 'redis' must be a mapping")
+        raw["redis"]["cluster_nodes"] = [n.strip() for n in environ["REDIS_CLUSTER_NODES"].split(",") if n.strip()]
     settings = _build(Settings, raw, "")
     settings = _apply_openai_key(settings, environ.get("OPENAI_API_KEY", ""))
     _validate(settings)
@@ -158,6 +163,13 @@ def _validate(settings: Settings) -> None:
                           "'keep_alive_seconds' must be positive")
     if settings.redis.max_connections < 1:
         raise ConfigError("config: 'redis.max_connections' must be at least 1")
+    if settings.redis.cluster_nodes and (settings.redis.address or settings.redis.url):
+        raise ConfigError("config: 'redis.cluster_nodes' and 'redis.address'/'redis.url' (REDIS_URL) are two "
+                          "different Redis deployments: set one")
+    for node in settings.redis.cluster_nodes:
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"config: 'redis.cluster_nodes' entry {node!r} must be host:port")
     if stream.subscriber_queue_bytes < 1024 or stream.max_answer_chars < 1:
         raise ConfigError("config: 'stream.subscriber_queue_bytes' (1024 or more) and 'max_answer_chars' "
                           "must be positive")

@@ -12,9 +12,8 @@ import math
 import time
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from realtime_llm.errors import APIError
+from realtime_llm.redisclient import REDIS_FAILURES
 
 logger = logging.getLogger("realtime_llm.ratelimit")
 
@@ -74,7 +73,7 @@ class RedisRateLimiter(RateLimiter):
     async def hit(self, key: str, limit: int, window: float) -> float | None:
         try:
             count, ttl_ms = await self._hit(keys=[f"{self.prefix}:rate:{key}"], args=[int(window * 1000)])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("rate limit not checked, Redis unavailable (%s)", type(exc).__name__)
             return None
         return None if int(count) <= limit else max(int(ttl_ms), 0) / 1000

@@ -17,11 +17,12 @@ import logging
 import os
 from typing import AsyncIterator
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from realtime_llm.config import LimitsSettings
 from realtime_llm.ratelimit import RateLimited
+from realtime_llm.redisclient import REDIS_FAILURES, RedisClient
 from realtime_llm.tasks import stop_task
 
 logger = logging.getLogger("realtime_llm.seats")
@@ -85,9 +86,10 @@ class Seats:
 
 
 class RedisSeats(Seats):
-    def __init__(self, limit: int, redis: aioredis.Redis, prefix: str, lease: float) -> None:
+    def __init__(self, limit: int, redis: RedisClient, prefix: str, lease: float) -> None:
         super().__init__(limit)
         self.redis = redis
+        self.cluster = isinstance(redis, RedisCluster)
         self.prefix = prefix
         self.lease_ms = int(lease * 1000)
         self._take = redis.register_script(TAKE)
@@ -108,10 +110,11 @@ class RedisSeats(Seats):
         if self.limit <= 0:
             yield
             return
-        key, member = f"{self.prefix}:seats:{user_id}", next(self._names)
+        # The user's id as the hash tag: on a Redis Cluster each user's set is in one slot.
+        key, member = f"{self.prefix}:{{user:{user_id}}}:seats", next(self._names)
         try:
             taken = await self._take(keys=[key], args=[member, self.limit, self.lease_ms])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("socket limit not checked, Redis unavailable (%s)", type(exc).__name__)
             taken = 1
         if not taken:
@@ -124,14 +127,19 @@ class RedisSeats(Seats):
             try:
                 async with asyncio.timeout(2):
                     await self.redis.zrem(key, member)
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_FAILURES:
                 pass  # the lease runs out on its own
 
     async def renew(self) -> None:
         members = list(self._mine.items())
-        for start in range(0, len(members), 500):
-            chunk = members[start:start + 500]
-            await self._renew(keys=[k for _, k in chunk], args=[self.lease_ms, *(m for m, _ in chunk)])
+        # A script's keys must share a slot on a Redis Cluster: one call per slot there.
+        groups: dict[int, list[tuple[str, str]]] = {}
+        for member, key in members:
+            groups.setdefault(key_slot(key.encode()) if self.cluster else 0, []).append((member, key))
+        for group in groups.values():
+            for start in range(0, len(group), 500):
+                chunk = group[start:start + 500]
+                await self._renew(keys=[k for _, k in chunk], args=[self.lease_ms, *(m for m, _ in chunk)])
         for member, key in members:  # closed while being renewed: not to be brought back
             if member not in self._mine:
                 await self.redis.zrem(key, member)
@@ -141,11 +149,11 @@ class RedisSeats(Seats):
             await asyncio.sleep(self.lease_ms / 3000)
             try:
                 await self.renew()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 logger.warning("socket seats not renewed, Redis unavailable (%s)", type(exc).__name__)
 
 
-def create_seats(limits: LimitsSettings, redis: aioredis.Redis | None, prefix: str) -> Seats:
+def create_seats(limits: LimitsSettings, redis: RedisClient | None, prefix: str) -> Seats:
     if redis is None:
         return Seats(limits.websockets_per_user)
     return RedisSeats(limits.websockets_per_user, redis, prefix, limits.websocket_seat_lease_seconds)

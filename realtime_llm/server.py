@@ -33,7 +33,12 @@ def redact_url(url: str) -> str:
 
 
 def describe(settings: Settings, host: str, port: int) -> str:
-    broker = f"redis ({redact_url(settings.redis.connection_url())})" if settings.redis.enabled else "in-process"
+    if settings.redis.cluster:
+        broker = f"redis cluster ({', '.join(settings.redis.cluster_nodes)}; sharded pub/sub)"
+    elif settings.redis.enabled:
+        broker = f"redis ({redact_url(settings.redis.connection_url())})"
+    else:
+        broker = "in-process"
     workers = f" | workers: {settings.server.workers}" if settings.server.workers > 1 else ""
     if ":" in host:
         host = f"[{host}]"

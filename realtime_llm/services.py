@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 import anyio.to_thread
-import redis.asyncio as aioredis
 from databases import Database
 
 from realtime_llm.auth import PasswordHasher, TokenIssuer
@@ -22,7 +21,7 @@ from realtime_llm.generation import GenerationEngine
 from realtime_llm.keys import APIKeyBox, load_or_create_secret, secret_file_path
 from realtime_llm.providers import Provider, create_provider
 from realtime_llm.ratelimit import RateLimiter, RedisRateLimiter
-from realtime_llm.redisclient import redis_client
+from realtime_llm.redisclient import RedisClient, redis_client
 from realtime_llm.seats import Seats, create_seats
 from realtime_llm.sessions import SessionWatch
 from realtime_llm.store.apitokens import ApiTokenStore
@@ -73,7 +72,7 @@ class Services:
         await asyncio.sleep(0.2)  # let the closing frames go out
 
 
-def create_history_cache(settings: Settings, redis: aioredis.Redis | None) -> HistoryCache:
+def create_history_cache(settings: Settings, redis: RedisClient | None) -> HistoryCache:
     """Histories are cached in Redis when there is one; one process alone reads SQL directly."""
     if redis is None:
         return HistoryCache()
@@ -82,7 +81,7 @@ def create_history_cache(settings: Settings, redis: aioredis.Redis | None) -> Hi
     return RedisHistoryCache(redis, settings.redis.key_prefix, settings.stream.replay_ttl_seconds)
 
 
-def create_rate_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter:
+def create_rate_limiter(settings: Settings, redis: RedisClient | None) -> RateLimiter:
     """Counted in Redis when there is one, so every process enforces the same limits."""
     if redis is None:
         return RateLimiter()

@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from realtime_llm.auth import TokenClaims
 from realtime_llm.errors import ServiceUnavailable
+from realtime_llm.redisclient import REDIS_FAILURES
 
 TICKET_SECONDS = 60
 TICKET_PREFIX = "tkt_"
@@ -74,7 +74,7 @@ class RedisTickets(Tickets):
         ticket = TICKET_PREFIX + secrets.token_urlsafe(24)
         try:
             await self.redis.set(self.key(ticket), _claims_json(claims, conversation_id), ex=TICKET_SECONDS)
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             raise ServiceUnavailable("stream tickets are unavailable right now: try again") from None
         return ticket
 
@@ -84,6 +84,6 @@ class RedisTickets(Tickets):
                 pipe.get(self.key(ticket))
                 pipe.delete(self.key(ticket))
                 raw, _ = await pipe.execute()
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             raise ServiceUnavailable("stream tickets are unavailable right now: try again") from None
         return None if raw is None else _claims_of(raw, conversation_id)

@@ -8,7 +8,7 @@ that ends the stream. (A process alone takes its subscribers with it when it die
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 
 from realtime_llm.broker.base import Broker, BrokerUnavailable
@@ -16,6 +16,8 @@ from realtime_llm.broker.locks import GenerationLocks
 from realtime_llm.errors import DATABASE_ERRORS
 from realtime_llm.events import BRANCH, ERROR, TERMINAL, TITLE
 from realtime_llm.tasks import stop_task
+
+logger = logging.getLogger("realtime_llm.watchdog")
 
 LOST = "the server generating this answer stopped; the answer was lost"
 
@@ -38,8 +40,12 @@ class DeadGenerationWatch:
         while True:
             await asyncio.sleep(self.interval)
             for conversation_id in self.broker.watched():
-                with contextlib.suppress(BrokerUnavailable, *DATABASE_ERRORS):  # the next round tries again
+                try:
                     await self.check(conversation_id)
+                except (BrokerUnavailable, *DATABASE_ERRORS):  # the next round tries again
+                    pass
+                except Exception:  # a bug must not end the watch for every conversation
+                    logger.exception("dead-generation check of conversation %d failed", conversation_id)
 
     async def check(self, conversation_id: int) -> None:
         """End the conversation's stream if its generation's process is gone."""

@@ -9,9 +9,11 @@ import pytest
 
 from tests.backends import create_postgres_database, drop_postgres_database, redis_url
 from tests.fake_upstream import FakeUpstream
+from tests.rediscluster import RedisClusterNodes
 from tests.servers import ServerProcess, write_config
 
 PASSWORD = "correct horse battery"
+CLUSTER = "cluster:"  # a broker given as "cluster:host:port,host:port,...": a Redis Cluster
 PROVIDER_KEY = "sk-provider-key-0000000000"
 
 
@@ -50,8 +52,12 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
         # other tests expect next; tests/test_features.py turns them on.
         "llm": {"default_model": "demo", "providers": providers, "auto_titles": False},
     }
-    if broker != "memory":  # a Redis URL; each server config gets a key prefix of its own
-        config["redis"] = {"url": broker, "key_prefix": f"rtllm-test-{uuid.uuid4().hex[:8]}"}
+    if broker != "memory":  # a Redis URL or "cluster:" and nodes; each config gets a key prefix of its own
+        config["redis"] = {"key_prefix": f"rtllm-test-{uuid.uuid4().hex[:8]}"}
+        if broker.startswith(CLUSTER):
+            config["redis"]["cluster_nodes"] = broker[len(CLUSTER):].split(",")
+        else:
+            config["redis"]["url"] = broker
         config["stream"]["lock_ttl_seconds"] = 3
     if database == "sqlite":
         config["sqlite"] = {"path": str(workdir / "chat.db")}
@@ -75,6 +81,19 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
 def broker(request: pytest.FixtureRequest) -> str:
     """'memory', or the URL of the Redis the tests use."""
     return "memory" if request.param == "memory" else redis_url()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of this session's own (3 masters, 3 replicas), for tests that
+    change nothing in it but their own keys; fault tests start their own."""
+    nodes = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    yield nodes
+    nodes.stop()
+
+
+def cluster_broker(nodes: RedisClusterNodes) -> str:
+    return CLUSTER + ",".join(nodes.nodes)
 
 
 @pytest.fixture(scope="session")

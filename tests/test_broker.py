@@ -17,6 +17,7 @@ from realtime_llm.broker.redis import RedisBroker
 from realtime_llm.config import Settings
 from realtime_llm.redisclient import redis_client
 from tests.backends import redis_url
+from tests.rediscluster import RedisClusterNodes
 
 pytestmark = pytest.mark.anyio
 
@@ -26,17 +27,22 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def broker_settings(kind: str) -> Settings:
+def broker_settings(kind: str, cluster: RedisClusterNodes | None = None) -> Settings:
     stream = {"replay_events": 50, "subscriber_queue": 20}
     settings = Settings().replace(stream=stream)
+    prefix = f"rtllm-test-{uuid.uuid4().hex[:8]}"
     if kind == "redis":
-        settings = settings.replace(redis={"url": redis_url(), "key_prefix": f"rtllm-test-{uuid.uuid4().hex[:8]}"})
+        settings = settings.replace(redis={"url": redis_url(), "key_prefix": prefix})
+    elif kind == "cluster":  # sharded pub/sub
+        assert cluster is not None
+        settings = settings.replace(redis={"cluster_nodes": tuple(cluster.nodes), "key_prefix": prefix})
     return settings
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def opened(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, GenerationLocks]]:
-    settings = broker_settings(request.param)
+    cluster = request.getfixturevalue("redis_cluster") if request.param == "cluster" else None
+    settings = broker_settings(request.param, cluster)
     async with contextlib.AsyncExitStack() as stack:
         client = redis_client(settings.redis) if settings.redis.enabled else None
         if client is not None:

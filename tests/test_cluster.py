@@ -1,5 +1,6 @@
-"""Two real server processes sharing Redis and the database: events, stop and lock cross
-processes; a killed generating process ends its stream with an error."""
+"""Two real server processes sharing Redis (one, or a Redis Cluster with sharded pub/sub)
+and the database: events, stop and lock cross processes; a killed generating process ends
+its stream with an error."""
 from __future__ import annotations
 
 import signal
@@ -12,7 +13,7 @@ import pytest
 import redis
 
 from tests.backends import PrivateRedis, redis_url
-from tests.conftest import Api, base_config
+from tests.conftest import Api, base_config, cluster_broker
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerProcess, write_config
 from tests.test_chat import assert_complete, chat, chat_events, history, new_chat
@@ -24,9 +25,16 @@ def start_pair(database: str, upstream: FakeUpstream, workdir: Path, redis: str)
     return ServerProcess(config, workdir).start(), ServerProcess(config, workdir).start()
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def shared(request: pytest.FixtureRequest) -> str:
+    """What the two processes share: one Redis, or the session's Redis Cluster."""
+    return redis_url() if request.param == "redis" else cluster_broker(request.getfixturevalue("redis_cluster"))
+
+
 @pytest.fixture
-def pair(database: str, upstream: FakeUpstream, tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    a, b = start_pair(database, upstream, tmp_path, redis_url())
+def pair(database: str, upstream: FakeUpstream, tmp_path: Path,
+         shared: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    a, b = start_pair(database, upstream, tmp_path, shared)
     yield a, b
     a.stop(), b.stop()
 
@@ -129,10 +137,11 @@ def test_resume_on_a_after_disconnect(pair) -> None:
     assert seen + rest == everything
 
 
-def test_killed_generating_process_ends_stream_with_error(database: str, upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_killed_generating_process_ends_stream_with_error(database: str, upstream: FakeUpstream, tmp_path: Path,
+                                                          shared: str) -> None:
     """kill -9 of the process running a generation: sockets elsewhere get `error` within
     seconds (lock expiry 3 s here), and the conversation can be used again."""
-    a, b = start_pair(database, upstream, tmp_path, redis_url())
+    a, b = start_pair(database, upstream, tmp_path, shared)
     try:
         api_a = Api(a.url)
         headers, cid = new_chat(api_a)

@@ -55,6 +55,14 @@ def test_environment_overrides(tmp_path: Path) -> None:
     assert openai.api_key == "sk-env"
 
 
+def test_redis_cluster_nodes_from_environment() -> None:
+    settings = load_settings(None, environ={"REDIS_CLUSTER_NODES": "10.0.0.1:7000, 10.0.0.2:7001,"})
+    assert settings.redis.cluster_nodes == ("10.0.0.1:7000", "10.0.0.2:7001")
+    assert settings.redis.enabled and settings.redis.cluster
+    with pytest.raises(ConfigError, match="cluster_nodes"):  # with REDIS_URL: two deployments
+        load_settings(None, environ={"REDIS_CLUSTER_NODES": "h:7000", "REDIS_URL": "redis://h:6379/0"})
+
+
 def test_config_path_from_environment(tmp_path: Path) -> None:
     path = tmp_path / "elsewhere.yaml"
     path.write_text("server:\n  port: 7070\n")
@@ -75,6 +83,10 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ("server: [1, 2]\n", "server"),
         ("- a\n- b\n", "mapping"),
         ("server:\n  port: 70000\n", "server.port"),
+        ("redis:\n  cluster_nodes: 127.0.0.1:7000\n", "redis.cluster_nodes"),  # a list, not a string
+        ("redis:\n  cluster_nodes: [localhost]\n", "redis.cluster_nodes"),  # host:port
+        ("redis:\n  cluster_nodes: ['h:99999']\n", "redis.cluster_nodes"),
+        ("redis:\n  address: h:6379\n  cluster_nodes: ['h:7000']\n", "redis.cluster_nodes"),  # one or the other
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, named: str) -> None:

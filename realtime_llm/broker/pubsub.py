@@ -1,4 +1,4 @@
-"""The process's one pub/sub connection to Redis, shared by the event log (a conversation's
+"""The process's one pub/sub connection to a single Redis, shared by the event log (a conversation's
 live events) and the generation locks (its stop requests).
 
 A channel is subscribed once per process, and only while someone here needs it; each
@@ -13,29 +13,53 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from realtime_llm.broker.base import BrokerUnavailable
+from realtime_llm.redisclient import REDIS_FAILURES
 from realtime_llm.tasks import stop_task
 
 logger = logging.getLogger("realtime_llm.broker.redis")
 
 CONFIRM_TIMEOUT = 5.0
 
+# Told which channels may have missed messages (None: every channel of the process).
+LostCallback = Callable[[frozenset[bytes] | None], None]
+
+
+class PubSub(Protocol):
+    """What the event log and the generation locks need of pub/sub: RedisPubSub on one
+    Redis, ShardedPubSub (shardedpubsub.py) on a Redis Cluster."""
+
+    publish_command: str  # as a script calls it: PUBLISH, or SPUBLISH
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def on_lost(self, callback: LostCallback) -> None: ...
+
+    async def subscribe(self, channel: bytes, handler: Callable[[bytes], None], *, keep: bool = False) -> None: ...
+
+    async def unsubscribe(self, channel: bytes) -> None: ...
+
+    async def publish(self, channel: str, data: bytes) -> int: ...
+
 
 async def redis_call(awaitable: Any) -> Any:
     """A Redis command; its failure is BrokerUnavailable (a 503, or an `error` event)."""
     try:
         return await awaitable
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except REDIS_FAILURES as exc:
         logger.warning("redis call failed: %s", type(exc).__name__)
         raise BrokerUnavailable() from None
 
 
 class RedisPubSub:
+    publish_command = "PUBLISH"
+
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -44,12 +68,15 @@ class RedisPubSub:
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
         self._keep: set[bytes] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self._lost_callbacks: list[Callable[[], None]] = []
+        self._lost_callbacks: list[LostCallback] = []
         self._connected = asyncio.Event()
 
-    def on_lost(self, callback: Callable[[], None]) -> None:
-        """`callback()` whenever the connection fails (messages may have been missed)."""
+    def on_lost(self, callback: LostCallback) -> None:
+        """`callback(None)` whenever the connection fails (messages may have been missed)."""
         self._lost_callbacks.append(callback)
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        return int(await redis_call(self.redis.publish(channel, data)))
 
     async def start(self) -> None:
         await redis_call(self.redis.ping())  # fail start-up clearly when Redis is absent
@@ -124,7 +151,7 @@ class RedisPubSub:
                 if self._pubsub is not None:
                     logger.warning("redis pub/sub connection lost (%s); reconnecting", type(exc).__name__)
                 for callback in self._lost_callbacks:
-                    callback()
+                    callback(None)
                 for future in self._confirmations.values():
                     if not future.done():
                         future.set_exception(BrokerUnavailable())

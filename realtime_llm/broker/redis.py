@@ -13,17 +13,18 @@ subscribers for. (The generation lock and the stop channel: redis_locks.py.)
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, AsyncIterator
 
 import orjson
-import redis.asyncio as aioredis
 
 from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone, Subscription
 from realtime_llm.broker.eventids import CounterMissing, Gathered
-from realtime_llm.broker.pubsub import RedisPubSub, redis_call
+from realtime_llm.broker.pubsub import PubSub, redis_call
 from realtime_llm.config import Settings
 from realtime_llm.events import Event, event_template
 from realtime_llm.metrics import EVENTS_PUBLISHED
+from realtime_llm.redisclient import RedisClient
 
 # A missing counter (never used, expired, Redis restarted) is never started from 0: the
 # script answers -1 and the broker restores it from the SQL ceiling (broker/eventids.py).
@@ -91,25 +92,29 @@ return current
 """
 
 GONE = b"gone"
+CONVERSATION_CHANNEL = re.compile(rb"\{conv:(\d+)\}:(?:live|stop)$")
 
 
 class RedisBroker(Broker):
     name = "redis"
 
-    def __init__(self, settings: Settings, redis: aioredis.Redis, pubsub: RedisPubSub) -> None:
+    def __init__(self, settings: Settings, redis: RedisClient, pubsub: PubSub) -> None:
         """`redis` is the process's client (redisclient.py) and `pubsub` its pub/sub
-        connection: their owner opens and closes them."""
+        (sharded on a Redis Cluster): their owner opens and closes them."""
         super().__init__()
         self.settings = settings.stream
         self.prefix = settings.redis.key_prefix
         self.redis = redis
         self.pubsub = pubsub
-        pubsub.on_lost(lambda: self._fail_local(None, BrokerUnavailable()))
+        pubsub.on_lost(self._lost)
+        # On a cluster the scripts publish with SPUBLISH, in the slot of the keys they write.
+        publish = pubsub.publish_command
         self._scripts: dict[str, Any] = {
-            name: redis.register_script(source)
+            name: redis.register_script(source.replace("'PUBLISH'", f"'{publish}'"))
             for name, source in (("publish", PUBLISH), ("publish_gathered", PUBLISH_GATHERED),
                                  ("floor", RAISE_FLOOR), ("restore", RESTORE_COUNTER))
         }
+        self._suspect: set[int] = set()  # conversations whose counter a failover may have set back
 
     async def ping(self) -> None:
         await self._call(self.redis.ping())
@@ -123,6 +128,7 @@ class RedisBroker(Broker):
     # -- events ----------------------------------------------------------------------
 
     async def _publish(self, conversation_id: int, event_type: str, data: str, **metadata: Any) -> Event:
+        await self._check_counter(conversation_id)
         prefix, suffix = event_template(event_type, data, conversation_id=conversation_id, **metadata)
         event_id = int(await self._call(self._scripts["publish"](
             keys=[self.key(conversation_id, "seq"), self.key(conversation_id, "events")],
@@ -138,6 +144,7 @@ class RedisBroker(Broker):
                                 **metadata: Any) -> Event:
         if gathered.count == 0 or gathered.count >= self.settings.replay_events:  # nothing to build from, or trimmed
             return await self._publish(conversation_id, event_type, data, **metadata)
+        await self._check_counter(conversation_id)
         in_data = gathered.field == "data"
         holed = {**metadata} if in_data else {**metadata, gathered.field: HOLE}
         prefix, suffix = event_template(event_type, HOLE if in_data else data, conversation_id=conversation_id, **holed)
@@ -203,7 +210,29 @@ class RedisBroker(Broker):
         keys = [self.key(conversation_id, s) for s in ("seq", "events")]
         self._fail_local(conversation_id, ConversationGone("conversation deleted"))
         await self._call(self.redis.delete(*keys))
-        await self._call(self.redis.publish(self.key(conversation_id, "live"), GONE))
+        await self.pubsub.publish(self.key(conversation_id, "live"), GONE)
+
+    def _lost(self, channels: frozenset[bytes] | None) -> None:
+        """Pub/sub lost these channels (None: all): the streams of their conversations end,
+        and the clients resume from the replay buffer. On a cluster a channel is lost when
+        its master fails or its slot migrates. A replica promoted in a failover may lack the
+        old master's last writes, the event id counter's among them: the conversation's next
+        publish here first raises the counter to the SQL ceiling (above every id handed out),
+        so no id goes out twice."""
+        if channels is None:
+            self._fail_local(None, BrokerUnavailable())
+            return
+        for channel in channels:
+            found = CONVERSATION_CHANNEL.search(channel)
+            if found is not None:
+                conversation_id = int(found.group(1))
+                self._suspect.add(conversation_id)
+                self._fail_local(conversation_id, BrokerUnavailable())
+
+    async def _check_counter(self, conversation_id: int) -> None:
+        if conversation_id in self._suspect:
+            await self.ensure_event_floor(conversation_id, await self._ceilings.event_ceiling(conversation_id))
+            self._suspect.discard(conversation_id)
 
     def _receive(self, conversation_id: int, data: bytes) -> None:
         """A message on the conversation's live channel: an event, or word of its deletion."""

@@ -9,11 +9,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any, AsyncIterator, Callable, Collection
 
-import redis.asyncio as aioredis
-
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.broker.locks import GenerationLocks
-from realtime_llm.broker.pubsub import RedisPubSub, redis_call
+from realtime_llm.broker.pubsub import PubSub, redis_call
+from realtime_llm.redisclient import RedisClient
 
 # A lock that expired (its renewals failed for a while: Redis busy or briefly away) but
 # that nobody else took is taken again: only another holder means it is lost.
@@ -40,7 +39,7 @@ return 0
 class RedisLocks(GenerationLocks):
     name = "redis"
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, pubsub: RedisPubSub) -> None:
+    def __init__(self, redis: RedisClient, prefix: str, pubsub: PubSub) -> None:
         self.redis = redis
         self.prefix = prefix
         self.pubsub = pubsub
@@ -95,5 +94,4 @@ class RedisLocks(GenerationLocks):
             callback()
 
     async def request_stop(self, conversation_id: int) -> bool:
-        receivers = await redis_call(self.redis.publish(self.key(conversation_id, "stop"), b"stop"))
-        return int(receivers) > 0
+        return await self.pubsub.publish(self.key(conversation_id, "stop"), b"stop") > 0

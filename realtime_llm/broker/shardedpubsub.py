@@ -1,0 +1,203 @@
+"""The process's sharded pub/sub on a Redis Cluster (SSUBSCRIBE/SPUBLISH): a message costs
+only the shard that owns its channel's slot, not every node as PUBLISH does.
+
+A channel is subscribed at the master of its slot, on one pub/sub connection per master
+this process needs (a link), each read by a task of its own. A link whose master fails,
+and a channel whose slot migrates away (the master then ends its subscription with an
+`sunsubscribe` it was not asked for), are reported to `on_lost` with the channels they
+carried: their owners end those streams (a client resumes from the replay Stream, which
+moved with the slot). The channels marked `keep` (the stop channels of generations running
+here) are subscribed again at the slot's new master as soon as the cluster names one.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any, Callable
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from realtime_llm.broker.base import BrokerUnavailable
+from realtime_llm.broker.pubsub import CONFIRM_TIMEOUT, LostCallback, redis_call
+from realtime_llm.redisclient import REDIS_FAILURES, node_client
+from realtime_llm.tasks import stop_task
+
+logger = logging.getLogger("realtime_llm.broker.redis")
+
+RESUBSCRIBE_FOR_SECONDS = 60.0  # a kept channel is tried again this long (a failover takes seconds)
+
+
+class _Link:
+    """One pub/sub connection to one master, and the shard channels subscribed on it."""
+
+    def __init__(self, node: ClusterNode, client: aioredis.Redis) -> None:
+        self.name = node.name
+        self.client = client
+        self.pubsub: Any = client.pubsub()
+        self.channels: set[bytes] = set()
+        self.confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self.leaving: set[bytes] = set()  # unsubscribed by us: their sunsubscribe is expected
+        self.task: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        await stop_task(self.task)
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+class ShardedPubSub:
+    publish_command = "SPUBLISH"
+
+    def __init__(self, cluster: RedisCluster, prefix: str) -> None:
+        self.cluster = cluster
+        self.prefix = prefix
+        self._handlers: dict[bytes, Callable[[bytes], None]] = {}
+        self._keep: set[bytes] = set()
+        self._links: dict[str, _Link] = {}
+        self._lost_callbacks: list[LostCallback] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # resubscriptions of kept channels
+
+    def on_lost(self, callback: LostCallback) -> None:
+        """`callback(channels)` when messages on these channels may have been missed."""
+        self._lost_callbacks.append(callback)
+
+    async def start(self) -> None:
+        await redis_call(self.cluster.initialize())  # fail start-up clearly when the cluster is absent
+        await redis_call(self.cluster.ping())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            await stop_task(task)
+        for link in list(self._links.values()):
+            await link.close()
+        self._links.clear()
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        return int(await redis_call(self.cluster.spublish(channel, data)))
+
+    async def subscribe(self, channel: bytes, handler: Callable[[bytes], None], *, keep: bool = False) -> None:
+        """Deliver the channel's messages to `handler` from the moment this returns (its
+        master has confirmed). With `keep`, it follows its slot to a new master."""
+        self._handlers[channel] = handler
+        if keep:
+            self._keep.add(channel)
+        try:
+            node = self.cluster.get_node_from_key(channel.decode())
+        except REDIS_FAILURES:  # the slot has no master right now (a failover)
+            raise BrokerUnavailable() from None
+        if node is None:
+            raise BrokerUnavailable()
+        link = await self._link(node)
+        if channel in link.channels:
+            return
+        confirmed = link.confirmations.get(channel)
+        try:
+            if confirmed is None:  # else another caller's SSUBSCRIBE is on its way
+                confirmed = asyncio.get_running_loop().create_future()
+                link.confirmations[channel] = confirmed
+                link.leaving.discard(channel)
+                await redis_call(link.pubsub.ssubscribe(channel))
+            async with asyncio.timeout(CONFIRM_TIMEOUT):
+                await asyncio.shield(confirmed)
+        except (BrokerUnavailable, TimeoutError):
+            if link.confirmations.get(channel) is confirmed:
+                link.confirmations.pop(channel, None)
+            raise BrokerUnavailable() from None
+        link.channels.add(channel)
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        self._handlers.pop(channel, None)
+        self._keep.discard(channel)
+        for link in self._links.values():
+            if channel in link.channels:
+                link.channels.discard(channel)
+                link.leaving.add(channel)
+                with contextlib.suppress(Exception):
+                    await link.pubsub.sunsubscribe(channel)
+
+    async def _link(self, node: ClusterNode) -> _Link:
+        link = self._links.get(node.name)
+        if link is not None:
+            return link
+        link = _Link(node, node_client(self.cluster, node.host, int(node.port)))
+        try:
+            # Always subscribed to something, so the connection can be read from the start.
+            await redis_call(link.pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}"))
+        except BrokerUnavailable:
+            await link.close()
+            raise
+        if node.name in self._links:  # another caller made one meanwhile
+            await link.close()
+            return self._links[node.name]
+        self._links[node.name] = link
+        link.task = asyncio.create_task(self._listen(link), name=f"redis-shard-listener-{node.name}")
+        return link
+
+    async def _listen(self, link: _Link) -> None:
+        try:
+            async for message in link.pubsub.listen():
+                self._dispatch(link, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("redis shard %s: pub/sub connection lost (%s)", link.name, type(exc).__name__)
+        # The master is gone (or the connection is): whatever it carried may have been missed.
+        if self._links.get(link.name) is link:
+            del self._links[link.name]
+        for future in link.confirmations.values():
+            if not future.done():
+                future.set_exception(BrokerUnavailable())
+                future.exception()  # retrieved here, so an unawaited one is not reported
+        self._lose(set(link.channels))
+        with contextlib.suppress(Exception):
+            await link.pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await link.client.aclose()
+
+    def _dispatch(self, link: _Link, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind == "smessage":
+            handler = self._handlers.get(channel)
+            if handler is not None:
+                handler(message["data"])
+        elif kind == "ssubscribe":
+            future = link.confirmations.pop(channel, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif kind == "sunsubscribe":
+            if channel in link.leaving:
+                link.leaving.discard(channel)
+            elif channel in link.channels:  # not asked for: its slot moved to another master
+                link.channels.discard(channel)
+                self._lose({channel})
+
+    def _lose(self, channels: set[bytes]) -> None:
+        if not channels:
+            return
+        for callback in self._lost_callbacks:
+            callback(frozenset(channels))
+        for channel in channels & self._keep:
+            task = asyncio.create_task(self._resubscribe(channel), name="redis-shard-resubscribe")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _resubscribe(self, channel: bytes) -> None:
+        """A kept channel, at its slot's master as soon as the cluster names one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESUBSCRIBE_FOR_SECONDS
+        wait = 0.2
+        while channel in self._keep and loop.time() < deadline:
+            try:
+                await self.cluster.nodes_manager.initialize()
+                await self.subscribe(channel, self._handlers[channel], keep=True)
+                return
+            except REDIS_FAILURES + (BrokerUnavailable, KeyError):
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 2.0)
+        if channel in self._keep:
+            logger.warning("redis shard channel %r could not be subscribed again", channel)

@@ -1,0 +1,215 @@
+"""A real Redis Cluster (3 masters, 3 replicas) under the server: events on sharded
+channels, and the faults a cluster has: a master killed mid-answer (its replica takes
+over), the conversation's slot migrated mid-answer, the whole cluster gone and back.
+
+What every fault must keep: the stream continues or ends with `error`; a client resuming
+from its last event id loses nothing (what it was shown is the start of the saved answer);
+SQL holds the turn; the conversation takes new messages afterwards."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from redis.crc import key_slot
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import Api, base_config, cluster_broker
+from tests.fake_upstream import FakeUpstream
+from tests.rediscluster import RedisClusterNodes
+from tests.servers import ServerProcess, write_config
+from tests.test_chat import assert_complete, chat, chat_events, history, new_chat
+from tests.wsclient import Socket
+
+LONG = "#fake tokens=400 delay_ms=10"  # about 4 s of answer
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    """A cluster of this test's own: the faults below break it."""
+    nodes = RedisClusterNodes(tmp_path / "cluster")
+    yield nodes
+    nodes.stop()
+
+
+def start_server(workdir: Path, upstream: FakeUpstream, nodes: RedisClusterNodes) -> ServerProcess:
+    config = write_config(workdir / "config.yaml", base_config(workdir, "sqlite", upstream, cluster_broker(nodes)))
+    return ServerProcess(config, workdir).start()
+
+
+@pytest.fixture
+def server(tmp_path: Path, upstream: FakeUpstream, cluster: RedisClusterNodes) -> Iterator[ServerProcess]:
+    process = start_server(tmp_path, upstream, cluster)
+    yield process
+    process.stop()
+
+
+def tag(cid: int) -> str:
+    return f"{{conv:{cid}}}"
+
+
+def read_on(socket: Socket, timeout: float) -> tuple[list[dict[str, Any]], str]:
+    """Frames until the answer ends (full_response), an `error` event, the socket closes,
+    or nothing comes for `timeout` seconds ("quiet")."""
+    frames: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            frame = socket.recv(timeout=max(0.01, deadline - time.monotonic()))
+            frames.append(frame)
+            if frame["event"] in ("full_response", "error"):
+                return frames, frame["event"]
+    except ConnectionClosed:
+        return frames, "closed"
+    except TimeoutError:
+        return frames, "quiet"
+
+
+def shown_text(events: list[dict[str, Any]]) -> str:
+    return "".join(e["data"] for e in events if e["event"] == "message")
+
+
+def resume_and_check(server: ServerProcess, headers: dict[str, str], cid: int, seen: list[dict[str, Any]]) -> None:
+    """Resume from the last id seen: no id twice, and everything shown is the start of the
+    answer SQL keeps (the whole of it when the stream reached full_response)."""
+    last = max(e["id"] for e in seen if "id" in e)
+    with Socket(server.url, cid, headers, query=f"last_event_id={last}") as again:
+        ready = again.recv()
+        assert ready["event"] == "ready"
+        if ready["generating"]:
+            rest, how = read_on(again, 20)
+        else:  # over: whatever the buffer still holds after `last`, then the history
+            rest, how = read_on(again, 1) if ready["last_event_id"] > last else ([], "over")
+    ids = [e["id"] for e in seen + rest if "id" in e]
+    assert ids == sorted(set(ids)), "an event came twice or out of order"
+    answer = history(Api(server.url), headers, cid)[-1]
+    assert answer["role"] == "assistant"
+    shown = shown_text(seen + rest)
+    assert answer["content"].startswith(shown), (shown[-80:], answer["content"][-80:])
+    if how == "full_response":
+        assert rest[-1]["data"] == answer["content"]
+
+
+def test_events_go_out_on_the_conversations_shard_only(redis_cluster: RedisClusterNodes, upstream: FakeUpstream,
+                                                       tmp_path: Path) -> None:
+    """SPUBLISH on the master of the conversation's slot, and no PUBLISH anywhere (which
+    a cluster copies to every node)."""
+    server = start_server(tmp_path, upstream, redis_cluster)
+    try:
+        api = Api(server.url)
+        headers, cid = new_chat(api)
+        masters = {int(m) for m in (redis_cluster.master_of(f"{{x{i}}}") for i in range(64))}
+        owner = redis_cluster.master_of(tag(cid))
+        for port in masters:
+            redis_cluster.node(port).config_resetstat()
+        with Socket(server.url, cid, headers) as socket:
+            assert socket.recv()["event"] == "ready"
+            socket.send({"type": "message", "content": "#fake tokens=20"})
+            assert_complete(socket.recv_until("full_response"), cid)
+        for port in masters:
+            stats = redis_cluster.node(port).info("commandstats")
+            assert "cmdstat_publish" not in stats, port
+            if port == owner:
+                assert stats["cmdstat_spublish"]["calls"] >= 20
+            else:
+                assert "cmdstat_spublish" not in stats, port
+    finally:
+        server.stop()
+
+
+def test_a_master_killed_mid_answer(cluster: RedisClusterNodes, server: ServerProcess) -> None:
+    """kill -9 of the master serving the conversation while an answer streams: its replica
+    takes over; the stream goes on or ends with error; a resume loses nothing; SQL holds
+    the turn; new messages work."""
+    api = Api(server.url)
+    headers, cid = new_chat(api)
+    master = cluster.master_of(tag(cid))
+    with Socket(server.url, cid, headers) as socket:
+        assert socket.recv()["event"] == "ready"
+        socket.send({"type": "message", "content": LONG})
+        seen = socket.recv_until("message") + [socket.recv() for _ in range(5)]
+        killed = time.monotonic()
+        cluster.kill(master)
+        rest, how = read_on(socket, 30)
+        first_after = time.monotonic() - killed
+    seen += rest
+    assert how in ("full_response", "error", "closed"), how
+    assert first_after < 15
+    cluster.wait_failover(tag(cid), master)  # a replica was promoted
+    resume_and_check(server, headers, cid, seen)
+    deadline = time.monotonic() + 20
+    while (response := chat(api, headers, cid, "#fake tokens=3")).status_code in (409, 503):
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.3)
+    assert response.status_code == 200, response.text
+    assert [m["role"] for m in history(api, headers, cid)][-4:] == ["user", "assistant", "user", "assistant"]
+
+
+def test_a_slot_migrated_mid_answer(cluster: RedisClusterNodes, server: ServerProcess) -> None:
+    """The conversation's slot moves to another master while an answer streams: the keys
+    move with it, the stream goes on or ends with error, a resume loses nothing, and a
+    stop still reaches the generation (its channel followed the slot)."""
+    api = Api(server.url)
+    headers, cid = new_chat(api)
+    source = cluster.master_of(tag(cid))
+    target = next(p for p in (cluster.master_of(f"{{x{i}}}") for i in range(64)) if p != source)
+    with Socket(server.url, cid, headers) as socket:
+        assert socket.recv()["event"] == "ready"
+        socket.send({"type": "message", "content": "#fake tokens=3000 delay_ms=10"})
+        seen = socket.recv_until("message")
+        cluster.migrate_slot(key_slot(tag(cid).encode()), source, target)
+        assert cluster.master_of(tag(cid)) == target
+        time.sleep(1.0)  # the answer goes on at the new master
+        response = api.http.post(f"/api/chat/{cid}/stop", headers=headers)
+        assert response.status_code == 200 and response.json()["stopped"] is True, response.text
+        rest, how = read_on(socket, 20)
+    assert how in ("full_response", "error", "closed"), how  # the live channel moved: "error", resume
+    seen += rest
+    resume_and_check(server, headers, cid, seen)
+    answer = history(api, headers, cid)[-1]["content"]
+    assert len(answer.split()) < 3000  # stopped, not run to its end
+    events = chat_events(api, headers, cid, "#fake tokens=3")
+    assert_complete(events, cid)
+
+
+def test_the_whole_cluster_gone_and_back(cluster: RedisClusterNodes, server: ServerProcess) -> None:
+    """Every node stopped: what needs no broker goes on (log in, list, history); a chat is
+    a 503, not a hang; the nodes back, it recovers by itself, ids still increasing."""
+    api = Api(server.url)
+    headers, cid = new_chat(api)
+    first = chat_events(api, headers, cid, "#fake tokens=3")
+    for port in list(cluster.running()):
+        cluster.kill(port)
+    assert api.http.get("/api/conversations/list", headers=headers).status_code == 200
+    assert len(history(api, headers, cid)) == 2
+    started = time.monotonic()
+    assert chat(api, headers, cid, "#fake tokens=3").status_code == 503
+    assert time.monotonic() - started < 15
+    for port in cluster.ports:
+        cluster.start_node(port)
+    cluster.wait_ok()
+    deadline = time.monotonic() + 30
+    while (response := chat(api, headers, cid, "#fake tokens=3")).status_code == 503:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.5)
+    assert response.status_code == 200, response.text
+    events = [e for e in chat_events(api, headers, cid, "#fake tokens=2")]
+    assert events[0]["id"] > first[-1]["id"]
+    assert len(history(api, headers, cid)) == 6
+
+
+def test_cluster_nodes_and_a_single_redis_together_are_refused(tmp_path: Path) -> None:
+    config = base_config(tmp_path, "sqlite", None, "cluster:127.0.0.1:7000")
+    config["redis"]["url"] = "redis://127.0.0.1:6379/0"
+    server = ServerProcess(write_config(tmp_path / "config.yaml", config), tmp_path)
+    with pytest.raises(RuntimeError, match="cluster_nodes"):
+        server.start()
+
+
+def test_an_unreachable_cluster_fails_start_up(tmp_path: Path) -> None:
+    config = base_config(tmp_path, "sqlite", None, "cluster:127.0.0.1:9")
+    server = ServerProcess(write_config(tmp_path / "config.yaml", config), tmp_path)
+    with pytest.raises(RuntimeError, match="exited with"):
+        server.start()
+    assert "the message broker is unavailable" in server.log()
