@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -110,3 +111,78 @@ class PrivateRedis:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+
+
+PGBOUNCER_HELP = "pgbouncer is not installed: apt-get install pgbouncer (.ci/run installs it when missing)"
+
+
+class PgBouncer:
+    """PgBouncer in transaction mode in front of the tests' PostgreSQL, on a free port, with
+    a small pool, so that one client's transactions run on different server connections."""
+
+    def __init__(self, pool_size: int = 2) -> None:
+        import os
+        import shutil
+        import subprocess
+        import tempfile
+        import time
+
+        from tests.servers import free_port
+
+        binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+        if binary is None:
+            raise RuntimeError(PGBOUNCER_HELP)
+        target = urlsplit(POSTGRES_ADMIN_URL)
+        self.port = free_port()
+        # Its own directory, readable by the user it runs as (pytest's are its owner's only).
+        workdir = self.workdir = Path(tempfile.mkdtemp(prefix="rtllm-pgbouncer-"))
+        os.chmod(workdir, 0o755)
+        (workdir / "userlist.txt").write_text(f'"{target.username}" ""\n')
+        (workdir / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={target.hostname} port={target.port or 5432}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {workdir / 'userlist.txt'}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 1000\n"
+            f"logfile = {workdir / 'pgbouncer.log'}\n"
+        )
+        os.chmod(workdir, 0o777)  # its log is written as that user
+        # PgBouncer will not run as root: it drops to the postgres user there.
+        as_user = ["-u", "postgres"] if os.geteuid() == 0 else []
+        self.process = subprocess.Popen([binary, *as_user, str(workdir / "pgbouncer.ini")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                asyncio.run(_ping(self.port))
+                return
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"pgbouncer exited with {self.process.returncode}") from None
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("pgbouncer did not start")
+
+    def url(self, direct_url: str) -> str:
+        """`direct_url` (a database on the tests' PostgreSQL) reached through PgBouncer."""
+        parts = urlsplit(direct_url)
+        return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{self.port}"))
+
+    def log(self) -> str:
+        path = self.workdir / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        import shutil
+
+        self.process.terminate()
+        self.process.wait(10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+async def _ping(port: int) -> None:
+    target = urlsplit(POSTGRES_ADMIN_URL)
+    connection = await asyncpg.connect(host="127.0.0.1", port=port, user=target.username,
+                                       database=target.path.lstrip("/"), timeout=2, statement_cache_size=0)
+    await connection.close()

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable, TypeVar
 
-from databases.backends.postgres import PostgresBackend, PostgresConnection
-
 T = TypeVar("T")
 
 
@@ -45,11 +43,3 @@ class ReleaseSurvivesCancel:
             await asyncio.wait({releasing})
             raise
 
-
-class CancelSafePostgresConnection(ReleaseSurvivesCancel, PostgresConnection):
-    pass
-
-
-class CancelSafePostgresBackend(PostgresBackend):
-    def connection(self) -> CancelSafePostgresConnection:
-        return CancelSafePostgresConnection(self, self._dialect)

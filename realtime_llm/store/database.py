@@ -23,7 +23,7 @@ class AppDatabase(Database):
     SUPPORTED_BACKENDS = {
         **Database.SUPPORTED_BACKENDS,
         "sqlite": "realtime_llm.store.sqlite_pool:PooledSQLiteBackend",
-        "postgresql": "realtime_llm.store.cancelsafe:CancelSafePostgresBackend",
+        "postgresql": "realtime_llm.store.postgres:PoolablePostgresBackend",
     }
 
 
@@ -40,10 +40,9 @@ def create_database(settings: Settings) -> Database:
         )
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
-    # A write waits for a lock as long as SQLite's busy timeout, then fails (a 503), rather
-    # than holding the request until the 30 s command timeout.
+    # A write in a transaction waits for a lock as long as SQLite's busy timeout (postgres.py).
     return AppDatabase(url, min_size=1, max_size=settings.sqlite.max_open_conns, command_timeout=30,
-                       server_settings={"lock_timeout": str(settings.sqlite.busy_timeout_ms)})
+                       lock_timeout_ms=settings.sqlite.busy_timeout_ms)
 
 
 async def migrate(database: Database) -> int:
