@@ -4,14 +4,17 @@ transaction may run on another server connection, so nothing may be left on one 
 session settings, no named prepared statements)."""
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.backends import PgBouncer, create_postgres_database, drop_postgres_database
+from realtime_llm.store.postgres import PoolablePostgresBackend
+from tests.backends import POSTGRES_ADMIN_URL, PgBouncer, create_postgres_database, drop_postgres_database
 from tests.conftest import Api, base_config
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerProcess, write_config
@@ -123,3 +126,30 @@ def test_many_clients_share_two_server_connections(pooled_server: ServerProcess)
     with ThreadPoolExecutor(12) as pool:
         cids = list(pool.map(one_client, range(12)))
     assert len(set(cids)) == 12
+
+
+def test_only_a_pooler_turns_the_statement_cache_off(pooled_database: str, bouncer: PgBouncer) -> None:
+    """Dialed directly, PostgreSQL says it listens where we dialed: prepared statements are
+    cached and the lock timeout is a connection setting; through PgBouncer, neither, and
+    each transaction sets the lock timeout itself."""
+    direct = pooled_database.replace(f":{bouncer.port}/", f":{urlsplit(POSTGRES_ADMIN_URL).port or 5432}/")
+
+    async def pooled(url: str) -> tuple[bool, str]:
+        backend = PoolablePostgresBackend(url, lock_timeout_ms=1234, min_size=1, max_size=1)
+        await backend.connect()
+        try:
+            connection = backend.connection()
+            await connection.acquire()
+            try:  # a transaction as the store opens one
+                transaction = connection.transaction()
+                await transaction.start(is_root=True, extra_options={})
+                timeout = await connection.raw_connection.fetchval("SHOW lock_timeout")
+                await transaction.rollback()
+            finally:
+                await connection.release()
+            return backend.pooled, timeout
+        finally:
+            await backend.disconnect()
+
+    assert asyncio.run(pooled(direct)) == (False, "1234ms")  # a setting of the connection
+    assert asyncio.run(pooled(pooled_database)) == (True, "1234ms")  # SET LOCAL in the transaction
