@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 
 from realtime_llm.config import RedisSettings
 
@@ -40,11 +40,22 @@ def single_client(settings: RedisSettings) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+class OnceOnTimeoutCluster(RedisCluster):
+    """redis-py's cluster client, which retries a command that timed out, too: a publish
+    script that ran but whose answer was late would run again, and its event go out twice
+    under two ids (a ticket's GET and DEL, twice: refused). A timeout is a failure here, as
+    it is on one Redis (single_client); a refused connection, a cluster down or a slot
+    without a master are retried (the command cannot have run)."""
+
+    # (redis-py types the attribute as exactly its own four errors)
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+
+
 def cluster_client(settings: RedisSettings) -> RedisCluster:
     """redis-py's cluster client: it learns the slots from any node given, sends each
     command to the master of its key's slot, and follows MOVED and ASK (a slot migrated)
     and failovers (the slot map read again), a few times before a call fails."""
-    return RedisCluster(
+    return OnceOnTimeoutCluster(
         startup_nodes=[ClusterNode(host, int(port)) for host, _, port in
                        (node.rpartition(":") for node in settings.cluster_nodes)],
         password=settings.password or None, max_connections=settings.max_connections,
@@ -65,4 +76,5 @@ def node_client(cluster: RedisCluster, host: str, port: int) -> aioredis.Redis:
     # and the channel is subscribed there), not reconnected to for seconds.
     return aioredis.Redis(host=host, port=port, password=kwargs.get("password"),
                           socket_timeout=kwargs.get("socket_timeout"),
-                          socket_connect_timeout=kwargs.get("socket_connect_timeout"), retry=Retry(NoBackoff(), 0))
+                          socket_connect_timeout=kwargs.get("socket_connect_timeout"), retry=Retry(NoBackoff(), 0),
+                          socket_keepalive=True)

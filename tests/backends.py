@@ -157,8 +157,9 @@ class PgBouncer:
             try:
                 asyncio.run(_ping(self.port))
                 return
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
                 if self.process.poll() is not None:
+                    self.stop()
                     raise RuntimeError(f"pgbouncer exited with {self.process.returncode}") from None
                 time.sleep(0.1)
         self.stop()
@@ -176,8 +177,9 @@ class PgBouncer:
     def stop(self) -> None:
         import shutil
 
-        self.process.terminate()
-        self.process.wait(10)
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

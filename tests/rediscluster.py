@@ -3,6 +3,7 @@
 create`; and what the fault tests do to it (kill a master, migrate a slot, stop it all)."""
 from __future__ import annotations
 
+import atexit
 import random
 import shutil
 import signal
@@ -44,8 +45,12 @@ class RedisClusterNodes:
         if self.binary is None or cli is None:
             raise RuntimeError(CLUSTER_HELP)
         self.workdir = workdir
-        self.ports = [free_cluster_port() for _ in range(masters * (1 + replicas))]
+        self.ports: list[int] = []
+        while len(self.ports) < masters * (1 + replicas):
+            if (port := free_cluster_port()) not in self.ports and port + 10000 not in self.ports:
+                self.ports.append(port)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        atexit.register(self.stop)  # a test run cut short leaves no redis-server behind
         try:
             for port in self.ports:
                 self.start_node(port)
@@ -169,3 +174,4 @@ class RedisClusterNodes:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait(10)

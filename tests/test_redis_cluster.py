@@ -7,6 +7,8 @@ from its last event id loses nothing (what it was shown is the start of the save
 SQL holds the turn; the conversation takes new messages afterwards."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -160,9 +162,12 @@ def test_a_slot_migrated_mid_answer(cluster: RedisClusterNodes, server: ServerPr
         seen = socket.recv_until("message")
         cluster.migrate_slot(key_slot(tag(cid).encode()), source, target)
         assert cluster.master_of(tag(cid)) == target
-        time.sleep(1.0)  # the answer goes on at the new master
-        response = api.http.post(f"/api/chat/{cid}/stop", headers=headers)
-        assert response.status_code == 200 and response.json()["stopped"] is True, response.text
+        # The stop channel follows the slot: a stop reaches the generation (a moment after
+        # the move, its subscription is made again at the new master).
+        deadline = time.monotonic() + 10
+        while not (response := api.http.post(f"/api/chat/{cid}/stop", headers=headers)).json().get("stopped"):
+            assert response.status_code == 200 and time.monotonic() < deadline, response.text
+            time.sleep(0.2)
         rest, how = read_on(socket, 20)
     assert how in ("full_response", "error", "closed"), how  # the live channel moved: "error", resume
     seen += rest
@@ -213,3 +218,76 @@ def test_an_unreachable_cluster_fails_start_up(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited with"):
         server.start()
     assert "the message broker is unavailable" in server.log()
+
+
+def test_a_viewer_in_another_process_resumes_after_a_slot_migration(cluster: RedisClusterNodes,
+                                                                    upstream: FakeUpstream, tmp_path: Path) -> None:
+    """B only watches; A generates. The slot moves: B's stream ends, its client resumes on
+    B and gets the rest of the answer, whole (B subscribes again at the new master; the
+    test below pins the case of a slot map B has not yet read again)."""
+    config = write_config(tmp_path / "config.yaml", base_config(tmp_path, "sqlite", upstream, cluster_broker(cluster)))
+    a, b = ServerProcess(config, tmp_path).start(), ServerProcess(config, tmp_path).start()
+    try:
+        api = Api(a.url)
+        headers, cid = new_chat(api)
+        source = cluster.master_of(tag(cid))
+        target = next(p for p in (cluster.master_of(f"{{x{i}}}") for i in range(64)) if p != source)
+        with Socket(b.url, cid, headers) as on_b:
+            assert on_b.recv()["event"] == "ready"
+            chatting = api.http.stream("POST", f"/api/chat/{cid}", headers=headers,
+                                       json={"message": "#fake tokens=600 delay_ms=10"})
+            with chatting as response:
+                assert response.status_code == 200
+                seen = on_b.recv_until("message")
+                cluster.migrate_slot(key_slot(tag(cid).encode()), source, target)
+                rest, how = read_on(on_b, 20)
+                seen += rest
+                assert how in ("error", "closed"), how  # the live channel left with the slot
+                last = max(e["id"] for e in seen if "id" in e)
+                with Socket(b.url, cid, headers, query=f"last_event_id={last}") as again:
+                    ready = again.recv()
+                    assert ready["event"] == "ready", ready
+                    more, how = read_on(again, 30)
+                assert how == "full_response", (how, more[-1:])
+                for _ in response.iter_bytes():
+                    pass
+        shown = shown_text(seen + more)
+        assert more[-1]["data"] == shown == history(api, headers, cid)[-1]["content"]
+    finally:
+        a.stop(), b.stop()
+
+
+def test_a_process_that_missed_a_slot_move_subscribes_at_the_new_master(cluster: RedisClusterNodes) -> None:
+    """The slot of a watched conversation moves: the subscription ends (to be resumed), and
+    subscribing again at once, with the process's slot map still naming the old master,
+    works (the old master answers MOVED; the map is read again)."""
+    from realtime_llm.broker import open_broker
+    from realtime_llm.broker.base import BrokerUnavailable
+    from realtime_llm.config import Settings
+    from realtime_llm.redisclient import redis_client
+
+    cid = 4242
+    settings = Settings().replace(redis={"cluster_nodes": tuple(cluster.nodes), "key_prefix": "moved"})
+    source = cluster.master_of(tag(cid))
+    target = next(p for p in (cluster.master_of(f"{{x{i}}}") for i in range(64)) if p != source)
+
+    async def scenario() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            client = redis_client(settings.redis)
+            stack.push_async_callback(client.aclose)
+            broker, _ = await open_broker(settings, client, stack)
+            async with broker.subscribe(cid) as watching:
+                await broker.publish(cid, "message", "before")
+                assert (await watching.get(timeout=2)) is not None
+                await asyncio.to_thread(cluster.migrate_slot, key_slot(tag(cid).encode()), source, target)
+                with pytest.raises(BrokerUnavailable):
+                    while True:
+                        await watching.get(timeout=5)
+            async with broker.subscribe(cid, after=0) as again:  # at once: no keyed command between
+                replayed = await again.get(timeout=2)
+                assert replayed is not None and replayed.payload["data"] == "before"
+                published = await broker.publish(cid, "message", "after")
+                live = await again.get(timeout=2)
+                assert live is not None and live.id == published.id
+
+    asyncio.run(scenario())

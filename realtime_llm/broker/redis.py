@@ -92,6 +92,7 @@ return current
 """
 
 GONE = b"gone"
+MAX_SUSPECT = 10_000
 CONVERSATION_CHANNEL = re.compile(rb"\{conv:(\d+)\}:(?:live|stop)$")
 
 
@@ -114,7 +115,8 @@ class RedisBroker(Broker):
             for name, source in (("publish", PUBLISH), ("publish_gathered", PUBLISH_GATHERED),
                                  ("floor", RAISE_FLOOR), ("restore", RESTORE_COUNTER))
         }
-        self._suspect: set[int] = set()  # conversations whose counter a failover may have set back
+        # Conversations whose counter a failover may have set back: how many losses were seen.
+        self._suspect: dict[int, int] = {}
 
     async def ping(self) -> None:
         await self._call(self.redis.ping())
@@ -226,13 +228,17 @@ class RedisBroker(Broker):
             found = CONVERSATION_CHANNEL.search(channel)
             if found is not None:
                 conversation_id = int(found.group(1))
-                self._suspect.add(conversation_id)
+                if len(self._suspect) >= MAX_SUSPECT:  # bounded: the oldest marks go first
+                    del self._suspect[next(iter(self._suspect))]
+                self._suspect[conversation_id] = self._suspect.get(conversation_id, 0) + 1
                 self._fail_local(conversation_id, BrokerUnavailable())
 
     async def _check_counter(self, conversation_id: int) -> None:
-        if conversation_id in self._suspect:
+        mark = self._suspect.get(conversation_id)
+        if mark is not None:
             await self.ensure_event_floor(conversation_id, await self._ceilings.event_ceiling(conversation_id))
-            self._suspect.discard(conversation_id)
+            if self._suspect.get(conversation_id) == mark:  # no loss came meanwhile
+                del self._suspect[conversation_id]
 
     def _receive(self, conversation_id: int, data: bytes) -> None:
         """A message on the conversation's live channel: an event, or word of its deletion."""

@@ -3,8 +3,8 @@ only the shard that owns its channel's slot, not every node as PUBLISH does.
 
 A channel is subscribed at the master of its slot, on one pub/sub connection per master
 this process needs (a link), each read by a task of its own. A link whose master fails,
-and a channel whose slot migrates away (the master then ends its subscription with an
-`sunsubscribe` it was not asked for), are reported to `on_lost` with the channels they
+one silent past its health check, and a channel whose slot migrates away (the master then
+ends its subscription with an `sunsubscribe` it was not asked for), are reported to `on_lost` with the channels they
 carried: their owners end those streams (a client resumes from the replay Stream, which
 moved with the slot). The channels marked `keep` (the stop channels of generations running
 here) are subscribed again at the slot's new master as soon as the cluster names one.
@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Coroutine
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ResponseError
 
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.broker.pubsub import CONFIRM_TIMEOUT, LostCallback, redis_call
@@ -28,6 +30,13 @@ from realtime_llm.tasks import stop_task
 logger = logging.getLogger("realtime_llm.broker.redis")
 
 RESUBSCRIBE_FOR_SECONDS = 60.0  # a kept channel is tried again this long (a failover takes seconds)
+# A link silent this long is asked for a PING; silent three times as long, it is taken for
+# lost (a master whose host died sends no FIN: without this its streams would just stall).
+HEALTH_SECONDS = 5.0
+
+
+class StaleSlotMap(BrokerUnavailable):
+    """A master answered an SSUBSCRIBE with MOVED: the client's slot map is out of date."""
 
 
 class _Link:
@@ -37,10 +46,17 @@ class _Link:
         self.name = node.name
         self.client = client
         self.pubsub: Any = client.pubsub()
-        self.channels: set[bytes] = set()
+        self.channels: set[bytes] = set()  # confirmed by the master (the listener keeps this)
         self.confirmations: dict[bytes, asyncio.Future[None]] = {}
         self.leaving: set[bytes] = set()  # unsubscribed by us: their sunsubscribe is expected
         self.task: asyncio.Task[None] | None = None
+
+    def fail_pending(self, error: BrokerUnavailable) -> None:
+        for future in self.confirmations.values():
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved here, so an unawaited one is not reported
+        self.confirmations.clear()
 
     async def close(self) -> None:
         await stop_task(self.task)
@@ -59,8 +75,10 @@ class ShardedPubSub:
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
         self._keep: set[bytes] = set()
         self._links: dict[str, _Link] = {}
+        self._linking: dict[str, asyncio.Lock] = {}  # one connection per master, however many ask
         self._lost_callbacks: list[LostCallback] = []
-        self._tasks: set[asyncio.Task[None]] = set()  # resubscriptions of kept channels
+        self._tasks: set[asyncio.Task[None]] = set()  # resubscriptions, refreshes, late unsubscribes
+        self._closing = False
 
     def on_lost(self, callback: LostCallback) -> None:
         """`callback(channels)` when messages on these channels may have been missed."""
@@ -71,11 +89,12 @@ class ShardedPubSub:
         await redis_call(self.cluster.ping())
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            await stop_task(task)
+        self._closing = True  # a listener ending now starts nothing new
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()
+        for task in list(self._tasks):
+            await stop_task(task)
 
     async def publish(self, channel: str, data: bytes) -> int:
         return int(await redis_call(self.cluster.spublish(channel, data)))
@@ -86,6 +105,13 @@ class ShardedPubSub:
         self._handlers[channel] = handler
         if keep:
             self._keep.add(channel)
+        try:
+            await self._subscribe_once(channel)
+        except StaleSlotMap:  # the slot moved and this process had not heard: ask, then once more
+            await redis_call(self.cluster.nodes_manager.initialize())
+            await self._subscribe_once(channel)
+
+    async def _subscribe_once(self, channel: bytes) -> None:
         try:
             node = self.cluster.get_node_from_key(channel.decode())
         except REDIS_FAILURES:  # the slot has no master right now (a failover)
@@ -104,16 +130,16 @@ class ShardedPubSub:
                 await redis_call(link.pubsub.ssubscribe(channel))
             async with asyncio.timeout(CONFIRM_TIMEOUT):
                 await asyncio.shield(confirmed)
-        except (BrokerUnavailable, TimeoutError):
-            if link.confirmations.get(channel) is confirmed:
-                link.confirmations.pop(channel, None)
+        except TimeoutError:
             raise BrokerUnavailable() from None
-        link.channels.add(channel)
+        finally:
+            if link.confirmations.get(channel) is confirmed and confirmed is not None and not confirmed.done():
+                link.confirmations.pop(channel, None)  # abandoned: the listener unsubscribes if it comes
 
     async def unsubscribe(self, channel: bytes) -> None:
         self._handlers.pop(channel, None)
         self._keep.discard(channel)
-        for link in self._links.values():
+        for link in list(self._links.values()):
             if channel in link.channels:
                 link.channels.discard(channel)
                 link.leaving.add(channel)
@@ -121,27 +147,42 @@ class ShardedPubSub:
                     await link.pubsub.sunsubscribe(channel)
 
     async def _link(self, node: ClusterNode) -> _Link:
-        link = self._links.get(node.name)
-        if link is not None:
+        async with self._linking.setdefault(node.name, asyncio.Lock()):
+            link = self._links.get(node.name)
+            if link is not None:
+                return link
+            if self._closing:
+                raise BrokerUnavailable()
+            link = _Link(node, node_client(self.cluster, node.host, int(node.port)))
+            try:
+                # Always subscribed to something, so the connection can be read from the start.
+                await redis_call(link.pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}"))
+            except BaseException:  # unreachable, or cancelled: the connection goes with it
+                await link.close()
+                raise
+            self._links[node.name] = link
+            link.task = asyncio.create_task(self._listen(link), name=f"redis-shard-listener-{node.name}")
             return link
-        link = _Link(node, node_client(self.cluster, node.host, int(node.port)))
-        try:
-            # Always subscribed to something, so the connection can be read from the start.
-            await redis_call(link.pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}"))
-        except BrokerUnavailable:
-            await link.close()
-            raise
-        if node.name in self._links:  # another caller made one meanwhile
-            await link.close()
-            return self._links[node.name]
-        self._links[node.name] = link
-        link.task = asyncio.create_task(self._listen(link), name=f"redis-shard-listener-{node.name}")
-        return link
 
     async def _listen(self, link: _Link) -> None:
+        silent_since = time.monotonic()
+        pinged = False
         try:
-            async for message in link.pubsub.listen():
-                self._dispatch(link, message)
+            while True:
+                try:
+                    message = await link.pubsub.get_message(timeout=HEALTH_SECONDS)
+                except ResponseError:  # an SSUBSCRIBE sent to a master that no longer has the slot
+                    link.fail_pending(StaleSlotMap())
+                    self._spawn(self._refresh_map())
+                    continue
+                if message is not None:
+                    silent_since, pinged = time.monotonic(), False
+                    self._dispatch(link, message)
+                elif time.monotonic() - silent_since > 3 * HEALTH_SECONDS:
+                    raise TimeoutError("no answer to PING")
+                elif not pinged and time.monotonic() - silent_since > HEALTH_SECONDS:
+                    await link.pubsub.ping()
+                    pinged = True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -149,10 +190,7 @@ class ShardedPubSub:
         # The master is gone (or the connection is): whatever it carried may have been missed.
         if self._links.get(link.name) is link:
             del self._links[link.name]
-        for future in link.confirmations.values():
-            if not future.done():
-                future.set_exception(BrokerUnavailable())
-                future.exception()  # retrieved here, so an unawaited one is not reported
+        link.fail_pending(BrokerUnavailable())
         self._lose(set(link.channels))
         with contextlib.suppress(Exception):
             await link.pubsub.aclose()
@@ -167,8 +205,13 @@ class ShardedPubSub:
                 handler(message["data"])
         elif kind == "ssubscribe":
             future = link.confirmations.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            if channel in self._handlers:
+                link.channels.add(channel)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            else:  # nobody wants it any more (unsubscribed, or its subscriber gave up waiting)
+                link.leaving.add(channel)
+                self._spawn(link.pubsub.sunsubscribe(channel))
         elif kind == "sunsubscribe":
             if channel in link.leaving:
                 link.leaving.discard(channel)
@@ -177,14 +220,25 @@ class ShardedPubSub:
                 self._lose({channel})
 
     def _lose(self, channels: set[bytes]) -> None:
-        if not channels:
+        if not channels or self._closing:
             return
         for callback in self._lost_callbacks:
             callback(frozenset(channels))
         for channel in channels & self._keep:
-            task = asyncio.create_task(self._resubscribe(channel), name="redis-shard-resubscribe")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._resubscribe(channel))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        if self._closing:
+            work.close()
+            return
+        task: asyncio.Task[Any] = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failures here are best effort
+
+    async def _refresh_map(self) -> None:
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self.cluster.nodes_manager.initialize()
 
     async def _resubscribe(self, channel: bytes) -> None:
         """A kept channel, at its slot's master as soon as the cluster names one."""

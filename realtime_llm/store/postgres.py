@@ -33,8 +33,7 @@ class PoolablePostgresBackend(PostgresBackend):
         super().__init__(database_url, **options)
 
     async def connect(self) -> None:
-        url = self._database_url
-        self.pooled = await _behind_a_pooler(url, self._options.get("ssl", url.options.get("ssl")))
+        self.pooled = await _behind_a_pooler(self._database_url, self._get_connection_kwargs().get("ssl"))
         if self.pooled:
             logger.info("PostgreSQL is reached through a pooler or proxy: no prepared statement cache, "
                         "the lock timeout set in each transaction")
@@ -55,9 +54,10 @@ async def _behind_a_pooler(url: DatabaseURL, ssl: Any) -> bool:
         address, port = await connection.fetchrow("SELECT host(inet_server_addr()), inet_server_port()")
     finally:
         await connection.close()
-    if address is None:  # a Unix socket: PostgreSQL's own, on this machine
-        return False
-    if port != (url.port or 5432):
+    dialed_socket = url.hostname is None or url.hostname.startswith("/")
+    if address is None:  # the server was reached over a Unix socket: by us, or by a pooler
+        return not dialed_socket
+    if dialed_socket or port != (url.port or 5432):
         return True
     dialed = {info[4][0] for info in await asyncio.get_running_loop().getaddrinfo(url.hostname, port)}
     return ipaddress.ip_address(address) not in {ipaddress.ip_address(str(a).split("%")[0]) for a in dialed}
