@@ -15,6 +15,7 @@ ERROR = "error"
 TITLE = "title"
 TRUNCATE = "truncate"  # shown messages from `from_message_id` on give way (edit, regenerate)
 BRANCH = "branch"  # another branch is the active one: re-read the history
+RESYNC = "resync"  # a resume from events the replay buffer no longer holds: re-read the history
 
 # Events after which a generation has ended, one way or the other.
 TERMINAL = frozenset({FULL_RESPONSE, ERROR})

@@ -389,6 +389,10 @@ function handleEvent(frame) {
       state.generating = false;
       openConversation({ conversation_id: state.current.id }).catch((e) => showError("chat-error", e.message));
       break;
+    case "resync": // we resumed from events the server no longer holds: read the history again
+      state.generating = false;
+      openConversation({ conversation_id: state.current.id }).catch((e) => showError("chat-error", e.message));
+      break;
     case "truncate": // edit or regenerate: these messages are gone; the new turn follows
       dropBubbles(frame.from_message_id, frame.through_message_id); // harmless if already gone
       state.assistantBubble = null;

@@ -83,6 +83,7 @@ function show(frame, socket) {
       }
       break;
     case "branch": // the owner switched versions: read it again
+    case "resync": // resumed from events the server no longer holds: read it again
       socket.close(1000);
       break;
     case "title":

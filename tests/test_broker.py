@@ -106,6 +106,39 @@ async def test_replay_buffer_is_bounded(broker: Broker) -> None:
     assert got == [e.id for e in sent[-50:]]
 
 
+async def test_a_resume_past_the_buffer_starts_with_resync(broker: Broker) -> None:
+    """A client resuming after an id whose successors the buffer no longer holds gets
+    `resync` first (its id just before what follows), then what the buffer holds, then
+    live events; resuming from that id, from 0, or with nothing missing: no resync."""
+    sent = [await broker.publish(CID, "message", str(i)) for i in range(80)]  # the buffer keeps 50
+    async with broker.subscribe(CID, after=sent[5].id) as subscription:
+        live = await broker.publish(CID, "message", "live")
+        got = [await subscription.get(timeout=2) for _ in range(52)]
+    assert got[0] is not None and got[0].type == "resync" and got[0].id == sent[30].id - 1
+    assert got[0].payload == {"event": "resync", "data": "", "id": sent[30].id - 1, "conversation_id": CID}
+    assert [e.id for e in got[1:] if e] == [e.id for e in sent[30:]] + [live.id]
+    # (the live event pushed sent[30] out: the buffer now starts at sent[31])
+    for after in (sent[30].id, 0, live.id):
+        assert "resync" not in [e.type for e in await broker.resume(CID, after)]
+    assert [e.type for e in await broker.resume(CID, sent[5].id)][:2] == ["resync", "message"]
+
+
+async def test_a_resume_into_an_emptied_buffer(broker: Broker) -> None:
+    """Nothing buffered after the id but events were published after it: resync, with the
+    latest id, so that the next live event follows it. A truncate that emptied the buffer
+    on purpose is itself what a resume from before it gets."""
+    first = await broker.publish(CID, "message", "a")
+    await broker.publish(CID, "message", "b")
+    await broker.clear_replay(CID)
+    [resync] = await broker.resume(CID, first.id)
+    assert resync.type == "resync" and resync.id == await broker.last_event_id(CID)
+    truncate = await broker.publish(CID, "truncate", "", from_message_id=1, through_message_id=2)
+    assert [e.type for e in await broker.resume(CID, first.id)] == ["truncate"]
+    async with broker.subscribe(CID, after=first.id) as subscription:
+        got = await subscription.get(timeout=2)
+    assert got is not None and got.id == truncate.id
+
+
 async def test_slow_subscriber_is_cut_off(broker: Broker) -> None:
     """A subscriber that does not read is cut off once its queue is full; others are unaffected."""
     async with broker.subscribe(CID) as slow, broker.subscribe(CID) as fast:

@@ -14,11 +14,11 @@ from realtime_llm.api.bodyschemas import PARAMS, bounded_schemas
 from realtime_llm.api.docs import json_response, operation, operation_of, ref
 from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
-from realtime_llm.events import BRANCH, DONE, FULL_RESPONSE, MESSAGE, REASONING, TITLE, TRUNCATE, USER_MESSAGE
+from realtime_llm.events import BRANCH, DONE, FULL_RESPONSE, MESSAGE, REASONING, RESYNC, TITLE, TRUNCATE, USER_MESSAGE
 from realtime_llm.events import ERROR as ERROR_EVENT
 from realtime_llm.responses import JSONResponse
 
-EVENT_TYPES = (USER_MESSAGE, REASONING, MESSAGE, DONE, FULL_RESPONSE, ERROR_EVENT, TITLE, TRUNCATE, BRANCH)
+EVENT_TYPES = (USER_MESSAGE, REASONING, MESSAGE, DONE, FULL_RESPONSE, ERROR_EVENT, TITLE, TRUNCATE, BRANCH, RESYNC)
 
 SCHEMAS: dict[str, Any] = {
     "Error": {

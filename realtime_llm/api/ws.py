@@ -257,5 +257,5 @@ class ConversationSocket:
         if after is None:
             await self.send_error("'last_event_id' is required: a non-negative integer")
             return
-        for event in await self.services.broker.replay(self.conversation_id, after):
+        for event in await self.services.broker.resume(self.conversation_id, after):
             await self.send(event.json)

@@ -10,7 +10,7 @@ from typing import Any, AsyncContextManager, Collection, Iterable
 
 from realtime_llm.broker.eventids import EventIds
 from realtime_llm.errors import ServiceUnavailable
-from realtime_llm.events import Event
+from realtime_llm.events import BRANCH, RESYNC, TRUNCATE, Event, make_event
 
 
 class SubscriberOverflow(Exception):
@@ -125,6 +125,25 @@ class Subscription:
                 return event
 
 
+def resync_before(conversation_id: int, after: int, buffered: list[Event], latest: int) -> list[Event]:
+    """`buffered` (the replay buffer's events after `after`), led by a `resync` event when
+    the buffer no longer holds some events after `after` (trimmed, expired, lost with a
+    Redis or a process): the client re-reads the history, then the rest follows. Its id is
+    the one before what follows, so a resume from it needs no second one. Not for a client
+    resuming from 0 (it reads the history anyway), nor when the first event kept is a
+    truncate or branch (the buffer was emptied on purpose before it: it says what to do)."""
+    if after <= 0:
+        return buffered
+    if buffered:
+        first = buffered[0]
+        if first.id == after + 1 or first.type in (TRUNCATE, BRANCH):
+            return buffered
+        return [make_event(first.id - 1, RESYNC, "", conversation_id=conversation_id), *buffered]
+    if latest <= after:
+        return buffered
+    return [make_event(latest, RESYNC, "", conversation_id=conversation_id)]
+
+
 class Broker(EventIds):
     """Carries events of conversations between generations and subscribers.
 
@@ -197,6 +216,13 @@ class Broker(EventIds):
     @abc.abstractmethod
     async def replay(self, conversation_id: int, after: int) -> list[Event]:
         """The buffered events with ids above `after`, oldest first."""
+
+    async def resume(self, conversation_id: int, after: int) -> list[Event]:
+        """What a client resuming after `after` is sent: the buffered events, led by a
+        `resync` where the buffer misses some (resync_before)."""
+        buffered = await self.replay(conversation_id, after)
+        latest = 0 if buffered or after <= 0 else await self.last_event_id(conversation_id)
+        return resync_before(conversation_id, after, buffered, latest)
 
     @abc.abstractmethod
     async def last_event(self, conversation_id: int) -> Event | None:

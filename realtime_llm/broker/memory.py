@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Collection
 
-from realtime_llm.broker.base import Broker, ConversationGone, Subscription
+from realtime_llm.broker.base import Broker, ConversationGone, Subscription, resync_before
 from realtime_llm.broker.eventids import CounterMissing
 from realtime_llm.config import StreamSettings
 from realtime_llm.events import Event, make_event
@@ -64,10 +64,13 @@ class MemoryBroker(Broker):
 
     @contextlib.asynccontextmanager
     async def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncIterator[Subscription]:
-        baseline = await self.last_event_id(conversation_id) if after is None else 0  # may read SQL
+        baseline = await self.last_event_id(conversation_id)  # may read SQL
         # From here to _add_local nothing awaits: no event can fall between baseline and live.
         channel = self._channel(conversation_id)
-        backlog = [e for e in channel.buffer if e.id > after] if after is not None else []
+        backlog = []
+        if after is not None:
+            latest = channel.last_id if channel.last_id is not None else baseline
+            backlog = resync_before(conversation_id, after, [e for e in channel.buffer if e.id > after], latest)
         subscription = Subscription(conversation_id, self.settings.subscriber_queue,
                                     self.settings.subscriber_queue_bytes, backlog)
         if after is None:

@@ -183,7 +183,7 @@ class RedisBroker(Broker):
             await self.pubsub.subscribe(self.key(conversation_id, "live").encode(),
                                         lambda data: self._receive(conversation_id, data))
             if after is not None:
-                subscription.add_backlog(await self.replay(conversation_id, after))
+                subscription.add_backlog(await self.resume(conversation_id, after))
             else:
                 subscription.last_id = await self.last_event_id(conversation_id)
             yield subscription
