@@ -43,9 +43,11 @@ def single_client(settings: RedisSettings) -> aioredis.Redis:
 class OnceOnTimeoutCluster(RedisCluster):
     """redis-py's cluster client, which retries a command that timed out, too: a publish
     script that ran but whose answer was late would run again, and its event go out twice
-    under two ids (a ticket's GET and DEL, twice: refused). A timeout is a failure here, as
-    it is on one Redis (single_client); a refused connection, a cluster down or a slot
-    without a master are retried (the command cannot have run)."""
+    under two ids. A timeout is a failure here, as it is on one Redis (single_client). A
+    cluster down or a slot without a master are retried, and a connection error, as on one
+    Redis: mostly a refused connection, where nothing ran; rarely one broken after the
+    command was sent, which may then run twice. (This covers commands and scripts; a
+    pipeline keeps redis-py's own retries: the store uses none whose repeat would matter.)"""
 
     # (redis-py types the attribute as exactly its own four errors)
     ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]

@@ -62,10 +62,20 @@ class Tickets:
         return _claims_of(found[1], conversation_id)
 
 
+# GET and DEL at once, on any Redis version; a script, so that a cluster client does not
+# run it again when its answer is late (redisclient.OnceOnTimeoutCluster).
+REDEEM = """
+local claims = redis.call('GET', KEYS[1])
+if claims then redis.call('DEL', KEYS[1]) end
+return claims
+"""
+
+
 class RedisTickets(Tickets):
     def __init__(self, redis: Any, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
+        self._redeem = redis.register_script(REDEEM)
 
     def key(self, ticket: str) -> str:  # the ticket's hash: a look at Redis hands out none
         return f"{self.prefix}:ticket:{hashlib.sha256(ticket.encode()).hexdigest()}"
@@ -79,11 +89,8 @@ class RedisTickets(Tickets):
         return ticket
 
     async def redeem(self, ticket: str, conversation_id: int) -> TokenClaims | None:
-        try:  # single use, in every process (GET and DEL in one transaction: any Redis version)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.get(self.key(ticket))
-                pipe.delete(self.key(ticket))
-                raw, _ = await pipe.execute()
+        try:  # single use, in every process
+            raw = await self._redeem(keys=[self.key(ticket)])
         except REDIS_FAILURES:
             raise ServiceUnavailable("stream tickets are unavailable right now: try again") from None
         return None if raw is None else _claims_of(raw, conversation_id)

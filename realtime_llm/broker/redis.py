@@ -228,8 +228,8 @@ class RedisBroker(Broker):
             found = CONVERSATION_CHANNEL.search(channel)
             if found is not None:
                 conversation_id = int(found.group(1))
-                if len(self._suspect) >= MAX_SUSPECT:  # bounded: the oldest marks go first
-                    del self._suspect[next(iter(self._suspect))]
+                if conversation_id not in self._suspect and len(self._suspect) >= MAX_SUSPECT:
+                    del self._suspect[next(iter(self._suspect))]  # bounded: the oldest mark goes
                 self._suspect[conversation_id] = self._suspect.get(conversation_id, 0) + 1
                 self._fail_local(conversation_id, BrokerUnavailable())
 

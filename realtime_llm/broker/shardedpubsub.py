@@ -75,7 +75,7 @@ class ShardedPubSub:
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
         self._keep: set[bytes] = set()
         self._links: dict[str, _Link] = {}
-        self._linking: dict[str, asyncio.Lock] = {}  # one connection per master, however many ask
+        self._connecting: dict[str, asyncio.Future[_Link]] = {}  # one attempt per master at a time
         self._lost_callbacks: list[LostCallback] = []
         self._tasks: set[asyncio.Task[None]] = set()  # resubscriptions, refreshes, late unsubscribes
         self._closing = False
@@ -90,6 +90,9 @@ class ShardedPubSub:
 
     async def close(self) -> None:
         self._closing = True  # a listener ending now starts nothing new
+        for connecting in list(self._connecting.values()):
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()
@@ -131,10 +134,14 @@ class ShardedPubSub:
             async with asyncio.timeout(CONFIRM_TIMEOUT):
                 await asyncio.shield(confirmed)
         except TimeoutError:
+            # No answer: every caller waiting for it fails alike, and the next one asks
+            # anew (a late confirmation nobody waits for is unsubscribed by the listener).
+            if link.confirmations.get(channel) is confirmed and confirmed is not None:
+                del link.confirmations[channel]
+                if not confirmed.done():
+                    confirmed.set_exception(BrokerUnavailable())
+                    confirmed.exception()
             raise BrokerUnavailable() from None
-        finally:
-            if link.confirmations.get(channel) is confirmed and confirmed is not None and not confirmed.done():
-                link.confirmations.pop(channel, None)  # abandoned: the listener unsubscribes if it comes
 
     async def unsubscribe(self, channel: bytes) -> None:
         self._handlers.pop(channel, None)
@@ -147,26 +154,44 @@ class ShardedPubSub:
                     await link.pubsub.sunsubscribe(channel)
 
     async def _link(self, node: ClusterNode) -> _Link:
-        async with self._linking.setdefault(node.name, asyncio.Lock()):
-            link = self._links.get(node.name)
-            if link is not None:
-                return link
+        """The master's link; every caller waiting for a new one shares one attempt (a dead
+        master costs them one connect timeout together, not one each in turn)."""
+        link = self._links.get(node.name)
+        if link is not None:
+            return link
+        if self._closing:
+            raise BrokerUnavailable()
+        connecting = self._connecting.get(node.name)
+        if connecting is None:
+            connecting = asyncio.ensure_future(self._connect(node))
+            self._connecting[node.name] = connecting
+
+            def done(task: asyncio.Future[_Link], name: str = node.name) -> None:
+                if self._connecting.get(name) is task:
+                    del self._connecting[name]
+                if not task.cancelled():
+                    task.exception()  # retrieved: each waiter has it raised anyway
+
+            connecting.add_done_callback(done)
+        return await asyncio.shield(connecting)
+
+    async def _connect(self, node: ClusterNode) -> _Link:
+        link = _Link(node, node_client(self.cluster, node.host, int(node.port)))
+        try:
+            # Always subscribed to something, so the connection can be read from the start.
+            await redis_call(link.pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}"))
             if self._closing:
                 raise BrokerUnavailable()
-            link = _Link(node, node_client(self.cluster, node.host, int(node.port)))
-            try:
-                # Always subscribed to something, so the connection can be read from the start.
-                await redis_call(link.pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}"))
-            except BaseException:  # unreachable, or cancelled: the connection goes with it
-                await link.close()
-                raise
-            self._links[node.name] = link
-            link.task = asyncio.create_task(self._listen(link), name=f"redis-shard-listener-{node.name}")
-            return link
+        except BaseException:  # unreachable, closing, or cancelled: the connection goes with it
+            await link.close()
+            raise
+        self._links[node.name] = link
+        link.task = asyncio.create_task(self._listen(link), name=f"redis-shard-listener-{node.name}")
+        return link
 
     async def _listen(self, link: _Link) -> None:
-        silent_since = time.monotonic()
-        pinged = False
+        heard = time.monotonic()
+        pinged: float | None = None  # when the PING now unanswered was sent
         try:
             while True:
                 try:
@@ -175,14 +200,15 @@ class ShardedPubSub:
                     link.fail_pending(StaleSlotMap())
                     self._spawn(self._refresh_map())
                     continue
+                now = time.monotonic()
                 if message is not None:
-                    silent_since, pinged = time.monotonic(), False
+                    heard, pinged = now, None
                     self._dispatch(link, message)
-                elif time.monotonic() - silent_since > 3 * HEALTH_SECONDS:
+                elif pinged is not None and now - pinged > 2 * HEALTH_SECONDS:
                     raise TimeoutError("no answer to PING")
-                elif not pinged and time.monotonic() - silent_since > HEALTH_SECONDS:
+                elif pinged is None and now - heard > HEALTH_SECONDS:
                     await link.pubsub.ping()
-                    pinged = True
+                    pinged = now
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -202,7 +228,10 @@ class ShardedPubSub:
         if kind == "smessage":
             handler = self._handlers.get(channel)
             if handler is not None:
-                handler(message["data"])
+                try:
+                    handler(message["data"])
+                except Exception:  # one bad message must not end the link's every stream
+                    logger.exception("redis shard channel %r: a message could not be handled", channel)
         elif kind == "ssubscribe":
             future = link.confirmations.pop(channel, None)
             if channel in self._handlers:
