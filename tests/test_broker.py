@@ -15,6 +15,7 @@ from realtime_llm.broker.eventids import Gathered
 from realtime_llm.broker.memory import MemoryBroker
 from realtime_llm.broker.redis import RedisBroker
 from realtime_llm.config import Settings
+from realtime_llm.events import Event
 from realtime_llm.redisclient import redis_client
 from tests.backends import redis_url
 from tests.rediscluster import RedisClusterNodes
@@ -121,6 +122,23 @@ async def test_a_resume_past_the_buffer_starts_with_resync(broker: Broker) -> No
     for after in (sent[30].id, 0, live.id):
         assert "resync" not in [e.type for e in await broker.resume(CID, after)]
     assert [e.type for e in await broker.resume(CID, sent[5].id)][:2] == ["resync", "message"]
+
+
+async def test_an_event_published_during_a_resume_is_not_taken_for_missing(broker: Broker,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event published just after the buffer is read is not missing (it comes live):
+    no resync, which would carry its id and have the subscriber drop the event itself.
+    (Found by CI: a resumed stream lost one delta.)"""
+    first = await broker.publish(CID, "message", "a")
+    read_buffer = broker.replay
+
+    async def then_publish(conversation_id: int, after: int) -> list[Event]:
+        buffered = await read_buffer(conversation_id, after)
+        await broker.publish(CID, "message", "b")
+        return buffered
+
+    monkeypatch.setattr(broker, "replay", then_publish)
+    assert await broker.resume(CID, first.id) == []
 
 
 async def test_a_resume_into_an_emptied_buffer(broker: Broker) -> None:

@@ -220,8 +220,11 @@ class Broker(EventIds):
     async def resume(self, conversation_id: int, after: int) -> list[Event]:
         """What a client resuming after `after` is sent: the buffered events, led by a
         `resync` where the buffer misses some (resync_before)."""
+        # The latest id is read before the buffer: read after it, an event published in
+        # between would be taken for missing, and its resync (with its id) would have the
+        # subscription drop the event itself as a repeat.
+        latest = await self.last_event_id(conversation_id) if after > 0 else 0
         buffered = await self.replay(conversation_id, after)
-        latest = 0 if buffered or after <= 0 else await self.last_event_id(conversation_id)
         return resync_before(conversation_id, after, buffered, latest)
 
     @abc.abstractmethod
