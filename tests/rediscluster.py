@@ -147,6 +147,13 @@ class RedisClusterNodes:
                 return int(master[1])
         raise RuntimeError(f"slot {slot} has no master")
 
+    def masters(self) -> set[int]:
+        """The ports of the masters serving slots now."""
+        return {int(master[1]) for _, _, master, *_ in self.node(self.running()[0]).execute_command("CLUSTER", "SLOTS")}
+
+    def another_master(self, port: int) -> int:
+        return min(self.masters() - {port})
+
     def kill(self, port: int) -> None:
         """kill -9: no goodbye to the cluster."""
         self.processes[port].send_signal(signal.SIGKILL)
