@@ -22,18 +22,28 @@ ALGORITHM = "HS256"
 HASHING_THREADS = max(1, (os.cpu_count() or 2) - 1)
 
 
+# A hash imported from the Go original (import-original): bcrypt over the password itself
+# ("$2a$", cost 10), kept behind this mark until its user's next login replaces it.
+ORIGINAL = "original:"
+
+
 class PasswordHasher:
     """bcrypt over an HMAC-SHA256 of the password.
 
     bcrypt reads at most 72 bytes; hashing first means every byte of a long password
     counts, and the base64 digest (44 bytes, no NUL) always fits. The HMAC key is a
     constant "pepper" that only marks the scheme, not a secret.
+
+    An imported hash of the original's (ORIGINAL) is checked as it is, padded with as much
+    bcrypt work again as one check of ours costs: a login as an imported user who has not
+    come back yet takes as long as one as anybody else, or nobody.
     """
 
     def __init__(self, rounds: int) -> None:
         self.rounds = rounds
         # Checked against when the user does not exist, so that answer takes as long.
         self._dummy_hash = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds))
+        self._padding: dict[int, bytes] = {}  # a dummy hash per cost of imported hashes
         self._threads: anyio.CapacityLimiter | None = None  # made on first use, in the event loop
 
     async def _run(self, function: Callable[..., T], *args: bytes) -> T:
@@ -52,9 +62,31 @@ class PasswordHasher:
         return hashed.decode()
 
     async def verify(self, password: str, hashed: str | None) -> bool:
+        if hashed is not None and hashed.startswith(ORIGINAL):
+            return await self._run(self._check_original, password.encode(), hashed[len(ORIGINAL):].encode())
         target = hashed.encode() if hashed else self._dummy_hash
         ok = await self._run(bcrypt.checkpw, self._prehash(password), target)
         return ok and hashed is not None
+
+    @staticmethod
+    def outdated(hashed: str) -> bool:
+        """A hash to replace with one of ours once its password is known (at a login)."""
+        return hashed.startswith(ORIGINAL)
+
+    def _check_original(self, password: bytes, hashed: bytes) -> bool:
+        try:
+            cost = int(hashed[4:6])
+            # Go's bcrypt of the time read the first 72 bytes and ignored the rest.
+            ok = bcrypt.checkpw(password[:72], hashed)
+        except ValueError:  # not a bcrypt hash after all
+            return False
+        if cost < self.rounds:  # 2**rounds units of work, as a check of ours: 2**cost done
+            if cost not in self._padding:
+                self._padding[cost] = bcrypt.hashpw(b"padding", bcrypt.gensalt(cost))
+            padding = self._padding[cost]
+            for _ in range(2 ** (self.rounds - cost) - 1):
+                bcrypt.checkpw(b"padding", padding)
+        return ok
 
 
 @dataclass(frozen=True)

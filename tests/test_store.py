@@ -77,8 +77,15 @@ V4_COLUMNS = {"messages": ("reasoning", "reasoning_tokens"), "conversations": ("
 V5_COLUMNS = {"messages": ("parent_id",), "conversations": ("active_leaf_id",)}
 
 
+async def back_to_version_7(db) -> None:
+    """The tables as version 7 had them: no flag for imported users' short passwords."""
+    await db.execute(sa.text("ALTER TABLE users DROP COLUMN password_change_required"))
+    await db.execute(schema.schema_version.update().values(version=7))
+
+
 async def back_to_version_6(db) -> None:
     """The tables as version 6 had them: no API tokens, no session epochs."""
+    await back_to_version_7(db)
     await db.execute(sa.text("DROP TABLE api_tokens"))
     await db.execute(sa.text("DROP TABLE shares"))
     await db.execute(sa.text("DROP INDEX ix_users_sessions_ended_at"))
@@ -130,7 +137,7 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     await db.execute(sa.text(f"INSERT INTO messages (conversation_id, message_id, role, content, created_time) "
                              f"VALUES ({cid}, 1, 'user', 'An archived Zanzibar itinerary', 1)"))
 
-    assert await migrate(db) == schema.SCHEMA_VERSION == 7
+    assert await migrate(db) == schema.SCHEMA_VERSION == 8
     store = ConversationStore(db, APIKeyBox("s" * 40), fts=await has_sqlite_search_index(db))
     assert store.fts == (dialect == "sqlite")
     assert [c["conversation_id"] for c in await store.list_for_user(user_id, q="zanzibar")] == [cid]

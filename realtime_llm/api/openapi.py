@@ -47,9 +47,10 @@ SCHEMAS: dict[str, Any] = {
     },
     "Me": {
         "type": "object",
-        "required": ["user_id", "username", "created_time", "usage"],
+        "required": ["user_id", "username", "created_time", "usage", "password_change_required"],
         "properties": {
             "user_id": {"type": "integer"},
+            "password_change_required": {"type": "boolean"},
             "username": {"type": "string"},
             "created_time": {"type": "integer"},
             "usage": {

@@ -53,6 +53,9 @@ async def login(request: Request) -> JSONResponse:
     ok = await services.hasher.verify(password, user.password_hash if user else None)
     if user is None or not ok:
         raise Unauthorized("invalid username or password")
+    if services.hasher.outdated(user.password_hash):  # imported: now hashed as ours are
+        await services.users.replace_hash(user.id, user.password_hash, await services.hasher.hash(password),
+                                          change_required=len(password) < services.settings.auth.min_password_length)
     return JSONResponse({"token": services.tokens.issue(user.id, user.session_epoch)})
 
 
@@ -68,7 +71,7 @@ async def me(request: Request) -> JSONResponse:
     user = caller.user
     usage = await services_of(request).users.usage(user.id)
     return JSONResponse({"user_id": user.id, "username": user.username, "created_time": user.created_time,
-                         "usage": usage})
+                         "usage": usage, "password_change_required": bool(user.password_change_required)})
 
 
 @operation("Revoke the caller's token", {"200": json_response(ref("Message"), "revoked"), "400": ERROR_RESPONSE})

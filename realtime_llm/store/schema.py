@@ -25,6 +25,9 @@ users = sa.Table(
     # "log out everywhere" moves it on, and when (v7), so every process ends their streams.
     sa.Column("session_epoch", sa.Integer, nullable=False, server_default="0"),
     sa.Column("sessions_ended_at", sa.Float, nullable=False, server_default="0"),
+    # 1 once an imported user logged in with a password shorter than today's minimum (v8):
+    # GET /api/users/me says so until the password is changed.
+    sa.Column("password_change_required", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_users_sessions_ended_at", "sessions_ended_at"),
     # A user id is never handed out twice (SQLite AUTOINCREMENT, PostgreSQL BIGSERIAL): a
     # token's `sub` must never come to mean somebody else (v3).
@@ -267,6 +270,9 @@ UPGRADES: list[Upgrade] = [
             "ALTER TABLE users ADD COLUMN sessions_ended_at FLOAT NOT NULL DEFAULT 0",
             "CREATE INDEX IF NOT EXISTS ix_users_sessions_ended_at ON users (sessions_ended_at)",
         ),
+    ),
+    Upgrade(  # 7 -> 8: imported users with a short password are asked to change it
+        alter=("ALTER TABLE users ADD COLUMN password_change_required INTEGER NOT NULL DEFAULT 0",),
     ),
 ]
 SCHEMA_VERSION = 1 + len(UPGRADES)

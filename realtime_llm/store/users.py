@@ -22,6 +22,7 @@ class User:
     password_hash: str
     created_time: int
     session_epoch: int = 0  # login tokens of an earlier epoch are dead
+    password_change_required: bool = False  # an imported password shorter than today's minimum
 
 
 class UsernameTaken(Exception):
@@ -30,7 +31,8 @@ class UsernameTaken(Exception):
 
 # Every authenticated request: the user a login token names, unless that token was revoked
 # or the user's sessions were all ended since it was issued; or the owner of an API token.
-USER_COLUMNS = (users.c.id, users.c.username, users.c.password_hash, users.c.created_time, users.c.session_epoch)
+USER_COLUMNS = (users.c.id, users.c.username, users.c.password_hash, users.c.created_time, users.c.session_epoch,
+                users.c.password_change_required)
 ACTIVE_USER = Compiled(
     sa.select(*USER_COLUMNS)
     .where(users.c.id == sa.bindparam("user_id"), users.c.session_epoch == sa.bindparam("epoch"),
@@ -83,19 +85,28 @@ class UserStore:
         row = await API_TOKEN_OWNER.fetch_one(self.database, token_hash=api_token_hash(token), now=int(time.time()))
         if row is None:
             return None
-        user = User(*row[:5])
-        return user, TokenClaims(user.id, API_JTI + row[5], row[6] or NEVER, api_token=True)
+        columns = len(USER_COLUMNS)
+        user = User(*row[:columns])
+        token_id, expires = row[columns:]
+        return user, TokenClaims(user.id, API_JTI + token_id, expires or NEVER, api_token=True)
 
     async def change_password(self, user_id: int, old_hash: str, password_hash: str) -> int | None:
         """A new password, if the old one is still `old_hash` (a change made meanwhile wins),
         and every login session ended; the new session epoch, or None."""
-        return await self._new_epoch(users.c.password_hash == old_hash, user_id, password_hash=password_hash)
+        return await self._new_epoch(users.c.password_hash == old_hash, user_id, password_hash=password_hash,
+                                     password_change_required=0)
+
+    async def replace_hash(self, user_id: int, old_hash: str, password_hash: str, change_required: bool) -> None:
+        """An imported hash replaced by one of ours at its user's login (sessions stay), if
+        it is still `old_hash`; `change_required` when the password is shorter than allowed."""
+        await fetch_all(self.database, users.update().where(users.c.id == user_id, users.c.password_hash == old_hash)
+                        .values(password_hash=password_hash, password_change_required=int(change_required)))
 
     async def end_sessions(self, user_id: int) -> int:
         """Every login session of the user ended (API tokens stay); the new session epoch."""
         return await self._new_epoch(sa.true(), user_id) or 0
 
-    async def _new_epoch(self, condition: Any, user_id: int, **values: str) -> int | None:
+    async def _new_epoch(self, condition: Any, user_id: int, **values: str | int) -> int | None:
         row = await fetch_one(self.database, users.update().where(users.c.id == user_id, condition).values(
             session_epoch=users.c.session_epoch + 1, sessions_ended_at=time.time(), **values)
             .returning(users.c.session_epoch))
