@@ -1,7 +1,9 @@
-"""The command line: realtime-llm serve [--config PATH] [--host H] [--port P] [--workers N]."""
+"""The command line: realtime-llm serve [--config PATH] [--host H] [--port P] [--workers N];
+realtime-llm import-original --from-sqlite PATH [--from-redis URL] [--config PATH]."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 from realtime_llm.config import ConfigError, Settings
@@ -20,11 +22,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         target.add_argument("--host", help="address to listen on (server.host)")
         target.add_argument("--port", type=int, help="port to listen on (server.port)")
         target.add_argument("--workers", type=int, help="number of worker processes (needs Redis when > 1)")
+    move = commands.add_parser("import-original", help="import llm-backend-api's users and conversations")
+    move.add_argument("--from-sqlite", required=True, metavar="PATH", help="the original's SQLite file")
+    move.add_argument("--from-redis", metavar="URL", help="the original's Redis, e.g. redis://127.0.0.1:6379/0")
+    move.add_argument("--config", help="path to config.yaml (default: $REALTIME_LLM_CONFIG or ./config.yaml)")
     return parser.parse_args(argv)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
+    if args.command == "import-original":
+        return settings
     server = {}
     if args.host is not None:
         server["host"] = args.host
@@ -50,6 +58,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"realtime-llm: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.server.log_level)
+    if args.command == "import-original":
+        return import_original_command(settings, args.from_sqlite, args.from_redis)
     if settings.server.workers > 1:
         return run_workers(settings)
     return run_server(settings, None, lambda host, port: print(describe(settings, host, port), flush=True))
+
+
+def import_original_command(settings: Settings, sqlite_path: str, redis_url: str | None) -> int:
+    from realtime_llm.importers.original import UnreadableSource
+    from realtime_llm.importers.original_command import import_original
+    from realtime_llm.services import server_secret
+
+    try:
+        report = asyncio.run(import_original(settings, server_secret(settings), sqlite_path, redis_url,
+                                             lambda line: print(line, flush=True)))
+    except UnreadableSource as exc:
+        print(f"realtime-llm: cannot read the original: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary(), flush=True)
+    return 0

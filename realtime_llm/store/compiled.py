@@ -53,6 +53,14 @@ class Compiled:
                 return list(await driver.fetch(sql, *args))
             return list(await driver.execute_fetchall(sql, args))
 
+    async def execute_many(self, database: Database, rows: Sequence[dict[str, Any]]) -> None:
+        """The statement once for each row of parameters, in one driver call (bulk writes)."""
+        dialect = database.url.dialect
+        sql, names, literals = self.form(dialect)
+        args = [[row[name] if name in row else literals[name] for name in names] for row in rows]
+        async with database.connection() as connection:
+            await connection.raw_connection.executemany(sql, args)
+
     async def fetch_one(self, database: Database, **params: Any) -> Sequence[Any] | None:
         rows = await self.fetch_all(database, **params)
         return rows[0] if rows else None

@@ -1,0 +1,1 @@
+"""Bringing history in from elsewhere: the Go original (import-original) and ChatGPT exports."""
