@@ -118,6 +118,9 @@ class LimitsSettings:
     attachments_per_message: int = 8
     uploads_per_minute_per_user: int = 30
     unattached_file_ttl_seconds: int = 86_400  # a file no message carries is deleted after this
+    # POST /api/import/chatgpt: the export's conversations.json or .zip (its conversations.json
+    # may unpack to IMPORT_UNZIP_FACTOR times this); counted with uploads per minute.
+    max_import_bytes: int = 52_428_800
 
 
 @dataclass(frozen=True)

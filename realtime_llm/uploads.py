@@ -57,6 +57,13 @@ class Upload:
 @contextlib.asynccontextmanager
 async def received_file(request: Request, server: ServerSettings, max_bytes: int) -> AsyncIterator[Upload]:
     """The file in the form's `file` field, checked and typed; its spool is removed on leaving."""
+    async with received_spool(request, server, max_bytes) as file:
+        yield await _checked(file, max_bytes)
+
+
+@contextlib.asynccontextmanager
+async def received_spool(request: Request, server: ServerSettings, max_bytes: int) -> AsyncIterator[UploadFile]:
+    """The form's `file` field as it came, spooled (on disk past 1 MiB), at most `max_bytes`."""
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise UnsupportedMediaType("send the file as multipart/form-data, in a field named 'file'")
     bound = max_bytes + MULTIPART_OVERHEAD
@@ -89,16 +96,16 @@ async def received_file(request: Request, server: ServerSettings, max_bytes: int
         file = form.get("file")
         if not isinstance(file, UploadFile):
             raise BadRequest("the form needs the file in a field named 'file'")
-        yield await _checked(file, max_bytes)
+        if (file.size or 0) > max_bytes:
+            raise PayloadTooLarge(f"a file may be at most {max_bytes} bytes")
+        yield file
     finally:
         await form.close()
 
 
 async def _checked(file: UploadFile, max_bytes: int) -> Upload:
     name = clean_name(file.filename or "")
-    size = file.size if file.size is not None else 0
-    if size > max_bytes:
-        raise PayloadTooLarge(f"a file may be at most {max_bytes} bytes")
+    size = file.size if file.size is not None else 0  # at most max_bytes: received_spool saw to it
     await file.seek(0)
     kind = sniff(await file.read(HEAD_BYTES), name)
     if kind is None:
