@@ -78,14 +78,14 @@ class PasswordHasher:
             cost = int(hashed[4:6])
             # Go's bcrypt of the time read the first 72 bytes and ignored the rest.
             ok = bcrypt.checkpw(password[:72], hashed)
-        except ValueError:  # not a bcrypt hash after all
+        except ValueError:  # not a bcrypt hash after all (import-original lets none in): as long as ours
+            bcrypt.checkpw(b"no such user", self._dummy_hash)
             return False
         if cost < self.rounds:  # 2**rounds units of work, as a check of ours: 2**cost done
             if cost not in self._padding:
                 self._padding[cost] = bcrypt.hashpw(b"padding", bcrypt.gensalt(cost))
-            padding = self._padding[cost]
             for _ in range(2 ** (self.rounds - cost) - 1):
-                bcrypt.checkpw(b"padding", padding)
+                bcrypt.checkpw(b"padding", self._padding[cost])
         return ok
 
 

@@ -67,14 +67,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def import_original_command(settings: Settings, sqlite_path: str, redis_url: str | None) -> int:
     from realtime_llm.importers.original import UnreadableSource
-    from realtime_llm.importers.original_command import import_original
+    from realtime_llm.importers.original_command import Report, import_original
     from realtime_llm.services import server_secret
 
+    report = Report(lambda line: print(line, flush=True))
     try:
-        report = asyncio.run(import_original(settings, server_secret(settings), sqlite_path, redis_url,
-                                             lambda line: print(line, flush=True)))
+        asyncio.run(import_original(settings, server_secret(settings), sqlite_path, redis_url, report))
     except UnreadableSource as exc:
         print(f"realtime-llm: cannot read the original: {exc}", file=sys.stderr)
         return 1
-    print(report.summary(), flush=True)
+    finally:
+        print(report.summary(), flush=True)  # also of what a failing source let through
     return 0

@@ -119,8 +119,11 @@ class LimitsSettings:
     uploads_per_minute_per_user: int = 30
     unattached_file_ttl_seconds: int = 86_400  # a file no message carries is deleted after this
     # POST /api/import/chatgpt: the export's conversations.json or .zip (its conversations.json
-    # may unpack to IMPORT_UNZIP_FACTOR times this); counted with uploads per minute.
+    # may unpack to IMPORT_UNZIP_FACTOR times this), conversations in one, imports a user may
+    # make an hour (0: no limit).
     max_import_bytes: int = 52_428_800
+    max_import_conversations: int = 10_000
+    imports_per_hour_per_user: int = 10
 
 
 @dataclass(frozen=True)

@@ -181,9 +181,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("config: 'limits.websocket_seat_lease_seconds' must be between 1 and 3600")
     limits = settings.limits
     if min(limits.max_file_bytes, limits.max_bytes_per_user, limits.attachments_per_message,
-           limits.unattached_file_ttl_seconds, limits.max_import_bytes) < 1:
+           limits.unattached_file_ttl_seconds, limits.max_import_bytes, limits.max_import_conversations) < 1:
         raise ConfigError("config: 'limits.max_file_bytes', 'max_bytes_per_user', 'attachments_per_message', "
-                          "'unattached_file_ttl_seconds' and 'max_import_bytes' must be positive")
+                          "'unattached_file_ttl_seconds', 'max_import_bytes' and 'max_import_conversations' "
+                          "must be positive")
     if settings.llm.context_budget_tokens < 1:
         raise ConfigError("config: 'llm.context_budget_tokens' must be positive")
     if settings.sqlite.max_open_conns < 1:

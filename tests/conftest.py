@@ -41,7 +41,8 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
         # way here; tests/test_ratelimit.py checks them.
         "limits": {"login_attempts_per_minute_per_username": 0, "login_attempts_per_minute_per_address": 0,
                    "registrations_per_hour_per_address": 0, "messages_per_minute_per_user": 0,
-                   "ws_frames_per_10_seconds": 0, "websockets_per_user": 0, "uploads_per_minute_per_user": 0},
+                   "ws_frames_per_10_seconds": 0, "websockets_per_user": 0, "uploads_per_minute_per_user": 0,
+                   "imports_per_hour_per_user": 0},
         "auth": {"bcrypt_rounds": 4},
         "jwt": {"secret_file": str(workdir / "jwt.secret")},
         "stream": {"keepalive_seconds": 1, "batch_ms": 0, "ws_auth_timeout_seconds": 1, "subscriber_queue": 50,

@@ -32,12 +32,13 @@ def branched() -> dict[str, Any]:
         node("root", None, ["sys"]),
         node("sys", "root", ["u1"], "system", "", 99.0, metadata={"is_visually_hidden_from_conversation": True}),
         node("u1", "sys", ["a1", "a1b"], "user", "What is 2+2?", 100.5),
+        # The regenerated answer first in the mapping: siblings are ordered by time, not by it.
+        node("a1b", "u1", [], "assistant", "Four.", 110.0),
         node("a1", "u1", ["u2"], "assistant", "4", 101.0),
         node("u2", "a1", ["call"], "user", "And 3+3?", 102.0),
         node("call", "u2", ["out"], "assistant", "print(3+3)", 103.0, content_type="code", recipient="python"),
         node("out", "call", ["a2"], "tool", "6", 104.0, content_type="execution_output"),
         node("a2", "out", [], "assistant", "6, by the tool", 105.0),
-        node("a1b", "u1", [], "assistant", "Four.", 110.0),
     ]
     return {"title": "Arithmetic", "create_time": 1700000000.25, "update_time": 1700000100.0,
             "mapping": {n["id"]: n for n in mapping}, "current_node": "a2", "id": "c-1"}
@@ -95,7 +96,8 @@ def test_branched_export_keeps_both_branches_and_the_active_one(api: Api, packin
     assert len(by_id) == 5  # system, code and tool output left out
     other = next(m for m in by_id.values() if m["content"] == "Four.")
     assert other["parent_id"] == question["message_id"]
-    assert export_json["active_leaf_id"] == history["messages"][-1]["message_id"]
+    assert by_id[export_json["active_leaf_id"]]["content"] == "6, by the tool"  # current_node, not the newest
+    assert other["message_id"] > answer["message_id"]  # the older version first
     assert question["created_time"] == 100  # the message's own time
     created = api.http.get("/api/conversations/list", headers=headers).json()
     assert {c["conversation_id"]: c["created_time"] for c in created}[first] == 1700000000
@@ -133,9 +135,35 @@ def test_imported_conversations_are_the_callers_alone(api: Api) -> None:
 
 def test_an_empty_export_imports_nothing(api: Api) -> None:
     headers = api.new_user()
-    response = upload(api, headers, b"[]")
+    for body in (b"[]", b"\xef\xbb\xbf" + b" " * 1000 + b"[ ]"):  # a byte order mark and blanks are fine
+        response = upload(api, headers, body)
+        assert response.status_code == 201, response.text
+        assert response.json() == {"imported": 0, "conversation_ids": []}
+
+
+def test_what_chatgpt_shows_as_one_turn_is_one_message(api: Api) -> None:
+    """An answer split by a tool call is one answer; a question of images alone is kept as
+    "[image]" (its answer stays an answer to a question); a conversation with no message
+    kept, and a node keyed "", are no trouble."""
+    image = {"content_type": "image_asset_pointer", "asset_pointer": "file-service://x"}
+    split = {"title": "split", "create_time": 1700000000.0, "current_node": "a2", "mapping": {n["id"]: n for n in [
+        node("", None, ["u1"]),
+        node("u1", "", ["a1"], "user", "compute 3+3", 1.0),
+        node("a1", "u1", ["call"], "assistant", "Let me compute.", 2.0),
+        node("call", "a1", ["out"], "assistant", "3+3", 3.0, content_type="code", recipient="python"),
+        node("out", "call", ["a2"], "tool", "6", 4.0, content_type="execution_output"),
+        node("a2", "out", ["u2"], "assistant", "The answer is 6.", 5.0),
+        node("u2", "a2", ["a3"], "user", "", 6.0, content_type="multimodal_text", parts=[image]),
+        node("a3", "u2", [], "assistant", "A nice picture.", 7.0)]}}
+    empty = {"title": "nothing kept", "mapping": {"root": node("root", None, [])}}
+    headers = api.new_user()
+    response = upload(api, headers, json.dumps([split, empty]).encode())
     assert response.status_code == 201, response.text
-    assert response.json() == {"imported": 0, "conversation_ids": []}
+    [cid] = response.json()["conversation_ids"]
+    history = api.http.get(f"/api/conversations/history/{cid}", headers=headers).json()
+    assert [(m["role"], m["content"]) for m in history["messages"]] == [
+        ("user", "compute 3+3"), ("assistant", "Let me compute.\n\nThe answer is 6."), ("user", "[image]"),
+        ("assistant", "A nice picture.")]
 
 
 MALFORMED = {
@@ -151,7 +179,31 @@ MALFORMED = {
     "a zip without conversations.json": zipped({"chat.html": b"<html></html>"}),
     "a broken zip": b"PK\x03\x04" + b"\x00" * 100,
     "binary": bytes(range(256)) * 4,
+    "nested 100,000 deep": b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]",
+    "objects nested deep": b"[" + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"]",
+    "a reversed surrogate pair": b'[{"title": "\\ude00\\ud83d", "mapping": {}}]',
+    "invalid UTF-8": b'[{"title": "\xed\xa0\x80\xc0\x80", "mapping": {}}]',
+    "a number for a conversation": b"[1]",
+    "a corrupted deflate member": None,  # made below
+    "an lzma member": None,
 }
+
+
+def corrupted_zip() -> bytes:
+    good = zipped({"conversations.json": json.dumps([linear("a", "x" * 2000, "y")]).encode()})
+    middle = len(good) // 2
+    return good[:middle] + bytes(b ^ 0x5A for b in good[middle:middle + 40]) + good[middle + 40:]
+
+
+def lzma_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_LZMA) as archive:
+        archive.writestr("conversations.json", json.dumps([linear("a", "x", "y")]))
+    return buffer.getvalue()
+
+
+MALFORMED["a corrupted deflate member"] = corrupted_zip()
+MALFORMED["an lzma member"] = lzma_zip()
 
 
 @pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
@@ -194,7 +246,7 @@ def test_hostile_content_is_kept_as_text(api: Api) -> None:
 @pytest.fixture
 def small(tmp_path: Path) -> Iterator[ServerProcess]:
     config = base_config(tmp_path, "sqlite")
-    config["limits"].update(max_import_bytes=20_000)
+    config["limits"].update(max_import_bytes=20_000, max_import_conversations=12, imports_per_hour_per_user=4)
     server = ServerProcess(write_config(tmp_path / "config.yaml", config), tmp_path).start()
     yield server
     server.stop()
@@ -219,3 +271,12 @@ def test_bounds_on_the_upload_and_on_what_a_zip_unpacks_to(small: ServerProcess)
     assert response.status_code == 201, response.text
     assert response.json()["imported"] == 10
     assert conversation_ids(api, headers) == sorted(response.json()["conversation_ids"])
+    # More conversations than limits.max_import_conversations: none of them.
+    many = json.dumps([linear(f"c{i}", "x", "y") for i in range(13)]).encode()
+    response = upload(api, headers, many)
+    assert response.status_code == 413, response.text
+    assert "at most 12 conversations" in response.json()["error"]
+    assert len(conversation_ids(api, headers)) == 10
+    # The fifth import within the hour (limits.imports_per_hour_per_user: 4).
+    response = upload(api, headers, b"[]")
+    assert response.status_code == 429, response.text

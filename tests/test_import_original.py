@@ -139,26 +139,39 @@ def test_the_originals_users_and_conversations_move_in(target: str, with_create_
         source = tmp_path / "original.db"
         write_original(source, with_create_time,
                        users=[(1, "alice", go_hash("alice-password-1")), (2, "bob", go_hash("abc")),
-                              (3, "carol", go_hash("carol-original")), (4, "dave", "not a bcrypt hash")],
+                              (3, "carol", go_hash("carol-original")), (4, "dave", "not a bcrypt hash"),
+                              (5, "eve", "$2a$31$" + "a" * 53)],  # a day of bcrypt per login: refused
                        conversations=[("4242", "Rust lifetimes", 1, 1732400001), ("000077", "Old one", 1, 1700000000),
                                       ("5150", "No blob", 1, 1732400002), ("99", "Bob's", 2, 1732400500),
                                       ("12", "Carol's old", 3, 1732400600), (str(first), "collides", 1, 1732400003),
                                       (str(second), "was deleted here", 1, 1732400004),
-                                      ("not-a-number", "odd", 1, 1732400005), ("31337", "orphan", 999, 1732400006)])
+                                      ("not-a-number", "odd", 1, 1732400005), ("31337", "orphan", 999, 1732400006),
+                                      # An early zero-padded id without a blob of its own, and bob's
+                                      # conversation 42 with one: alice's 42 must not get bob's.
+                                      ("000042", "alice's 42", 1, 1732400007), ("42", "bob's 42", 2, 1732400008),
+                                      ("0", "id zero", 1, 1732400009)])
         blobs = redis.Redis.from_url(original_redis.url)
         blobs.set("conversation:4242", json.dumps(BLOB_4242))
         blobs.set("conversation:000077", json.dumps(BLOB_77))
         blobs.set("conversation:99", json.dumps(BLOB_99))
+        blobs.set("conversation:42", json.dumps({**BLOB_99, "api_key": "sk-bob-secret-0042",
+                                                 "messages": [{"role": "user", "content": "bob's secret"}]}))
+        blobs.set("conversation:0", json.dumps({"title": "id zero", "model": "glm-4", "api_key": "glm-key-0000000",
+                                                "created_time": 1732400009,
+                                                "messages": [{"role": "user", "content": "zero?"}]}))
         blobs.close()
 
         config = tmp_path / "config.yaml"
         result = import_original(config, source, original_redis.url)
         assert result.returncode == 0, result.stderr
         out = result.stdout
-        assert "imported 2 users, 4 conversations, 7 messages; skipped 2 users, 5 conversations" in out, out
-        assert "skipped user 'carol'" in out and "skipped user 'dave'" in out
-        assert f"skipped conversation {first} of 'alice': the id is taken here" in out
-        assert f"skipped conversation {second} of 'alice': the id was handed out here before" in out
+        assert "imported 2 users, 6 conversations, 8 messages; skipped 3 users, 6 conversations" in out, out
+        assert "skipped user 'carol'" in out and "skipped user 'dave'" in out and "skipped user 'eve'" in out
+        assert f"skipped conversation {first} of 'alice': the id is, or was, a conversation's here" in out
+        assert f"skipped conversation {second} of 'alice': the id is, or was, a conversation's here" in out
+        assert "skipped conversation 42 of 'bob'" in out
+        assert "conversation 0 of 'alice': its id cannot be kept here" in out
+        assert "its model 'glm-4' is not served here: 'demo', without its key" in out
         assert "skipped conversation not-a-number" in out and "skipped conversation 31337" in out
         assert "conversation 5150 of 'alice': no messages in Redis: imported empty" in out
 
@@ -174,7 +187,13 @@ def test_the_originals_users_and_conversations_move_in(target: str, with_create_
         assert me["username"] == "alice" and me["password_change_required"] is False
 
         listed = {c["conversation_id"]: c for c in api.http.get("/api/conversations/list", headers=alice).json()}
-        assert sorted(listed) == [77, 4242, 5150]
+        [zero] = [cid for cid in listed if cid not in (42, 77, 4242, 5150)]
+        assert zero > 5150
+        zero_history = api.http.get(f"/api/conversations/history/{zero}", headers=alice).json()
+        assert zero_history["model"] == "demo" and [m["content"] for m in zero_history["messages"]] == ["zero?"]
+        assert api.http.get(f"/api/conversations/export/{zero}?format=json", headers=alice).json()["api_key"] == ""
+        alice_42 = api.http.get("/api/conversations/history/42", headers=alice).json()
+        assert alice_42["title"] == "alice's 42" and alice_42["messages"] == []
         history = api.http.get("/api/conversations/history/4242", headers=alice).json()
         assert history["title"] == "Rust lifetimes" and history["model"] == "fake-model"
         assert [(m["message_id"], m["role"], m["content"]) for m in history["messages"]] == [
@@ -198,7 +217,7 @@ def test_the_originals_users_and_conversations_move_in(target: str, with_create_
         assert sent[0] == {"role": "system", "content": SYSTEM_PROMPT} and len(sent) == 6
 
         # New conversations get ids above the imported ones.
-        assert api.create_conversation(alice, title="new")["conversation_id"] > 4242
+        assert api.create_conversation(alice, title="new")["conversation_id"] == zero + 1
 
         # A short legacy password logs in and is flagged until it is changed.
         bob = login(api, "bob", "abc")
@@ -269,6 +288,9 @@ def test_an_imported_hash_costs_as_much_as_ours() -> None:
 
     cpu_seconds(imported)  # the padding hash is made on first use
     ratio = statistics.median(cpu_seconds(imported) / cpu_seconds(None) for _ in range(3))
+    assert 0.75 < ratio < 1.33, ratio
+    malformed = ORIGINAL + "$2a$10$not-really-a-hash"  # (import-original lets none in; still as long)
+    ratio = statistics.median(cpu_seconds(malformed) / cpu_seconds(None) for _ in range(3))
     assert 0.75 < ratio < 1.33, ratio
     assert asyncio.run(hasher.verify("the right one", imported)) is True
     assert asyncio.run(hasher.verify("the right one", ORIGINAL + "$2a$10$not-really-a-hash")) is False

@@ -7,12 +7,12 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
 from realtime_llm.bodies import MAX_ID
-from realtime_llm.importers.writer import ImportedConversation, ImportedMessage
+from realtime_llm.importers.records import ImportedConversation, ImportedMessage, storable
 
 
 class UnreadableSource(Exception):
@@ -48,6 +48,7 @@ def read_sqlite(path: str) -> OriginalData:
         database = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise UnreadableSource(f"{path}: {exc}") from None
+    database.text_factory = lambda raw: raw.decode("utf-8", "replace")  # Go wrote whatever it was given
     try:
         columns = {row[1] for row in database.execute("PRAGMA table_info(conversations)")}
         if not {"id", "title", "user_id"} <= columns:
@@ -68,21 +69,31 @@ def read_sqlite(path: str) -> OriginalData:
         database.close()
 
 
+# The original drew ids below 1,000,000; an id far above that is no id of its, and keeping
+# it would leave new conversations too little room below 2**53 (MAX_ID).
+MAX_KEPT_ID = 2**31 - 1
+
+
 def conversation_id(key: str) -> int | None:
-    """The original's TEXT id as ours, or None where it is not one (ids start at 1 here)."""
+    """The original's TEXT id as a number (0 included: the original drew it too), or None."""
     if not (key.isascii() and key.isdigit()) or len(key) > 16:
         return None
-    number = int(key)
-    return number if 1 <= number <= MAX_ID else None
+    return int(key)
 
 
-def blob_keys(key: str) -> list[str]:
+def kept_id(number: int) -> bool:
+    """Whether a conversation keeps the original's id here (ids start at 1 here)."""
+    return 1 <= number <= min(MAX_KEPT_ID, MAX_ID)
+
+
+def blob_keys(key: str, keys: set[str]) -> list[str]:
     """Where the original's Redis keeps a conversation: under its id as written, and, for
-    early zero-padded ids, as the later versions (which read ids as integers) wrote it."""
-    keys = [f"conversation:{key}"]
-    if key.isdigit() and f"conversation:{int(key)}" not in keys:
-        keys.append(f"conversation:{int(key)}")
-    return keys
+    an early zero-padded id, as later versions (which read ids as integers) wrote it, unless
+    that is another conversation's id in the original's table (`keys`)."""
+    found = [f"conversation:{key}"]
+    if key.isascii() and key.isdigit() and str(int(key)) != key and str(int(key)) not in keys:
+        found.append(f"conversation:{int(key)}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -91,14 +102,26 @@ class Converted:
     problem: str = ""  # what was left out, for the report
 
 
-def convert(cid: int, row: OriginalConversation, blob: bytes | None, default_model: str,
-            max_title_chars: int, now: int) -> Converted:
+@dataclass(frozen=True)
+class Target:
+    """What this server makes of a conversation: its default model, the models it serves,
+    its limits."""
+
+    default_model: str
+    can_serve: Callable[[str], bool]
+    max_title_chars: int
+    max_api_key_chars: int
+    now: int
+
+
+def convert(cid: int | None, row: OriginalConversation, blob: bytes | None, target: Target) -> Converted:
     """One of the original's conversations, with what its blob holds: the system prompt (its
     message 0), the messages in order (ids from 1, each following the one before), the
-    model (or the default), the API key. A missing or unreadable blob: no messages."""
-    title = row.title[:max_title_chars]
-    empty = ImportedConversation(title=title, created_time=row.created_time or now, messages=(), active_leaf_id=0,
-                                 model=default_model, id=cid)
+    model and its API key (a model not served here: the default, and no key, which was for
+    the original's provider). A missing or unreadable blob: no messages."""
+    title = storable(row.title[:target.max_title_chars])
+    empty = ImportedConversation(title=title, created_time=row.created_time or target.now, messages=(),
+                                 active_leaf_id=0, model=target.default_model, id=cid)
     if blob is None:
         return Converted(empty, "no messages in Redis: imported empty")
     try:
@@ -118,17 +141,24 @@ def convert(cid: int, row: OriginalConversation, blob: bytes | None, default_mod
             if system_prompt or kept:
                 skipped += 1  # only a first system message is the system prompt
             else:
-                system_prompt = content
+                system_prompt = storable(content)
         else:
-            kept.append((role, content))
-    created = row.created_time or _unix_time(data.get("created_time")) or now
+            kept.append((role, storable(content)))
+    problems = [f"{skipped} message(s) neither user, assistant nor a first system prompt left out"] if skipped else []
+    model, api_key = _string(data.get("model")), _string(data.get("api_key"))
+    if not model or len(model) > 200 or not model.isprintable() or not target.can_serve(model):
+        if model:
+            problems.append(f"its model {model[:200]!r} is not served here: {target.default_model!r}, without its key")
+        model, api_key = target.default_model, ""
+    if len(api_key) > target.max_api_key_chars or not api_key.isprintable():
+        problems.append("its API key is no key (too long, or not printable): left out")
+        api_key = ""
+    created = row.created_time or _unix_time(data.get("created_time")) or target.now
     imported = ImportedConversation(
-        title=title or _string(data.get("title"))[:max_title_chars], created_time=created,
+        title=title or storable(_string(data.get("title"))[:target.max_title_chars]), created_time=created,
         messages=tuple(ImportedMessage(n, n - 1, role, content, created) for n, (role, content) in enumerate(kept, 1)),
-        active_leaf_id=len(kept), model=_string(data.get("model"))[:200] or default_model, id=cid,
-        system_prompt=system_prompt, api_key=_string(data.get("api_key")))
-    left_out = f"{skipped} message(s) neither user, assistant nor a first system prompt left out" if skipped else ""
-    return Converted(imported, left_out)
+        active_leaf_id=len(kept), model=model, id=cid, system_prompt=system_prompt, api_key=api_key)
+    return Converted(imported, "; ".join(problems))
 
 
 def _string(value: Any) -> str:
@@ -142,8 +172,8 @@ def _unix_time(value: Any) -> int | None:
     if isinstance(value, (int, float)):
         return int(value) if 0 < value < 2**53 else None
     if isinstance(value, str) and value:
-        if value.isdigit():
-            return _unix_time(int(value))
+        if value.isascii() and value.isdigit():
+            return _unix_time(int(value)) if len(value) <= 16 else None
         try:
             return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
         except ValueError:

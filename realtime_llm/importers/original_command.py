@@ -2,35 +2,53 @@
 server's database, logins and conversation ids kept (DESIGN.md, Import)."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import anyio.to_thread
 import redis.asyncio as aioredis
 
 from realtime_llm.auth import ORIGINAL
+from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
 from realtime_llm.importers.original import (
+    MAX_KEPT_ID,
+    OriginalConversation,
+    OriginalData,
     OriginalUser,
+    Target,
     UnreadableSource,
     blob_keys,
     conversation_id,
     convert,
+    kept_id,
     read_sqlite,
 )
-from realtime_llm.importers.writer import ImportedConversation, ImportWriter
+from realtime_llm.importers.records import ImportedConversation
+from realtime_llm.importers.writer import ImportWriter
 from realtime_llm.keys import APIKeyBox
 from realtime_llm.redisclient import REDIS_FAILURES
 from realtime_llm.store.database import create_database, migrate
 from realtime_llm.store.users import UserStore
 
 REDIS_TIMEOUT = 10.0
-BLOBS_PER_READ = 500
+BLOBS_PER_READ = 100  # blobs a user's import holds at a time
+ORIGINAL_COST = 10  # golang.org/x/crypto/bcrypt's DefaultCost, which the original used
+USERNAME_COLUMN_CHARS = 64  # users.username
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+
+
+def bcrypt_cost(hashed: object) -> int | None:
+    """A well-formed bcrypt hash's cost, else None."""
+    found = BCRYPT_HASH.fullmatch(hashed) if isinstance(hashed, str) else None
+    return int(found.group(1)) if found and 4 <= int(found.group(1)) <= 31 else None
 
 
 @dataclass
 class Report:
+    say: Callable[[str], None]  # a line for each thing skipped, or imported with less than it had
     users: int = 0
     conversations: int = 0
     messages: int = 0
@@ -75,100 +93,116 @@ class Blobs:
 
 
 async def import_original(settings: Settings, secret: str, sqlite_path: str, redis_url: str | None,
-                          say: Callable[[str], None]) -> Report:
+                          report: Report) -> None:
+    """Everything importable, a user at a time; `report` says what was done, also when a
+    source fails part of the way (users imported by then stay imported)."""
     data = await anyio.to_thread.run_sync(read_sqlite, sqlite_path)
-    blobs = Blobs(redis_url)
+    try:
+        blobs = Blobs(redis_url)
+    except ValueError as exc:  # a malformed URL
+        raise UnreadableSource(f"Redis: {exc}") from None
     database = create_database(settings)
-    report = Report()
     try:
         await blobs.check()
         await database.connect()
         await migrate(database)
-        importer = _Importer(settings, ImportWriter(database, APIKeyBox(secret)), UserStore(database), blobs,
-                             report, say)
-        await importer.start()
+        writer = ImportWriter(database, APIKeyBox(secret))
+        importer = _Importer(settings, writer, UserStore(database), blobs, report, data)
+        # Before anything is written: the ids to keep are set aside from what this server
+        # hands out next, and those it has handed out are known, not to be given again.
+        importer.highest = await writer.highest_id_used()
+        await writer.reserve_ids(max((cid for user in data.users for row in user.conversations
+                                      if (cid := conversation_id(row.key)) is not None and kept_id(cid)), default=0))
         for user in data.users:
             await importer.add(user)
         for orphan in data.orphans:
             report.skipped_conversations += 1
-            say(f"skipped conversation {orphan.key}: its user is not in the original's users table")
+            report.say(f"skipped conversation {orphan.key}: its user is not in the original's users table")
         if redis_url is None and report.conversations:
-            say("no --from-redis given: every conversation was imported without its messages")
+            report.say("no --from-redis given: every conversation was imported without its messages (running "
+                       "this again with it adds none: those users are here now)")
     finally:
         await blobs.close()
         if database.is_connected:
             await database.disconnect()
-    return report
 
 
 class _Importer:
-    def __init__(self, settings: Settings, writer: ImportWriter, users: UserStore, blobs: Blobs,
-                 report: Report, say: Callable[[str], None]) -> None:
+    def __init__(self, settings: Settings, writer: ImportWriter, users: UserStore, blobs: Blobs, report: Report,
+                 data: OriginalData) -> None:
         self.settings = settings
         self.writer = writer
         self.users = users
         self.blobs = blobs
         self.report = report
-        self.say = say
-        self.highest = 0
+        self.keys = {row.key for user in data.users for row in user.conversations} | {r.key for r in data.orphans}
+        self.target = Target(settings.llm.default_model, ModelCatalog(settings.llm.providers).can_serve,
+                             settings.limits.max_title_chars, settings.limits.max_api_key_chars, int(time.time()))
+        self.highest = 0  # ids up to this one were handed out here before the import
         self.seen: set[int] = set()  # ids of this run ("42" and "042" are one id here)
-
-    async def start(self) -> None:
-        self.highest = await self.writer.highest_id_used()
 
     async def add(self, user: OriginalUser) -> None:
         report = self.report
         problem = await self._refused(user)
-        if problem:
-            report.skipped_users += 1
-            report.skipped_conversations += len(user.conversations)
-            self.say(f"skipped user {user.username!r} and their {len(user.conversations)} "
-                                f"conversation(s): {problem}")
-            return
-        conversations = await self._conversations(user)
-        await self.writer.add_user(user.username, ORIGINAL + user.password_hash, conversations)
-        report.users += 1
-        report.conversations += len(conversations)
-        report.messages += sum(len(c.messages) for c in conversations)
+        if not problem:
+            counted = [0, 0]
+            try:
+                written = await self.writer.add_user(user.username, ORIGINAL + user.password_hash,
+                                                     self._conversations(user, counted))
+            except Exception:
+                if await self.users.by_username(user.username) is None:
+                    raise
+                problem = "the username was registered here meanwhile"
+            else:
+                report.users += 1
+                report.conversations += len(written)
+                report.messages += sum(messages for _, messages in written)
+                report.skipped_conversations += counted[0]
+                return
+        report.skipped_users += 1
+        report.skipped_conversations += len(user.conversations)
+        report.say(f"skipped user {user.username!r} and their {len(user.conversations)} conversation(s): {problem}")
 
     async def _refused(self, user: OriginalUser) -> str:
-        if not isinstance(user.username, str) or not user.username:
-            return "no username"
-        if len(user.username) > self.settings.auth.max_username_length:
-            return f"a username longer than {self.settings.auth.max_username_length} characters"
-        if not isinstance(user.password_hash, str) or not user.password_hash.startswith("$2") \
-                or len(user.password_hash) != 60:
+        longest = min(self.settings.auth.max_username_length, USERNAME_COLUMN_CHARS)
+        if not user.username or not user.username.isprintable():
+            return "no username, or one with control characters"
+        if len(user.username) > longest:
+            return f"a username longer than {longest} characters"
+        cost = bcrypt_cost(user.password_hash)
+        if cost is None:
             return "its password hash is not bcrypt's"
+        if cost > max(ORIGINAL_COST, self.settings.auth.bcrypt_rounds):
+            return f"its bcrypt cost {cost} is above the original's {ORIGINAL_COST} and this server's"
         if await self.users.by_username(user.username) is not None:
             return "the username is taken here (imported before, or somebody else's)"
         return ""
 
-    async def _conversations(self, user: OriginalUser) -> list[ImportedConversation]:
-        ids = {row.key: conversation_id(row.key) for row in user.conversations}
-        taken = await self.writer.taken([cid for cid in ids.values() if cid is not None])
-        wanted = []
+    async def _conversations(self, user: OriginalUser, counted: list[int]) -> AsyncIterator[ImportedConversation]:
+        """The user's conversations to write, their blobs read BLOBS_PER_READ at a time;
+        `counted[0]`: how many were skipped."""
+        wanted: list[tuple[int | None, OriginalConversation]] = []
         for row in user.conversations:
-            cid = ids[row.key]
-            if cid is None:
-                problem = "its id is not a number from 1 to 2**53 - 1"
-            elif cid in taken or cid in self.seen:
-                problem = "the id is taken here"
-            elif cid <= self.highest:
-                problem = "the id was handed out here before (to a conversation deleted since)"
+            number = conversation_id(row.key)
+            if number is None:
+                problem = "its id is not a number"
+            elif number in self.seen or (kept_id(number) and number <= self.highest):
+                problem = "the id is, or was, a conversation's here"
             else:
-                self.seen.add(cid)
-                wanted.append((cid, row))
+                self.seen.add(number)
+                wanted.append((number if kept_id(number) else None, row))
                 continue
-            self.report.skipped_conversations += 1
-            self.say(f"skipped conversation {row.key} of {user.username!r}: {problem}")
-        blobs = await self.blobs.read([key for _, row in wanted for key in blob_keys(row.key)])
-        now = int(time.time())
-        converted = []
-        for cid, row in wanted:
-            blob = next((blobs[key] for key in blob_keys(row.key) if key in blobs), None)
-            result = convert(cid, row, blob, self.settings.llm.default_model, self.settings.limits.max_title_chars,
-                             now)
-            if result.problem and self.blobs.redis is not None:
-                self.say(f"conversation {cid} of {user.username!r}: {result.problem}")
-            converted.append(result.conversation)
-        return converted
+            counted[0] += 1
+            self.report.say(f"skipped conversation {row.key} of {user.username!r}: {problem}")
+        for start in range(0, len(wanted), BLOBS_PER_READ):
+            batch = wanted[start:start + BLOBS_PER_READ]
+            blobs = await self.blobs.read([key for _, row in batch for key in blob_keys(row.key, self.keys)])
+            for cid, row in batch:
+                blob = next((blobs[key] for key in blob_keys(row.key, self.keys) if key in blobs), None)
+                result = convert(cid, row, blob, self.target)
+                if cid is None:
+                    self.report.say(f"conversation {row.key} of {user.username!r}: its id cannot be kept here "
+                                    f"(ids are 1 to {MAX_KEPT_ID}): imported under a new one")
+                if result.problem and (self.blobs.redis is not None or blob is not None):
+                    self.report.say(f"conversation {row.key} of {user.username!r}: {result.problem}")
+                yield result.conversation

@@ -46,7 +46,7 @@ class Compiled:
     async def fetch_all(self, database: Database, **params: Any) -> list[Sequence[Any]]:
         dialect = database.url.dialect
         sql, names, literals = self.form(dialect)
-        args = [params[name] if name in params else literals[name] for name in names]  # KeyError: one missing
+        args = _arguments(names, literals, params)
         async with database.connection() as connection:
             driver = connection.raw_connection
             if dialect == "postgresql":
@@ -57,7 +57,7 @@ class Compiled:
         """The statement once for each row of parameters, in one driver call (bulk writes)."""
         dialect = database.url.dialect
         sql, names, literals = self.form(dialect)
-        args = [[row[name] if name in row else literals[name] for name in names] for row in rows]
+        args = [_arguments(names, literals, row) for row in rows]
         async with database.connection() as connection:
             await connection.raw_connection.executemany(sql, args)
 
@@ -68,6 +68,10 @@ class Compiled:
     async def fetch_val(self, database: Database, **params: Any) -> Any:
         row = await self.fetch_one(database, **params)
         return None if row is None else row[0]
+
+
+def _arguments(names: tuple[str, ...], literals: dict[str, Any], params: dict[str, Any]) -> list[Any]:
+    return [params[name] if name in params else literals[name] for name in names]  # KeyError: one missing
 
 
 async def fetch_all(database: Database, statement: ClauseElement) -> list[Sequence[Any]]:
