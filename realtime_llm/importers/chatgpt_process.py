@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from realtime_llm.errors import BadRequest, PayloadTooLarge
 from realtime_llm.importers.chatgpt import Reading
-from realtime_llm.importers.chatgpt_reader import CHUNK_BYTES, MALFORMED, TOO_LARGE
+from realtime_llm.importers.chatgpt_reader import CHUNK_BYTES, LENGTH_BYTES, MALFORMED, TOO_LARGE
 from realtime_llm.importers.records import ImportedConversation, ImportedMessage
 
 logger = logging.getLogger("realtime_llm.imports")
@@ -24,7 +24,7 @@ logger = logging.getLogger("realtime_llm.imports")
 MEMORY_BYTES = 1 << 30  # the reading process may map this much
 CPU_SECONDS = 120  # ... and use this much CPU: reading 50 MiB twice takes about 10 s here
 READERS_AT_ONCE = 2  # reading processes a server process runs at a time (the machine's cores)
-LINE_BYTES = 64 * 1024 * 1024  # one conversation's line, at most (chatgpt.MAX_CONVERSATION_BYTES and escapes)
+RECORD_BYTES = 64 * 1024 * 1024  # one conversation's record, at most (chatgpt.MAX_CONVERSATION_BYTES, escaped)
 _readers = asyncio.Semaphore(READERS_AT_ONCE)
 
 
@@ -35,7 +35,7 @@ async def read_export(file: UploadFile, reading: Reading) -> AsyncGenerator[Impo
                                   reading.max_conversations, MEMORY_BYTES, CPU_SECONDS]).decode()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "realtime_llm.importers.chatgpt_reader", arguments, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=LINE_BYTES)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # records wait in the pipe, not here
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         try:
             try:
@@ -44,12 +44,13 @@ async def read_export(file: UploadFile, reading: Reading) -> AsyncGenerator[Impo
                     process.stdin.write(chunk)
                     await process.stdin.drain()
                 process.stdin.close()
-                while line := await process.stdout.readline():
-                    yield await _conversation(line, reading.model)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # it stopped reading: its status says why
-            except ValueError:  # a line past LINE_BYTES
-                raise PayloadTooLarge("a conversation of this export is too large to import") from None
+                while True:  # until the end of its output (IncompleteReadError; its status says how it ended)
+                    size = int.from_bytes(await process.stdout.readexactly(LENGTH_BYTES), "big")
+                    if size > RECORD_BYTES:
+                        raise PayloadTooLarge("a conversation of this export is too large to import")
+                    yield await _conversation(await process.stdout.readexactly(size), reading.model)
+            except (BrokenPipeError, ConnectionResetError, asyncio.IncompleteReadError):
+                pass  # it stopped reading or writing: its status says why
             message = (await process.stderr.read(4096)).decode("utf-8", "replace").strip()
             status = await process.wait()
         finally:
@@ -66,10 +67,10 @@ async def read_export(file: UploadFile, reading: Reading) -> AsyncGenerator[Impo
             else BadRequest("not a readable ChatGPT export")
 
 
-async def _conversation(line: bytes, model: str) -> ImportedConversation:
-    if len(line) > 1 << 20:  # a large one is decoded off the event loop
-        title, created, leaf, rows = await anyio.to_thread.run_sync(orjson.loads, line)
+async def _conversation(record: bytes, model: str) -> ImportedConversation:
+    if len(record) > 1 << 20:  # a large one is decoded off the event loop
+        title, created, leaf, rows = await anyio.to_thread.run_sync(orjson.loads, record)
     else:
-        title, created, leaf, rows = orjson.loads(line)
+        title, created, leaf, rows = orjson.loads(record)
     return ImportedConversation(title=title, created_time=created, active_leaf_id=leaf, model=model,
                                 messages=[ImportedMessage(*row) for row in rows])

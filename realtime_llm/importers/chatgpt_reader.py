@@ -1,13 +1,13 @@
 """The process that reads a ChatGPT export (chatgpt_process.py starts it; chatgpt.py reads):
 
     python -m realtime_llm.importers.chatgpt_reader '[MODEL, TITLE_CHARS, UNZIPPED_BYTES,
-        CONVERSATIONS, MEMORY_BYTES, CPU_SECONDS]' < export > lines
+        CONVERSATIONS, MEMORY_BYTES, CPU_SECONDS]' < export > records
 
-The export is read whole once to check it, then again to write each conversation as one
-JSON line: [title, created_time, active_leaf_id, [[message_id, parent_id, role, content,
-created_time], ...]]. Exit status 0 with the lines; 2 malformed, 3 too large (a line on
-standard error says what); anything else: it could not be read. Imports little, to start
-fast.
+The export is read whole once to check it, then again to write each conversation as a
+JSON record after its length (LENGTH_BYTES, big-endian): [title, created_time,
+active_leaf_id, [[message_id, parent_id, role, content, created_time], ...]]. Exit status
+0 with the records; 2 malformed, 3 too large (a line on standard error says what);
+anything else: it could not be read. Imports little, to start fast.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from realtime_llm.importers.chatgpt import ExportTooLarge, MalformedExport, Read
 
 CHUNK_BYTES = 262_144
 MALFORMED, TOO_LARGE = 2, 3
+LENGTH_BYTES = 8
 
 
 def main() -> None:
@@ -40,8 +41,9 @@ def main() -> None:
             for _ in conversations_in(spool, reading):
                 pass  # all checked first: a malformed export hands back nothing
             for c in conversations_in(spool, reading):
-                out.write(orjson.dumps([c.title, c.created_time, c.active_leaf_id, [
-                    [m.message_id, m.parent_id, m.role, m.content, m.created_time] for m in c.messages]]) + b"\n")
+                record = orjson.dumps([c.title, c.created_time, c.active_leaf_id, [
+                    [m.message_id, m.parent_id, m.role, m.content, m.created_time] for m in c.messages]])
+                out.write(len(record).to_bytes(LENGTH_BYTES, "big") + record)
             out.flush()
         except (ExportTooLarge, MemoryError) as exc:
             _fail(TOO_LARGE, str(exc) or "this export is too large to read")
