@@ -67,15 +67,20 @@ def base_config(workdir: Path, database: str, upstream: FakeUpstream | None = No
     return config
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest) -> Iterator[str]:
-    """'sqlite', or the URL of a fresh PostgreSQL database of this session's own."""
-    if request.param == "sqlite":
+def own_database(kind: str) -> Iterator[str]:
+    """'sqlite', or the URL of a fresh PostgreSQL database, dropped afterwards."""
+    if kind == "sqlite":
         yield "sqlite"
         return
     url = create_postgres_database()
     yield url
     drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """'sqlite', or the URL of a fresh PostgreSQL database of this session's own."""
+    yield from own_database(request.param)
 
 
 @pytest.fixture(scope="session", params=["memory", "redis"])

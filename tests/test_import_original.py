@@ -21,8 +21,8 @@ import pytest
 import redis
 
 from realtime_llm.auth import ORIGINAL, PasswordHasher
-from tests.backends import PrivateRedis, create_postgres_database, drop_postgres_database
-from tests.conftest import Api, base_config
+from tests.backends import PrivateRedis
+from tests.conftest import Api, base_config, own_database
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerProcess, write_config
 
@@ -76,12 +76,7 @@ BLOB_99 = {"conversation_id": 99, "title": "Bob's", "model": "demo", "api_key": 
 @pytest.fixture(params=["sqlite", "postgres"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The database imported into: a SQLite file or a PostgreSQL database, of this test's own."""
-    if request.param == "sqlite":
-        yield "sqlite"
-        return
-    url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)
+    yield from own_database(request.param)
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ class _Importer:
         report = self.report
         problem = await self._refused(user)
         if not problem:
-            counted = [0, 0]
+            counted = [0]
             try:
                 written = await self.writer.add_user(user.username, ORIGINAL + user.password_hash,
                                                      self._conversations(user, counted))
