@@ -156,10 +156,20 @@ def test_what_chatgpt_shows_as_one_turn_is_one_message(api: Api) -> None:
         node("u2", "a2", ["a3"], "user", "", 6.0, content_type="multimodal_text", parts=[image]),
         node("a3", "u2", [], "assistant", "A nice picture.", 7.0)]}}
     empty = {"title": "nothing kept", "mapping": {"root": node("root", None, [])}}
+    # Two questions around a tool's turn that said nothing stay two questions.
+    questions = {"title": "two", "create_time": 1700000000.0, "current_node": "a", "mapping": {n["id"]: n for n in [
+        node("u1", None, ["call"], "user", "draw a cat", 1.0),
+        node("call", "u1", ["out"], "assistant", "{}", 2.0, content_type="code", recipient="dalle.text2im"),
+        node("out", "call", ["u2"], "tool", "", 3.0, content_type="multimodal_text", parts=[image]),
+        node("u2", "out", ["a"], "user", "now a dog", 4.0),
+        node("a", "u2", [], "assistant", "ok", 5.0)]}}
     headers = api.new_user()
-    response = upload(api, headers, json.dumps([split, empty]).encode())
+    response = upload(api, headers, json.dumps([split, empty, questions]).encode())
     assert response.status_code == 201, response.text
-    [cid] = response.json()["conversation_ids"]
+    cid, two = response.json()["conversation_ids"]
+    history = api.http.get(f"/api/conversations/history/{two}", headers=headers).json()
+    assert [(m["role"], m["content"]) for m in history["messages"]] == [
+        ("user", "draw a cat"), ("user", "now a dog"), ("assistant", "ok")]
     history = api.http.get(f"/api/conversations/history/{cid}", headers=headers).json()
     assert [(m["role"], m["content"]) for m in history["messages"]] == [
         ("user", "compute 3+3"), ("assistant", "Let me compute.\n\nThe answer is 6."), ("user", "[image]"),
@@ -184,6 +194,8 @@ MALFORMED = {
     "a reversed surrogate pair": b'[{"title": "\\ude00\\ud83d", "mapping": {}}]',
     "invalid UTF-8": b'[{"title": "\xed\xa0\x80\xc0\x80", "mapping": {}}]',
     "a number for a conversation": b"[1]",
+    "more after the array": b'[{"title": "x", "mapping": {}}] and more',
+    "two arrays": b'[{"title": "x", "mapping": {}}][]',
     "a corrupted deflate member": None,  # made below
     "an lzma member": None,
 }

@@ -160,12 +160,16 @@ def test_the_originals_users_and_conversations_move_in(target: str, with_create_
         result = import_original(config, source, original_redis.url)
         assert result.returncode == 0, result.stderr
         out = result.stdout
-        assert "imported 2 users, 6 conversations, 8 messages; skipped 3 users, 6 conversations" in out, out
+        assert "imported 2 users, 9 conversations, 9 messages; skipped 3 users, 3 conversations" in out, out
         assert "skipped user 'carol'" in out and "skipped user 'dave'" in out and "skipped user 'eve'" in out
-        assert f"skipped conversation {first} of 'alice': the id is, or was, a conversation's here" in out
-        assert f"skipped conversation {second} of 'alice': the id is, or was, a conversation's here" in out
-        assert "skipped conversation 42 of 'bob'" in out
-        assert "conversation 0 of 'alice': its id cannot be kept here" in out
+        # An id this database has (1), or had (2, deleted), and bob's 42 after alice's 000042,
+        # and id 0: imported under new ids, nothing lost, nothing given away.
+        new_id = "its id cannot be kept (the id is, or was, another conversation's here): imported under a new one"
+        assert f"conversation {first} of 'alice': {new_id}" in out
+        assert f"conversation {second} of 'alice': {new_id}" in out
+        assert f"conversation 42 of 'bob': {new_id}" in out
+        assert "conversation 0 of 'alice': its id cannot be kept (ids here are 1 to 2147483647)" in out
+        assert "skipped conversation not-a-number of 'alice': its id is not a number" in out
         assert "its model 'glm-4' is not served here: 'demo', without its key" in out
         assert "skipped conversation not-a-number" in out and "skipped conversation 31337" in out
         assert "conversation 5150 of 'alice': no messages in Redis: imported empty" in out
@@ -182,8 +186,10 @@ def test_the_originals_users_and_conversations_move_in(target: str, with_create_
         assert me["username"] == "alice" and me["password_change_required"] is False
 
         listed = {c["conversation_id"]: c for c in api.http.get("/api/conversations/list", headers=alice).json()}
-        [zero] = [cid for cid in listed if cid not in (42, 77, 4242, 5150)]
-        assert zero > 5150
+        renumbered = {c["title"]: cid for cid, c in listed.items() if cid not in (42, 77, 4242, 5150)}
+        assert sorted(renumbered) == ["collides", "id zero", "was deleted here"]
+        assert sorted(renumbered.values()) == [5151, 5152, 5153]  # above every id kept
+        zero = renumbered["id zero"]
         zero_history = api.http.get(f"/api/conversations/history/{zero}", headers=alice).json()
         assert zero_history["model"] == "demo" and [m["content"] for m in zero_history["messages"]] == ["zero?"]
         assert api.http.get(f"/api/conversations/export/{zero}?format=json", headers=alice).json()["api_key"] == ""
@@ -212,12 +218,17 @@ def test_the_originals_users_and_conversations_move_in(target: str, with_create_
         assert sent[0] == {"role": "system", "content": SYSTEM_PROMPT} and len(sent) == 6
 
         # New conversations get ids above the imported ones.
-        assert api.create_conversation(alice, title="new")["conversation_id"] == zero + 1
+        assert api.create_conversation(alice, title="new")["conversation_id"] == 5155  # bob's 42 is 5154
 
         # A short legacy password logs in and is flagged until it is changed.
         bob = login(api, "bob", "abc")
         assert bob is not None
         assert api.http.get("/api/users/me", headers=bob).json()["password_change_required"] is True
+        bobs = {c["title"]: c["conversation_id"]
+                for c in api.http.get("/api/conversations/list", headers=bob).json()}
+        assert bobs == {"Bob's": 99, "bob's 42": 5154}
+        assert [m["content"] for m in api.http.get("/api/conversations/history/5154", headers=bob).json()[
+            "messages"]] == ["bob's secret"]
         changed = api.http.post("/api/users/password", headers=bob,
                                 json={"old_password": "abc", "new_password": "a much longer one"})
         assert changed.status_code == 200, changed.text

@@ -97,6 +97,8 @@ def _from_json(file: _Counted, reading: Reading) -> Iterator[ImportedConversatio
         elif event in ("end_map", "end_array"):
             depth -= 1
             if depth == 0:
+                if next(events, None) is not None:  # (ijson stops at the end of the array)
+                    raise MalformedExport(f"{MEMBER} goes on after its array")
                 return
         if builder is None:
             builder, start = ijson.ObjectBuilder(), file.count
@@ -141,8 +143,8 @@ def conversation(item: Any, n: int, reading: Reading) -> ImportedConversation:
     while stack:  # depth first: a parent before its children, siblings in their order
         key = stack.pop()
         parent = above[key]
-        if parent is not None and roles[parent] == roles[key] and children[parent] == [key]:
-            ids[key] = ids[parent]  # the same turn, split by a tool call: one message
+        if parent is not None and roles[parent] == roles[key] == "assistant" and children[parent] == [key]:
+            ids[key] = ids[parent]  # one answer, split by a tool call: one message
             rows[ids[key] - 1][3] += "\n\n" + texts[key]
         else:
             ids[key] = len(rows) + 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from typing import AsyncGenerator
 
@@ -14,7 +15,7 @@ import anyio.to_thread
 import orjson
 from starlette.datastructures import UploadFile
 
-from realtime_llm.errors import BadRequest, PayloadTooLarge
+from realtime_llm.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
 from realtime_llm.importers.chatgpt import Reading
 from realtime_llm.importers.chatgpt_reader import CHUNK_BYTES, LENGTH_BYTES, MALFORMED, TOO_LARGE
 from realtime_llm.importers.records import ImportedConversation, ImportedMessage
@@ -56,14 +57,21 @@ async def read_export(file: UploadFile, reading: Reading) -> AsyncGenerator[Impo
         finally:
             if process.returncode is None:
                 process.kill()
-                await process.wait()
+            # wait() returns once the pipes are closed too (CPython gh-119710), and a reader
+            # killed with output unread never closes them by itself: drained first.
+            for stream in (process.stdout, process.stderr):
+                while await stream.read(CHUNK_BYTES):
+                    pass
+            await process.wait()
     if status == MALFORMED:
         raise BadRequest(f"not a ChatGPT export: {message.splitlines()[-1] if message else 'unreadable'}")
     if status == TOO_LARGE:
         raise PayloadTooLarge(message.splitlines()[-1] if message else "this export is too large to import")
+    if status in (-signal.SIGXCPU, -signal.SIGKILL):  # its CPU limit, or the kernel's OOM killer
+        raise PayloadTooLarge("this export is too large or too complex to read")
     if status != 0:
         logger.warning("a ChatGPT export could not be read (status %s): %s", status, message[-1000:])
-        raise PayloadTooLarge("this export is too large or too complex to read") if status < 0 \
+        raise ServiceUnavailable("the export could not be read here: try again") if status < 0 \
             else BadRequest("not a readable ChatGPT export")
 
 

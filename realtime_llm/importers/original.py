@@ -175,7 +175,7 @@ def _unix_time(value: Any) -> int | None:
         if value.isascii() and value.isdigit():
             return _unix_time(int(value)) if len(value) <= 16 else None
         try:
-            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-        except ValueError:
+            return _unix_time(int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()))
+        except (ValueError, OverflowError):
             return None
     return None

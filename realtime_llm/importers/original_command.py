@@ -110,9 +110,17 @@ async def import_original(settings: Settings, secret: str, sqlite_path: str, red
         importer = _Importer(settings, writer, UserStore(database), blobs, report, data)
         # Before anything is written: the ids to keep are set aside from what this server
         # hands out next, and those it has handed out are known, not to be given again.
-        importer.highest = await writer.highest_id_used()
-        await writer.reserve_ids(max((cid for user in data.users for row in user.conversations
-                                      if (cid := conversation_id(row.key)) is not None and kept_id(cid)), default=0))
+        highest = await writer.highest_id_used()
+        kept = max((cid for user in data.users for row in user.conversations
+                    if (cid := conversation_id(row.key)) is not None and kept_id(cid)), default=0)
+        await writer.reserve_ids(kept)
+        # ... and any the server made between those two steps is not to be kept either.
+        importer.taken = await writer.ids_between(highest, kept)
+        importer.highest = highest
+        if settings.auth.bcrypt_rounds < ORIGINAL_COST:
+            report.say(f"auth.bcrypt_rounds is {settings.auth.bcrypt_rounds}, below the original's "
+                       f"{ORIGINAL_COST}: a failed login as an imported user who has not logged in yet takes longer "
+                       "than one as an unknown user, which tells their names apart")
         for user in data.users:
             await importer.add(user)
         for orphan in data.orphans:
@@ -139,6 +147,7 @@ class _Importer:
         self.target = Target(settings.llm.default_model, ModelCatalog(settings.llm.providers).can_serve,
                              settings.limits.max_title_chars, settings.limits.max_api_key_chars, int(time.time()))
         self.highest = 0  # ids up to this one were handed out here before the import
+        self.taken: set[int] = set()  # ... and these, by the server, as the import began
         self.seen: set[int] = set()  # ids of this run ("42" and "042" are one id here)
 
     async def add(self, user: OriginalUser) -> None:
@@ -179,30 +188,33 @@ class _Importer:
         return ""
 
     async def _conversations(self, user: OriginalUser, counted: list[int]) -> AsyncIterator[ImportedConversation]:
-        """The user's conversations to write, their blobs read BLOBS_PER_READ at a time;
-        `counted[0]`: how many were skipped."""
+        """The user's conversations to write, their blobs read BLOBS_PER_READ at a time; one
+        whose id cannot be kept gets a new one (nothing is lost, and a rerun adds nothing:
+        the user is here then). `counted[0]`: how many were skipped."""
         wanted: list[tuple[int | None, OriginalConversation]] = []
         for row in user.conversations:
             number = conversation_id(row.key)
             if number is None:
-                problem = "its id is not a number"
-            elif number in self.seen or (kept_id(number) and number <= self.highest):
-                problem = "the id is, or was, a conversation's here"
+                counted[0] += 1
+                self.report.say(f"skipped conversation {row.key} of {user.username!r}: its id is not a number")
+                continue
+            if not kept_id(number):
+                problem = f"ids here are 1 to {MAX_KEPT_ID}"
+            elif number in self.seen or number <= self.highest or number in self.taken:
+                problem = "the id is, or was, another conversation's here"
             else:
                 self.seen.add(number)
-                wanted.append((number if kept_id(number) else None, row))
+                wanted.append((number, row))
                 continue
-            counted[0] += 1
-            self.report.say(f"skipped conversation {row.key} of {user.username!r}: {problem}")
+            self.report.say(f"conversation {row.key} of {user.username!r}: its id cannot be kept ({problem}): "
+                            "imported under a new one")
+            wanted.append((None, row))
         for start in range(0, len(wanted), BLOBS_PER_READ):
             batch = wanted[start:start + BLOBS_PER_READ]
             blobs = await self.blobs.read([key for _, row in batch for key in blob_keys(row.key, self.keys)])
             for cid, row in batch:
                 blob = next((blobs[key] for key in blob_keys(row.key, self.keys) if key in blobs), None)
                 result = convert(cid, row, blob, self.target)
-                if cid is None:
-                    self.report.say(f"conversation {row.key} of {user.username!r}: its id cannot be kept here "
-                                    f"(ids are 1 to {MAX_KEPT_ID}): imported under a new one")
                 if result.problem and (self.blobs.redis is not None or blob is not None):
                     self.report.say(f"conversation {row.key} of {user.username!r}: {result.problem}")
                 yield result.conversation

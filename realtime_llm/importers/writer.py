@@ -56,6 +56,12 @@ class ImportWriter:
                     await fetch_all(self.database, sa.text(statement).bindparams(highest=highest))
         await atomically(reserve)
 
+    async def ids_between(self, low: int, high: int) -> set[int]:
+        """Ids of conversations above `low`, up to `high`."""
+        rows = await fetch_all(self.database, sa.select(conversations.c.id).where(
+            conversations.c.id > low, conversations.c.id <= high))
+        return {int(row[0]) for row in rows}
+
     async def add_user(self, username: str, password_hash: str,
                        imported: AsyncIterator[ImportedConversation]) -> list[tuple[int, int]]:
         """A user with their conversations as they come, all or nothing: each conversation's
