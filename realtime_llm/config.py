@@ -131,6 +131,9 @@ class StreamSettings:
     batch_ms: int = 25  # deltas closer together than this go out as one event
     replay_events: int = 2000  # events kept per conversation for resume
     replay_ttl_seconds: int = 3600  # an idle conversation's replay buffer is dropped after this
+    # ... and once its answer has ended (done, error) or its branch changed, after this: the
+    # answer is in SQL, and a client resuming later gets `resync` and re-reads history.
+    replay_grace_seconds: float = 60.0
     subscriber_queue: int = 1000  # events a slow subscriber may fall behind before it is cut off
     subscriber_queue_bytes: int = 1_048_576  # ... and bytes of them (checked before each event)
     max_answer_chars: int = 1_000_000  # a longer answer is stopped there and saved

@@ -175,6 +175,8 @@ def _validate(settings: Settings) -> None:
                           "must be positive")
     if stream.batch_ms < 0 or stream.replay_events < 1 or stream.subscriber_queue < 1:
         raise ConfigError("config: 'stream' sizes must be positive (batch_ms may be 0)")
+    if not 0 < stream.replay_grace_seconds <= stream.replay_ttl_seconds:
+        raise ConfigError("config: 'stream.replay_grace_seconds' must be positive and at most 'replay_ttl_seconds'")
     if stream.keepalive_seconds <= 0 or stream.lock_ttl_seconds < 1:
         raise ConfigError("config: 'stream.keepalive_seconds' and 'stream.lock_ttl_seconds' must be positive")
     if not 1 <= settings.limits.websocket_seat_lease_seconds <= 3600:

@@ -16,6 +16,10 @@ TITLE = "title"
 TRUNCATE = "truncate"  # shown messages from `from_message_id` on give way (edit, regenerate)
 BRANCH = "branch"  # another branch is the active one: re-read the history
 RESYNC = "resync"  # a resume from events the replay buffer no longer holds: re-read the history
+# After these the conversation's events are in SQL (an answer saved, or ended; another
+# branch shown): its replay buffer is kept only stream.replay_grace_seconds more. (An
+# answer ends with done, then full_response.)
+SETTLING = frozenset({DONE, FULL_RESPONSE, ERROR, BRANCH})
 
 # Events after which a generation has ended, one way or the other.
 TERMINAL = frozenset({FULL_RESPONSE, ERROR})

@@ -78,7 +78,8 @@ def create_history_cache(settings: Settings, redis: RedisClient | None) -> Histo
         return HistoryCache()
     from realtime_llm.cache import RedisHistoryCache
 
-    return RedisHistoryCache(redis, settings.redis.key_prefix, settings.stream.replay_ttl_seconds)
+    # Kept as briefly as an ended answer's events: Redis holds little per idle conversation.
+    return RedisHistoryCache(redis, settings.redis.key_prefix, max(1, round(settings.stream.replay_grace_seconds)))
 
 
 def create_rate_limiter(settings: Settings, redis: RedisClient | None) -> RateLimiter:

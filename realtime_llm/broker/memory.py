@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable, Collection
 from realtime_llm.broker.base import Broker, ConversationGone, Subscription, resync_before
 from realtime_llm.broker.eventids import CounterMissing
 from realtime_llm.config import StreamSettings
-from realtime_llm.events import Event, make_event
+from realtime_llm.events import SETTLING, Event, make_event
 from realtime_llm.metrics import EVENTS_PUBLISHED
 from realtime_llm.tasks import stop_task
 
@@ -22,6 +22,7 @@ class _Channel:
     buffer: collections.deque[Event]
     last_id: int | None = None  # None: not counted in this process yet (restored from SQL)
     touched: float = field(default_factory=time.monotonic)
+    settled: float | None = None  # when its latest event was a settling one (events.SETTLING)
 
 
 class MemoryBroker(Broker):
@@ -59,6 +60,7 @@ class MemoryBroker(Broker):
         channel.last_id += 1
         event = make_event(channel.last_id, event_type, data, conversation_id=conversation_id, **metadata)
         channel.buffer.append(event)
+        channel.settled = time.monotonic() if event_type in SETTLING else None
         self._deliver_local(conversation_id, event)
         return event
 
@@ -109,12 +111,18 @@ class MemoryBroker(Broker):
         self._fail_local(conversation_id, ConversationGone("conversation deleted"))
 
     async def _sweep_idle(self) -> None:
-        """Drop replay buffers of conversations nobody has touched for replay_ttl_seconds."""
-        ttl = self.settings.replay_ttl_seconds
+        """Drop the conversations nobody has touched for replay_ttl_seconds, and empty the
+        replay buffers of those settled (an answer saved) replay_grace_seconds ago: only the
+        id counter stays, so a resume from before gets `resync` (nothing is missed quietly)."""
+        ttl, grace = self.settings.replay_ttl_seconds, self.settings.replay_grace_seconds
         while True:
-            await asyncio.sleep(min(60.0, ttl / 2))
-            cutoff = time.monotonic() - ttl
+            await asyncio.sleep(min(60.0, grace / 2, ttl / 2))
+            now = time.monotonic()
             busy = self._generating()
             for conversation_id, channel in list(self._channels.items()):
-                if conversation_id not in self._local and conversation_id not in busy and channel.touched < cutoff:
+                if conversation_id in busy:
+                    continue
+                if conversation_id not in self._local and channel.touched < now - ttl:
                     del self._channels[conversation_id]
+                elif channel.settled is not None and channel.settled < now - grace and channel.buffer:
+                    channel.buffer = collections.deque(maxlen=self.settings.replay_events)  # its memory freed

@@ -22,12 +22,13 @@ from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone
 from realtime_llm.broker.eventids import CounterMissing, Gathered
 from realtime_llm.broker.pubsub import PubSub, redis_call
 from realtime_llm.config import Settings
-from realtime_llm.events import Event, event_template
+from realtime_llm.events import SETTLING, Event, event_template
 from realtime_llm.metrics import EVENTS_PUBLISHED
 from realtime_llm.redisclient import RedisClient
 
 # A missing counter (never used, expired, Redis restarted) is never started from 0: the
 # script answers -1 and the broker restores it from the SQL ceiling (broker/eventids.py).
+# ARGV[4]: the counter's time to live, ARGV[6]: the buffer's (shorter after a settling event).
 PUBLISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local id = redis.call('INCR', KEYS[1])
@@ -35,7 +36,7 @@ local payload = ARGV[1] .. id .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-1', 'e', payload)
 redis.call('PUBLISH', ARGV[5], payload)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
 return id
 """
 
@@ -45,7 +46,7 @@ return id
 # written). KEYS as PUBLISH. ARGV[1] = the head of the events to gather, ARGV[2..4] = the
 # event in three parts around the built string and the id: A .. S .. B .. id .. C when
 # ARGV[5] is "1", else A .. id .. B .. S .. C; ARGV[6..8] = maxlen, ttl, channel, ARGV[9] =
-# the id the pieces follow, ARGV[10] = how many there are. Each piece's data is taken as
+# the id the pieces follow, ARGV[10] = how many there are, ARGV[11] = the buffer's ttl. Each piece's data is taken as
 # written (already JSON-escaped, and escaping is per character, so the pieces concatenate
 # to the escaped text). If the buffer no longer holds all of them: -1, nothing published.
 PUBLISH_GATHERED = """
@@ -69,7 +70,7 @@ end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], id .. '-1', 'e', payload)
 redis.call('PUBLISH', ARGV[8], payload)
 redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('EXPIRE', KEYS[2], ARGV[11])
 return id
 """
 
@@ -135,7 +136,7 @@ class RedisBroker(Broker):
         event_id = int(await self._call(self._scripts["publish"](
             keys=[self.key(conversation_id, "seq"), self.key(conversation_id, "events")],
             args=[prefix, suffix, self.settings.replay_events, self.settings.replay_ttl_seconds,
-                  self.key(conversation_id, "live")],
+                  self.key(conversation_id, "live"), self._buffer_ttl(event_type)],
         )))
         if event_id < 0:
             raise CounterMissing()
@@ -158,13 +159,22 @@ class RedisBroker(Broker):
         event_id = int(await self._call(self._scripts["publish_gathered"](
             keys=[self.key(conversation_id, "seq"), self.key(conversation_id, "events")],
             args=[head, a, b, c, "1" if in_data else "0", self.settings.replay_events,
-                  self.settings.replay_ttl_seconds, self.key(conversation_id, "live"), gathered.after, gathered.count],
+                  self.settings.replay_ttl_seconds, self.key(conversation_id, "live"), gathered.after, gathered.count,
+                  self._buffer_ttl(event_type)],
         )))
         if event_id < 0:  # the buffer lost some of them (Redis restarted, say): send it whole
             return await self._publish(conversation_id, event_type, data, **metadata)
         EVENTS_PUBLISHED.labels(event_type).inc()
         prefix, suffix = event_template(event_type, data, conversation_id=conversation_id, **metadata)
         return Event(event_id, event_type, prefix + str(event_id).encode() + suffix)
+
+    def _buffer_ttl(self, event_type: str) -> int:
+        """How long the replay buffer stays after this event: past a settling one (an answer
+        saved) a short grace, for clients resuming it; the counter stays for the full ttl
+        (a few bytes), so a resume later is told `resync`, not given a gap."""
+        if event_type in SETTLING:
+            return max(1, round(self.settings.replay_grace_seconds))
+        return self.settings.replay_ttl_seconds
 
     async def replay(self, conversation_id: int, after: int) -> list[Event]:
         entries = await self._call(self.redis.xrange(
