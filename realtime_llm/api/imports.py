@@ -51,7 +51,7 @@ async def import_chatgpt(request: Request) -> JSONResponse:
         try:
             async with contextlib.aclosing(read_export(upload, reading)) as conversations:
                 async for conversation in conversations:
-                    await writer.add_conversations(caller.user.id, [conversation], written)
+                    await writer.add_conversation(caller.user.id, conversation, written)
         except BaseException:
             await atomically(lambda: _delete(services.conversations, caller.user.id, written))
             raise

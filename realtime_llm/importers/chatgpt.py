@@ -19,7 +19,7 @@ from typing import IO, Any, Iterator
 
 import ijson
 
-from realtime_llm.importers.records import ImportedConversation, ImportedMessage, storable
+from realtime_llm.importers.records import ImportedConversation, ImportedMessage, storable, unix_time
 
 ZIP_MAGIC = b"PK\x03\x04"
 BOM = b"\xef\xbb\xbf"
@@ -215,14 +215,11 @@ def _kept_above(nodes: dict[str, Any], kept: set[str], n: int) -> dict[str, str 
 
 def seconds(value: Any) -> int | None:
     """Unix seconds from a number of them, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return int(value) if 0 < value < 2**53 else None
+    time = unix_time(value)
+    return None if time is None else int(time)
 
 
 def _time_order(message: dict[str, Any]) -> tuple[bool, float]:
     """Oldest first, those without a time last (the sort is stable: then the export's order)."""
-    value = message.get("create_time")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 2**53:
-        return (False, float(value))
-    return (True, 0.0)
+    time = unix_time(message.get("create_time"))
+    return (time is None, time or 0.0)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import orjson
 
 from realtime_llm.bodies import MAX_ID
-from realtime_llm.importers.records import ImportedConversation, ImportedMessage, storable
+from realtime_llm.importers.records import ImportedConversation, ImportedMessage, storable, unix_time
 
 
 class UnreadableSource(Exception):
@@ -167,10 +167,9 @@ def _string(value: Any) -> str:
 
 def _unix_time(value: Any) -> int | None:
     """Unix seconds, from an integer (later versions) or an ISO 8601 string (early ones)."""
-    if isinstance(value, bool):
-        return None
     if isinstance(value, (int, float)):
-        return int(value) if 0 < value < 2**53 else None
+        time = unix_time(value)
+        return None if time is None else int(time)
     if isinstance(value, str) and value:
         if value.isascii() and value.isdigit():
             return _unix_time(int(value)) if len(value) <= 16 else None

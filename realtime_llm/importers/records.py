@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 
 @dataclass(frozen=True)
@@ -35,3 +35,10 @@ def storable(text: str) -> str:
     """Text every database holds: no NUL (PostgreSQL refuses it), no lone surrogate (not
     UTF-8), each replaced by U+FFFD, as imported data may well carry them."""
     return UNSTORABLE.sub("\ufffd", text)
+
+
+def unix_time(value: Any) -> float | None:
+    """A number that is a Unix time after 1970 (seconds, as both sources write them), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 < value < 2**53 else None

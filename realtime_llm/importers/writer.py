@@ -5,7 +5,7 @@ Their text comes storable (records.storable) from whoever read it."""
 from __future__ import annotations
 
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator
 
 import sqlalchemy as sa
 from databases import Database
@@ -74,14 +74,13 @@ class ImportWriter:
                         async for conversation in imported]
         return await atomically(write)
 
-    async def add_conversations(self, user_id: int, imported: Sequence[ImportedConversation],
-                                written: list[int]) -> None:
-        """Conversations for a user, all or nothing; their ids go on `written` once they are
+    async def add_conversation(self, user_id: int, conversation: ImportedConversation, written: list[int]) -> None:
+        """A conversation for a user, in one transaction; its id goes on `written` once it is
         committed, even if the caller is cancelled meanwhile."""
         async def write() -> None:
             async with self.database.transaction():
-                ids = [await self._add(user_id, conversation) for conversation in imported]
-            written.extend(ids)
+                cid = await self._add(user_id, conversation)
+            written.append(cid)
         await atomically(write)
 
     async def _add(self, user_id: int, conversation: ImportedConversation) -> int:
