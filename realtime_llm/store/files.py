@@ -112,13 +112,13 @@ class FileStore:
                           *, contents: bool = False) -> dict[int, list[StoredFile]]:
         """The files each message carries, in order (of every message, or of these); with
         `contents`, what a model reads of them too."""
+        if message_ids is not None and not message_ids:
+            return {}
         m = message_files
         query = sa.select(m.c.message_id, *META_COLUMNS, files.c.text if contents else sa.literal("")).join_from(
             m, files, files.c.id == m.c.file_id).where(m.c.conversation_id == conversation_id).order_by(
             m.c.message_id, m.c.position)
         if message_ids is not None:
-            if not message_ids:
-                return {}
             query = query.where(m.c.message_id.in_(list(message_ids)))
         rows = await fetch_all(self.database, query)
         data = await self._bytes_of({row[1] for row in rows if row[3] != "application/pdf"}) if contents else {}

@@ -94,9 +94,11 @@ class MessageStore:
         start = leaf
         while start:
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=start, page=page)
-            carried = await self.files.of_messages(conversation_id, [r[0] for r in rows if r[1] == "user"])
+            carried = await self.files.of_messages(conversation_id, [r[0] for r in rows if r[-1]])
             for r in rows:
-                message = dataclasses.replace(message_from_row(r), attachments=tuple(carried.get(r[0], ())))
+                message = message_from_row(r[:-1])
+                if r[0] in carried:
+                    message = dataclasses.replace(message, attachments=tuple(carried[r[0]]))
                 size = len(message.content) + (len(message.reasoning) if with_reasoning else 0) + sum(
                     IMAGE_COST_CHARS if f.is_image else len(f.name) + f.text_chars for f in message.attachments)
                 pixels = sum(f.size for f in message.attachments if f.is_image)

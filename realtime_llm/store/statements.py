@@ -52,8 +52,13 @@ def _up() -> sa.CTE:
 
 _path = _up()
 _on_path = sa.and_(messages.c.conversation_id == _cid, messages.c.message_id == _path.c.message_id)
-# The branch through `start` read backwards a page at a time, newest first.
-PATH_UP = Compiled(sa.select(*MESSAGE_COLUMNS).join_from(_path, messages, _on_path).order_by(_path.c.depth))
+# The branch through `start` read backwards a page at a time, newest first; the last column
+# says whether the message carries files (one primary-key probe), so that a prompt of
+# messages without any asks nothing more.
+_carries = sa.exists().where(message_files.c.conversation_id == _cid,
+                             message_files.c.message_id == messages.c.message_id)
+PATH_UP = Compiled(sa.select(*MESSAGE_COLUMNS, _carries.label("carries")).join_from(_path, messages, _on_path)
+                   .order_by(_path.c.depth))
 PATH_LENGTH = Compiled(sa.select(sa.func.count()).select_from(_path.join(messages, _on_path)))
 # A fork: the branch up to `start` copied, in SQL, into conversation `new` as messages 1..n,
 # with the files they carry.
