@@ -1,22 +1,28 @@
-"""The thinnest possible relay, the baseline of streaming capacity (issue 7, figure 2):
-a bare Starlette WebSocket endpoint that opens the upstream stream and forwards each
-token as one frame. No auth, storage or broker; the same uvicorn settings as the server.
+"""The thinnest possible relay, the baseline of streaming capacity (issue 7, figure 2) and
+of CPU per relayed token (bench.relay_cpu): a bare Starlette app that opens the upstream
+stream and forwards each token as it comes, over a WebSocket (one frame a token) or as
+Server-Sent Events (one event a token). No auth, storage, batching or broker; the same
+uvicorn settings and the same upstream client (aiohttp) as the server.
 
     python -m bench.bare_relay PORT UPSTREAM_BASE_URL
 
-It speaks just enough of the server's protocol for the load generator of
-bench.ws_streams: `ready`, then a `message` frame starts an answer, whose tokens come
-back as `message` events and end with `full_response`.
+It speaks just enough of the server's protocol for the load generators: on the socket,
+`ready`, then a `message` frame starts an answer, whose tokens come back as `message`
+events and end with `full_response`; POST /api/chat/{id} with {"message"} streams the
+same events as SSE.
 """
 from __future__ import annotations
 
 import sys
+from typing import AsyncIterator
 
-import httpx
+import aiohttp
 import orjson
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from realtime_llm.providers.sse_reader import sse_data
@@ -24,26 +30,52 @@ from realtime_llm.wsprotocol import WebSocketProtocol
 
 
 def app(upstream: str) -> Starlette:
-    client = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None))
+    session: list[aiohttp.ClientSession] = []  # made on the first request, inside the loop
+
+    async def tokens(content: str) -> AsyncIterator[str]:
+        if not session:
+            session.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        body = {"model": "fake-bare", "stream": True, "messages": [{"role": "user", "content": content}]}
+        async with session[0].post(upstream + "/chat/completions", data=orjson.dumps(body),
+                                   headers={"Content-Type": "application/json"}) as response:
+            async for data in sse_data(_text(response)):
+                if data == "[DONE]":
+                    continue
+                delta = orjson.loads(data)["choices"][0]["delta"].get("content")
+                if delta:
+                    yield delta
 
     async def relay(websocket: WebSocket) -> None:
         await websocket.accept()
         await websocket.send_text('{"event":"ready","data":""}')
         frame = orjson.loads(await websocket.receive_text())
-        body = {"model": "fake-bare", "stream": True, "messages": [{"role": "user", "content": frame["content"]}]}
         parts = []
-        async with client.stream("POST", upstream + "/chat/completions", json=body) as response:
-            async for data in sse_data(response.aiter_text()):  # SSE lines split on \n only
-                if data == "[DONE]":
-                    continue
-                delta = orjson.loads(data)["choices"][0]["delta"].get("content")
-                if delta:
-                    parts.append(delta)
-                    await websocket.send_text(orjson.dumps({"event": "message", "data": delta}).decode())
+        async for delta in tokens(frame["content"]):
+            parts.append(delta)
+            await websocket.send_text(orjson.dumps({"event": "message", "data": delta}).decode())
         await websocket.send_text(orjson.dumps({"event": "full_response", "data": "".join(parts)}).decode())
         await websocket.close()
 
-    return Starlette(routes=[WebSocketRoute("/ws/conversations/{id}", relay)])
+    async def chat(request: Request) -> StreamingResponse:
+        content = orjson.loads(await request.body())["message"]
+
+        async def events() -> AsyncIterator[bytes]:
+            parts = []
+            async for delta in tokens(content):
+                parts.append(delta)
+                yield b"event: message\ndata: %s\n\n" % orjson.dumps({"event": "message", "data": delta})
+            yield b"event: full_response\ndata: %s\n\n" % orjson.dumps({"event": "full_response",
+                                                                        "data": "".join(parts)})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(routes=[WebSocketRoute("/ws/conversations/{id}", relay),
+                             Route("/api/chat/{id}", chat, methods=["POST"])])
+
+
+async def _text(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    async for chunk in response.content.iter_any():
+        yield chunk.decode()  # the fake upstream's tokens are ASCII
 
 
 def main() -> None:
