@@ -65,7 +65,8 @@ async def load(url: str, users: list[tuple[dict[str, str], int]], message: str, 
     `seconds` after one second of warm-up."""
     start = time.monotonic() + 1.0
     window = [start, start + seconds]
-    counted, failures = [0], []
+    counted: list[int] = [0]
+    failures: list[str] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def measure_cpu() -> tuple[float, float]:
@@ -74,10 +75,12 @@ async def load(url: str, users: list[tuple[dict[str, str], int]], message: str, 
             await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
             return before, cpu_seconds(pid)
 
-        cpu, *_ = await asyncio.gather(measure_cpu(), *(
-            client(session, url, headers, cid, message, window, counted, failures) for headers, cid in users))
+        cpu = asyncio.create_task(measure_cpu())
+        await asyncio.gather(*(client(session, url, headers, cid, message, window, counted, failures)
+                               for headers, cid in users))
+        before, after = await cpu
     tokens = counted[0]
-    return tokens / seconds, (cpu[1] - cpu[0]) * 1000 / max(tokens, 1) * 1000, len(failures)
+    return tokens / seconds, (after - before) * 1000 / max(tokens, 1) * 1000, len(failures)
 
 
 def run(streams: int, token_counts: list[int], seconds: float, rounds: int,
