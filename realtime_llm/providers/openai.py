@@ -44,8 +44,11 @@ class OpenAIProvider(Provider):
         # connect: waiting for a pooled connection and opening one; sock_read: any silence
         # of the upstream, before its headers or between two chunks of its answer.
         timeout = aiohttp.ClientTimeout(connect=connect, sock_connect=connect, sock_read=read)
+        # No cookie jar: one session serves every user, and an upstream's Set-Cookie for one
+        # must not go out with another's request.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
-                                              timeout=timeout, trust_env=False)
+                                              timeout=timeout, trust_env=False,
+                                              cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
         if self._session is not None:
@@ -72,15 +75,18 @@ class OpenAIProvider(Provider):
         # socket timeouts bound each read, not a write the upstream never takes).
         try:
             async with asyncio.timeout(self.settings.connect_timeout + self.settings.read_timeout):
-                response = await self._session.post(self.url, data=orjson.dumps(body),
+                # A redirect is a refusal (HTTP 30x), as it was: followed, it would send the
+                # conversation wherever Location points (aiohttp follows by default).
+                response = await self._session.post(self.url, data=orjson.dumps(body), allow_redirects=False,
                                                     headers={**headers, "Content-Type": "application/json"})
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(_network_message(exc, self.settings.name)) from None
         try:
+            silence = self.settings.read_timeout
             if response.status != 200:
-                raise UpstreamError(await _refusal(response, key))
+                raise UpstreamError(await _refusal(response, key, silence))
             splitter = ThinkTagSplitter() if self.settings.think_tags else None
-            yield Completion(lambda completion: _deltas(response, key, completion, splitter))
+            yield Completion(lambda completion: _deltas(response, key, completion, splitter, silence))
         finally:  # unread to its end, the connection is closed rather than pooled
             response.release()
 
@@ -101,18 +107,40 @@ def content_part(attachment: Attachment) -> dict[str, object]:
     return {"type": "text", "text": f"{attachment.name}:\n{attachment.text}"}
 
 
-async def _text(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The body as text as it arrives (UTF-8; a character split across chunks is joined)."""
+async def _text(response: aiohttp.ClientResponse, silence: float) -> AsyncIterator[str]:
+    """The body as text as it arrives (UTF-8; a character split across chunks is joined);
+    TimeoutError after `silence` seconds without a byte.
+
+    aiohttp's own socket timeout does that, except after a chunk it cannot parse (a bad
+    chunk size): llhttp's error drops the timer and never reaches the body's reader, which
+    then waits for good. So a watchdog of ours too, one timer per `silence` rather than a
+    timeout around every read (this runs for every chunk of every answer)."""
+    loop = asyncio.get_running_loop()
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    async for chunk in response.content.iter_any():
-        yield decoder.decode(chunk)
-    yield decoder.decode(b"", final=True)
+    heard = loop.time()
+    watchdog: asyncio.TimerHandle
+
+    def watch() -> None:
+        nonlocal watchdog
+        if loop.time() - heard >= silence:
+            response.content.set_exception(TimeoutError("the upstream went silent"))
+        else:
+            watchdog = loop.call_at(heard + silence, watch)
+
+    watchdog = loop.call_at(heard + silence, watch)
+    try:
+        async for chunk in response.content.iter_any():
+            heard = loop.time()
+            yield decoder.decode(chunk)
+        yield decoder.decode(b"", final=True)
+    finally:
+        watchdog.cancel()
 
 
 async def _deltas(response: aiohttp.ClientResponse, key: str, completion: Completion,
-                  splitter: ThinkTagSplitter | None) -> AsyncIterator[str]:
+                  splitter: ThinkTagSplitter | None, silence: float) -> AsyncIterator[str]:
     finished = False
-    events = sse_data(_text(response))
+    events = sse_data(_text(response, silence))
     try:
         async for data in events:
             if data.strip() == "[DONE]":
@@ -190,11 +218,12 @@ def _parse_chunk(data: str, key: str) -> dict[str, Any]:
     return chunk
 
 
-async def _refusal(response: aiohttp.ClientResponse, key: str) -> str:
+async def _refusal(response: aiohttp.ClientResponse, key: str, silence: float) -> str:
     raw = b""
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):  # what came is enough to name it
-        while len(raw) < MAX_ERROR_BODY and (part := await response.content.read(MAX_ERROR_BODY - len(raw))):
-            raw += part
+        async with asyncio.timeout(silence):  # (see _text: aiohttp's own may never fire)
+            while len(raw) < MAX_ERROR_BODY and (part := await response.content.read(MAX_ERROR_BODY - len(raw))):
+                raw += part
     detail = ""
     try:
         body = orjson.loads(raw)
@@ -222,6 +251,6 @@ def _network_message(exc: Exception, name: str) -> str:
         return f"could not reach the model provider {name!r}"
     if isinstance(exc, TimeoutError):  # aiohttp's socket timeouts are TimeoutErrors too
         return "the model stopped answering (timed out)"
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
         return "the model's connection closed in the middle of the answer"
     return f"the model request failed ({type(exc).__name__})"

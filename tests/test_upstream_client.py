@@ -1,0 +1,120 @@
+"""The upstream client against an upstream that misbehaves at the HTTP level, which the
+fake upstream (a well-behaved Starlette app) cannot: a raw HTTP server on loopback that
+answers each request as the test scripts it, and keeps what it was sent."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+import pytest
+
+from realtime_llm.config import ProviderSettings
+from realtime_llm.providers import ChatMessage, ChatRequest, UpstreamError
+from realtime_llm.providers.openai import OpenAIProvider
+
+pytestmark = pytest.mark.anyio
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+CHUNK = b'data: {"choices":[{"delta":{"content":"hi "}}]}\n\n'
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class RawUpstream:
+    """Each request's head is kept; `answer(n)` gives the bytes to answer the n-th with, or
+    a list of pieces, sent 0.2 s apart."""
+
+    def __init__(self, answer: Callable[[int], bytes | list[bytes]]) -> None:
+        self.answer = answer
+        self.heads: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                self.heads.append(head)
+                answer = self.answer(len(self.heads))
+                for piece in [answer] if isinstance(answer, bytes) else answer:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            await asyncio.sleep(1.5)  # holds the connection open past the read timeout, as a stalled upstream would
+            writer.close()
+
+
+async def started(answer: Callable[[int], bytes | list[bytes]],
+                  host: str = "127.0.0.1") -> tuple[RawUpstream, asyncio.Server, OpenAIProvider]:
+    upstream = RawUpstream(answer)
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = OpenAIProvider(ProviderSettings(name="raw", kind="openai", base_url=f"http://{host}:{port}/v1",
+                                               connect_timeout=1.0, read_timeout=1.0))
+    await provider.start()
+    return upstream, server, provider
+
+
+async def read_answer(provider: OpenAIProvider) -> str:
+    text = ""
+    async with provider.stream(ChatRequest("m", (ChatMessage("user", "hello"),))) as completion:
+        async for delta in completion:
+            text += delta
+    return text
+
+
+
+
+async def test_a_chunk_that_cannot_be_parsed_ends_the_answer_within_the_read_timeout() -> None:
+    """A good chunk, then a chunk size that is not hex: aiohttp's parser fails without
+    telling the body's reader (nor keeping its timer), which waited for good."""
+    upstream, server, provider = await started(
+        lambda n: [HEAD + b"\r\n%x\r\n%s\r\n" % (len(CHUNK), CHUNK), b"zz\r\nbroken\r\n"])
+    began = time.monotonic()
+    try:
+        with pytest.raises(UpstreamError, match="timed out|closed"):
+            async with asyncio.timeout(10):
+                await read_answer(provider)
+        assert time.monotonic() - began < 5
+    finally:
+        await provider.close()
+        server.close()
+
+
+async def test_a_redirect_is_a_refusal_and_is_not_followed() -> None:
+    upstream, server, provider = await started(
+        lambda n: b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n")
+    try:
+        with pytest.raises(UpstreamError, match=r"HTTP 307"):
+            async with asyncio.timeout(10):
+                await read_answer(provider)
+        assert len(upstream.heads) == 1 and upstream.heads[0].startswith(b"POST /v1/chat/completions ")
+    finally:
+        await provider.close()
+        server.close()
+
+
+async def test_a_cookie_the_upstream_sets_is_never_sent_back() -> None:
+    """One client serves every user: a cookie set in answer to one would go with the next's."""
+    body = b"data: " + b'{"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}' + b"\n\ndata: [DONE]\n\n"
+    upstream, server, provider = await started(
+        lambda n: b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nSet-Cookie: sid=first-users; Path=/\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+        host="localhost")  # (a cookie jar keeps no cookie of an IP address)
+    try:
+        async with asyncio.timeout(10):
+            assert await read_answer(provider) == "hi"
+            assert await read_answer(provider) == "hi"
+        assert len(upstream.heads) == 2
+        assert all(b"cookie:" not in head.lower() for head in upstream.heads), upstream.heads[1]
+    finally:
+        await provider.close()
+        server.close()
