@@ -11,7 +11,6 @@ stop, put into the same queue, is seen at once: nothing is ever cancelled to sto
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import AsyncIterator, Union
 
 from realtime_llm.providers.base import Thought
@@ -37,41 +36,61 @@ class Stopped(Exception):
     """The answer was stopped before its end; what came before the stop was handed out."""
 
 
+class _Tick(_Marker):
+    """The end of one batch window: its timer puts it into the queue."""
+
+
 async def coalesce(queue: asyncio.Queue[Item], window: float) -> AsyncIterator[str]:
     """The text in `queue`, deltas of one kind (answer, or Thought) that arrive within
     `window` seconds of the last batch joined into one, until END. STOPPED raises Stopped
-    and a failure is raised, each after the text that came before it."""
+    and a failure is raised, each after the text that came before it.
+
+    A held batch has one timer, which puts a _Tick into the queue when the window ends: one
+    timer a batch rather than a timeout around every wait (which cost 6 % of the server's
+    CPU at 50 streams, py-spy, bench.relay_cpu). A tick of a batch that went out earlier is
+    ignored."""
+    loop = asyncio.get_running_loop()
     pending: list[str] = []
     thinking = False  # the kind of what is pending
     last_batch = float("-inf")
-    while True:
-        item: Item
-        if not pending:  # nothing held back: no timer (this runs for every token)
+    tick: _Tick | None = None  # the current window's, while a batch is held
+    timer: asyncio.TimerHandle | None = None
+    try:
+        while True:
             item = await queue.get()
-        else:
-            try:
-                async with asyncio.timeout(max(0.0, last_batch + window - time.monotonic())):
-                    item = await queue.get()
-            except TimeoutError:
-                item = ""
-        if isinstance(item, str):
-            if item and pending and isinstance(item, Thought) != thinking:  # the model turned
+            if isinstance(item, _Tick):
+                if item is not tick:
+                    continue
+                tick = None
+            elif isinstance(item, str):
+                if item and pending and isinstance(item, Thought) != thinking:  # the model turned
+                    yield _joined(pending, thinking)
+                    last_batch = float("-inf")
+                if item:
+                    thinking = isinstance(item, Thought)
+                    pending.append(item)
+                if not pending:
+                    continue
+                if loop.time() - last_batch < window:
+                    if tick is None:
+                        tick = _Tick("TICK")
+                        timer = loop.call_at(last_batch + window, queue.put_nowait, tick)
+                    continue
+            if pending:
                 yield _joined(pending, thinking)
-                last_batch = float("-inf")
-            if item:
-                thinking = isinstance(item, Thought)
-                pending.append(item)
-            if not pending or time.monotonic() - last_batch < window:
-                continue
-        if pending:
-            yield _joined(pending, thinking)
-            last_batch = time.monotonic()
-        if item is END:
-            return
-        if item is STOPPED:
-            raise Stopped()
-        if isinstance(item, BaseException):
-            raise item
+                last_batch = loop.time()
+            if timer is not None:  # the batch went out: its window's timer is done with
+                timer.cancel()
+                timer, tick = None, None
+            if item is END:
+                return
+            if item is STOPPED:
+                raise Stopped()
+            if isinstance(item, BaseException):
+                raise item
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _joined(pending: list[str], thinking: bool) -> str:

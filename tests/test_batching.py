@@ -55,6 +55,26 @@ async def test_the_window_closes_on_time_while_the_upstream_is_silent() -> None:
         assert await anext(batches) == "b"  # nothing more came: the window's end sent it
 
 
+async def test_a_steady_stream_goes_out_a_window_at_a_time_and_whole() -> None:
+    """Deltas 5 ms apart under a 30 ms window: batches of several, none lost or reordered,
+    and a window's timer never flushes the next batch early (it would make many small ones)."""
+    queue: asyncio.Queue[Item] = asyncio.Queue()
+    sent = [f"t{i} " for i in range(40)]
+
+    async def steady() -> None:
+        for delta in sent:
+            queue.put_nowait(delta)
+            await asyncio.sleep(0.005)
+        queue.put_nowait(END)
+
+    feeder = asyncio.create_task(steady())
+    batches = [b async for b in coalesce(queue, window=0.03)]
+    await feeder
+    assert "".join(batches) == "".join(sent)
+    assert batches[0] == "t0 "  # the first at once
+    assert 3 <= len(batches) <= 15, batches  # about 200 ms in windows of 30 ms, not 40 alone
+
+
 async def test_a_failure_comes_after_the_text_before_it() -> None:
     seen: list[str] = []
     with pytest.raises(ConnectionError):
