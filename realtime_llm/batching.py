@@ -11,7 +11,7 @@ stop, put into the same queue, is seen at once: nothing is ever cancelled to sto
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Union
+from typing import AsyncGenerator, Union
 
 from realtime_llm.providers.base import Thought
 
@@ -40,7 +40,7 @@ class _Tick(_Marker):
     """The end of one batch window: its timer puts it into the queue."""
 
 
-async def coalesce(queue: asyncio.Queue[Item], window: float) -> AsyncIterator[str]:
+async def coalesce(queue: asyncio.Queue[Item], window: float) -> AsyncGenerator[str, None]:
     """The text in `queue`, deltas of one kind (answer, or Thought) that arrive within
     `window` seconds of the last batch joined into one, until END. STOPPED raises Stopped
     and a failure is raised, each after the text that came before it.

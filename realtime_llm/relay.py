@@ -89,9 +89,13 @@ class UpstreamReader:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        assert self._task is not None
-        self._task.cancel()  # done already, unless the answer was stopped or failed here
-        await finish_task(self._task)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the upstream request (done already, unless the answer was stopped or failed)."""
+        if self._task is not None:
+            self._task.cancel()
+            await finish_task(self._task)
 
     async def _read(self) -> None:
         try:
@@ -132,6 +136,8 @@ class AnswerRelay:
         leaf = await self.store.messages.active_leaf(conversation)
         generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, leaf,
                                                with_reasoning=provider.sends_reasoning, unsaved=text)
+        if generation.stop_requested:  # stopped meanwhile: the message is saved, nothing asked
+            return leaf
         generation.reader = await stack.enter_async_context(UpstreamReader(provider, self._request(generation)))
         return leaf
 
@@ -147,6 +153,8 @@ class AnswerRelay:
         when stopped (by the user, a limit, shutdown). The request is the one asked ahead,
         if it was."""
         if generation.stop_requested:
+            if generation.reader is not None:  # asked ahead: stop reading it now, not at the end
+                await generation.reader.close()
             return "cancelled"
         conversation = generation.conversation
         provider = self.provider_for(conversation.model)
@@ -165,8 +173,8 @@ class AnswerRelay:
                         self.broker, generation.conversation_id, generation.replaces, generation.replaces)
                     generation.replaced_hidden = True
                 generation.settle(None)
-                await self._relay(generation, reader, answer, UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name),
-                                  reader.began)
+                await self._relay(generation, reader, answer,
+                                  UPSTREAM_FIRST_TOKEN_SECONDS.labels(reader.provider.name), reader.began)
             generation.usage = reader.usage
             return reader.finish_reason if reader.finish_reason in FINISH_REASONS else "stop"
         except Stopped:
@@ -176,7 +184,7 @@ class AnswerRelay:
             generation.limit = "size"
             return "cancelled"
         except UpstreamError:
-            UPSTREAM_ERRORS.labels(provider.name).inc()
+            UPSTREAM_ERRORS.labels(reader.provider.name).inc()
             raise
 
     async def _relay(self, generation: Generation, reader: UpstreamReader, answer: Answer,
@@ -186,21 +194,23 @@ class AnswerRelay:
         AnswerTooLong)."""
         cid = generation.conversation_id
         room = self.settings.stream.max_answer_chars  # what the answer may still grow by
-        async for text in coalesce(reader.queue, self.settings.stream.batch_ms / 1000):
-            if not (answer.parts or answer.thoughts):
-                first_token.observe(time.monotonic() - began)
-            cut = len(text) >= room
-            thinking = isinstance(text, Thought)
-            text = text[:room]
-            await self.broker.publish(cid, REASONING if thinking else MESSAGE, text)
-            # Only what was published is part of the answer.
-            (answer.thoughts if thinking else answer.parts).append(text)
-            if cut:
-                raise AnswerTooLong()
-            room -= len(text)
-            # The in-process publish and a non-empty queue never suspend: without this, a
-            # fast upstream would fill every subscriber's queue before one of them sends.
-            await asyncio.sleep(0)
+        # Closed at once (its timer with it) when the answer is cut short, not when collected.
+        async with contextlib.aclosing(coalesce(reader.queue, self.settings.stream.batch_ms / 1000)) as texts:
+            async for text in texts:
+                if not (answer.parts or answer.thoughts):
+                    first_token.observe(time.monotonic() - began)
+                cut = len(text) >= room
+                thinking = isinstance(text, Thought)
+                text = text[:room]
+                await self.broker.publish(cid, REASONING if thinking else MESSAGE, text)
+                # Only what was published is part of the answer.
+                (answer.thoughts if thinking else answer.parts).append(text)
+                if cut:
+                    raise AnswerTooLong()
+                room -= len(text)
+                # The in-process publish and a non-empty queue never suspend: without this, a
+                # fast upstream would fill every subscriber's queue before one of them sends.
+                await asyncio.sleep(0)
 
 
 class AnswerTooLong(Exception):
