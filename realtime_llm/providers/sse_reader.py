@@ -1,4 +1,9 @@
-"""Reading an upstream's Server-Sent Events stream, as the SSE specification defines it."""
+"""Reading an upstream's Server-Sent Events stream, as the SSE specification defines it.
+
+The parsing is plain functions over each chunk (SSEParser), with one async generator
+around it: lines passed up through async generators of their own (a line reader under the
+event reader) cost about 8 % of the server's CPU at 50 streams (py-spy, bench.relay_cpu),
+for one event of two lines per token."""
 from __future__ import annotations
 
 import re
@@ -9,37 +14,63 @@ from typing import AsyncIterator
 END_OF_LINE = re.compile(r"\r\n|\r|\n")
 
 
-async def sse_lines(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-    buffer = ""
-    async for chunk in chunks:
-        buffer += chunk
-        start = 0
-        for match in END_OF_LINE.finditer(buffer):
-            if match.group() == "\r" and match.end() == len(buffer):
-                break  # maybe the first half of a CRLF split across chunks
-            yield buffer[start:match.start()]
-            start = match.end()
-        buffer = buffer[start:]
-    if buffer:
-        yield buffer.rstrip("\r")
+class SSEParser:
+    """Text in as it arrives, the `data` of each complete event out: multi-line data joined
+    by newlines; comments, `event:`, `id:` and `retry:` fields skipped; an event without
+    data dispatches nothing."""
+
+    def __init__(self) -> None:
+        self._buffer = ""  # an unfinished line
+        self._data: list[str] = []  # the data lines of the event under way
+
+    def feed(self, chunk: str) -> list[str]:
+        buffer = self._buffer + chunk
+        if "\r" not in buffer:  # the usual case: LF only, no regular expression
+            lines = buffer.split("\n")
+            self._buffer = lines.pop()
+        else:
+            lines, start = [], 0
+            for match in END_OF_LINE.finditer(buffer):
+                if match.group() == "\r" and match.end() == len(buffer):
+                    break  # maybe the first half of a CRLF split across chunks
+                lines.append(buffer[start:match.start()])
+                start = match.end()
+            self._buffer = buffer[start:]
+        events: list[str] = []
+        for line in lines:
+            self._line(line, events)
+        return events
+
+    def end(self) -> list[str]:
+        """The stream has ended: a last line without its end, and an event without the
+        blank line that should have closed it, still count."""
+        events: list[str] = []
+        if self._buffer:
+            self._line(self._buffer.rstrip("\r"), events)
+            self._buffer = ""
+        if self._data:
+            events.append("\n".join(self._data))
+            self._data = []
+        return events
+
+    def _line(self, line: str, events: list[str]) -> None:
+        if not line:
+            if self._data:
+                events.append("\n".join(self._data))
+                self._data = []
+            return
+        if line[0] == ":":
+            return
+        name, _, value = line.partition(":")
+        if name == "data":
+            self._data.append(value[1:] if value.startswith(" ") else value)
 
 
 async def sse_data(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The `data` of each event: multi-line data joined by newlines; comments, `event:`,
-    `id:` and `retry:` fields skipped; an event without data dispatches nothing."""
-    data: list[str] = []
-    async for line in sse_lines(chunks):
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            data.append(value)
-    if data:  # a stream that ends without the final blank line still delivers its last event
-        yield "\n".join(data)
+    """The `data` of each event of a stream of text chunks (SSEParser)."""
+    parser = SSEParser()
+    async for chunk in chunks:
+        for data in parser.feed(chunk):
+            yield data
+    for data in parser.end():
+        yield data
