@@ -2,7 +2,8 @@
 
 Each figure is measured against a baseline taken in the same run on the same machine
 (the fake upstream called directly, an unloaded run, a one-row request, the server
-before the sockets), as medians of repeats. Targets are issue 7's. Figures not built
+before the sockets, the bare relay), as medians of repeats. Targets are issue 7's and
+issue 21's. Figures not built
 yet are listed as such rather than left out.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import capacity, fanout, history, idle_sockets, login_flood, relay_overhead, ws_streams
+from bench import capacity, fanout, history, idle_sockets, login_flood, relay_cpu, relay_overhead, ws_streams
 from bench.common import median, percentile
 
 
@@ -71,6 +72,18 @@ def main() -> None:
     rows.append((f"7. memory per idle WebSocket, {idle['sockets']:.0f} sockets", f"{idle['kib_per_socket']:.1f} KiB",
                  f"server RSS before {idle['baseline_rss_kib'] / 1024:.0f} MiB", "<= 64 KiB",
                  verdict(idle["kib_per_socket"], 64)))
+
+    cpu_rows = relay_cpu.run(50, [50, 1000], seconds=3 if args.quick else 6, rounds=1 if args.quick else 2,
+                             delay_ms=5)
+    bare_cpu = {tokens: cpu for tokens, name, _, cpu, _ in cpu_rows if name == "bare relay"}
+    for tokens, name, rate, cpu, failed in cpu_rows:
+        if name == "bare relay":
+            continue
+        target = 75 if "in-process" in name else 100
+        rows.append((f"8. server CPU per 1,000 tokens, 50 SSE streams of {tokens} tokens, {name.split(', ')[1]}",
+                     f"{cpu:.0f} ms ({cpu / bare_cpu[tokens]:.1f}x), {rate:.0f} tokens/s",
+                     f"bare relay {bare_cpu[tokens]:.0f} ms", f"<= {target} ms",
+                     verdict(cpu, target) + (f" ({failed} failed)" if failed else "")))
 
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     header = ("figure", "measured (median)", "baseline, same run", "target", "")
