@@ -66,11 +66,6 @@ class Generation:
             self.accepted.set_result(refusal)
 
 
-# What comes before an answer, under the conversation's lock (turns.py), given the
-# generation and the stack its listening and a request asked ahead are closed with.
-Prepare = Callable[["Generation", contextlib.AsyncExitStack], Awaitable[turns.Turn]]
-
-
 class GenerationEngine:
     """Starts generations and owns their tasks: closing the engine stops them all."""
 
@@ -100,27 +95,19 @@ class GenerationEngine:
 
     async def start(self, conversation: Conversation, text: str, edit_message_id: int | None = None,
                     attachments: Sequence[StoredFile] | None = None) -> Generation:
-        """Save and publish the user message (turns.user_message) and start the answer. A
-        plain new message (no edit, no files) is sent to the model while it is being saved
-        (AnswerRelay.ask_ahead): the time to the first token is not the save's too."""
-        async def prepare(generation: Generation, listening: contextlib.AsyncExitStack) -> turns.Turn:
-            parent = None
-            if edit_message_id is None and not attachments:
-                parent = await self.relay.ask_ahead(generation, text, listening)
-            return await turns.user_message(
-                self.store, self.broker, conversation, text, edit_message_id=edit_message_id, attachments=attachments,
-                reads_images=self.catalog.reads_images(conversation.model), parent_id=parent)
-
-        return await self._begin(conversation, prepare)
+        """Save and publish the user message (turns.user_message) and start the answer."""
+        return await self._begin(conversation, lambda: turns.user_message(
+            self.store, self.broker, conversation, text, edit_message_id=edit_message_id, attachments=attachments,
+            reads_images=self.catalog.reads_images(conversation.model)))
 
     async def regenerate(self, conversation: Conversation) -> Generation:
         """A new version of the last answer on the active branch (turns.last_answer), to the
         same prompt. Subscribers are told to take the old one away only once the model has
         accepted the new request, so a refusal (a 502) leaves the conversation as it was;
         the old one stays, as a sibling."""
-        return await self._begin(conversation, lambda *_: turns.last_answer(self.store, self.broker, conversation))
+        return await self._begin(conversation, lambda: turns.last_answer(self.store, self.broker, conversation))
 
-    async def _begin(self, conversation: Conversation, prepare: Prepare) -> Generation:
+    async def _begin(self, conversation: Conversation, prepare: Callable[[], Awaitable[turns.Turn]]) -> Generation:
         if self.draining:
             raise ServiceUnavailable("this server is shutting down: send the message again to reach another")
         self._starting += 1  # drain() waits for this start too
@@ -129,10 +116,9 @@ class GenerationEngine:
         finally:
             self._starting -= 1
 
-    async def _start(self, conversation: Conversation, prepare: Prepare) -> Generation:
+    async def _start(self, conversation: Conversation, prepare: Callable[[], Awaitable[turns.Turn]]) -> Generation:
         """Take the conversation's lock, then (under it) `prepare` the turn (turns.py):
-        what comes before the answer, and the event id the answer follows. What `prepare`
-        puts in `listening` (a request asked ahead) is closed if it fails."""
+        what comes before the answer, and the event id the answer follows."""
         cid = conversation.id
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if not await take_lock(self.locks, cid, owner, self.settings.stream.lock_ttl_seconds):
@@ -143,7 +129,7 @@ class GenerationEngine:
         listening = contextlib.AsyncExitStack()
         try:
             await listening.enter_async_context(self.locks.on_stop(cid, lambda: self.stop(generation)))
-            turn = await prepare(generation, listening)
+            turn = await prepare()
         except BaseException:
             await listening.aclose()
             await self.locks.release(cid, owner)

@@ -13,20 +13,17 @@ CHARS_PER_TOKEN = 4  # the budget is in tokens; this estimate avoids a tokenizer
 
 
 async def build_prompt(settings: LlmSettings, store: ConversationStore, conversation: Conversation,
-                       last: int, with_reasoning: bool = False, unsaved: str | None = None) -> tuple[ChatMessage, ...]:
+                       last: int, with_reasoning: bool = False) -> tuple[ChatMessage, ...]:
     """System prompt, then the newest messages of the branch ending at message `last` (the
     one to answer) that fit the context budget; `with_reasoning`: earlier answers' thinking
-    goes too, and counts against the budget. `unsaved`: a user message after `last`, not
-    saved yet, is the one to answer (the same prompt as once it is saved)."""
+    goes too, and counts against the budget."""
     system = conversation.system_prompt or settings.system_prompt
     budget = settings.context_budget_tokens * CHARS_PER_TOKEN - len(system)
-    history = await store.messages.recent(conversation.id, max(budget, 1), last, with_reasoning=with_reasoning,
-                                          unsaved_chars=len(unsaved or ""))
+    history = await store.messages.recent(conversation.id, max(budget, 1), last, with_reasoning=with_reasoning)
     return (ChatMessage("system", system),
             *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "",
                           tuple(Attachment(f.name, f.content_type, f.size, f.data, f.text, f.width, f.height)
-                                for f in m.attachments)) for m in history),
-            *((ChatMessage("user", unsaved),) if unsaved is not None else ()))
+                                for f in m.attachments)) for m in history))
 
 
 def answer_usage(reported: Usage | None, prompt: tuple[ChatMessage, ...], answer: str) -> Usage:

@@ -58,14 +58,11 @@ class Answer:
 class UpstreamReader:
     """Inside `async with`, the upstream's answer arrives in `queue`: ACCEPTED once the
     request is taken, the text deltas, then END (or the UpstreamError that broke it).
-    Leaving closes the upstream request, finished or not. Entering again, or leaving
-    again, does nothing more (a request asked ahead is entered where it is asked and where
-    it is answered: AnswerRelay.ask_ahead)."""
+    Leaving closes the upstream request, finished or not."""
 
     def __init__(self, provider: Provider, request: ChatRequest) -> None:
         self.provider = provider
         self.request = request
-        self.began = time.monotonic()
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.usage: Usage | None = None  # the upstream's own counts, once its stream ended
         self.finish_reason: str | None = None  # the model's, once its stream ended
@@ -84,18 +81,13 @@ class UpstreamReader:
         return item is ACCEPTED
 
     async def __aenter__(self) -> UpstreamReader:
-        if self._task is None:
-            self._task = asyncio.create_task(self._read(), name="upstream-reader")
+        self._task = asyncio.create_task(self._read(), name="upstream-reader")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the upstream request (done already, unless the answer was stopped or failed)."""
-        if self._task is not None:
-            self._task.cancel()
-            await finish_task(self._task)
+        assert self._task is not None
+        self._task.cancel()  # done already, unless the answer was stopped or failed here
+        await finish_task(self._task)
 
     async def _read(self) -> None:
         try:
@@ -121,50 +113,22 @@ class AnswerRelay:
         self.broker = broker
         self.provider_for = provider_for
 
-    async def ask_ahead(self, generation: Generation, text: str, stack: contextlib.AsyncExitStack) -> int | None:
-        """Send the model the prompt that a new user message `text` (no files) will make,
-        before that message is saved (DESIGN.md allows it; the save and the request then
-        take their time together): the prompt is the branch ending at the active leaf, plus
-        `text`. Returns that leaf, under which the message must then be saved so that the
-        prompt is its branch; `stack` closes the request if the save fails. None: not asked
-        (a model no longer served fails later, as it does when asked after the save)."""
-        conversation = generation.conversation
-        try:
-            provider = self.provider_for(conversation.model)
-        except UpstreamError:
-            return None
-        leaf = await self.store.messages.active_leaf(conversation)
-        generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, leaf,
-                                               with_reasoning=provider.sends_reasoning, unsaved=text)
-        if generation.stop_requested:  # stopped meanwhile: the message is saved, nothing asked
-            return leaf
-        generation.reader = await stack.enter_async_context(UpstreamReader(provider, self._request(generation)))
-        return leaf
-
-    def _request(self, generation: Generation) -> ChatRequest:
-        conversation = generation.conversation
-        return ChatRequest(model=conversation.model, messages=generation.prompt,
-                           api_key=self.store.box.open(conversation.api_key_sealed),
-                           params=load_params(conversation.params))
-
     async def answer(self, generation: Generation, answer: Answer) -> str:
         """Relay the model's answer into `answer`, published batch by batch; returns the
         done reason: "stop", "length" or "content_filter" (the model's), or "cancelled"
-        when stopped (by the user, a limit, shutdown). The request is the one asked ahead,
-        if it was."""
+        when stopped (by the user, a limit, shutdown)."""
         if generation.stop_requested:
-            if generation.reader is not None:  # asked ahead: stop reading it now, not at the end
-                await generation.reader.close()
             return "cancelled"
         conversation = generation.conversation
         provider = self.provider_for(conversation.model)
-        reader = generation.reader
-        if reader is None:
-            generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, generation.answers,
-                                                   with_reasoning=provider.sends_reasoning)
-            reader = UpstreamReader(provider, self._request(generation))
+        generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, generation.answers,
+                                               with_reasoning=provider.sends_reasoning)
+        request = ChatRequest(model=conversation.model, messages=generation.prompt,
+                              api_key=self.store.box.open(conversation.api_key_sealed),
+                              params=load_params(conversation.params))
+        began = time.monotonic()
         try:
-            async with reader:
+            async with UpstreamReader(provider, request) as reader:
                 generation.reader = reader
                 if generation.stop_requested or not await reader.accepted():
                     return "cancelled"  # stopped before the model took the request
@@ -173,8 +137,8 @@ class AnswerRelay:
                         self.broker, generation.conversation_id, generation.replaces, generation.replaces)
                     generation.replaced_hidden = True
                 generation.settle(None)
-                await self._relay(generation, reader, answer,
-                                  UPSTREAM_FIRST_TOKEN_SECONDS.labels(reader.provider.name), reader.began)
+                await self._relay(generation, reader, answer, UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name),
+                                  began)
             generation.usage = reader.usage
             return reader.finish_reason if reader.finish_reason in FINISH_REASONS else "stop"
         except Stopped:
@@ -184,7 +148,7 @@ class AnswerRelay:
             generation.limit = "size"
             return "cancelled"
         except UpstreamError:
-            UPSTREAM_ERRORS.labels(reader.provider.name).inc()
+            UPSTREAM_ERRORS.labels(provider.name).inc()
             raise
 
     async def _relay(self, generation: Generation, reader: UpstreamReader, answer: Answer,

@@ -24,13 +24,11 @@ class Turn:
 
 async def user_message(store: ConversationStore, broker: Broker, conversation: Conversation, text: str, *,
                        edit_message_id: int | None, attachments: Sequence[StoredFile] | None,
-                       reads_images: bool, parent_id: int | None = None) -> Turn:
-    """Save and publish the user message (under `parent_id`, the message the prompt asked
-    ahead ends with, else at the end of the active branch). With `edit_message_id` (a user
-    message on the active branch) it is a new version of that one: its sibling, which with
-    its answer becomes the active branch (the old one stays, as another branch).
-    `attachments`: files of the owner's it carries (an edit given none keeps the edited
-    message's)."""
+                       reads_images: bool) -> Turn:
+    """Save and publish the user message. With `edit_message_id` (a user message on the
+    active branch) it is a new version of that one: its sibling, which with its answer
+    becomes the active branch (the old one stays, as another branch). `attachments`: files
+    of the owner's it carries (an edit given none keeps the edited message's)."""
     cid = conversation.id
     files = attachments
     if files is None and edit_message_id is not None:
@@ -38,7 +36,7 @@ async def user_message(store: ConversationStore, broker: Broker, conversation: C
     if any(f.is_image for f in files or ()) and not reads_images:
         raise BadRequest(f"model '{conversation.model}' does not read images")
     if edit_message_id is None:
-        message = await store.messages.add(conversation, "user", text, parent_id=parent_id, attachments=files or ())
+        message = await store.messages.add(conversation, "user", text, attachments=files or ())
         after = None
     else:
         edited = await store.messages.get(cid, edit_message_id)

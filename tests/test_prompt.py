@@ -1,6 +1,6 @@
-"""What the model is sent: the newest history that fits the context budget. A plain new
-message is sent before it is saved (AnswerRelay.ask_ahead); its prompt must be the one the
-saved history makes, which a regenerate of its answer (asked after the save) is sent."""
+"""What the model is sent: the system prompt and the newest history of the branch that
+fits the context budget, the message answered always; a regenerate of an answer is sent
+the very prompt the answer was."""
 from __future__ import annotations
 
 from typing import Any, Iterator
@@ -40,16 +40,16 @@ def regenerated(api: Api, headers: dict[str, str], cid: int) -> None:
     assert response.status_code == 200, response.text
 
 
-def test_a_new_message_is_sent_the_budgeted_history_a_regenerate_is(tight: Api, upstream: FakeUpstream) -> None:
+def test_the_newest_history_that_fits_is_sent_and_a_regenerate_sends_it_again(tight: Api, upstream: FakeUpstream) -> None:
     headers, cid = new_chat(tight)
     turns = [f"#fake tokens=1\n{i} " + "x" * 90 for i in range(4)]
     for turn in turns:
         assert_complete(chat_events(tight, headers, cid, turn), cid)
-    asked_ahead = sent(upstream, turns[-1])
+    first = sent(upstream, turns[-1])
     regenerated(tight, headers, cid)
-    assert sent(upstream, turns[-1]) == asked_ahead  # the regenerate's, from the saved history
-    assert asked_ahead[0] == {"role": "system", "content": SYSTEM}
-    history_sent = asked_ahead[1:]
+    assert sent(upstream, turns[-1]) == first  # the regenerate's
+    assert first[0] == {"role": "system", "content": SYSTEM}
+    history_sent = first[1:]
     assert sum(len(m["content"]) for m in history_sent) <= BUDGET_TOKENS * 4 - len(SYSTEM)
     assert 1 < len(history_sent) < 2 * len(turns)  # trimmed, not only the last
     saved = [{"role": m["role"], "content": m["content"]} for m in history(tight, headers, cid)]

@@ -83,15 +83,14 @@ class MessageStore:
         return moved is not None
 
     async def recent(self, conversation_id: int, budget_chars: int, leaf: int, page: int = 64,
-                              with_reasoning: bool = False, unsaved_chars: int = 0) -> list[Message]:
+                              with_reasoning: bool = False) -> list[Message]:
         """The newest messages of the branch ending at `leaf` whose contents (files
         included: their text, IMAGE_COST_CHARS an image) fit in the budget, and whose images
         in PROMPT_IMAGE_BYTES (the newest always), oldest first, each whole with its files;
         read a page at a time up the branch, so a long conversation costs no more than the
-        budget. `unsaved_chars`: a message not saved yet comes after `leaf`, this long (it
-        is the newest, so the one taken whatever its size)."""
+        budget."""
         chosen: list[Message] = []
-        used, images = unsaved_chars, 0
+        used = images = 0
         start = leaf
         while start:
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=start, page=page)
@@ -103,7 +102,7 @@ class MessageStore:
                 size = len(message.content) + (len(message.reasoning) if with_reasoning else 0) + sum(
                     IMAGE_COST_CHARS if f.is_image else len(f.name) + f.text_chars for f in message.attachments)
                 pixels = sum(f.size for f in message.attachments if f.is_image)
-                if (chosen or unsaved_chars) and (used + size > budget_chars or images + pixels > PROMPT_IMAGE_BYTES):
+                if chosen and (used + size > budget_chars or images + pixels > PROMPT_IMAGE_BYTES):
                     return await self._with_contents(conversation_id, chosen[::-1])
                 chosen.append(message)
                 used += size
