@@ -12,6 +12,7 @@ import asyncio
 import base64
 import codecs
 import contextlib
+import logging
 from typing import Any, AsyncIterator, TypeGuard
 
 import aiohttp
@@ -23,6 +24,8 @@ from realtime_llm.providers.base import Attachment, ChatMessage, ChatRequest, Co
 from realtime_llm.providers.sse_reader import sse_data
 from realtime_llm.providers.think_tags import ThinkTagSplitter
 from realtime_llm.usage import Usage
+
+logger = logging.getLogger("realtime_llm.providers")
 
 MAX_ERROR_BODY = 4096
 # After [DONE] the body's end is read (it usually came with it) so the connection goes
@@ -81,6 +84,9 @@ class OpenAIProvider(Provider):
                                                     headers={**headers, "Content-Type": "application/json"})
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(_network_message(exc, self.settings.name)) from None
+        # (The provider's name, not its URL: a base_url may carry credentials.)
+        logger.debug("provider %r answered HTTP %d for model %r (%d messages)", self.settings.name, response.status,
+                     request.model, len(request.messages))
         try:
             silence = self.settings.read_timeout
             if response.status != 200:
