@@ -85,7 +85,14 @@ def resume_and_check(server: ServerProcess, headers: dict[str, str], cid: int, s
             rest, how = read_on(again, 1) if ready["last_event_id"] > last else ([], "over")
     ids = [e["id"] for e in seen + rest if "id" in e]
     assert ids == sorted(set(ids)), "an event came twice or out of order"
-    answer = history(Api(server.url), headers, cid)[-1]
+    # "Not generating" can come before the answer is in SQL: when the lock's key was lost
+    # with the killed master, the generation is still waiting out the failover to publish
+    # (BrokerUnavailable after ~2.5 s), then saves what it has (CI saw the user message
+    # last). The answer must arrive, within that wait and the save.
+    deadline = time.monotonic() + 10
+    while (answer := history(Api(server.url), headers, cid)[-1])["role"] != "assistant":
+        assert time.monotonic() < deadline, "the answer never reached SQL"
+        time.sleep(0.2)
     assert answer["role"] == "assistant"
     shown = shown_text(seen + rest)
     assert answer["content"].startswith(shown), (shown[-80:], answer["content"][-80:])
