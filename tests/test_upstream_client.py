@@ -4,8 +4,9 @@ answers each request as the test scripts it, and keeps what it was sent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import pytest
 
@@ -52,15 +53,21 @@ class RawUpstream:
             writer.close()
 
 
-async def started(answer: Callable[[int], bytes | list[bytes]],
-                  host: str = "127.0.0.1") -> tuple[RawUpstream, asyncio.Server, OpenAIProvider]:
+@contextlib.asynccontextmanager
+async def raw_upstream(answer: Callable[[int], bytes | list[bytes]],
+                       host: str = "127.0.0.1") -> AsyncIterator[tuple[RawUpstream, OpenAIProvider]]:
+    """A raw upstream on loopback and a provider for it (1 s timeouts), both closed after."""
     upstream = RawUpstream(answer)
     server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     provider = OpenAIProvider(ProviderSettings(name="raw", kind="openai", base_url=f"http://{host}:{port}/v1",
                                                connect_timeout=1.0, read_timeout=1.0))
     await provider.start()
-    return upstream, server, provider
+    try:
+        yield upstream, provider
+    finally:
+        await provider.close()
+        server.close()
 
 
 async def read_answer(provider: OpenAIProvider) -> str:
@@ -71,50 +78,36 @@ async def read_answer(provider: OpenAIProvider) -> str:
     return text
 
 
-
-
 async def test_a_chunk_that_cannot_be_parsed_ends_the_answer_within_the_read_timeout() -> None:
     """A good chunk, then a chunk size that is not hex: aiohttp's parser fails without
     telling the body's reader (nor keeping its timer), which waited for good."""
-    upstream, server, provider = await started(
-        lambda n: [HEAD + b"\r\n%x\r\n%s\r\n" % (len(CHUNK), CHUNK), b"zz\r\nbroken\r\n"])
-    began = time.monotonic()
-    try:
+    pieces = [HEAD + b"\r\n%x\r\n%s\r\n" % (len(CHUNK), CHUNK), b"zz\r\nbroken\r\n"]
+    async with raw_upstream(lambda n: pieces) as (_, provider):
+        began = time.monotonic()
         with pytest.raises(UpstreamError, match="timed out|closed"):
             async with asyncio.timeout(10):
                 await read_answer(provider)
         assert time.monotonic() - began < 5
-    finally:
-        await provider.close()
-        server.close()
 
 
 async def test_a_redirect_is_a_refusal_and_is_not_followed() -> None:
-    upstream, server, provider = await started(
-        lambda n: b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n")
-    try:
+    redirect = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"
+    async with raw_upstream(lambda n: redirect) as (upstream, provider):
         with pytest.raises(UpstreamError, match=r"HTTP 307"):
             async with asyncio.timeout(10):
                 await read_answer(provider)
         assert len(upstream.heads) == 1 and upstream.heads[0].startswith(b"POST /v1/chat/completions ")
-    finally:
-        await provider.close()
-        server.close()
 
 
 async def test_a_cookie_the_upstream_sets_is_never_sent_back() -> None:
     """One client serves every user: a cookie set in answer to one would go with the next's."""
     body = b"data: " + b'{"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}' + b"\n\ndata: [DONE]\n\n"
-    upstream, server, provider = await started(
-        lambda n: b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nSet-Cookie: sid=first-users; Path=/\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
-        host="localhost")  # (a cookie jar keeps no cookie of an IP address)
-    try:
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nSet-Cookie: sid=first-users; Path=/\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    # (localhost: a cookie jar keeps no cookie of an IP address)
+    async with raw_upstream(lambda n: answer, host="localhost") as (upstream, provider):
         async with asyncio.timeout(10):
             assert await read_answer(provider) == "hi"
             assert await read_answer(provider) == "hi"
         assert len(upstream.heads) == 2
         assert all(b"cookie:" not in head.lower() for head in upstream.heads), upstream.heads[1]
-    finally:
-        await provider.close()
-        server.close()
