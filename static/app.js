@@ -326,6 +326,7 @@ function closeSocket() {
   state.connecting += 1; // a ticket on its way is for nothing now
   const socket = state.socket;
   state.socket = null;
+  setComposer(false); // nothing typed now could be sent: wait for the next socket's "ready"
   if (socket) socket.close(1000);
 }
 
