@@ -13,6 +13,7 @@ import pytest
 from realtime_llm.config import ProviderSettings
 from realtime_llm.providers import ChatMessage, ChatRequest, UpstreamError
 from realtime_llm.providers.openai import OpenAIProvider
+from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.anyio
 
@@ -111,3 +112,32 @@ async def test_a_cookie_the_upstream_sets_is_never_sent_back() -> None:
             assert await read_answer(provider) == "hi"
         assert len(upstream.heads) == 2
         assert all(b"cookie:" not in head.lower() for head in upstream.heads), upstream.heads[1]
+
+
+
+async def test_a_pooled_connection_is_not_poisoned_after_a_long_answer_read_slowly() -> None:
+    """aiohttp 3.14.5: an answer that ends while its reading is paused (a long one, read
+    slower than it comes) goes back to the pool, and draining it re-armed the socket read
+    timeout on the idle pooled connection; the next answer on it then failed at once with
+    'timed out' (aio-libs/aiohttp#12953 fixed only the case without a pause). Silence is
+    ours to time (_text), not aiohttp's. (The fake upstream: uvicorn's chunked writes, one
+    per token, are what it takes; one write of the whole answer did not show it.)"""
+    upstream = FakeUpstream().start()
+    provider = OpenAIProvider(ProviderSettings(name="fake", kind="openai", base_url=upstream.base_url,
+                                               connect_timeout=1.0, read_timeout=1.0))
+    await provider.start()
+    try:
+        async with asyncio.timeout(30):
+            read = 0
+            request = ChatRequest("fake-model", (ChatMessage("user", "#fake tokens=600 size=20000"),))
+            async with provider.stream(request) as completion:
+                async for text in completion:
+                    read += len(text)
+                    await asyncio.sleep(0.001)  # slower than loopback delivers
+            assert read == 600 * 20_000
+            await asyncio.sleep(1.5)  # past the read timeout, idle in the pool
+            assert await read_answer(provider) == "t0 t1 t2 t3 t4 "
+        assert len({r.client_port for r in upstream.received}) == 1  # the same connection, reused
+    finally:
+        await provider.close()
+        upstream.stop()

@@ -43,10 +43,15 @@ class OpenAIProvider(Provider):
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connect, read = self.settings.connect_timeout, self.settings.read_timeout
-        # connect: waiting for a pooled connection and opening one; sock_read: any silence
-        # of the upstream, before its headers or between two chunks of its answer.
-        timeout = aiohttp.ClientTimeout(connect=connect, sock_connect=connect, sock_read=read)
+        connect = self.settings.connect_timeout
+        # connect: waiting for a pooled connection and opening one. The upstream's silence
+        # is timed by stream() until the headers and by _text after them, not by aiohttp's
+        # sock_read: in aiohttp 3.14.5 an answer that ends while its reading is paused (a
+        # long one, relayed slower than it comes) goes back to the pool with that timer
+        # re-armed by the draining, and it fires there: the next answer on the connection
+        # failed at once, "timed out" (tests/test_upstream_client.py; aiohttp#12953 fixed
+        # the case without a pause only).
+        timeout = aiohttp.ClientTimeout(connect=connect, sock_connect=connect)
         # No cookie jar: one session serves every user, and an upstream's Set-Cookie for one
         # must not go out with another's request.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
