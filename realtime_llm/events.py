@@ -1,10 +1,12 @@
 """The one event shape of SSE and WebSocket, serialised once per event."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from websockets.frames import Frame, Opcode
 
 USER_MESSAGE = "user_message"
 MESSAGE = "message"
@@ -70,6 +72,13 @@ def local_json(event_type: str, data: str, **metadata: Any) -> bytes:
 def sse_frame(event: Event) -> bytes:
     """A standards-conforming SSE frame; orjson escapes every CR and LF inside the JSON."""
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), event.json)
+
+
+@functools.lru_cache(maxsize=4)
+def ws_frame(event: Event) -> bytes:
+    """The event as a server's WebSocket text frame (unmasked, no extension), built once
+    for all the sockets it goes to: a broker hands each of them the same Event in turn."""
+    return Frame(Opcode.TEXT, event.json).serialize(mask=False)
 
 
 SSE_KEEPALIVE = b": ping\n\n"

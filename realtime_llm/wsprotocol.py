@@ -20,16 +20,55 @@ why its socket closed (the close code DESIGN.md promises) instead of seeing 1006
    InvalidState escaped from `data_received` and asyncio logged "Fatal error on
    transport" with two tracebacks. The frame is dropped instead (the close is already
    under way), as uvicorn does for any other frame after its close.
+
+And one addition: a conversation's event goes to every socket watching it as the same
+bytes, framed once (`events.ws_frame`), written straight to each connection by the
+broker's delivery loop (`event_writer`, a Subscription's sink) instead of through a task
+per socket, Starlette's and uvicorn's `send` and a framing per socket. Flow control and
+the close are those of `send`: a paused or closing connection takes nothing, and its
+events wait in the subscription's bounded queue for its task.
 """
 from __future__ import annotations
+
+from typing import Any, Callable, Mapping
 
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.protocol import State
+
+from realtime_llm.events import Event, ws_frame
+
+FRAMES = "realtime_llm.frames"  # the ASGI scope's extension holding write_frame
+
+
+def event_writer(scope: Mapping[str, Any]) -> Callable[[Event], bool] | None:
+    """Writes an event to the socket of `scope` at once, or returns False (see write_frame);
+    None when the server is not ours (a test client's)."""
+    extension = scope.get("extensions", {}).get(FRAMES)
+    if extension is None:
+        return None
+    write_frame: Callable[[bytes], bool] = extension["write_frame"]
+    return lambda event: write_frame(ws_frame(event))
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     lingering = False
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        self.scope["extensions"][FRAMES] = {"write_frame": self.write_frame}
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write a frame built by ws_frame, as `send` would write it, if the connection can
+        take it now: open, not closed or closing on either side, not paused by flow control,
+        and with no extension that would change frames. False otherwise."""
+        if (self.writable.is_set() and self.handshake_complete and not self.close_sent and not self.disconnected
+                and self.initial_response is None and not self.conn.extensions
+                and self.conn.state is State.OPEN):
+            self.transport.write(frame)
+            return True
+        return False
 
     async def send(self, message: ASGISendEvent) -> None:
         if message["type"] == "websocket.close" and self.handshake_complete:

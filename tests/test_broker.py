@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import pytest
 
@@ -305,6 +305,52 @@ async def test_a_lost_counter_restarts_above_every_id_handed_out(broker: Broker)
     assert await broker.last_event_id(CID) >= ids[-1]  # reads only
     after = await broker.publish(CID, "message", "after")
     assert after.id > ids[-1] and ceilings.ceilings[CID] > after.id
+
+
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_a_waiting_readers_sink_takes_live_events_and_the_queue_takes_over_when_it_refuses(
+        broker: Broker) -> None:
+    """A socket writes the events of a reader that is waiting straight to its connection
+    (the sink); one that cannot take them (a full buffer) gets them queued, in order, and
+    the sink again once its reader has caught up and waits."""
+    taken: list[int] = []
+    accepting = True
+
+    def sink(event: Event) -> bool:
+        if accepting:
+            taken.append(event.id)
+        return accepting
+
+    async def delivered(event_id: int) -> None:  # to every subscriber here, so to ours too
+        while (await witness.get(timeout=2)).id < event_id:  # type: ignore[union-attr]
+            pass
+
+    async with broker.subscribe(CID) as subscription, broker.subscribe(CID) as witness:
+        subscription.sink = sink
+        reader = asyncio.create_task(subscription.get())
+        await asyncio.sleep(0.01)  # it waits
+        first = [(await broker.publish(CID, "message", str(i))).id for i in range(3)]
+        await until(lambda: taken == first)
+        accepting = False
+        queued = [(await broker.publish(CID, "message", str(i))).id for i in range(3)]
+        assert (await asyncio.wait_for(reader, 2)).id == queued[0]  # type: ignore[union-attr]
+        accepting = True  # the reader is not waiting: the rest stay in the queue, in order
+        later = (await broker.publish(CID, "message", "later")).id
+        await delivered(later)
+        got = [await subscription.get(timeout=2) for _ in range(3)]
+        assert [e.id for e in got if e is not None] == [*queued[1:], later]
+        assert taken == first
+        reader = asyncio.create_task(subscription.get())
+        await asyncio.sleep(0.01)
+        last = (await broker.publish(CID, "message", "last")).id
+        await until(lambda: taken == [*first, last])
+        assert subscription.last_id == last
+        reader.cancel()
 
 
 async def test_a_subscription_is_bounded_in_bytes_yet_takes_one_large_event() -> None:

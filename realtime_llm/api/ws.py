@@ -41,6 +41,7 @@ from realtime_llm.events import ERROR, local_json
 from realtime_llm.metrics import OPEN_WEBSOCKETS
 from realtime_llm.ratelimit import RateLimited, RateLimiter
 from realtime_llm.services import Services
+from realtime_llm.wsprotocol import event_writer
 
 STREAM_ENDINGS = (SubscriberOverflow, ShuttingDown, ConversationGone, BrokerUnavailable, SessionEnded)
 
@@ -137,6 +138,7 @@ class ConversationSocket:
             last_event_id=max(self.subscription.last_id,
                               await self.services.broker.last_event_id(self.conversation_id)),
         ))
+        self.subscription.sink = event_writer(self.websocket.scope)  # after `ready`, which comes first
         pump = asyncio.create_task(self._pump_events())
         read = asyncio.create_task(self._read_frames())
         # A client that stops reading leaves the pump blocked in a send while its queue

@@ -6,7 +6,7 @@ import abc
 import asyncio
 import collections
 import contextlib
-from typing import Any, AsyncContextManager, Collection, Iterable
+from typing import Any, AsyncContextManager, Callable, Collection, Iterable
 
 from realtime_llm.broker.eventids import EventIds
 from realtime_llm.errors import ServiceUnavailable
@@ -43,7 +43,13 @@ class Subscription:
     """One subscriber's events: the replayed backlog first, then live events, bounded in
     count and in bytes. The byte bound is checked before an event is added, so one event
     larger than the bound (a long answer's full_response) still reaches a reader that keeps
-    up; what a subscriber holds stays under the bound plus one event."""
+    up; what a subscriber holds stays under the bound plus one event.
+
+    A reader may give a `sink`: while it waits for the next event with nothing queued, a
+    live event goes to the sink at once (a socket writes it to its connection) instead of
+    through the queue and a wake-up of the reader. The sink says False when it cannot take
+    it now (its connection's buffer is full, it is closing): then the event is queued and
+    the reader, and its bounds, take over as before."""
 
     def __init__(self, conversation_id: int, max_queue: int, max_bytes: int = 2**62,
                  backlog: Iterable[Event] = ()) -> None:
@@ -55,6 +61,8 @@ class Subscription:
         self._queued_bytes = 0
         self._failure: Exception | None = None
         self.cut_off = asyncio.Event()  # set by fail(): a reader blocked elsewhere can see it
+        self.sink: Callable[[Event], bool] | None = None
+        self._waiting = False  # the reader waits in get() for a live event
 
     @property
     def failure(self) -> Exception | None:
@@ -68,6 +76,12 @@ class Subscription:
         """Called by the broker for each live event; never blocks."""
         if self._failure is not None:
             return
+        if self.sink is not None and self._waiting and not self._backlog and self._queue.empty():
+            if event.id <= self.last_id:  # a repeat (replay and live overlap): get() drops it too
+                return
+            if self.sink(event):
+                self.last_id = event.id
+                return
         if self._queued_bytes > self._max_bytes:
             self.fail(SubscriberOverflow("subscriber fell behind"))
             return
@@ -107,14 +121,17 @@ class Subscription:
             else:
                 if self._failure is not None and self._queue.empty():
                     raise self._failure
-                if timeout is None:  # a socket's pump, for every event of every socket: no timer
-                    event = await self._queue.get()
-                else:
-                    try:
+                self._waiting = True
+                try:
+                    if timeout is None:  # a socket's pump, for every event of every socket: no timer
+                        event = await self._queue.get()
+                    else:
                         async with asyncio.timeout(timeout):
                             event = await self._queue.get()
-                    except TimeoutError:
-                        return None
+                except TimeoutError:
+                    return None
+                finally:
+                    self._waiting = False
                 if event is _FAILED:
                     self._queue.put_nowait(_FAILED)
                     assert self._failure is not None
