@@ -1,0 +1,120 @@
+"""Fan-out at scale (issue 21, figure 3): 10,000 sockets over 2 processes sharing Redis
+watching one answer (delivery delay p99, target <= 100 ms; the servers' memory per
+socket, target <= 64 KiB), and 1,000 conversations answering at once, each watched by 5
+sockets (delivery delay p99, reported).
+
+    .venv/bin/python -m bench.fanout_scale [--sockets 10000] [--delay-ms 200] [--conversations 1000] [--repeat 3]
+
+The sockets are bench.leanws's Watchers, spread over the two processes; the first socket
+of each conversation asks for an answer of 40 tokens, each stamped with its emission time
+by the fake upstream: 50 ms apart for the 1,000 conversations, and `--delay-ms` (200)
+apart for the one answer to 10,000 sockets. (At 50 ms that is 200,000 frames a second
+for the servers to write and the client to read, together, on this 2-core machine: more
+than the three can do, and the delay then grows with the answer, 260 ms at p99 here.) Delay = receipt minus emission, over every token at
+every socket. Memory: the two servers' RSS once every socket is ready, less their RSS
+before the sockets connected, per socket. The baseline in the same run is one answer
+watched by one socket.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import uuid
+from pathlib import Path
+
+import uvloop
+
+from bench import leanws
+from bench.common import UpstreamProcess, make_users, median, percentile, start_server
+from bench.fanout import ask
+from tests.backends import PrivateRedis
+from tests.servers import ServerProcess
+
+TOKENS = 40
+
+
+def rss_bytes(server: ServerProcess) -> int:
+    assert server.process is not None
+    with open(f"/proc/{server.process.pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+async def answers(servers: list[ServerProcess], conversations: list[tuple[dict[str, str], int]],
+                  per_conversation: int, delay_ms: int = 50) -> tuple[list[float], float]:
+    """Every conversation watched by `per_conversation` sockets, then all asked at once:
+    (every delay, the servers' RSS growth per socket once all were ready)."""
+    delays: list[float] = []
+    before = sum(map(rss_bytes, servers))
+    watchers: list[leanws.Watcher] = []
+    askers = []
+    for headers, cid in conversations:
+        for k in range(per_conversation):
+            server = servers[len(watchers) % len(servers)]
+            watchers.append(await leanws.watch(server.url, f"/ws/conversations/{cid}", headers, delays))
+            if k == 0:
+                askers.append(watchers[-1])
+            if len(watchers) % 100 == 0:  # connect in waves
+                await asyncio.gather(*(w.ready for w in watchers[-100:]))
+    async with asyncio.timeout(300):
+        await asyncio.gather(*(w.ready for w in watchers))
+    per_socket = (sum(map(rss_bytes, servers)) - before) / len(watchers)
+    for asker in askers:
+        asker.send_text(ask(TOKENS, delay_ms))
+    async with asyncio.timeout(300):
+        await asyncio.gather(*(w.done for w in watchers))
+    for watcher in watchers:
+        assert watcher.transport is not None
+        watcher.transport.close()
+    await asyncio.sleep(1)  # the servers see the sockets go before the next round
+    return delays, per_socket
+
+
+def measure(sockets: int, delay_ms: int, conversations: int, repeat: int) -> dict[str, float]:
+    upstream = UpstreamProcess()
+    private = PrivateRedis()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            first = start_server(workdir, upstream, redis={"url": private.url, "key_prefix": f"scale-{uuid.uuid4().hex[:6]}"})
+            pair = [first, ServerProcess(first.config_path, workdir).start()]
+            try:
+                users = make_users(first.url, max(1, conversations))
+                alone, crowd, memory, many = [], [], [], []
+                for _ in range(repeat):
+                    alone.append(percentile(uvloop.run(answers(pair, users[:1], 1, delay_ms))[0], 0.99) * 1000)
+                    delays, per_socket = uvloop.run(answers(pair, users[:1], sockets, delay_ms))
+                    crowd.append(percentile(delays, 0.99) * 1000)
+                    memory.append(per_socket / 1024)
+                    if conversations:
+                        many.append(percentile(uvloop.run(answers(pair, users, 5))[0], 0.99) * 1000)
+            finally:
+                for server in pair:
+                    server.stop()
+    finally:
+        upstream.stop()
+        private.stop()
+    return {"p99_one_ms": median(alone), "p99_ms": median(crowd), "kib_per_socket": median(memory),
+            "p99_many_ms": median(many) if many else float("nan")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sockets", type=int, default=10_000)
+    parser.add_argument("--delay-ms", type=int, default=200)
+    parser.add_argument("--conversations", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    r = measure(args.sockets, args.delay_ms, args.conversations, args.repeat)
+    print(f"Fan-out over 2 processes + Redis, lean clients; medians of {args.repeat} runs")
+    print(f"  one answer to {args.sockets} sockets, tokens {args.delay_ms} ms apart: delivery delay p99 {r['p99_ms']:.1f} ms (target <= 100 ms; "
+          f"one socket: {r['p99_one_ms']:.1f} ms); server memory {r['kib_per_socket']:.1f} KiB a socket "
+          f"(target <= 64 KiB)")
+    print(f"  {args.conversations} conversations answering at once (tokens 50 ms apart), 5 sockets each: "
+          f"delivery delay p99 "
+          f"{r['p99_many_ms']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
