@@ -74,10 +74,11 @@ def sse_frame(event: Event) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), event.json)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
 def ws_frame(event: Event) -> bytes:
     """The event as a server's WebSocket text frame (unmasked, no extension), built once
-    for all the sockets it goes to: a broker hands each of them the same Event in turn."""
+    for all the sockets it goes to: a broker hands each of them the same Event in turn.
+    (One is kept, until the next: at most a full_response of stream.max_answer_chars.)"""
     return Frame(Opcode.TEXT, event.json).serialize(mask=False)
 
 

@@ -57,7 +57,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
-        self.scope["extensions"][FRAMES] = {"write_frame": self.write_frame}
+        scope = getattr(self, "scope", None)  # none when the handshake was refused (a 4xx sent)
+        if scope is not None:
+            scope["extensions"][FRAMES] = {"write_frame": self.write_frame}
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the scope held this protocol: a cycle the GC would have to find
+            scope["extensions"].pop(FRAMES, None)
 
     def write_frame(self, frame: bytes) -> bool:
         """Write a frame built by ws_frame, as `send` would write it, if the connection can

@@ -15,11 +15,12 @@ class Socket:
     """A conversation socket: send frames, read events, see how it closed."""
 
     def __init__(self, base_url: str, cid: int | str, headers: dict[str, str] | None = None, query: str = "",
-                 max_queue: int | None = 16) -> None:
+                 max_queue: int | None = 16, sock: socket.socket | None = None) -> None:
         """max_queue=None buffers everything, for a test that reads its events late (the
-        default stops reading when 16 wait, so a lagging test would miss server pings)."""
+        default stops reading when 16 wait, so a lagging test would miss server pings).
+        `sock`: a connection of the test's own to the server (small buffers, say)."""
         url = base_url.replace("http://", "ws://") + f"/ws/conversations/{cid}" + (f"?{query}" if query else "")
-        self._connecting = connect(url, additional_headers=headers or {}, open_timeout=10,
+        self._connecting = connect(url, additional_headers=headers or {}, open_timeout=10, sock=sock,
                                    max_size=None, compression=None, close_timeout=2, max_queue=max_queue)
         self.conn: ClientConnection = self._connecting.__enter__()
 

@@ -79,7 +79,11 @@ class Subscription:
         if self.sink is not None and self._waiting and not self._backlog and self._queue.empty():
             if event.id <= self.last_id:  # a repeat (replay and live overlap): get() drops it too
                 return
-            if self.sink(event):
+            try:
+                taken = self.sink(event)
+            except Exception:  # one socket's failure is its own: it goes the queue's way from now on
+                self.sink, taken = None, False
+            if taken:
                 self.last_id = event.id
                 return
         if self._queued_bytes > self._max_bytes:
