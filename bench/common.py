@@ -1,16 +1,19 @@
 """Shared pieces of the benchmarks: processes, percentiles, users."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import httpx
 
+from tests.backends import PrivateRedis
 from tests.servers import ServerProcess, free_port, write_config
 
 
@@ -85,3 +88,25 @@ def make_users(base_url: str, count: int) -> list[tuple[dict[str, str], int]]:
             cid = http.post("/api/conversations/create", json={"model": "fake-bench"}, headers=headers).json()["conversation_id"]
             result.append((headers, cid))
     return result
+
+
+@contextlib.contextmanager
+def redis_pair(name: str) -> Iterator[list[ServerProcess]]:
+    """Two server processes sharing a redis-server of their own (key prefix `name`-...),
+    with a fake upstream; all stopped after."""
+    upstream = UpstreamProcess()
+    private = PrivateRedis()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            first = start_server(workdir, upstream, redis={"url": private.url, "key_prefix": f"{name}-{uuid.uuid4().hex[:6]}"})
+            pair = [first]
+            try:
+                pair.append(ServerProcess(first.config_path, workdir).start())
+                yield pair
+            finally:
+                for server in pair:
+                    server.stop()
+    finally:
+        upstream.stop()
+        private.stop()

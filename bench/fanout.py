@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import orjson
 import uvloop
 from websockets.asyncio.client import connect
 
 from bench import leanws
-from bench.common import UpstreamProcess, make_users, median, percentile, start_server
-from tests.backends import PrivateRedis
+from bench.common import make_users, median, percentile, redis_pair
 from tests.servers import ServerProcess
 
 STAMP = re.compile(r"<(\d+\.\d+)>")
@@ -89,27 +85,14 @@ async def one_answer(servers: list[ServerProcess], headers: dict[str, str], cid:
 
 
 def measure(sockets: int, repeat: int, tokens: int = 40, client: str = "lean") -> dict[str, float]:
-    upstream = UpstreamProcess()
-    private = PrivateRedis()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            first = start_server(workdir, upstream, redis={"url": private.url, "key_prefix": f"fan-{uuid.uuid4().hex[:6]}"})
-            pair = [first, ServerProcess(first.config_path, workdir).start()]
-            try:
-                [(headers, cid)] = make_users(first.url, 1)
-                alone, crowd = [], []
-                for _ in range(repeat):
-                    # (on uvloop, as the servers run, with the lean client; asyncio's loop as before with websockets)
-                    run = uvloop.run if client == "lean" else asyncio.run
-                    alone.append(percentile(run(one_answer(pair, headers, cid, 1, tokens, client)), 0.99) * 1000)
-                    crowd.append(percentile(run(one_answer(pair, headers, cid, sockets, tokens, client)), 0.99) * 1000)
-            finally:
-                for server in pair:
-                    server.stop()
-    finally:
-        upstream.stop()
-        private.stop()
+    with redis_pair("fan") as pair:
+        [(headers, cid)] = make_users(pair[0].url, 1)
+        alone, crowd = [], []
+        # (on uvloop, as the servers run, with the lean client; asyncio's loop as before with websockets)
+        run = uvloop.run if client == "lean" else asyncio.run
+        for _ in range(repeat):
+            alone.append(percentile(run(one_answer(pair, headers, cid, 1, tokens, client)), 0.99) * 1000)
+            crowd.append(percentile(run(one_answer(pair, headers, cid, sockets, tokens, client)), 0.99) * 1000)
     return {"sockets": sockets, "p99_one_ms": median(alone), "p99_ms": median(crowd)}
 
 

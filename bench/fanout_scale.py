@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
-import uuid
-from pathlib import Path
 
 import uvloop
 
 from bench import leanws
-from bench.common import UpstreamProcess, make_users, median, percentile, start_server
+from bench.common import make_users, median, percentile, redis_pair
 from bench.fanout import ask
-from tests.backends import PrivateRedis
 from tests.servers import ServerProcess
 
 TOKENS = 40
@@ -73,31 +69,18 @@ async def answers(servers: list[ServerProcess], conversations: list[tuple[dict[s
 
 
 def measure(sockets: int, delay_ms: int, conversations: int, repeat: int) -> dict[str, float]:
-    upstream = UpstreamProcess()
-    private = PrivateRedis()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            first = start_server(workdir, upstream, redis={"url": private.url, "key_prefix": f"scale-{uuid.uuid4().hex[:6]}"})
-            pair = [first, ServerProcess(first.config_path, workdir).start()]
-            try:
-                users = make_users(first.url, max(1, conversations))
-                alone, crowd, many = [], [], []
-                memory: list[float] = []
-                for _ in range(repeat):
-                    alone.append(percentile(uvloop.run(answers(pair, users[:1], 1, delay_ms))[0], 0.99) * 1000)
-                    delays, per_socket = uvloop.run(answers(pair, users[:1], sockets, delay_ms))
-                    crowd.append(percentile(delays, 0.99) * 1000)
-                    if not memory:
-                        memory.append(per_socket / 1024)
-                    if conversations:
-                        many.append(percentile(uvloop.run(answers(pair, users, 5))[0], 0.99) * 1000)
-            finally:
-                for server in pair:
-                    server.stop()
-    finally:
-        upstream.stop()
-        private.stop()
+    with redis_pair("scale") as pair:
+        users = make_users(pair[0].url, max(1, conversations))
+        alone, crowd, many = [], [], []
+        memory: list[float] = []
+        for _ in range(repeat):
+            alone.append(percentile(uvloop.run(answers(pair, users[:1], 1, delay_ms))[0], 0.99) * 1000)
+            delays, per_socket = uvloop.run(answers(pair, users[:1], sockets, delay_ms))
+            crowd.append(percentile(delays, 0.99) * 1000)
+            if not memory:
+                memory.append(per_socket / 1024)
+            if conversations:
+                many.append(percentile(uvloop.run(answers(pair, users, 5))[0], 0.99) * 1000)
     return {"p99_one_ms": median(alone), "p99_ms": median(crowd), "kib_per_socket": memory[0],
             "p99_many_ms": median(many) if many else float("nan")}
 

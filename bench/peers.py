@@ -36,7 +36,7 @@ import orjson
 
 from bench.common import UpstreamProcess, make_users, median, start_server
 from bench.relay_cpu import cpu_seconds
-from tests.servers import free_port
+from tests.servers import free_port, terminate
 
 ANSWER = "#fake tokens=50 delay_ms=5\nhello"
 
@@ -79,11 +79,7 @@ class LiteLLMProcess:
         raise RuntimeError("litellm did not start within 120 s")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process)
         self.log.close()
 
 
