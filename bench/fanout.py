@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 
 from bench import leanws
 from bench.common import make_users, median, percentile, redis_pair
+from bench.upload import status_kib
 from tests.servers import ServerProcess
 
 STAMP = re.compile(r"<(\d+\.\d+)>")
@@ -50,25 +51,45 @@ def ask(tokens: int, delay_ms: int = 50) -> str:
     return orjson.dumps({"type": "message", "content": f"#fake tokens={tokens} delay_ms={delay_ms} stamp=1"}).decode()
 
 
-async def lean_answer(servers: list[ServerProcess], headers: dict[str, str], cid: int, sockets: int,
-                      tokens: int) -> list[float]:
+def rss_kib(servers: list[ServerProcess]) -> int:
+    return sum(status_kib(server.process.pid, "VmRSS") for server in servers if server.process is not None)
+
+
+async def answers(servers: list[ServerProcess], conversations: list[tuple[dict[str, str], int]],
+                  per_conversation: int, delay_ms: int = 50, tokens: int = 40) -> tuple[list[float], float]:
+    """Every conversation watched by `per_conversation` lean sockets over `servers`, then
+    all asked at once for `tokens` tokens `delay_ms` apart: (every delay, the servers' RSS
+    growth per socket once all were ready)."""
     delays: list[float] = []
+    before = rss_kib(servers)
     watchers: list[leanws.Watcher] = []
-    for i in range(sockets):
-        watchers.append(await leanws.watch(servers[i % len(servers)].url, f"/ws/conversations/{cid}", headers, delays))
-        if i % 100 == 99:
-            await asyncio.gather(*(w.ready for w in watchers))  # connect in waves
-    await asyncio.gather(*(w.ready for w in watchers))
-    watchers[0].send_text(ask(tokens))
-    async with asyncio.timeout(120):
+    askers = []
+    for headers, cid in conversations:
+        for k in range(per_conversation):
+            server = servers[len(watchers) % len(servers)]
+            watchers.append(await leanws.watch(server.url, f"/ws/conversations/{cid}", headers, delays))
+            if k == 0:
+                askers.append(watchers[-1])
+            if len(watchers) % 100 == 0:  # connect in waves
+                await asyncio.gather(*(w.ready for w in watchers[-100:]))
+    async with asyncio.timeout(300):
+        await asyncio.gather(*(w.ready for w in watchers))
+    per_socket = (rss_kib(servers) - before) * 1024 / len(watchers)
+    for asker in askers:
+        asker.send_text(ask(tokens, delay_ms))
+    async with asyncio.timeout(300):
         await asyncio.gather(*(w.done for w in watchers))
-    return delays
+    for watcher in watchers:
+        assert watcher.transport is not None
+        watcher.transport.close()
+    await asyncio.sleep(1)  # the servers see the sockets go before the next round
+    return delays, per_socket
 
 
 async def one_answer(servers: list[ServerProcess], headers: dict[str, str], cid: int, sockets: int,
                      tokens: int, client: str = "lean") -> list[float]:
     if client == "lean":
-        return await lean_answer(servers, headers, cid, sockets, tokens)
+        return (await answers(servers, [(headers, cid)], sockets, tokens=tokens))[0]
     delays: list[float] = []
     go = asyncio.Event()
     readies = [asyncio.Event() for _ in range(sockets)]

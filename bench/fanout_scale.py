@@ -19,53 +19,11 @@ watched by one socket.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import uvloop
 
-from bench import leanws
 from bench.common import make_users, median, percentile, redis_pair
-from bench.fanout import ask
-from tests.servers import ServerProcess
-
-TOKENS = 40
-
-
-def rss_bytes(server: ServerProcess) -> int:
-    assert server.process is not None
-    with open(f"/proc/{server.process.pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) * 1024
-
-
-async def answers(servers: list[ServerProcess], conversations: list[tuple[dict[str, str], int]],
-                  per_conversation: int, delay_ms: int = 50) -> tuple[list[float], float]:
-    """Every conversation watched by `per_conversation` sockets, then all asked at once:
-    (every delay, the servers' RSS growth per socket once all were ready)."""
-    delays: list[float] = []
-    before = sum(map(rss_bytes, servers))
-    watchers: list[leanws.Watcher] = []
-    askers = []
-    for headers, cid in conversations:
-        for k in range(per_conversation):
-            server = servers[len(watchers) % len(servers)]
-            watchers.append(await leanws.watch(server.url, f"/ws/conversations/{cid}", headers, delays))
-            if k == 0:
-                askers.append(watchers[-1])
-            if len(watchers) % 100 == 0:  # connect in waves
-                await asyncio.gather(*(w.ready for w in watchers[-100:]))
-    async with asyncio.timeout(300):
-        await asyncio.gather(*(w.ready for w in watchers))
-    per_socket = (sum(map(rss_bytes, servers)) - before) / len(watchers)
-    for asker in askers:
-        asker.send_text(ask(TOKENS, delay_ms))
-    async with asyncio.timeout(300):
-        await asyncio.gather(*(w.done for w in watchers))
-    for watcher in watchers:
-        assert watcher.transport is not None
-        watcher.transport.close()
-    await asyncio.sleep(1)  # the servers see the sockets go before the next round
-    return delays, per_socket
+from bench.fanout import answers
 
 
 def measure(sockets: int, delay_ms: int, conversations: int, repeat: int) -> dict[str, float]:

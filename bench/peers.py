@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import os
 import secrets
 import subprocess
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import httpx
@@ -36,6 +37,7 @@ import orjson
 
 from bench.common import UpstreamProcess, make_users, median, start_server
 from bench.relay_cpu import cpu_seconds
+from realtime_llm.providers.sse_reader import sse_data
 from tests.servers import free_port, terminate
 
 ANSWER = "#fake tokens=50 delay_ms=5\nhello"
@@ -83,6 +85,12 @@ class LiteLLMProcess:
         self.log.close()
 
 
+async def text_of(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    async for chunk in response.content.iter_any():
+        yield decoder.decode(chunk)
+
+
 async def answer(session: aiohttp.ClientSession, target: Target, stream: int, first_token: list[float] | None = None,
                  window: tuple[float, float] | None = None) -> int:
     """One streamed answer; the tokens received within `window` (all, without one). With
@@ -95,15 +103,8 @@ async def answer(session: aiohttp.ClientSession, target: Target, stream: int, fi
                             headers={**headers, "Content-Type": "application/json"}) as response:
         if response.status != 200:
             raise RuntimeError(f"{target.name}: HTTP {response.status} {(await response.text())[:200]}")
-        data: list[bytes] = []  # an event's data lines (bench.upstream splits its JSON over several)
-        async for line in response.content:
-            if line.startswith(b"data:"):
-                data.append(line[5:].strip())
-                continue
-            if line.strip() or not data:
-                continue
-            payload, data = b"\n".join(data), []
-            if not payload.startswith(b"{"):
+        async for payload in sse_data(text_of(response)):  # (bench.upstream splits its JSON over lines)
+            if not payload.startswith("{"):
                 continue  # [DONE]
             choices = orjson.loads(payload).get("choices") or [{}]
             content = (choices[0].get("delta") or {}).get("content") or ""
