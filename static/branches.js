@@ -1,9 +1,11 @@
-// The version controls under each message (DESIGN.md, Branches): edit a question,
-// regenerate the last answer, step through a message's versions "‹ k/n ›", fork from it.
-// Plain DOM, text only.
+// The controls under each message (DESIGN.md, Branches): edit a question, regenerate the
+// last answer, step through a message's versions "‹ k/n ›", fork from it; an answer's
+// token usage and a copy button. Plain DOM, text only.
 
-// Rebuild the controls of every message shown in `list`. `tree` maps a message id to
-// {sibling_ids} as history gave it (a message it lacks has no other version yet);
+import { copyButton } from "./markdown.js";
+
+// Rebuild the controls of every message shown in `list`. `tree` maps a message id to the
+// message as history gave it ({content, usage, sibling_ids}; one it lacks has no other version yet);
 // `actions` are {edit(id), regenerate(), switchTo(id), fork(id)}.
 export function renderControls(list, tree, actions) {
   for (const old of list.querySelectorAll("li.controls")) old.remove();
@@ -11,11 +13,14 @@ export function renderControls(list, tree, actions) {
   bubbles.forEach((bubble, at) => {
     const id = Number(bubble.dataset.messageId);
     const role = bubble.classList.contains("user") ? "user" : "assistant";
-    const siblings = tree.get(id)?.sibling_ids ?? [id];
+    const message = tree.get(id);
+    const siblings = message?.sibling_ids ?? [id];
     const files = bubble.nextElementSibling; // its attachments, if any, come first
     const anchor = files?.classList.contains("files") && files.dataset.messageId === bubble.dataset.messageId
       ? files : bubble;
-    anchor.after(controls(id, role, siblings, at === bubbles.length - 1, actions));
+    const row = controls(id, role, siblings, at === bubbles.length - 1, actions);
+    if (role === "assistant" && message) row.append(...answerExtras(message));
+    anchor.after(row);
   });
 }
 
@@ -37,6 +42,20 @@ function controls(id, role, siblings, last, actions) {
   if (last) row.append(button("regenerate", "↻", "Regenerate", () => actions.regenerate()));
   row.append(button("fork", "Fork", "A new conversation with this branch up to here", () => actions.fork(id)));
   return row;
+}
+
+// An answer's copy button and, where history has it, its token usage.
+function answerExtras(message) {
+  const extras = [copyButton(() => message.content, "Copy the answer (Markdown)")];
+  const usage = message.usage;
+  if (usage) {
+    const estimated = usage.estimated ? " (estimated)" : "";
+    const element = label("answer-usage", `${usage.prompt_tokens} → ${usage.completion_tokens} tokens${estimated}`);
+    element.title = `${usage.prompt_tokens} prompt tokens, ${usage.completion_tokens} completion tokens`
+      + (usage.reasoning_tokens ? ` (${usage.reasoning_tokens} of them thinking)` : "") + estimated;
+    extras.push(element);
+  }
+  return extras;
 }
 
 function button(testid, text, title, action) {

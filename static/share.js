@@ -1,5 +1,9 @@
 // The read-only page of a shared conversation (/s/<share_id>): its history, then its
-// answers live over /ws/shared/<share_id>. No login; text only (textContent).
+// answers live over /ws/shared/<share_id>. No login; answers as sanitised Markdown
+// (markdown.js), everything else as text.
+
+import { StreamingMarkdown } from "./markdown.js";
+import { initTheme } from "./theme.js";
 
 const $ = (id) => document.getElementById(id);
 const shareId = decodeURIComponent(location.pathname.split("/").pop());
@@ -11,7 +15,12 @@ function add(role, text, messageId, streaming = false) {
   bubble.className = role + (streaming ? " streaming" : "");
   bubble.dataset.testid = role === "user" ? "message-user" : "message-assistant";
   if (messageId) bubble.dataset.messageId = String(messageId);
-  bubble.textContent = text;
+  if (role === "assistant") {
+    bubble.answer = new StreamingMarkdown(bubble);
+    if (text) bubble.answer.finish(text);
+  } else {
+    bubble.textContent = text;
+  }
   $("messages").append(bubble);
   $("messages").scrollTop = $("messages").scrollHeight;
   return bubble;
@@ -67,10 +76,10 @@ function show(frame, socket) {
       break;
     case "message":
       if (!answer) answer = add("assistant", "", null, true);
-      answer.textContent += frame.data;
+      answer.answer.append(frame.data);
       break;
     case "full_response":
-      if (answer) answer.textContent = frame.data;
+      if (answer) answer.answer.finish(frame.data);
       else if (frame.data) answer = add("assistant", frame.data, frame.message_id);
       answer?.classList.remove("streaming");
       answer = null;
@@ -94,4 +103,5 @@ function show(frame, socket) {
   }
 }
 
+initTheme(null);
 load().catch((error) => ended(error.message));
