@@ -41,7 +41,7 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 
 // A sanitised fragment of `text` rendered as Markdown, each code block with a copy button.
 export function renderMarkdown(text) {
-  const fragment = DOMPurify.sanitize(marked.parse(text), PURIFY);
+  const fragment = DOMPurify.sanitize(marked.parse(text).trim(), PURIFY);
   for (const pre of fragment.querySelectorAll("pre")) {
     const code = pre.querySelector("code");
     pre.prepend(copyButton(() => (code ? code.textContent : pre.textContent), "Copy code"));
