@@ -188,6 +188,7 @@ function showMessages(history) {
 function showVersions(history) {
   state.tree = new Map(history.messages.map((m) => [m.message_id, m]));
   renderControls($("messages"), state.tree, BRANCH_ACTIONS);
+  scrollDown();
 }
 
 // After a turn: the new messages' versions, as history says now.
@@ -284,6 +285,7 @@ function handleEvent(frame) {
       }
       state.skipping = false;
       showAttachments(addBubble("user", frame.data, false, frame.message_id), frame.message_id, frame.attachments);
+      scrollDown(true); // a new turn: follow it (until the reader scrolls up)
       state.assistantBubble = null;
       state.thinking = null;
       startAnswering();

@@ -67,9 +67,21 @@ export function dropBubbles(from, through) {
   }
 }
 
-// Keep the newest line in view, unless the reader scrolled up to read.
-export function scrollDown(force = false) {
+// Keep the newest line in view, unless the reader scrolled up to read: `following` is
+// whether they were at the bottom when they last scrolled (our own scrolling aside).
+let following = true;
+let ownScroll = -1; // the scrollTop our last scrollDown left
+
+list().addEventListener("scroll", () => {
   const messages = list();
-  const near = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 120;
-  if (force || near) messages.scrollTop = messages.scrollHeight;
+  if (messages.scrollTop === ownScroll) return;
+  following = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 120;
+});
+
+export function scrollDown(force = false) {
+  if (force) following = true;
+  if (!following) return;
+  const messages = list();
+  messages.scrollTop = messages.scrollHeight;
+  ownScroll = messages.scrollTop;
 }
