@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import PASSWORD, base_config
 from tests.fake_upstream import FakeUpstream
@@ -195,3 +195,26 @@ def test_ends_without_retrying(tab: Page, page_server: ServerProcess, case: str)
     assert [e["event"] for e in events(tab)] == [expected]
     assert tab.evaluate("window.statuses") == ["connecting", "closed"]
     assert tab.evaluate("window.client.open") is False
+
+
+def test_the_readme_example_runs_as_written(tab: Page, page_server: ServerProcess) -> None:
+    """The README's example page, served from the server's origin, with this test's user
+    and conversation in place of "ada" and 1."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split('```html\n<ol id="log">', 1)[1].split("```", 1)[0]
+    token, cid = account(page_server)
+    with httpx.Client(base_url=page_server.url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        username = http.get("/api/users/me").json()["username"]
+    html = ('<ol id="log">' + example).replace('username: "ada"', f'username: "{username}"')
+    html = html.replace("conversationId: 1,", f"conversationId: {cid},")
+    assert f'"{username}"' in html and f"conversationId: {cid}," in html
+    # Written into a document the server served (one without the page's CSP, which allows
+    # no inline script): a route-fulfilled page would not be of the server's address, and
+    # Chromium lets only a loopback page open a socket to loopback.
+    tab.goto(page_server.url + "/healthz")
+    tab.evaluate("(html) => { document.open(); document.write(html); document.close(); }", html)
+    field = tab.locator("input[name=q]")
+    expect(field).to_be_enabled()  # once the socket is ready
+    field.fill("#fake tokens=6 delay_ms=20")
+    field.press("Enter")
+    expect(tab.locator("#log li")).to_have_text(["#fake tokens=6 delay_ms=20", answer(6)])
