@@ -1,13 +1,13 @@
 // realtime-llm chat page: plain JavaScript modules, no build step.
 // Model output is untrusted: answers reach the page as sanitised Markdown (markdown.js),
-// everything else through textContent.
+// everything else through textContent. This module: logging in and out, the user's token
+// totals, and wiring the parts (chat.js: the open conversation; sidebar.js, header.js,
+// tokens.js, theme.js).
 
-import { renderControls } from "./branches.js";
-import { addFiles, initAttachments, resetAttachments, showAttachments, takePending } from "./files.js";
-import { initHeader, showConversation, showModels } from "./header.js";
-import { addBubble, addThinking, clearMessages, dropBubbles, finishBubble, finishThinking, scrollDown } from "./messages.js";
-import { ConversationClient } from "./realtime-llm.js";
-import { initSidebar, markActive, reload as loadConversations, showTitle } from "./sidebar.js";
+import { closeConversation, currentId, initChat, openConversation } from "./chat.js";
+import { showError } from "./dom.js";
+import { initHeader, showModels } from "./header.js";
+import { clearSidebar, initSidebar, reload as loadConversations } from "./sidebar.js";
 import { initTheme } from "./theme.js";
 import { initTokens } from "./tokens.js";
 
@@ -15,30 +15,8 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   token: sessionStorage.getItem("token"),
-  current: null, // {id, title}
-  client: null, // the open conversation's ConversationClient
-  generating: false,
-  assistantBubble: null,
-  thinking: null, // the "Thinking" block of the answer being written, if its model thinks
-  replay: null, // while replaying: {lastId, lastRole} of the history already shown
-  skipping: false, // replayed events of an answer that history already shows
-  tree: new Map(), // message id -> the message as history last gave it (content, usage, sibling_ids)
-  editing: null, // the id of the user message the composer is writing a new version of
-  branchSeen: 0, // the newest branch event acted on (a reopen replays it: not again)
-  reads: 0, // history reads for the versions: only the newest one's answer counts
+  usageReads: 0, // reads of the user's totals: only the newest one's answer counts
 };
-
-const FRIENDLY = {
-  conflict: "An answer is still being written. Wait for it, or press Stop.",
-  payload_too_large: "That message is too long.",
-  unavailable: "The server cannot stream right now. Retrying…",
-};
-
-function showError(where, message) {
-  const el = $(where);
-  el.textContent = message;
-  el.hidden = !message;
-}
 
 async function api(path, options = {}) {
   const headers = { "Content-Type": "application/json" };
@@ -82,6 +60,7 @@ async function register() {
 function logout(message = "") {
   if (state.token) api("/api/users/logout", { method: "POST" }).catch(() => {});
   closeConversation();
+  clearSidebar();
   state.token = null;
   sessionStorage.removeItem("token");
   $("app").hidden = true;
@@ -108,7 +87,9 @@ function showUsage(usage) {
 }
 
 async function rereadUsage() {
-  showUsage((await api("/api/users/me")).usage);
+  const read = ++state.usageReads;
+  const me = await api("/api/users/me");
+  if (read === state.usageReads) showUsage(me.usage);
 }
 
 // --- conversations ----------------------------------------------------------------------
@@ -126,275 +107,6 @@ async function createConversation() {
   await Promise.all([loadConversations(), openConversation(created)]);
 }
 
-let opening = 0;
-
-async function openConversation(conversation) {
-  disconnect();
-  const attempt = ++opening;
-  const id = conversation.conversation_id;
-  if (state.current?.id !== id) {
-    state.branchSeen = 0;
-    resetAttachments();
-  }
-  const history = await api(`/api/conversations/history/${id}`);
-  if (attempt !== opening) return; // another conversation was opened meanwhile
-  disconnect();
-  state.current = { id, title: history.title };
-  sessionStorage.setItem("conversation", String(id));
-  $("chat-title").textContent = history.title || `Conversation ${id}`;
-  $("app").classList.remove("sidebar-open");
-  showError("chat-error", "");
-  showMessages(history);
-  showConversation(history);
-  markActive(id);
-  const last = history.messages[history.messages.length - 1];
-  // Replaying the buffer from the start, skip what history already shows; an answer still
-  // being written (its user message is history's last) is rebuilt from its deltas.
-  state.replay = { lastId: last ? last.message_id : 0, lastRole: last ? last.role : null };
-  state.skipping = true;
-  state.assistantBubble = null;
-  state.thinking = null;
-  connect(id);
-}
-
-// No conversation open (deleted, or logged out).
-function closeConversation() {
-  disconnect();
-  resetAttachments();
-  state.current = null;
-  sessionStorage.removeItem("conversation");
-  clearMessages();
-  $("chat-title").textContent = "No conversation open";
-  showConversation(null);
-  markActive(null);
-}
-
-function showMessages(history) {
-  clearMessages();
-  for (const message of history.messages) {
-    if (message.reasoning) addThinking(message.reasoning, false, message.message_id);
-    // An answer stopped while its model was still thinking has no text: its block alone.
-    if (message.content || !message.reasoning) {
-      const bubble = addBubble(message.role, message.content, false, message.message_id);
-      showAttachments(bubble, message.message_id, message.attachments);
-    }
-  }
-  showVersions(history);
-  scrollDown(true);
-  if (!state.tree.has(state.editing)) setEditing(null); // no longer shown: nothing to edit
-}
-
-// Each message's versions and usage, from history: the controls under the messages follow them.
-function showVersions(history) {
-  state.tree = new Map(history.messages.map((m) => [m.message_id, m]));
-  renderControls($("messages"), state.tree, BRANCH_ACTIONS);
-  scrollDown();
-}
-
-// After a turn: the new messages' versions, as history says now.
-async function rereadVersions() {
-  const id = state.current?.id;
-  const read = ++state.reads;
-  if (!id) return;
-  const history = await api(`/api/conversations/history/${id}`);
-  if (state.current?.id !== id || read !== state.reads || state.generating) return; // moved on meanwhile
-  showVersions(history);
-}
-
-const BRANCH_ACTIONS = {
-  edit(id) {
-    setEditing(id);
-    $("message-input").value = state.tree.get(id)?.content ?? "";
-    $("message-input").focus();
-  },
-  regenerate: () => state.client?.regenerate(),
-  switchTo: (id) => state.client?.branch(id),
-  fork(id) {
-    guard("chat-error", async () => {
-      const forked = await api(`/api/conversations/fork/${state.current.id}`, {
-        method: "POST", body: JSON.stringify({ message_id: id }),
-      });
-      await Promise.all([loadConversations(), openConversation(forked)]);
-    })();
-  },
-};
-
-function setEditing(id) {
-  state.editing = id;
-  $("editing").hidden = id === null;
-}
-
-// --- the conversation socket (realtime-llm.js) ----------------------------------------------
-
-const EVENTS = ["ready", "user_message", "reasoning", "message", "full_response", "error", "branch", "resync",
-  "truncate", "title"];
-
-function connect(id) {
-  const client = new ConversationClient({
-    conversationId: id,
-    lastEventId: 0, // the whole buffer: an answer being written is rebuilt from its deltas
-    // A single-use ticket in the URL: the long-lived token goes neither into a URL nor a frame.
-    ticket: async () => (await api("/api/tickets", {
-      method: "POST", body: JSON.stringify({ conversation_id: id }),
-    })).ticket,
-  });
-  state.client = client;
-  const mine = (handler) => (event) => { if (state.client === client) handler(event); };
-  for (const type of EVENTS) client.on(type, mine(handleEvent));
-  client.on("status", mine(({ status }) => {
-    if (status === "open") return; // "ready" follows
-    setStatus(status === "closed" ? "" : `${status}…`);
-    setComposer();
-  }));
-  client.on("gone", mine(() => {
-    closeConversation();
-    showError("chat-error", "This conversation no longer exists.");
-    loadConversations().catch(() => {});
-  }));
-  client.connect();
-}
-
-function disconnect() {
-  const client = state.client;
-  state.client = null;
-  client?.close();
-  setComposer(); // nothing typed now could be sent: wait for the next socket's "ready"
-}
-
-function reopen() {
-  state.generating = false;
-  openConversation({ conversation_id: state.current.id }).catch((e) => showError("chat-error", e.message));
-}
-
-function handleEvent(frame) {
-  switch (frame.event) {
-    case "ready":
-      // The answer we were reading ended while we were away (and the server may have no
-      // record of its last events, e.g. a restart without Redis): show what was saved.
-      if (state.generating && !frame.generating) return reopen();
-      state.generating = frame.generating;
-      setStatus(frame.generating ? "answering…" : "");
-      setComposer();
-      break;
-    case "user_message":
-      if (state.replay && frame.message_id <= state.replay.lastId) {
-        // Known from history: skip its answer, unless history shows it still unanswered.
-        state.skipping = !(frame.message_id === state.replay.lastId && state.replay.lastRole === "user");
-        if (!state.skipping) state.assistantBubble = null;
-        break;
-      }
-      state.skipping = false;
-      showAttachments(addBubble("user", frame.data, false, frame.message_id), frame.message_id, frame.attachments);
-      scrollDown(true); // a new turn: follow it (until the reader scrolls up)
-      state.assistantBubble = null;
-      state.thinking = null;
-      startAnswering();
-      break;
-    case "reasoning": // the model's thinking: its own block, open while it streams
-      if (state.skipping) break;
-      if (!state.thinking) state.thinking = addThinking("", true);
-      state.thinking.querySelector(".thought").textContent += frame.data;
-      scrollDown();
-      break;
-    case "message":
-      if (state.skipping) break;
-      if (state.thinking && !state.assistantBubble) state.thinking.querySelector("details").open = false;
-      if (!state.assistantBubble) state.assistantBubble = addBubble("assistant", "", true);
-      state.assistantBubble.answer.append(frame.data);
-      break;
-    case "full_response":
-      if (!state.skipping) finishAnswer(frame.data, frame.message_id);
-      state.skipping = false;
-      afterTurn();
-      break;
-    case "branch": // another branch is the active one (here or in another tab): read it and resume
-      if (frame.id <= state.branchSeen) break; // replayed after the reopen it caused
-      state.branchSeen = frame.id;
-      reopen();
-      break;
-    case "resync": // we resumed from events the server no longer holds: read the history again
-      reopen();
-      break;
-    case "truncate": // edit or regenerate: these messages are gone; the new turn follows
-      dropBubbles(frame.from_message_id, frame.through_message_id); // harmless if already gone
-      state.assistantBubble = null;
-      state.thinking = null;
-      // History read after this truncate already shows the new turn (its ids are higher):
-      // skip its replay. Otherwise the new turn is being written now.
-      state.skipping = Boolean(state.replay) && state.replay.lastId > frame.through_message_id;
-      if (!state.skipping) startAnswering();
-      break;
-    case "title":
-      state.current.title = frame.data;
-      $("chat-title").textContent = frame.data;
-      showTitle(state.current.id, frame.data);
-      break;
-    case "error":
-      if (typeof frame.id !== "number") { // for this socket only
-        showError("chat-error", FRIENDLY[frame.code] || frame.data);
-        break;
-      }
-      if (!state.skipping) {
-        finishAnswer(null);
-        showError("chat-error", `The answer failed: ${frame.data}`);
-      }
-      state.skipping = false;
-      afterTurn();
-      break;
-    default:
-      break;
-  }
-}
-
-function startAnswering() {
-  state.generating = true;
-  setComposer();
-  setStatus("answering…");
-}
-
-function afterTurn() {
-  rereadVersions().catch(() => {});
-  rereadUsage().catch(() => {});
-}
-
-function finishAnswer(text, messageId) {
-  if (state.thinking) finishThinking(state.thinking, messageId);
-  state.thinking = null;
-  if (state.assistantBubble) finishBubble(state.assistantBubble, text, messageId);
-  else if (text) addBubble("assistant", text, false, messageId);
-  state.assistantBubble = null;
-  state.generating = false;
-  setStatus("");
-  setComposer();
-}
-
-function setStatus(text) {
-  $("status").textContent = text;
-}
-
-function setComposer() {
-  const open = Boolean(state.client?.open);
-  $("messages").classList.toggle("busy", !open || state.generating); // versions wait for the answer
-  $("message-input").disabled = !open;
-  $("send").disabled = !open || state.generating;
-  $("stop").disabled = !open || !state.generating;
-}
-
-function sendMessage() {
-  const input = $("message-input");
-  const content = input.value;
-  if (!content.trim() || !state.client?.open) return;
-  const attachments = takePending(); // (an edit sent without keeps the old ones)
-  showError("chat-error", "");
-  state.client.send(content, { attachments, editMessageId: state.editing });
-  input.value = "";
-  setEditing(null);
-}
-
-function stop() {
-  if (state.generating) state.client?.stop();
-}
-
 // --- wiring -------------------------------------------------------------------------------
 
 function guard(where, action) {
@@ -404,59 +116,31 @@ function guard(where, action) {
   };
 }
 
+const chatError = (message) => showError("chat-error", message);
+
 $("auth-form").addEventListener("submit", guard("auth-error", login));
 $("register").addEventListener("click", guard("auth-error", register));
 $("logout").addEventListener("click", () => logout());
 $("new-conversation").addEventListener("click", () => { $("create-form").hidden = !$("create-form").hidden; });
 $("create-form").addEventListener("submit", guard("chat-error", createConversation));
-$("composer").addEventListener("submit", (event) => { event.preventDefault(); sendMessage(); });
-$("message-input").addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-    event.preventDefault();
-    sendMessage();
-  }
-});
+$("show-sidebar").addEventListener("click", () => $("app").classList.toggle("sidebar-open"));
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && !event.defaultPrevented) { // stops the answer; else drops an edit
-    if (state.generating) stop();
-    else if (state.editing !== null) { setEditing(null); $("message-input").value = ""; }
-  } else if (event.key === "k" && (event.ctrlKey || event.metaKey) && !$("app").hidden) {
+  if (event.key === "k" && (event.ctrlKey || event.metaKey) && !event.isComposing && !$("app").hidden) {
     event.preventDefault();
+    $("app").classList.add("sidebar-open"); // (at phone width the sidebar is folded away)
     $("search").focus();
   }
 });
-$("stop").addEventListener("click", stop);
-$("cancel-edit").addEventListener("click", () => { setEditing(null); $("message-input").value = ""; });
 initTheme($("theme"));
-initAttachments({ token: () => state.token, onError: (message) => showError("chat-error", message) });
-initTokens({ api, onError: (message) => showError("chat-error", message) });
-initHeader({ api, token: () => state.token, current: () => state.current?.id ?? null,
-  onError: (message) => showError("chat-error", message) });
+initTokens({ api, onError: chatError });
+initHeader({ api, token: () => state.token, current: currentId, onError: chatError,
+  onUnauthorized: () => logout("Your session has ended. Please log in again.") });
 initSidebar({
   api,
-  onOpen: (conversation) => openConversation(conversation).catch((e) => showError("chat-error", e.message)),
-  onDeleted: (id) => { if (state.current?.id === id) closeConversation(); },
-  onError: (message) => showError("chat-error", message),
+  onOpen: (conversation) => openConversation(conversation).catch((e) => chatError(e.message)),
+  onDeleted: (id) => { if (currentId() === id) closeConversation(); },
+  onError: chatError,
 });
-$("attach-button").addEventListener("click", () => $("attach").click());
-$("attach").addEventListener("change", () => {
-  const files = [...$("attach").files];
-  $("attach").value = "";
-  addFiles(files);
-});
-$("message-input").addEventListener("paste", (event) => {
-  const files = [...(event.clipboardData?.files || [])];
-  if (files.length) {
-    event.preventDefault();
-    addFiles(files);
-  }
-});
-$("chat").addEventListener("dragover", (event) => event.preventDefault());
-$("chat").addEventListener("drop", (event) => {
-  event.preventDefault();
-  addFiles([...(event.dataTransfer?.files || [])]);
-});
-$("show-sidebar").addEventListener("click", () => $("app").classList.toggle("sidebar-open"));
-showConversation(null);
+initChat({ api, token: () => state.token, onTurn: () => rereadUsage().catch(() => {}) });
 
 if (state.token) showApp().catch(() => logout());

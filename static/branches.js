@@ -2,6 +2,7 @@
 // last answer, step through a message's versions "‹ k/n ›", fork from it; an answer's
 // token usage and a copy button. Plain DOM, text only.
 
+import { button } from "./dom.js";
 import { copyButton } from "./markdown.js";
 
 // Rebuild the controls of every message shown in `list`. `tree` maps a message id to the
@@ -31,10 +32,10 @@ function controls(id, role, siblings, last, actions) {
   const at = siblings.indexOf(id);
   if (siblings.length > 1) {
     row.append(
-      button("branch-prev", "‹", "Previous version", at > 0 && (() => actions.switchTo(siblings[at - 1]))),
+      button("branch-prev", "‹", "Previous version", at > 0 ? () => actions.switchTo(siblings[at - 1]) : null),
       label("branch-position", `${at + 1}/${siblings.length}`),
       button("branch-next", "›", "Next version",
-        at < siblings.length - 1 && (() => actions.switchTo(siblings[at + 1]))),
+        at < siblings.length - 1 ? () => actions.switchTo(siblings[at + 1]) : null),
     );
   }
   if (role === "user") row.append(button("edit-message", "✎", "Edit and send again", () => actions.edit(id)));
@@ -56,18 +57,6 @@ function answerExtras(message) {
     extras.push(element);
   }
   return extras;
-}
-
-function button(testid, text, title, action) {
-  const element = document.createElement("button");
-  element.type = "button";
-  element.className = "secondary";
-  element.dataset.testid = testid;
-  element.textContent = text;
-  element.title = title;
-  element.disabled = !action;
-  if (action) element.addEventListener("click", action);
-  return element;
 }
 
 function label(testid, text) {

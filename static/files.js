@@ -7,9 +7,30 @@ let reportError = () => {};
 let pending = []; // [{file_id, name, content_type, size}] for the next message
 const urls = new Map(); // file_id -> Promise of an object URL
 
+const $ = (id) => document.getElementById(id);
+
+// The ways in: the Attach button (the file input), a paste into the composer, a drop on the chat.
 export function initAttachments(options) {
   token = options.token;
   reportError = options.onError;
+  $("attach-button").addEventListener("click", () => $("attach").click());
+  $("attach").addEventListener("change", () => {
+    const files = [...$("attach").files];
+    $("attach").value = "";
+    addFiles(files);
+  });
+  $("message-input").addEventListener("paste", (event) => {
+    const files = [...(event.clipboardData?.files || [])];
+    if (files.length) {
+      event.preventDefault();
+      addFiles(files);
+    }
+  });
+  $("chat").addEventListener("dragover", (event) => event.preventDefault());
+  $("chat").addEventListener("drop", (event) => {
+    event.preventDefault();
+    addFiles([...(event.dataTransfer?.files || [])]);
+  });
 }
 
 // Upload each file, then show it as waiting for the next message.

@@ -9,10 +9,12 @@ const header = {
   token: null, // () => the session's token
   current: () => null, // () => the open conversation's id, or null
   onError: null,
+  onUnauthorized: null, // the session ended (a 401 on a download)
+  model: null, // the open conversation's model
 };
 
-export function initHeader({ api, token, current, onError }) {
-  Object.assign(header, { api, token, current, onError });
+export function initHeader({ api, token, current, onError, onUnauthorized }) {
+  Object.assign(header, { api, token, current, onError, onUnauthorized });
   const guard = (action) => (event) => {
     event?.preventDefault();
     if (header.current() !== null) action(header.current()).catch((error) => header.onError(error.message));
@@ -23,7 +25,7 @@ export function initHeader({ api, token, current, onError }) {
   $("share").addEventListener("click", guard(share));
   $("unshare").addEventListener("click", guard(async (id) => {
     await header.api(`/api/conversations/unshare/${id}`, { method: "POST" });
-    $("share-panel").hidden = true;
+    if (header.current() === id) $("share-panel").hidden = true;
   }));
   $("export-json").addEventListener("click", guard((id) => download(id, "json")));
   $("export-markdown").addEventListener("click", guard((id) => download(id, "markdown")));
@@ -37,20 +39,36 @@ export function showModels(body) {
       select.append(new Option(model.id, model.id, false, model.id === body.default));
     }
   }
+  showModel(header.model);
 }
 
-// Another conversation is open (history as the server gave it), or none (null).
-export function showConversation(history) {
-  $("share-panel").hidden = true;
-  $("params-form").hidden = true;
+// A conversation is open (history as the server gave it: `changed` if it is another one
+// than before), or none (null). The same one read again keeps the panels as they are.
+export function showConversation(history, changed = true) {
+  if (changed) {
+    $("share-panel").hidden = true;
+    $("params-form").hidden = true;
+    if (history) showParams(history.params || {});
+  }
   for (const id of ["share", "show-params", "export-json", "export-markdown", "conversation-model"]) {
     $(id).disabled = !history;
   }
-  if (!history) return;
-  showParams(history.params || {});
+  showModel(history ? history.model : null);
+}
+
+// The picker shows the open conversation's model; one this server no longer offers
+// (a pattern's, a removed one's) as an option of its own while that conversation is open.
+function showModel(model) {
+  header.model = model;
   const picker = $("conversation-model");
-  if (![...picker.options].some((o) => o.value === history.model)) picker.append(new Option(history.model));
-  picker.value = history.model;
+  picker.querySelector("option.extra")?.remove();
+  if (model === null) return;
+  if (![...picker.options].some((o) => o.value === model)) {
+    const extra = new Option(model);
+    extra.className = "extra";
+    picker.append(extra);
+  }
+  picker.value = model;
 }
 
 function showParams(params) {
@@ -66,26 +84,27 @@ async function saveParams(id) {
     params[name] = value;
   }
   const updated = await header.api(`/api/conversations/update/${id}`, { method: "POST", body: JSON.stringify({ params }) });
+  if (header.current() !== id) return; // another conversation is open now
   showParams(updated.params);
   $("params-form").hidden = true;
 }
 
 async function saveModel(id) {
-  const picker = $("conversation-model");
+  const asked = $("conversation-model").value;
   try {
     const updated = await header.api(`/api/conversations/update/${id}`, {
-      method: "POST", body: JSON.stringify({ model: picker.value }),
+      method: "POST", body: JSON.stringify({ model: asked }),
     });
-    picker.value = updated.model;
+    if (header.current() === id) showModel(updated.model);
   } catch (error) {
-    const history = await header.api(`/api/conversations/history/${id}`).catch(() => null);
-    if (history) picker.value = history.model; // show what it still uses
+    if (header.current() === id) showModel(header.model); // what it still uses
     throw error;
   }
 }
 
 async function share(id) {
   const shared = await header.api(`/api/conversations/share/${id}`, { method: "POST" });
+  if (header.current() !== id) return;
   $("share-link").href = shared.url;
   $("share-link").textContent = new URL(shared.url, location.href).href;
   $("share-panel").hidden = false;
@@ -100,6 +119,7 @@ async function download(id, format) {
   } catch {
     throw new Error("Cannot reach the server. Check your connection.");
   }
+  if (response.status === 401) return header.onUnauthorized();
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     throw new Error(body.error || `The export failed (${response.status}).`);

@@ -3,6 +3,7 @@
 // images become links (no request leaves the page for an answer), and links open in a new
 // tab without an opener. Nothing here runs model text; the result is a sanitised fragment.
 
+import { button } from "./dom.js";
 import { Marked } from "./vendor/marked.esm.js";
 import DOMPurify from "./vendor/purify.es.mjs";
 import hljs from "./vendor/highlight.min.js";
@@ -51,18 +52,13 @@ export function renderMarkdown(text) {
 
 // A button that puts what `text()` returns on the clipboard (data-testid "copy").
 export function copyButton(text, title = "Copy") {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "secondary copy";
-  button.dataset.testid = "copy";
-  button.title = title;
-  button.textContent = "Copy";
-  button.addEventListener("click", async () => {
+  const copy = button("copy", "Copy", title, async () => {
     const done = await copyText(text());
-    button.textContent = done ? "Copied" : "Copy failed";
-    setTimeout(() => { button.textContent = "Copy"; }, 1500);
+    copy.textContent = done ? "Copied" : "Copy failed";
+    setTimeout(() => { copy.textContent = "Copy"; }, 1500);
   });
-  return button;
+  copy.classList.add("copy");
+  return copy;
 }
 
 async function copyText(text) {

@@ -6,13 +6,14 @@
 //   chat.on("message", (event) => answer.append(event.data));
 //   chat.on("full_response", (event) => console.log("saved", event.message_id));
 //   chat.connect();
-//   chat.send("Hello!");
+//   chat.on("ready", () => chat.send("Hello!"));
 //
 // It authenticates (an auth frame with the token, or a single-use ticket in the URL when
 // `ticket` is given), reconnects with backoff and jitter when the socket drops, and resumes
 // from the last event id it saw: the server replays what was missed, the client drops
 // what it already had, so callbacks see every event once, in order. A silent socket (a
-// laptop that slept, a dead proxy) is noticed by a ping every 25 s and replaced.
+// laptop that slept, a dead proxy) is noticed by a ping every 25 s and replaced; an
+// attempt that is not ready within 15 s is given up and retried.
 //
 // Events (callbacks get the event object as the server sent it, docs/protocol.md):
 //   ready, user_message, message, reasoning, done, full_response, error, truncate, branch,
@@ -20,37 +21,44 @@
 //   status    {status: "connecting" | "open" | "reconnecting" | "closed"}
 //   gone      the conversation does not exist (or is not yours): no reconnecting
 //   unauthorized  the token is refused (logged out, expired): no reconnecting
-// An `error` event without an `id` concerns one frame this socket sent (a refused message,
-// say); with an `id` it ends a generation, for every watcher.
+// An `error` event with an `id` ends a generation, for every watcher; one without concerns
+// this socket: a frame it sent was refused (`code`: conflict, payload_too_large, ...).
 
 const PING_EVERY_MS = 25000;
 const PONG_WITHIN_MS = 10000;
+const READY_WITHIN_MS = 15000;
+const REFUSALS = 3; // 4401s in a row, before any "ready", that end a client whose credentials are asked anew
 const CLOSE_AUTH = 4401;
 const CLOSE_NOT_FOUND = 4404;
+const CLOSE_TOO_LARGE = 1009;
 
 export class ConversationClient {
   // conversationId: the conversation to watch.
-  // token: a JWT or API token, or a function giving one (sent in the first frame).
+  // token: a JWT or API token, or a function giving one, sync or async (sent in the first
+  //   frame); a function is asked again for each connection.
   // ticket: instead of token, an async function giving a single-use ticket
   //   (POST /api/tickets), asked anew for each connection; an error it throws with
   //   `status` 401 or 404 ends the client as "unauthorized" or "gone".
   // lastEventId: resume after this id on the first connection (0: the whole buffer).
-  // url: the server's http(s) origin; the page's own by default.
+  // url: the server's http(s) origin; the page's own by default. (Another origin must be
+  //   in the server's `server.allowed_origins`.)
   constructor({ conversationId, token = null, ticket = null, lastEventId = null, url = location.origin }) {
     if (!token && !ticket) throw new TypeError("ConversationClient needs a token or a ticket function");
+    const origin = new URL(url); // throws on a malformed url, here rather than at each attempt
+    origin.protocol = origin.protocol === "https:" ? "wss:" : "ws:";
     this.conversationId = conversationId;
-    this.lastEventId = lastEventId;
+    this.lastEventId = lastEventId; // the newest event id delivered (null: none yet)
     this.generating = false;
     this.status = "closed";
     this._token = token;
     this._ticket = ticket;
-    this._base = url.replace(/^http/, "ws").replace(/\/$/, "");
+    this._base = origin.href.replace(/\/+$/, "");
     this._handlers = new Map();
     this._socket = null;
+    this._floor = null; // before any event id: where "ready" said the conversation was
     this._retries = 0;
-    this._timer = null; // a reconnect waiting
-    this._ping = null; // the heartbeat
-    this._pong = null; // waiting for its answer
+    this._refusals = 0;
+    this._timers = {}; // retry, ready, ping, pong: at most one of each
     this._attempt = 0; // connection attempts: only the newest may open a socket
     this._stopped = true;
   }
@@ -66,8 +74,11 @@ export class ConversationClient {
     return this._socket?.readyState === WebSocket.OPEN && this.status === "open";
   }
 
+  // Start (again, after close()); a client already running is left as it is.
   connect() {
+    if (!this._stopped) return this;
     this._stopped = false;
+    this._retries = 0;
     this._open();
     return this;
   }
@@ -83,7 +94,6 @@ export class ConversationClient {
   reconnect() {
     if (this._stopped) return;
     this._drop(4000);
-    this._retries = 0;
     this._open();
   }
 
@@ -110,31 +120,36 @@ export class ConversationClient {
   }
 
   async _open() {
+    if (this._stopped) return;
     const attempt = ++this._attempt;
     this._setStatus(this._retries ? "reconnecting" : "connecting");
+    this._timer("ready", READY_WITHIN_MS, () => this._retry()); // a ticket, a handshake or a "ready" that never comes
+    const resume = this.lastEventId ?? this._floor;
     let url = `${this._base}/ws/conversations/${encodeURIComponent(this.conversationId)}`;
     let first = null;
     try {
       if (this._ticket) {
         const ticket = await this._ticket();
-        const resume = this.lastEventId == null ? "" : `&last_event_id=${this.lastEventId}`;
-        url += `?ticket=${encodeURIComponent(ticket)}${resume}`;
+        url += `?ticket=${encodeURIComponent(ticket)}${resume == null ? "" : `&last_event_id=${resume}`}`;
       } else {
         const token = typeof this._token === "function" ? await this._token() : this._token;
         first = { type: "auth", token };
-        if (this.lastEventId != null) first.last_event_id = this.lastEventId;
+        if (resume != null) first.last_event_id = resume;
       }
     } catch (error) {
       if (attempt !== this._attempt || this._stopped) return;
       if (error?.status === 401) return this._end("unauthorized");
       if (error?.status === 404) return this._end("gone");
-      return this._later();
+      return this._retry();
     }
     if (attempt !== this._attempt || this._stopped) return; // closed or replaced meanwhile
-    const socket = new WebSocket(url);
+    this._watch(new WebSocket(url), first);
+  }
+
+  _watch(socket, first) {
     this._socket = socket;
     socket.addEventListener("open", () => {
-      if (first) socket.send(JSON.stringify(first));
+      if (first && socket === this._socket) socket.send(JSON.stringify(first));
     });
     socket.addEventListener("message", (message) => {
       if (socket !== this._socket) return;
@@ -145,28 +160,40 @@ export class ConversationClient {
     socket.addEventListener("close", (closed) => {
       if (socket !== this._socket) return;
       this._socket = null;
-      this._stopHeartbeat();
+      this._cancel("ping", "pong");
       if (this._stopped) return;
       if (closed.code === CLOSE_NOT_FOUND) return this._end("gone");
-      // With a ticket, a refusal may be the ticket alone (a tab frozen past its minute):
-      // the next ticket request tells (a 401 there ends the client).
-      if (closed.code === CLOSE_AUTH && !this._ticket) return this._end("unauthorized");
-      this._later();
+      if (closed.code === CLOSE_AUTH) {
+        // A static token refused is final. Asked anew (a ticket, a token function), one
+        // refusal may be the old credential alone (a tab frozen past a ticket's minute);
+        // refusals in a row, with no "ready" between, are not.
+        this._refusals += 1;
+        const asked = this._ticket || typeof this._token === "function";
+        if (!asked || this._refusals >= REFUSALS) return this._end("unauthorized");
+      }
+      if (closed.code === CLOSE_TOO_LARGE) {
+        this._emit("error", { event: "error", data: "That frame was too large for the server.", code: "payload_too_large" });
+      }
+      this._retry();
     });
   }
 
   _receive(event) {
+    this._cancel("pong"); // anything at all answers a ping
     if (typeof event.id === "number") {
-      if (this.lastEventId != null && event.id <= this.lastEventId) return; // a resume overlaps
+      const seen = this.lastEventId ?? -1;
+      if (event.id <= seen) return; // a resume overlaps
       this.lastEventId = event.id;
     }
-    clearTimeout(this._pong);
     switch (event.event) {
       case "ready":
         this._retries = 0;
+        this._refusals = 0;
+        if (this.lastEventId == null && typeof event.last_event_id === "number") this._floor = event.last_event_id;
         this.generating = Boolean(event.generating);
+        this._cancel("ready");
+        this._heartbeat();
         this._setStatus("open");
-        this._startHeartbeat();
         break;
       case "user_message":
       case "truncate":
@@ -174,18 +201,18 @@ export class ConversationClient {
         break;
       case "full_response":
       case "branch":
-      case "resync":
         this.generating = false;
         break;
       case "error":
         if (typeof event.id === "number") this.generating = false;
+        else if (event.code === "stream_ended") return; // the close follows: reconnecting is ours
         break;
       case "pong":
         return;
       default:
         break;
     }
-    this._emit(event.event, event);
+    if (!this._stopped) this._emit(event.event, event);
   }
 
   _emit(type, event) {
@@ -200,42 +227,43 @@ export class ConversationClient {
     this._emit("status", { event: "status", status });
   }
 
-  _later() {
+  _retry() {
     // A blip or a restart: come back with exponential backoff (0.3 s to 10 s) and jitter.
+    this._drop(4000);
+    if (this._stopped) return;
     const delay = Math.min(10000, 300 * 2 ** this._retries) * (0.75 + Math.random() / 2);
     this._retries += 1;
+    this._timer("retry", delay, () => this._open());
     this._setStatus("reconnecting");
-    clearTimeout(this._timer);
-    this._timer = setTimeout(() => this._open(), delay);
   }
 
   _end(why) {
-    this._stopped = true;
-    this._drop(1000);
-    this._setStatus("closed");
+    this.close();
     this._emit(why, { event: why });
   }
 
   _drop(code) {
-    clearTimeout(this._timer);
+    this._cancel("retry", "ready", "ping", "pong");
     this._attempt += 1; // a ticket or token on its way is for nothing now
-    this._stopHeartbeat();
     const socket = this._socket;
     this._socket = null;
     if (socket) socket.close(code);
   }
 
-  _startHeartbeat() {
-    this._stopHeartbeat();
-    this._ping = setInterval(() => {
+  _heartbeat() {
+    this._timer("ping", PING_EVERY_MS, () => {
       if (!this._send({ type: "ping" })) return;
-      clearTimeout(this._pong);
-      this._pong = setTimeout(() => this.reconnect(), PONG_WITHIN_MS); // any event will do as an answer
-    }, PING_EVERY_MS);
+      this._timer("pong", PONG_WITHIN_MS, () => this.reconnect());
+      this._heartbeat();
+    });
   }
 
-  _stopHeartbeat() {
-    clearInterval(this._ping);
-    clearTimeout(this._pong);
+  _timer(name, delay, action) {
+    clearTimeout(this._timers[name]);
+    this._timers[name] = setTimeout(action, delay);
+  }
+
+  _cancel(...names) {
+    for (const name of names) clearTimeout(this._timers[name]);
   }
 }

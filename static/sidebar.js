@@ -2,6 +2,8 @@
 // type (titles and message text, GET /api/conversations/list?q=), renamed in place and
 // deleted. Text only (textContent).
 
+import { button } from "./dom.js";
+
 const $ = (id) => document.getElementById(id);
 const PAGE = 30;
 const SEARCH_AFTER_MS = 250; // a pause in typing
@@ -26,8 +28,9 @@ export function initSidebar({ api, onOpen, onDeleted, onError }) {
     list.timer = setTimeout(() => reload().catch((error) => list.onError(error.message)), SEARCH_AFTER_MS);
   });
   $("search").addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && $("search").value) {
+    if (event.key === "Escape" && !event.isComposing && $("search").value) {
       event.preventDefault(); // clears the search, stops nothing
+      clearTimeout(list.timer);
       $("search").value = "";
       reload().catch((error) => list.onError(error.message));
     }
@@ -35,11 +38,19 @@ export function initSidebar({ api, onOpen, onDeleted, onError }) {
   $("more-conversations").addEventListener("click", () => loadMore().catch((error) => list.onError(error.message)));
 }
 
-// Read the first page again (for the query typed); keeps nothing of the old list.
+// Read the first page again (for the query typed), in place of the list shown.
 export async function reload() {
   list.query = $("search").value.trim();
-  list.items = [];
   await loadMore(true);
+}
+
+// Logged out: nothing of this user's list stays, nor their search.
+export function clearSidebar() {
+  clearTimeout(list.timer);
+  list.reads += 1;
+  $("search").value = "";
+  Object.assign(list, { query: "", items: [], more: false, current: null });
+  $("conversations").replaceChildren();
 }
 
 export function markActive(id) {
@@ -113,14 +124,15 @@ function startRename(element, conversation) {
       const updated = await list.api(`/api/conversations/update/${conversation.conversation_id}`, {
         method: "POST", body: JSON.stringify({ title }),
       }).catch((error) => { done = false; throw error; });
-      conversation.title = updated.title;
+      showTitle(conversation.conversation_id, updated.title);
     }
     show();
   };
   field.addEventListener("click", (event) => event.stopPropagation());
   field.addEventListener("keydown", (event) => {
     event.stopPropagation(); // Escape here cancels the rename, nothing else
-    if (event.key === "Enter" && !event.isComposing) {
+    if (event.isComposing) return;
+    if (event.key === "Enter") {
       event.preventDefault();
       finish(true).catch((error) => list.onError(error.message));
     } else if (event.key === "Escape") {
@@ -133,17 +145,10 @@ function startRename(element, conversation) {
   field.select();
 }
 
+// A button of an item: its click opens nothing else; a failure is shown.
 function small(testid, text, title, action) {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "secondary";
-  button.dataset.testid = testid;
-  button.textContent = text;
-  button.title = title;
-  button.setAttribute("aria-label", title);
-  button.addEventListener("click", (event) => {
+  return button(testid, text, title, (event) => {
     event.stopPropagation();
     action().catch((error) => list.onError(error.message));
   });
-  return button;
 }

@@ -19,13 +19,15 @@ from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerProcess, write_config
 from tests.test_page import answer, browser, page_server  # noqa: F401
 
-HARNESS = """async ({ conversationId, token, lastEventId, ticketStatus }) => {
+HARNESS = """async ({ conversationId, token, lastEventId, ticketStatus, ticket }) => {
     const { ConversationClient } = await import('/static/realtime-llm.js');
     window.events = [];
     window.statuses = [];
     const options = { conversationId, lastEventId };
     if (ticketStatus) {
         options.ticket = async () => { const e = new Error('refused'); e.status = ticketStatus; throw e; };
+    } else if (ticket) {
+        options.ticket = async () => ticket;
     } else {
         options.token = token;
     }
@@ -179,21 +181,25 @@ def test_reconnects_across_a_server_restart(browser: Browser, upstream: FakeUpst
         server.stop()
 
 
-@pytest.mark.parametrize("case", ["not mine", "bad token", "ticket refused", "ticket for nothing"])
+@pytest.mark.parametrize("case", ["not mine", "bad token", "ticket refused", "ticket for nothing", "tickets never valid"])
 def test_ends_without_retrying(tab: Page, page_server: ServerProcess, case: str) -> None:
     """Another user's conversation is "gone", a refused token "unauthorized"; neither is
     tried again (the client stays closed)."""
     token, cid = account(page_server)
     other_token, _ = account(page_server)
     options: dict[str, Any] = {"not mine": {"token": other_token}, "bad token": {"token": "not-a-token"},
-                               "ticket refused": {"ticketStatus": 401}, "ticket for nothing": {"ticketStatus": 404}}[case]
+                               "ticket refused": {"ticketStatus": 401}, "ticket for nothing": {"ticketStatus": 404},
+                               "tickets never valid": {"ticket": "tkt_forged"}}[case]
     expected = {"not mine": "gone", "bad token": "unauthorized", "ticket refused": "unauthorized",
-                "ticket for nothing": "gone"}[case]
-    start_client(tab, page_server, options.get("token", token), cid, ticketStatus=options.get("ticketStatus"))
+                "ticket for nothing": "gone", "tickets never valid": "unauthorized"}[case]
+    start_client(tab, page_server, options.get("token", token), cid, ticketStatus=options.get("ticketStatus"),
+                 ticket=options.get("ticket"))
     wait_for(tab, f"window.events.some(e => e.event === '{expected}')")
     tab.wait_for_timeout(1500)  # longer than the first backoffs: nothing more happens
     assert [e["event"] for e in events(tab)] == [expected]
-    assert tab.evaluate("window.statuses") == ["connecting", "closed"]
+    # A ticket is asked anew after a refusal (it may have been stale): three refused in a row end it.
+    tries = ["reconnecting"] if case == "tickets never valid" else []
+    assert tab.evaluate("window.statuses") == ["connecting", *tries, "closed"]
     assert tab.evaluate("window.client.open") is False
 
 
@@ -218,3 +224,34 @@ def test_the_readme_example_runs_as_written(tab: Page, page_server: ServerProces
     field.fill("#fake tokens=6 delay_ms=20")
     field.press("Enter")
     expect(tab.locator("#log li")).to_have_text(["#fake tokens=6 delay_ms=20", answer(6)])
+
+
+def test_resumes_from_where_ready_said_and_connect_is_idempotent(tab: Page, page_server: ServerProcess) -> None:
+    """A client that has seen no event yet resumes from the point its "ready" gave: a turn
+    sent while it was away arrives whole. connect() on a running client opens no second socket."""
+    token, cid = account(page_server)
+    with httpx.Client(base_url=page_server.url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        assert http.post(f"/api/chat/{cid}", json={"message": "#fake tokens=2\nbefore"}).status_code == 200
+        start_client(tab, page_server, token, cid)
+        wait_for(tab, "window.client.open")
+        tab.evaluate("window.client.connect()")  # again: nothing happens
+        tab.evaluate("window.client.close()")
+        assert http.post(f"/api/chat/{cid}", json={"message": "#fake tokens=3\nwhile away"}).status_code == 200
+    tab.evaluate("window.client.connect()")
+    answered(tab)
+    assert [e["data"] for e in events(tab, "user_message")] == ["#fake tokens=3\nwhile away"]  # not "before"
+    assert "".join(e["data"] for e in events(tab, "message")) == answer(3)
+    assert len(events(tab, "ready")) == 2
+    assert tab.evaluate("window.statuses") == ["connecting", "open", "closed", "connecting", "open"]
+
+
+def test_a_frame_too_large_is_an_error_and_the_client_comes_back(tab: Page, page_server: ServerProcess) -> None:
+    token, cid = account(page_server)
+    start_client(tab, page_server, token, cid)
+    wait_for(tab, "window.client.open")
+    tab.evaluate("window.client.send('x'.repeat(300 * 1024))")  # over limits.max_ws_frame_bytes: closed 1009
+    wait_for(tab, "window.events.some(e => e.event === 'error')")
+    assert events(tab, "error")[0]["code"] == "payload_too_large" and "id" not in events(tab, "error")[0]
+    wait_for(tab, "window.events.filter(e => e.event === 'ready').length === 2")
+    tab.evaluate("window.client.send('#fake tokens=2')")
+    answered(tab)

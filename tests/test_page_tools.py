@@ -146,6 +146,18 @@ def test_escape_stops_the_answer(page: Page) -> None:
     expect(tid(page, "message-assistant").last).to_have_text(partial)
 
 
+def test_a_refused_message_goes_back_into_the_composer(page: Page) -> None:
+    """Too long (limits.max_message_chars): the error says so and the text is not lost."""
+    sign_up(page)
+    create(page, "Too long")
+    text = "word " * 8000  # 40,000 characters
+    tid(page, "message-input").fill(text)
+    tid(page, "message-input").press("Enter")
+    expect(tid(page, "error").last).to_have_text("That message is too long.")
+    expect(tid(page, "message-input")).to_have_value(text)
+    assert tid(page, "message-user").count() == 0
+
+
 def test_theme_follows_the_system_until_chosen(browser: Browser, page_server: ServerProcess) -> None:
     context = browser.new_context(color_scheme="dark", viewport={"width": 1200, "height": 800})
     page = context.new_page()
