@@ -3,14 +3,14 @@
 // token usage and a copy button. Plain DOM, text only.
 
 import { button } from "./dom.js";
-import { copyButton } from "./markdown.js";
+import { copyButton } from "./copy.js";
 
 // Rebuild the controls of every message shown in `list`. `tree` maps a message id to the
 // message as history gave it ({content, usage, sibling_ids}; one it lacks has no other version yet);
 // `actions` are {edit(id), regenerate(), switchTo(id), fork(id)}.
 export function renderControls(list, tree, actions) {
-  for (const old of list.querySelectorAll("li.controls")) old.remove();
-  const bubbles = [...list.querySelectorAll("li.user[data-message-id], li.assistant[data-message-id]")];
+  for (const old of list.querySelectorAll(":scope > li.controls")) old.remove();
+  const bubbles = [...list.querySelectorAll(":scope > li.user[data-message-id], :scope > li.assistant[data-message-id]")];
   bubbles.forEach((bubble, at) => {
     const id = Number(bubble.dataset.messageId);
     const role = bubble.classList.contains("user") ? "user" : "assistant";

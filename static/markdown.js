@@ -1,27 +1,43 @@
 // Model answers as Markdown, safely. marked parses, highlight.js colours code blocks and
-// DOMPurify keeps only what Markdown itself makes: raw HTML in an answer is shown as text,
-// images become links (no request leaves the page for an answer), and links open in a new
-// tab without an opener. Nothing here runs model text; the result is a sanitised fragment.
+// DOMPurify keeps only what Markdown itself makes: raw HTML in an answer is shown as text
+// (tags marked knows and text inside tags it does not alike), images become links (no
+// request leaves the page for an answer), links are http(s), mailto, in-page or on this
+// site and open in a new tab without an opener; the only classes kept are highlight.js's.
+// Nothing here runs model text; the result is a sanitised fragment.
+//
+// Bounded, as answers are the model's to choose: marked is quadratic on some input and
+// highlight.js on some code, so one parse takes at most 64 KiB (a longer answer is
+// rendered in parts cut at blank lines; a part longer still is shown as text), code
+// blocks over 10 KiB are not coloured, and input the parser cannot take (too deep for
+// its stack) is shown as text.
 
-import { button } from "./dom.js";
+import { copyButton } from "./copy.js";
 import { Marked } from "./vendor/marked.esm.js";
 import DOMPurify from "./vendor/purify.es.mjs";
 import hljs from "./vendor/highlight.min.js";
 
+const MARKDOWN_MAX = 64 * 1024;
+const HIGHLIGHT_MAX = 10 * 1024;
+
 const ENTITIES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 const escape = (text) => String(text).replace(/[&<>"']/g, (c) => ENTITIES[c]);
 
-const marked = new Marked({
+let highlighting = true; // off for the part of an answer still being written
+
+export const marked = new Marked({
   gfm: true,
   renderer: {
     html: ({ text }) => escape(text), // raw HTML is text, block or inline
+    // Text marked passes through raw (after a tag it takes for the start of raw HTML) is
+    // escaped too; any other text is marked's own (false: its default rendering).
+    text(token) { return !token.tokens && token.escaped ? escape(token.text) : false; },
     checkbox: ({ checked }) => (checked ? "☑ " : "☐ "),
     image: ({ href, text }) => `<a href="${escape(href)}">${escape(text || href)}</a>`,
     code({ text, lang }) {
       const language = (lang || "").trim().split(/\s/)[0].toLowerCase();
-      const known = language && hljs.getLanguage(language) ? language : "";
-      const html = known ? hljs.highlight(text, { language: known, ignoreIllegals: true }).value : escape(text);
-      return `<pre><code class="hljs${known ? ` language-${known}` : ""}">${html}</code></pre>\n`;
+      const known = highlighting && text.length <= HIGHLIGHT_MAX && language && hljs.getLanguage(language);
+      const html = known ? hljs.highlight(text, { language, ignoreIllegals: true }).value : escape(text);
+      return `<pre><code class="hljs${known ? ` language-${language}` : ""}">${html}</code></pre>\n`;
     },
   },
 });
@@ -30,9 +46,20 @@ const PURIFY = {
   ALLOWED_TAGS: ["a", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li",
     "ol", "p", "pre", "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul"],
   ALLOWED_ATTR: ["href", "title", "class", "start", "align"],
+  ALLOW_DATA_ATTR: false,
+  ALLOW_ARIA_ATTR: false,
+  ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|#|\/(?!\/))/i,
   RETURN_DOM_FRAGMENT: true,
 };
+const HIGHLIGHT_CLASS = /^(?:hljs(?:-[\w-]+)?|language-[\w+#.-]+|[a-z]+_)$/;
 
+DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
+  if (data.attrName === "class") {
+    const ours = (node.tagName === "CODE" || node.tagName === "SPAN")
+      && data.attrValue.split(" ").every((name) => HIGHLIGHT_CLASS.test(name));
+    if (!ours) data.keepAttr = false;
+  }
+});
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   if (node.tagName === "A") {
     node.setAttribute("target", "_blank");
@@ -41,98 +68,60 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 });
 
 // A sanitised fragment of `text` rendered as Markdown, each code block with a copy button.
-export function renderMarkdown(text) {
-  const fragment = DOMPurify.sanitize(marked.parse(text).trim(), PURIFY);
-  for (const pre of fragment.querySelectorAll("pre")) {
-    const code = pre.querySelector("code");
-    pre.prepend(copyButton(() => (code ? code.textContent : pre.textContent), "Copy code"));
-  }
+export function renderMarkdown(text, { highlight = true } = {}) {
+  const fragment = document.createDocumentFragment();
+  for (const part of parts(text)) fragment.append(renderPart(part, highlight));
   return fragment;
 }
 
-// A button that puts what `text()` returns on the clipboard (data-testid "copy").
-export function copyButton(text, title = "Copy") {
-  const copy = button("copy", "Copy", title, async () => {
-    const done = await copyText(text());
-    copy.textContent = done ? "Copied" : "Copy failed";
-    setTimeout(() => { copy.textContent = "Copy"; }, 1500);
-  });
-  copy.classList.add("copy");
-  return copy;
+// `text` as it is, for what cannot be rendered as Markdown.
+export function plainText(text) {
+  const element = document.createElement("div");
+  element.className = "plain";
+  element.textContent = text;
+  return element;
 }
 
-async function copyText(text) {
+function renderPart(text, highlight) {
+  if (text.length > MARKDOWN_MAX) return plainText(text);
+  highlighting = highlight;
   try {
-    await navigator.clipboard.writeText(text); // a secure context (https, localhost)
-    return true;
+    const fragment = DOMPurify.sanitize(marked.parse(text).trim(), PURIFY);
+    for (const pre of fragment.querySelectorAll("pre")) {
+      const code = pre.querySelector("code");
+      pre.prepend(copyButton(() => (code ? code.textContent : pre.textContent), "Copy code"));
+    }
+    return fragment;
   } catch {
-    const area = document.createElement("textarea"); // plain http elsewhere: the old way
-    area.value = text;
-    area.style.position = "fixed";
-    area.style.opacity = "0";
-    document.body.append(area);
-    area.select();
-    const done = document.execCommand("copy");
-    area.remove();
-    return done;
+    return plainText(text);
+  } finally {
+    highlighting = true;
   }
 }
 
-const RENDER_EVERY_MS = 150; // a few renders a second while an answer streams
-
-// An answer being written: deltas are kept as text and rendered at most every 150 ms.
-// What lies before the last blank line outside a code fence is rendered once and kept;
-// only the paragraph being written is parsed again, so a long answer costs no more per
-// render than a short one. `finish` renders the whole answer once, as history shows it.
-export class StreamingMarkdown {
-  constructor(element, onRender = () => {}) {
-    this.element = element;
-    this.onRender = onRender; // after each rendering (the page keeps the newest line in view)
-    this.text = "";
-    this.frozen = 0; // text[0:frozen] is rendered for good
-    this.live = null; // the element holding the rendering of the rest
-    this.timer = null;
-  }
-
-  append(delta) {
-    this.text += delta;
-    this.timer ??= setTimeout(() => this.flush(), RENDER_EVERY_MS);
-  }
-
-  flush() {
-    clearTimeout(this.timer);
-    this.timer = null;
-    const tail = this.text.slice(this.frozen);
-    const cut = lastBreak(tail);
-    if (cut > 0) {
-      const part = document.createElement("div");
-      part.append(renderMarkdown(tail.slice(0, cut)));
-      if (this.live) this.live.before(part);
-      else this.element.append(part);
-      this.frozen += cut;
+// `text` cut at blank lines outside code fences into parts of at most MARKDOWN_MAX where it
+// can be (a longer stretch without a blank line is a part of its own).
+function parts(text) {
+  if (text.length <= MARKDOWN_MAX) return [text];
+  const found = [];
+  let start = 0;
+  let last = 0;
+  for (const cut of [...blankLineBreaks(text), text.length]) {
+    if (cut - start > MARKDOWN_MAX && last > start) {
+      found.push(text.slice(start, last));
+      start = last;
     }
-    if (!this.live) {
-      this.live = document.createElement("div");
-      this.element.append(this.live);
-    }
-    this.live.replaceChildren(renderMarkdown(this.text.slice(this.frozen)));
-    this.onRender();
+    last = cut;
   }
-
-  finish(text = this.text) {
-    clearTimeout(this.timer);
-    this.timer = null;
-    this.text = text;
-    this.element.replaceChildren(renderMarkdown(text));
-    this.onRender();
-  }
+  if (last > start) found.push(text.slice(start, last));
+  return found;
 }
 
-// The end of the last blank line of `text` outside a code fence (0: none), `text` starting
-// outside one.
-function lastBreak(text) {
+// Where each blank line outside a ``` or ~~~ fence ends (a fence inside a list item is not
+// seen: a cut there only splits the rendering, it loses nothing).
+export function blankLineBreaks(text) {
+  const breaks = [];
   let fence = null;
-  let cut = 0;
   let at = 0;
   for (const line of text.split("\n")) {
     const next = at + line.length + 1;
@@ -140,8 +129,8 @@ function lastBreak(text) {
     if (fence === null && marker) fence = marker;
     else if (fence !== null && marker && marker[0] === fence[0] && marker.length >= fence.length
              && !line.trim().slice(marker.length)) fence = null;
-    else if (fence === null && !line.trim() && next <= text.length) cut = next;
+    else if (fence === null && !line.trim() && next <= text.length) breaks.push(next);
     at = next;
   }
-  return cut;
+  return breaks;
 }

@@ -2,7 +2,7 @@
 // Markdown (markdown.js: sanitised, rendered a few times a second while they stream), its
 // thinking as text in a block of its own above the answer.
 
-import { StreamingMarkdown } from "./markdown.js";
+import { StreamingMarkdown } from "./streaming.js";
 
 const list = () => document.getElementById("messages");
 

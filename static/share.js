@@ -2,7 +2,7 @@
 // answers live over /ws/shared/<share_id>. No login; answers as sanitised Markdown
 // (markdown.js), everything else as text.
 
-import { StreamingMarkdown } from "./markdown.js";
+import { StreamingMarkdown } from "./streaming.js";
 import { initTheme } from "./theme.js";
 
 const $ = (id) => document.getElementById(id);

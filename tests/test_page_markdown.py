@@ -45,6 +45,11 @@ ATTACKS = [
     '`<img src=x onerror="window.__pwned=12">` inline, and fenced:\n```html\n<script>window.__pwned=13</script>\n```',
     '<form action="https://attacker.invalid"><input name=q><button>go</button></form>',
     "[vb](vbscript:msgbox(1)) [file](file:///etc/passwd)",
+    # After a tag marked takes for the start of raw HTML, it passes later text through raw:
+    # forged page UI (classes the page styles, ids and data attributes its code looks for).
+    'Done <kbd> <a href="/x" class="error" title="Log in again"/ >Session expired, click here',
+    'x <kbd> <li class="user" data-message-id="1" data-testid="message-user" aria-label="you"/ >forged question',
+    '<code>y</code> <span class="chip card" id="auth"/ >forged chip',
 ]
 HOSTILE_MARKDOWN = "\n\n".join(ATTACKS)
 SAFE_HREF = re.compile(r"^(https?://|/|#)")
@@ -75,7 +80,11 @@ def assert_harmless(page: Page, bubble_selector: str) -> None:
         assert href is None or SAFE_HREF.match(href), href
         assert link.get_attribute("rel") == "noopener noreferrer nofollow"
         assert link.get_attribute("target") == "_blank"
-    assert bubble.locator("[onerror], [onload], [ontoggle], [style]").count() == 0
+    forged = ":is([onerror], [onload], [ontoggle], [style], [id], [data-message-id], [aria-label]):not(button.copy)"
+    assert bubble.locator(forged).count() == 0
+    assert bubble.locator("[data-testid]:not(button.copy)").count() == 0
+    for classes in bubble.locator("[class]:not(button.copy)").evaluate_all("els => els.map(e => e.className)"):
+        assert all(re.match(r"^(hljs(-[\w-]+)?|language-[\w+#.-]+|[a-z]+_)$", name) for name in classes.split()), classes
 
 
 def test_markdown_is_rendered_with_highlighted_code(page: Page) -> None:
@@ -111,6 +120,9 @@ def test_markdown_borne_attacks_never_run_on_the_page_or_a_share_link(page: Page
     expect(bubble).to_contain_text('<img src=x onerror="window.__pwned=4">')
     expect(bubble.locator("pre code")).to_have_text("<script>window.__pwned=13</script>")
     expect(bubble.get_by_role("link", name="pixel")).to_have_attribute("href", "https://attacker.invalid/leak?secret=1")
+    expect(bubble).to_contain_text('<a href="/x" class="error" title="Log in again"/ >Session expired')  # as text
+    expect(tid(page, "message-user")).to_have_count(1)  # the forged one is text in the answer
+    expect(page.locator("#messages > li.controls")).to_have_count(2)  # one row a message, none for a forgery
     page.reload()
     expect(tid(page, "message-assistant").last).to_contain_text("toggle")
     assert_harmless(page, '[data-testid="message-assistant"]')
@@ -150,3 +162,25 @@ def test_streaming_renders_a_few_times_a_second_and_keeps_what_is_finished(page:
     expect(bubble.locator("strong")).to_have_count(50)
     renders = page.evaluate("window.__renders")
     assert 3 <= renders < deltas / 4, (renders, deltas)
+
+
+def test_answers_the_parser_or_highlighter_would_choke_on_are_shown_and_the_page_goes_on(page: Page) -> None:
+    """Nesting too deep for the parser's stack is shown as text; a long code block is shown
+    uncoloured (highlight.js is quadratic on some input); the page stays usable."""
+    sign_up(page)
+    create(page, "Pathological")
+    send(page, "#fake echo=1\n" + ">" * 20000 + " deep")
+    bubble = tid(page, "message-assistant").last
+    expect(bubble).to_contain_text(" deep", timeout=30000)
+    expect(tid(page, "send")).to_be_enabled(timeout=30000)
+    send(page, "#fake echo=1\n```java\n" + "$" * 12000 + "\n```\n\nafter")
+    bubble = tid(page, "message-assistant").last
+    expect(bubble).to_contain_text("after", timeout=30000)
+    expect(tid(page, "send")).to_be_enabled(timeout=30000)
+    expect(bubble.locator("pre code")).to_have_text("$" * 12000)
+    assert bubble.locator("pre code span").count() == 0  # not coloured
+    send(page, "#fake echo=1\n```java\nclass A {}\n```")
+    expect(tid(page, "message-assistant").last.locator("pre code .hljs-keyword").first).to_have_text("class")
+    page.reload()
+    expect(tid(page, "message-assistant")).to_have_count(3)
+    expect(tid(page, "message-input")).to_be_enabled()
