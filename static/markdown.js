@@ -21,6 +21,8 @@ const HIGHLIGHT_MAX = 10 * 1024;
 
 const ENTITIES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 const escape = (text) => String(text).replace(/[&<>"']/g, (c) => ENTITIES[c]);
+// Raw text from the source: an entity written in it (`&amp;`) stays one.
+const escapeSource = (text) => String(text).replace(/&(?!#?\w+;)|[<>"']/g, (c) => ENTITIES[c]);
 
 let highlighting = true; // off for the part of an answer still being written
 
@@ -30,7 +32,7 @@ export const marked = new Marked({
     html: ({ text }) => escape(text), // raw HTML is text, block or inline
     // Text marked passes through raw (after a tag it takes for the start of raw HTML) is
     // escaped too; any other text is marked's own (false: its default rendering).
-    text(token) { return !token.tokens && token.escaped ? escape(token.text) : false; },
+    text(token) { return !token.tokens && token.escaped ? escapeSource(token.text) : false; },
     checkbox: ({ checked }) => (checked ? "☑ " : "☐ "),
     image: ({ href, text }) => `<a href="${escape(href)}">${escape(text || href)}</a>`,
     code({ text, lang }) {
@@ -48,10 +50,11 @@ const PURIFY = {
   ALLOWED_ATTR: ["href", "title", "class", "start", "align"],
   ALLOW_DATA_ATTR: false,
   ALLOW_ARIA_ATTR: false,
-  ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|#|\/(?!\/))/i,
+  ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|#|\/(?![/\\]))/i, // not //host, nor /\host (the same to a browser)
+  ADD_URI_SAFE_ATTR: ["start", "align"], // not URLs: kept as they are (list numbers, column alignment)
   RETURN_DOM_FRAGMENT: true,
 };
-const HIGHLIGHT_CLASS = /^(?:hljs(?:-[\w-]+)?|language-[\w+#.-]+|[a-z]+_)$/;
+const HIGHLIGHT_CLASS = /^(?:hljs(?:-[\w-]+)?|language-[\w+#.-]+|[a-z]+_+)$/;
 
 DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
   if (data.attrName === "class") {

@@ -13,8 +13,8 @@ from tests.test_page import SHOTS, browser, create, page, page_server, send, sig
 
 SAMPLE = """## Plan
 
-1. first
-2. second
+3. first
+4. second
 
 | name | value |
 |:-----|------:|
@@ -44,7 +44,7 @@ ATTACKS = [
     "<javascript:window.__pwned=11>",
     '`<img src=x onerror="window.__pwned=12">` inline, and fenced:\n```html\n<script>window.__pwned=13</script>\n```',
     '<form action="https://attacker.invalid"><input name=q><button>go</button></form>',
-    "[vb](vbscript:msgbox(1)) [file](file:///etc/passwd)",
+    "[vb](vbscript:msgbox(1)) [file](file:///etc/passwd) [host](//attacker.invalid) ![host](/\\attacker.invalid/p)",
     # After a tag marked takes for the start of raw HTML, it passes later text through raw:
     # forged page UI (classes the page styles, ids and data attributes its code looks for).
     'Done <kbd> <a href="/x" class="error" title="Log in again"/ >Session expired, click here',
@@ -52,7 +52,7 @@ ATTACKS = [
     '<code>y</code> <span class="chip card" id="auth"/ >forged chip',
 ]
 HOSTILE_MARKDOWN = "\n\n".join(ATTACKS)
-SAFE_HREF = re.compile(r"^(https?://|/|#)")
+SAFE_HREF = re.compile(r"^(https?://|/(?![/\\])|#|mailto:)")
 
 
 def foreign_requests(page: Page) -> list[str]:
@@ -94,7 +94,9 @@ def test_markdown_is_rendered_with_highlighted_code(page: Page) -> None:
     bubble = tid(page, "message-assistant").last
     expect(bubble.locator("h2")).to_have_text("Plan", timeout=15000)
     expect(bubble.locator("ol > li")).to_have_text(["first", "second"])
+    expect(bubble.locator("ol")).to_have_attribute("start", "3")  # the list's own numbers
     expect(bubble.locator("table td")).to_have_text(["a", "1"])
+    expect(bubble.locator("table td").last).to_have_attribute("align", "right")
     expect(bubble.locator("pre code.language-python .hljs-keyword").first).to_have_text("def")
     expect(bubble.locator("pre code")).to_have_text("def answer():\n    return 42")
     expect(bubble.locator("p code")).to_have_text("inline code")
