@@ -125,13 +125,17 @@ def test_shift_enter_is_a_newline(page: Page) -> None:
     expect(tid(page, "message-user")).to_have_text("#fake tokens=1\nsecond line")
 
 
-def test_stop_keeps_the_partial_answer(page: Page) -> None:
+@pytest.mark.parametrize("how", ["button", "Escape"])
+def test_stop_keeps_the_partial_answer(page: Page, how: str) -> None:
     sign_up(page)
     create(page, "Stopping")
     send(page, "#fake tokens=200 delay_ms=50")
     bubble = tid(page, "message-assistant").last
     expect(bubble).to_have_text(re.compile(r"^t0 t1 t2 "))
-    tid(page, "stop").click()
+    if how == "button":
+        tid(page, "stop").click()
+    else:
+        page.keyboard.press("Escape")  # the keyboard's Stop (focus is still in the composer)
     expect(tid(page, "send")).to_be_enabled()
     expect(tid(page, "stop")).to_be_disabled()
     partial = bubble.text_content() or ""

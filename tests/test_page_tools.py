@@ -1,7 +1,7 @@
 """The page's tools in a real browser against the real server: rename in place, search as
 you type (paged), export as JSON and Markdown, usage per answer and in total, copy, the
-model picker, the keyboard (Enter, Escape, Ctrl+K) and the light and dark themes; the
-screenshots the README shows (desktop and phone width)."""
+model picker, the keyboard (Ctrl+K; Enter and Escape are in test_page) and the light and
+dark themes; the screenshots the README shows (desktop and phone width)."""
 # ruff: noqa: F811  (test_page's fixtures are imported, and test arguments share their names)
 from __future__ import annotations
 
@@ -130,20 +130,6 @@ def test_export_usage_copy_and_model_picker(browser: Browser, page_server: Serve
         expect(tid(page, "conversation-model")).to_have_value("demo")
     finally:
         context.close()
-
-
-def test_escape_stops_the_answer(page: Page) -> None:
-    sign_up(page)
-    create(page, "Escape")
-    send(page, "#fake tokens=200 delay_ms=50")
-    bubble = tid(page, "message-assistant").last
-    expect(bubble).to_have_text(re.compile(r"^t0 t1 t2 "))
-    page.keyboard.press("Escape")
-    expect(tid(page, "send")).to_be_enabled()
-    partial = bubble.text_content() or ""
-    assert "t199" not in partial
-    page.reload()
-    expect(tid(page, "message-assistant").last).to_have_text(partial)
 
 
 def test_a_refused_message_goes_back_into_the_composer(page: Page) -> None:
