@@ -192,7 +192,7 @@ def test_screenshots_for_the_readme(browser: Browser, page_server: ServerProcess
         page = context.new_page()
         try:
             page.goto(page_server.url + "/")
-            sign_up(page)
+            sign_up(page, "ada" if name == "desktop" else "ada_phone")  # a name, not a random one
             if name == "phone":
                 page.locator("#show-sidebar").click()
             create(page, "A Markdown answer")
