@@ -18,7 +18,9 @@ const state = {
   usageReads: 0, // reads of the user's totals: only the newest one's answer counts
 };
 
-async function api(path, options = {}) {
+// A call to the API with the session's token: its JSON (or, `raw`, the response itself);
+// an error in words when it fails, and a 401 ends the session.
+async function api(path, { raw = false, ...options } = {}) {
   const headers = { "Content-Type": "application/json" };
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
   let response;
@@ -27,16 +29,16 @@ async function api(path, options = {}) {
   } catch {
     throw new Error("Cannot reach the server. Check your connection.");
   }
-  const body = await response.json().catch(() => ({}));
   if (response.status === 401 && state.token) {
     logout("Your session has ended. Please log in again.");
   }
   if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
     const error = new Error(body.error || `The server answered ${response.status}.`);
     error.status = response.status;
     throw error;
   }
-  return body;
+  return raw ? response : response.json().catch(() => ({}));
 }
 
 // --- auth -----------------------------------------------------------------------------
@@ -133,8 +135,7 @@ document.addEventListener("keydown", (event) => {
 });
 initTheme($("theme"));
 initTokens({ api, onError: chatError });
-initHeader({ api, token: () => state.token, current: currentId, onError: chatError,
-  onUnauthorized: () => logout("Your session has ended. Please log in again.") });
+initHeader({ api, current: currentId, onError: chatError });
 initSidebar({
   api,
   onOpen: (conversation) => openConversation(conversation).catch((e) => chatError(e.message)),

@@ -6,15 +6,13 @@ const PARAMS = ["temperature", "top_p", "max_tokens", "reasoning_effort"];
 
 const header = {
   api: null, // the page's api(path, options)
-  token: null, // () => the session's token
   current: () => null, // () => the open conversation's id, or null
   onError: null,
-  onUnauthorized: null, // the session ended (a 401 on a download)
   model: null, // the open conversation's model
 };
 
-export function initHeader({ api, token, current, onError, onUnauthorized }) {
-  Object.assign(header, { api, token, current, onError, onUnauthorized });
+export function initHeader({ api, current, onError }) {
+  Object.assign(header, { api, current, onError });
   const guard = (action) => (event) => {
     event?.preventDefault();
     if (header.current() !== null) action(header.current()).catch((error) => header.onError(error.message));
@@ -111,19 +109,7 @@ async function share(id) {
 }
 
 async function download(id, format) {
-  let response;
-  try {
-    response = await fetch(`/api/conversations/export/${id}?format=${format}`, {
-      headers: { Authorization: `Bearer ${header.token()}` },
-    });
-  } catch {
-    throw new Error("Cannot reach the server. Check your connection.");
-  }
-  if (response.status === 401) return header.onUnauthorized();
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    throw new Error(body.error || `The export failed (${response.status}).`);
-  }
+  const response = await header.api(`/api/conversations/export/${id}?format=${format}`, { raw: true });
   const name = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "")?.[1]
     || `conversation-${id}.${format === "markdown" ? "md" : "json"}`;
   const url = URL.createObjectURL(await response.blob());

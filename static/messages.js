@@ -1,6 +1,6 @@
-// The messages of the open conversation: the user's as text, the model's answers as
-// Markdown (markdown.js: sanitised, rendered a few times a second while they stream), its
-// thinking as text in a block of its own above the answer.
+// The messages shown (of the open conversation, or of a share link): the user's as text,
+// the model's answers as Markdown (streaming.js, markdown.js: sanitised, rendered a few
+// times a second while they stream), its thinking as text in a block above the answer.
 
 import { StreamingMarkdown } from "./streaming.js";
 

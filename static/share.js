@@ -2,7 +2,8 @@
 // answers live over /ws/shared/<share_id>. No login; answers as sanitised Markdown
 // (markdown.js), everything else as text.
 
-import { StreamingMarkdown } from "./streaming.js";
+import { showError } from "./dom.js";
+import { addBubble, clearMessages, dropBubbles, finishBubble } from "./messages.js";
 import { initTheme } from "./theme.js";
 
 const $ = (id) => document.getElementById(id);
@@ -10,26 +11,9 @@ const shareId = decodeURIComponent(location.pathname.split("/").pop());
 let answer = null; // the bubble of the answer being written
 let retries = 0;
 
-function add(role, text, messageId, streaming = false) {
-  const bubble = document.createElement("li");
-  bubble.className = role + (streaming ? " streaming" : "");
-  bubble.dataset.testid = role === "user" ? "message-user" : "message-assistant";
-  if (messageId) bubble.dataset.messageId = String(messageId);
-  if (role === "assistant") {
-    bubble.answer = new StreamingMarkdown(bubble);
-    if (text) bubble.answer.finish(text);
-  } else {
-    bubble.textContent = text;
-  }
-  $("messages").append(bubble);
-  $("messages").scrollTop = $("messages").scrollHeight;
-  return bubble;
-}
-
 function ended(message) {
   $("status").textContent = "";
-  $("chat-error").textContent = message;
-  $("chat-error").hidden = false;
+  showError("chat-error", message);
 }
 
 async function load() {
@@ -38,10 +22,10 @@ async function load() {
   if (!response.ok) throw new Error(`the server answered ${response.status}`);
   const history = await response.json();
   $("chat-title").textContent = history.title || "Shared conversation";
-  $("messages").replaceChildren();
+  clearMessages();
   answer = null;
   for (const message of history.messages) {
-    if (message.content) add(message.role, message.content, message.message_id);
+    if (message.content) addBubble(message.role, message.content, false, message.message_id);
   }
   connect();
 }
@@ -70,26 +54,22 @@ function show(frame, socket) {
       $("status").textContent = frame.generating ? "answering…" : "live";
       break;
     case "user_message":
-      add("user", frame.data, frame.message_id);
+      addBubble("user", frame.data, false, frame.message_id);
       answer = null;
       $("status").textContent = "answering…";
       break;
     case "message":
-      if (!answer) answer = add("assistant", "", null, true);
+      if (!answer) answer = addBubble("assistant", "", true);
       answer.answer.append(frame.data);
       break;
     case "full_response":
-      if (answer) answer.answer.finish(frame.data);
-      else if (frame.data) answer = add("assistant", frame.data, frame.message_id);
-      answer?.classList.remove("streaming");
+      if (answer) finishBubble(answer, frame.data, frame.message_id);
+      else if (frame.data) addBubble("assistant", frame.data, false, frame.message_id);
       answer = null;
       $("status").textContent = "live";
       break;
     case "truncate":
-      for (const bubble of [...$("messages").children]) {
-        const id = Number(bubble.dataset.messageId);
-        if (id >= frame.from_message_id && id <= frame.through_message_id) bubble.remove();
-      }
+      dropBubbles(frame.from_message_id, frame.through_message_id);
       break;
     case "branch": // the owner switched versions: read it again
     case "resync": // resumed from events the server no longer holds: read it again
