@@ -270,7 +270,9 @@ def test_page_security_headers(page_server: ServerProcess) -> None:
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
     csp = response.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert "connect-src 'self';" in csp  # sockets and requests to this host only
     assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-dns-prefetch-control"] == "off"  # no lookup of an answer's link hosts
 
 
 def test_title_and_an_edit_made_elsewhere_show_up(page: Page, page_server: ServerProcess) -> None:
