@@ -1,6 +1,7 @@
 """The SQL store on a real SQLite file and a real PostgreSQL database."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from realtime_llm.config import Settings
-from realtime_llm.errors import PayloadTooLarge
+from realtime_llm.errors import BadRequest, ConversationNotFound, PayloadTooLarge
 from realtime_llm.keys import APIKeyBox
 from realtime_llm.store import conversations as conversations_module
 from realtime_llm.store import schema
@@ -277,6 +278,45 @@ async def test_message_ids_count_up_under_concurrency(db) -> None:
     for conversation in (a, b):
         ids = [m.message_id for m in await store.messages.every(conversation.id)]
         assert ids == list(range(1, 11))
+
+
+async def test_a_message_whose_file_is_gone_saves_nothing(db) -> None:
+    """A file deleted between its check and the message's transaction is a 400, and the
+    transaction's earlier writes (the numbering, the message) are rolled back."""
+    user = await UserStore(db).create("gone", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
+    await store.messages.add(conversation, "user", "first")
+    stored = await store.files.create(user.id, name="a.txt", content_type="text/plain", size=2, width=None,
+                                      height=None, text="", text_chars=2, chunks=one_chunk(b"hi"),
+                                      max_bytes_per_user=100)
+    [file] = await store.files.owned([str(stored["file_id"])], user.id)
+    await db.execute(schema.files.delete().where(schema.files.c.id == file.file_id))
+    with pytest.raises(BadRequest, match="is gone"):
+        await store.messages.add(conversation, "user", "with a file", attachments=[file])
+    assert [m.content for m in await store.messages.every(conversation.id)] == ["first"]
+    row = await db.fetch_one(sa.select(schema.conversations.c.message_count, schema.conversations.c.last_message_id,
+                                       schema.conversations.c.active_leaf_id)
+                             .where(schema.conversations.c.id == conversation.id))
+    assert (row[0], row[1], row[2]) == (1, 1, 1)
+    again = await store.messages.add(conversation, "user", "second")  # the connection is usable after it
+    assert again.message_id == 2 and again.parent_id == 1
+
+
+async def test_a_message_to_a_deleted_conversation_is_not_written(db) -> None:
+    """Another owner, or a conversation deleted meanwhile: ConversationNotFound, nothing written."""
+    users = UserStore(db)
+    owner, other = await users.create("owner", "hash"), await users.create("other", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    conversation = await store.create(owner.id, title="t", model="demo", system_prompt="", api_key="")
+    forged = dataclasses.replace(conversation, user_id=other.id)
+    with pytest.raises(ConversationNotFound):
+        await store.messages.add(forged, "assistant", "not yours", Usage(10, 20))
+    assert await db.fetch_val(sa.select(schema.users.c.completion_tokens).where(schema.users.c.id == owner.id)) == 0
+    await store.delete_owned(conversation.id, owner.id)
+    with pytest.raises(ConversationNotFound):
+        await store.messages.add(conversation, "user", "too late")
+    assert await db.fetch_val(sa.select(sa.func.count()).select_from(schema.messages)) == 0
 
 
 async def test_deleting_a_user_cascades(db) -> None:

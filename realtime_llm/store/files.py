@@ -12,7 +12,7 @@ from databases import Database
 
 from realtime_llm.errors import BadRequest, PayloadTooLarge
 from realtime_llm.store.cancelsafe import atomically
-from realtime_llm.store.compiled import Compiled, fetch_all, fetch_one
+from realtime_llm.store.compiled import Compiled, Script, fetch_all, fetch_one
 from realtime_llm.store.schema import file_chunks, files, message_files, users
 
 META_COLUMNS = (files.c.id, files.c.name, files.c.content_type, files.c.size, files.c.width, files.c.height,
@@ -187,11 +187,10 @@ ATTACH = Compiled(message_files.insert().from_select(
     .returning(message_files.c.file_id))
 
 
-async def attach(database: Database, conversation_id: int, user_id: int, message_id: int,
-                 file_ids: Sequence[str]) -> None:
-    """Inside the transaction that adds a message: it carries these files, each still the
+def attach(conversation_id: int, user_id: int, message_id: int, file_ids: Sequence[str]) -> Script[None]:
+    """Part of the transaction that adds a message: it carries these files, each still the
     owner's now (a file swept or deleted since it was checked is a 400, and nothing is saved)."""
     for position, file_id in enumerate(file_ids):
-        if not await ATTACH.fetch_all(database, cid=conversation_id, message_id=message_id, position=position,
-                                      file_id=file_id, user_id=user_id):
+        if not (yield ATTACH.bind(cid=conversation_id, message_id=message_id, position=position,
+                                  file_id=file_id, user_id=user_id)):
             raise BadRequest(f"the file {file_id!r} is gone: upload it again")

@@ -10,7 +10,7 @@ from databases import Database
 
 from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
-from realtime_llm.store.cancelsafe import atomically
+from realtime_llm.store.compiled import Script, transaction
 from realtime_llm.store.files import FileStore, StoredFile, attach
 from realtime_llm.store.records import Conversation, Message, message_from_row
 from realtime_llm.store.shapes import branch_json, message_json
@@ -130,31 +130,30 @@ class MessageStore:
         now = int(time.time())
         cid, user_id = conversation.id, conversation.user_id
 
-        async def append() -> tuple[int, int, int, list[int]]:  # one transaction, not to be cut by a cancel
-            async with self.database.transaction():
-                leaf = await ACTIVE_LEAF_FOR_UPDATE.fetch_val(self.database, cid=cid, user_id=user_id)
-                numbered = await NEXT_MESSAGE_ID.fetch_one(self.database, cid=cid, user_id=user_id)
-                if leaf is None or numbered is None:
-                    raise ConversationNotFound()
-                message_id, count = numbered
-                parent = leaf if parent_id is None else parent_id
-                await INSERT_MESSAGE.fetch_all(
-                    self.database, cid=cid, message_id=message_id, role=role, content=content,
-                    created_time=now, prompt_tokens=usage.prompt_tokens if usage else None,
-                    completion_tokens=usage.completion_tokens if usage else None,
-                    usage_estimated=int(usage.estimated) if usage else 0, reasoning=reasoning,
-                    reasoning_tokens=usage.reasoning_tokens if usage else None, parent_id=parent)
-                await attach(self.database, cid, user_id, message_id, [f.file_id for f in attachments])
-                # The active leaf has no children (NEXT_MESSAGE_ID and MOVE_LEAF see to it): a
-                # message after it is an only child.
-                siblings = [message_id] if parent == leaf else [
-                    row[0] for row in await CHILDREN.fetch_all(self.database, cid=cid, parent=parent)]
-                if usage is not None:
-                    await ADD_USAGE.fetch_all(self.database, cid=cid, prompt_tokens=usage.prompt_tokens,
-                                              completion_tokens=usage.completion_tokens)
+        def append() -> Script[tuple[int, int, int, list[int]]]:
+            leaf = yield ACTIVE_LEAF_FOR_UPDATE.bind(cid=cid, user_id=user_id)
+            numbered = yield NEXT_MESSAGE_ID.bind(cid=cid, user_id=user_id)
+            if not leaf or not numbered:
+                raise ConversationNotFound()
+            (message_id, count), active = numbered[0], leaf[0][0]
+            parent = active if parent_id is None else parent_id
+            yield INSERT_MESSAGE.bind(
+                cid=cid, message_id=message_id, role=role, content=content,
+                created_time=now, prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
+                usage_estimated=int(usage.estimated) if usage else 0, reasoning=reasoning,
+                reasoning_tokens=usage.reasoning_tokens if usage else None, parent_id=parent)
+            yield from attach(cid, user_id, message_id, [f.file_id for f in attachments])
+            # The active leaf has no children (NEXT_MESSAGE_ID and MOVE_LEAF see to it): a
+            # message after it is an only child.
+            siblings = [message_id] if parent == active else [
+                row[0] for row in (yield CHILDREN.bind(cid=cid, parent=parent))]
+            if usage is not None:
+                yield ADD_USAGE.bind(cid=cid, prompt_tokens=usage.prompt_tokens,
+                                     completion_tokens=usage.completion_tokens)
             return int(message_id), int(count), int(parent), siblings
 
-        message_id, count, parent, siblings = await atomically(append)
+        message_id, count, parent, siblings = await transaction(self.database, append)
         message = Message(message_id, role, content, now, usage, reasoning, parent, tuple(attachments))
         await self.cache.append(cid, message_json(message, siblings), count, parent)
         return message
