@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -14,9 +15,13 @@ from realtime_llm.config import Settings
 from realtime_llm.errors import BadRequest, ConversationNotFound, PayloadTooLarge
 from realtime_llm.keys import APIKeyBox
 from realtime_llm.store import conversations as conversations_module
+from realtime_llm.store import messages as messages_module
 from realtime_llm.store import schema
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
+from realtime_llm.store.messages import MessageStore
+from realtime_llm.store.paths import MESSAGE_COST, PathCache, PromptPath
+from realtime_llm.store.records import Message
 from realtime_llm.store.users import UserStore
 from realtime_llm.usage import Usage
 
@@ -317,6 +322,59 @@ async def test_a_message_to_a_deleted_conversation_is_not_written(db) -> None:
     with pytest.raises(ConversationNotFound):
         await store.messages.add(conversation, "user", "too late")
     assert await db.fetch_val(sa.select(sa.func.count()).select_from(schema.messages)) == 0
+
+
+async def test_a_kept_prompt_path_is_the_path_read_whole(db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prompt's path kept from the turn before (store/paths.py) gives the messages a
+    read of the whole branch gives, whatever came between: answers, edits and regenerates
+    (new branches), a switch back to an older leaf, another budget, thinking counted or
+    not, messages with files."""
+    extended: list[int] = []
+    real_extend = messages_module.extend
+    monkeypatch.setattr(messages_module, "extend", lambda *a, **k: extended.append(1) or real_extend(*a, **k))
+    rng = random.Random(21)
+    user = await UserStore(db).create("paths", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
+    added: list[int] = []
+    for step in range(150):
+        parent = rng.choice(added[-6:]) if added and rng.random() < 0.1 else None  # mostly at the end, or an edit
+        files = []
+        if rng.random() < 0.05:
+            stored = await store.files.create(user.id, name=f"f{step}.txt", content_type="text/plain", size=2,
+                                              width=None, height=None, text="hi", text_chars=2,
+                                              chunks=one_chunk(b"hi"), max_bytes_per_user=10_000)
+            files = await store.files.owned([str(stored["file_id"])], user.id)
+        message = await store.messages.add(conversation, rng.choice(["user", "assistant"]),
+                                           f"m{step} " + "x" * rng.randint(0, 120), parent_id=parent,
+                                           reasoning="r" * rng.choice([0, 0, 40]), attachments=files)
+        added.append(message.message_id)
+        leaf = message.message_id if rng.random() < 0.85 else rng.choice(added)  # or a switch, a regenerate
+        budget = 400 if rng.random() < 0.8 else rng.choice([2_000, 60])
+        with_reasoning = rng.random() < 0.05
+        kept = await store.messages.recent(conversation.id, budget, leaf, with_reasoning=with_reasoning)
+        whole = await MessageStore(db, store.cache, store.files).recent(conversation.id, budget, leaf,
+                                                                        with_reasoning=with_reasoning)
+        assert kept == whole, f"step {step}"
+    assert len(extended) > 45, len(extended)
+
+
+async def test_prompt_paths_kept_are_bounded() -> None:
+    """The paths kept are bounded in characters, the least recently used dropped first."""
+    def path(leaf: int, chars: int) -> PromptPath:
+        return PromptPath(leaf, (Message(leaf, "user", "x" * chars, 0),), 10_000, False, True)
+
+    cache = PathCache(max_cost=3 * (1_000 + MESSAGE_COST))
+    for cid in (1, 2, 3):
+        cache.put(cid, path(cid, 1_000))
+    assert cache.get(1) is not None  # 1 is now the most recently used
+    cache.put(4, path(4, 1_000))
+    assert cache.get(2) is None and all(cache.get(cid) is not None for cid in (1, 3, 4))
+    cache.put(5, path(5, 10 * 1_000))  # more than the whole bound: not kept, nothing dropped for it
+    assert cache.get(5) is None and all(cache.get(cid) is not None for cid in (1, 3, 4))
+    cache.drop(3)
+    cache.put(6, path(6, 1_000))
+    assert all(cache.get(cid) is not None for cid in (1, 4, 6))
 
 
 async def test_deleting_a_user_cascades(db) -> None:

@@ -157,6 +157,7 @@ class ConversationStore:
                 await fetch_all(self.database, conversations.delete().where(conversations.c.id == conversation_id,
                                                                             conversations.c.user_id == user_id))
         await atomically(delete)
+        self.messages.paths.drop(conversation_id)
         await self.cache.drop(conversation_id)
 
     async def exists(self, conversation_id: int) -> bool:

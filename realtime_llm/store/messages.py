@@ -12,6 +12,7 @@ from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.store.compiled import Script, transaction
 from realtime_llm.store.files import FileStore, StoredFile, attach
+from realtime_llm.store.paths import PathCache, PromptPath, extend
 from realtime_llm.store.records import Conversation, Message, message_from_row
 from realtime_llm.store.shapes import branch_json, message_json
 from realtime_llm.store.statements import (
@@ -31,6 +32,7 @@ from realtime_llm.store.tree import Tree
 from realtime_llm.usage import Usage
 
 IMAGE_COST_CHARS = 4_000  # what an image counts for in the prompt budget (about 1,000 tokens)
+NEWER_PAGE = 4  # rows read up from a new leaf to find the last prompt's (a turn adds two)
 PROMPT_IMAGE_BYTES = 20 * 1024 * 1024  # images a prompt carries at most, in bytes (base64 adds a third)
 
 
@@ -41,6 +43,7 @@ class MessageStore:
         self.database = database
         self.cache = cache
         self.files = files
+        self.paths = PathCache()  # this process's last prompt path of each conversation
 
     async def history(self, conversation: Conversation) -> list[dict[str, object]]:
         """The active branch as the history route shows it: from the cache when it is current."""
@@ -83,15 +86,25 @@ class MessageStore:
         return moved is not None
 
     async def recent(self, conversation_id: int, budget_chars: int, leaf: int, page: int = 64,
-                              with_reasoning: bool = False) -> list[Message]:
+                     with_reasoning: bool = False) -> list[Message]:
         """The newest messages of the branch ending at `leaf` whose contents (files
         included: their text, IMAGE_COST_CHARS an image) fit in the budget, and whose images
         in PROMPT_IMAGE_BYTES (the newest always), oldest first, each whole with its files;
         read a page at a time up the branch, so a long conversation costs no more than the
-        budget."""
+        budget. A branch without files is kept for the next turn (store/paths.py), which
+        then reads only the messages under it."""
+        cached = self.paths.get(conversation_id)
+        if cached is not None and cached.covers(budget_chars, with_reasoning):
+            rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=leaf, page=NEWER_PAGE)
+            ids = [r[0] for r in rows]
+            if cached.leaf in ids and not any(r[-1] for r in rows[:ids.index(cached.leaf)]):
+                newer = [message_from_row(r[:-1]) for r in rows[:ids.index(cached.leaf)]]
+                path = extend(newer, cached, leaf, budget_chars, with_reasoning)
+                self.paths.put(conversation_id, path)
+                return list(path.messages)
         chosen: list[Message] = []
         used = images = 0
-        start = leaf
+        start, complete, files = leaf, True, False
         while start:
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=start, page=page)
             carried = await self.files.of_messages(conversation_id, [r[0] for r in rows if r[-1]])
@@ -99,16 +112,24 @@ class MessageStore:
                 message = message_from_row(r[:-1])
                 if r[0] in carried:
                     message = dataclasses.replace(message, attachments=tuple(carried[r[0]]))
+                    files = True
                 size = len(message.content) + (len(message.reasoning) if with_reasoning else 0) + sum(
                     IMAGE_COST_CHARS if f.is_image else len(f.name) + f.text_chars for f in message.attachments)
                 pixels = sum(f.size for f in message.attachments if f.is_image)
                 if chosen and (used + size > budget_chars or images + pixels > PROMPT_IMAGE_BYTES):
-                    return await self._with_contents(conversation_id, chosen[::-1])
+                    start, complete = 0, False
+                    break
                 chosen.append(message)
                 used += size
                 images += pixels
-            start = chosen[-1].parent_id if len(rows) == page else 0
-        return await self._with_contents(conversation_id, chosen[::-1])
+            else:
+                start = chosen[-1].parent_id if len(rows) == page else 0
+        chosen.reverse()
+        if files or not chosen:
+            self.paths.drop(conversation_id)
+            return await self._with_contents(conversation_id, chosen)
+        self.paths.put(conversation_id, PromptPath(leaf, tuple(chosen), budget_chars, with_reasoning, complete))
+        return chosen
 
     async def _with_contents(self, conversation_id: int, chosen: list[Message]) -> list[Message]:
         """The messages with what a model reads of their files: loaded only for those sent."""
