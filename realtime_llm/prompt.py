@@ -19,7 +19,7 @@ async def build_prompt(settings: LlmSettings, store: ConversationStore, conversa
     goes too, and counts against the budget."""
     system = conversation.system_prompt or settings.system_prompt
     budget = settings.context_budget_tokens * CHARS_PER_TOKEN - len(system)
-    history = await store.messages.recent(conversation.id, max(budget, 1), last, with_reasoning=with_reasoning)
+    history = await store.messages.recent(conversation, max(budget, 1), last, with_reasoning=with_reasoning)
     return (ChatMessage("system", system),
             *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "",
                           tuple(Attachment(f.name, f.content_type, f.size, f.data, f.text, f.width, f.height)

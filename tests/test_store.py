@@ -17,11 +17,13 @@ from realtime_llm.keys import APIKeyBox
 from realtime_llm.store import conversations as conversations_module
 from realtime_llm.store import messages as messages_module
 from realtime_llm.store import schema
+from realtime_llm.store.compiled import Script, transaction
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.messages import MessageStore
 from realtime_llm.store.paths import MESSAGE_COST, PathCache, PromptPath
 from realtime_llm.store.records import Message
+from realtime_llm.store.statements import INSERT_MESSAGE, NEXT_MESSAGE_ID
 from realtime_llm.store.users import UserStore
 from realtime_llm.usage import Usage
 
@@ -308,6 +310,29 @@ async def test_a_message_whose_file_is_gone_saves_nothing(db) -> None:
     assert again.message_id == 2 and again.parent_id == 1
 
 
+async def test_a_statement_that_fails_rolls_its_transaction_back(db) -> None:
+    """A statement refused by the database within a transaction script (here a message id
+    taken twice) raises the database's error, and the statements before it are undone."""
+    user = await UserStore(db).create("refused", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
+    await store.messages.add(conversation, "user", "first")
+
+    def numbered_twice() -> Script[None]:
+        yield NEXT_MESSAGE_ID.bind(cid=conversation.id, user_id=user.id)
+        yield INSERT_MESSAGE.bind(cid=conversation.id, message_id=1, role="user", content="again", created_time=0,
+                                  prompt_tokens=None, completion_tokens=None, usage_estimated=0, reasoning="",
+                                  reasoning_tokens=None, parent_id=0)
+
+    with pytest.raises(Exception) as refused:
+        await transaction(db, numbered_twice)
+    assert "unique" in str(refused.value).lower() or "duplicate" in str(refused.value).lower(), refused.value
+    count = await db.fetch_val(sa.select(schema.conversations.c.message_count)
+                               .where(schema.conversations.c.id == conversation.id))
+    assert count == 1
+    assert (await store.messages.add(conversation, "user", "second")).message_id == 2
+
+
 async def test_a_message_to_a_deleted_conversation_is_not_written(db) -> None:
     """Another owner, or a conversation deleted meanwhile: ConversationNotFound, nothing written."""
     users = UserStore(db)
@@ -352,8 +377,8 @@ async def test_a_kept_prompt_path_is_the_path_read_whole(db, monkeypatch: pytest
         leaf = message.message_id if rng.random() < 0.85 else rng.choice(added)  # or a switch, a regenerate
         budget = 400 if rng.random() < 0.8 else rng.choice([2_000, 60])
         with_reasoning = rng.random() < 0.05
-        kept = await store.messages.recent(conversation.id, budget, leaf, with_reasoning=with_reasoning)
-        whole = await MessageStore(db, store.cache, store.files).recent(conversation.id, budget, leaf,
+        kept = await store.messages.recent(conversation, budget, leaf, with_reasoning=with_reasoning)
+        whole = await MessageStore(db, store.cache, store.files).recent(conversation, budget, leaf,
                                                                         with_reasoning=with_reasoning)
         assert kept == whole, f"step {step}"
     assert len(extended) > 45, len(extended)
@@ -362,7 +387,7 @@ async def test_a_kept_prompt_path_is_the_path_read_whole(db, monkeypatch: pytest
 async def test_prompt_paths_kept_are_bounded() -> None:
     """The paths kept are bounded in characters, the least recently used dropped first."""
     def path(leaf: int, chars: int) -> PromptPath:
-        return PromptPath(leaf, (Message(leaf, "user", "x" * chars, 0),), 10_000, False, True)
+        return PromptPath(1, leaf, (Message(leaf, "user", "x" * chars, 0),), 10_000, False, True)
 
     cache = PathCache(max_cost=3 * (1_000 + MESSAGE_COST))
     for cid in (1, 2, 3):
@@ -375,6 +400,7 @@ async def test_prompt_paths_kept_are_bounded() -> None:
     cache.drop(3)
     cache.put(6, path(6, 1_000))
     assert all(cache.get(cid) is not None for cid in (1, 4, 6))
+    assert path(7, 10).covers(1, 10_000, False) and not path(7, 10).covers(2, 10_000, False)  # the owner's only
 
 
 async def test_deleting_a_user_cascades(db) -> None:

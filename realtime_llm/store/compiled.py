@@ -13,6 +13,7 @@ the driver's own: tuples in the order of the statement's columns.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from typing import Any, Callable, Generator, Sequence, TypeVar
 
@@ -87,8 +88,9 @@ Script = Generator[Step, list[Sequence[Any]], T]
 
 async def transaction(database: Database, script: Callable[[], Script[T]]) -> T:
     """Run the statements `script` yields as one transaction (committed if it returns,
-    rolled back if it raises) and return what it returns; a cancellation waits for it
-    (cancelsafe.atomically).
+    rolled back if it raises) and return what it returns. A cancellation does not cut it
+    short: it waits for the transaction's end (cancelsafe.atomically), which on SQLite,
+    already on its thread, is the commit.
 
     On SQLite the whole transaction is one call on its connection's thread, the script
     running there: through aiosqlite every statement, BEGIN and COMMIT included, is a hop
@@ -121,7 +123,8 @@ def _in_sqlite(connection: sqlite3.Connection, steps: Script[T]) -> T:
         return result
     except BaseException:
         if connection.in_transaction:
-            connection.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
+                connection.execute("ROLLBACK")  # (and the pool rolls back or closes it again)
         raise
 
 

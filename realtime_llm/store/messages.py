@@ -12,7 +12,7 @@ from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.store.compiled import Script, transaction
 from realtime_llm.store.files import FileStore, StoredFile, attach
-from realtime_llm.store.paths import PathCache, PromptPath, extend
+from realtime_llm.store.paths import PathCache, PromptPath, extend, text_size
 from realtime_llm.store.records import Conversation, Message, message_from_row
 from realtime_llm.store.shapes import branch_json, message_json
 from realtime_llm.store.statements import (
@@ -85,7 +85,7 @@ class MessageStore:
                                           expected=expected, leaf=leaf)
         return moved is not None
 
-    async def recent(self, conversation_id: int, budget_chars: int, leaf: int, page: int = 64,
+    async def recent(self, conversation: Conversation, budget_chars: int, leaf: int, page: int = 64,
                      with_reasoning: bool = False) -> list[Message]:
         """The newest messages of the branch ending at `leaf` whose contents (files
         included: their text, IMAGE_COST_CHARS an image) fit in the budget, and whose images
@@ -93,13 +93,14 @@ class MessageStore:
         read a page at a time up the branch, so a long conversation costs no more than the
         budget. A branch without files is kept for the next turn (store/paths.py), which
         then reads only the messages under it."""
+        conversation_id, owner = conversation.id, conversation.user_id
         cached = self.paths.get(conversation_id)
-        if cached is not None and cached.covers(budget_chars, with_reasoning):
+        if cached is not None and cached.covers(owner, budget_chars, with_reasoning):
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=leaf, page=NEWER_PAGE)
             ids = [r[0] for r in rows]
             if cached.leaf in ids and not any(r[-1] for r in rows[:ids.index(cached.leaf)]):
                 newer = [message_from_row(r[:-1]) for r in rows[:ids.index(cached.leaf)]]
-                path = extend(newer, cached, leaf, budget_chars, with_reasoning)
+                path = extend(newer, cached, leaf, budget_chars)
                 self.paths.put(conversation_id, path)
                 return list(path.messages)
         chosen: list[Message] = []
@@ -113,7 +114,7 @@ class MessageStore:
                 if r[0] in carried:
                     message = dataclasses.replace(message, attachments=tuple(carried[r[0]]))
                     files = True
-                size = len(message.content) + (len(message.reasoning) if with_reasoning else 0) + sum(
+                size = text_size(message, with_reasoning) + sum(
                     IMAGE_COST_CHARS if f.is_image else len(f.name) + f.text_chars for f in message.attachments)
                 pixels = sum(f.size for f in message.attachments if f.is_image)
                 if chosen and (used + size > budget_chars or images + pixels > PROMPT_IMAGE_BYTES):
@@ -128,7 +129,7 @@ class MessageStore:
         if files or not chosen:
             self.paths.drop(conversation_id)
             return await self._with_contents(conversation_id, chosen)
-        self.paths.put(conversation_id, PromptPath(leaf, tuple(chosen), budget_chars, with_reasoning, complete))
+        self.paths.put(conversation_id, PromptPath(owner, leaf, tuple(chosen), budget_chars, with_reasoning, complete))
         return chosen
 
     async def _with_contents(self, conversation_id: int, chosen: list[Message]) -> list[Message]:

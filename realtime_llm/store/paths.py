@@ -30,8 +30,11 @@ MAX_PATHS = 10_000
 class PromptPath:
     """The newest messages of the branch ending at `leaf`, oldest first, that fit in
     `budget` characters (their thinking counted when `with_reasoning`), chosen as
-    MessageStore.recent chooses; `complete`: nothing older was left out."""
+    MessageStore.recent chooses; `complete`: nothing older was left out. `owner`: the
+    conversation's, checked on every use, so that not even an id handed out twice could
+    give one user's messages to another's prompt."""
 
+    owner: int
     leaf: int
     messages: tuple[Message, ...]
     budget: int
@@ -42,17 +45,18 @@ class PromptPath:
     def cost(self) -> int:
         return sum(len(m.content) + len(m.reasoning) + MESSAGE_COST for m in self.messages)
 
-    def covers(self, budget: int, with_reasoning: bool) -> bool:
-        """Whether a choice within `budget` is a part of this one."""
-        return with_reasoning == self.with_reasoning and (self.complete or budget <= self.budget)
+    def covers(self, owner: int, budget: int, with_reasoning: bool) -> bool:
+        """Whether `owner`'s choice within `budget` is a part of this one."""
+        return (owner == self.owner and with_reasoning == self.with_reasoning
+                and (self.complete or budget <= self.budget))
 
 
-def size(message: Message, with_reasoning: bool) -> int:
-    """What a message without files counts for in the budget."""
+def text_size(message: Message, with_reasoning: bool) -> int:
+    """What a message counts for in the budget, its files aside."""
     return len(message.content) + (len(message.reasoning) if with_reasoning else 0)
 
 
-def extend(newer: Sequence[Message], cached: PromptPath, leaf: int, budget: int, with_reasoning: bool) -> PromptPath:
+def extend(newer: Sequence[Message], cached: PromptPath, leaf: int, budget: int) -> PromptPath:
     """The path to `leaf`: `newer` (newest first, ending just under the cached leaf) over
     `cached`, chosen within `budget` as if read whole. (Every message a fresh choice would
     take fits in `budget` <= cached.budget, so the cached choice holds it; the first one it
@@ -60,12 +64,14 @@ def extend(newer: Sequence[Message], cached: PromptPath, leaf: int, budget: int,
     chosen: list[Message] = []
     used = 0
     for message in (*newer, *reversed(cached.messages)):
-        cost = size(message, with_reasoning)
+        cost = text_size(message, cached.with_reasoning)
         if chosen and used + cost > budget:
-            return PromptPath(leaf, tuple(reversed(chosen)), budget, with_reasoning, complete=False)
+            return PromptPath(cached.owner, leaf, tuple(reversed(chosen)), budget, cached.with_reasoning,
+                              complete=False)
         chosen.append(message)
         used += cost
-    return PromptPath(leaf, tuple(reversed(chosen)), budget, with_reasoning, complete=cached.complete)
+    return PromptPath(cached.owner, leaf, tuple(reversed(chosen)), budget, cached.with_reasoning,
+                      complete=cached.complete)
 
 
 class PathCache:
