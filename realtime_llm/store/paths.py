@@ -21,8 +21,8 @@ from typing import Sequence
 
 from realtime_llm.store.records import Message
 
-MAX_COST = 8 * 1024 * 1024  # characters held, plus MESSAGE_COST a message
-MESSAGE_COST = 300  # about what a Message and its row's other values take, beside its text
+MAX_COST = 4 * 1024 * 1024  # characters held, plus MESSAGE_COST a message: about bytes, for ASCII
+MESSAGE_COST = 800  # about what a Message (its usage, its values) takes in memory, beside its text
 MAX_PATHS = 10_000
 
 
