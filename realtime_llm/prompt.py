@@ -6,7 +6,7 @@ from realtime_llm.config import LlmSettings
 from realtime_llm.providers import Attachment, ChatMessage
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.messages import IMAGE_COST_CHARS
-from realtime_llm.store.records import Conversation
+from realtime_llm.store.records import Conversation, Message
 from realtime_llm.usage import Usage
 
 CHARS_PER_TOKEN = 4  # the budget is in tokens; this estimate avoids a tokenizer per model
@@ -21,15 +21,23 @@ async def build_prompt(settings: LlmSettings, store: ConversationStore, conversa
     budget = settings.context_budget_tokens * CHARS_PER_TOKEN - len(system)
     history = await store.messages.recent(conversation, max(budget, 1), last, with_reasoning=with_reasoning)
     return (ChatMessage("system", system),
-            *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "",
-                          tuple(Attachment(f.name, f.content_type, f.size, f.data, f.text, f.width, f.height)
-                                for f in m.attachments)) for m in history))
+            *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "", _attachments(m))
+              for m in history))
+
+
+def _attachments(message: Message) -> tuple[Attachment, ...]:
+    """A message's files as a model is given them (most messages have none: no generator
+    is made for them, a prompt being a whole conversation's messages every turn)."""
+    if not message.attachments:
+        return ()
+    return tuple(Attachment(f.name, f.content_type, f.size, f.data, f.text, f.width, f.height)
+                 for f in message.attachments)
 
 
 def answer_usage(reported: Usage | None, prompt: tuple[ChatMessage, ...], answer: str) -> Usage:
     """The upstream's counts when it gave them; else an estimate (4 characters a token)."""
     if reported is not None:
         return reported
-    prompt_chars = sum(len(m.content) + len(m.reasoning) + sum(
-        IMAGE_COST_CHARS if a.is_image else len(a.name) + len(a.text) for a in m.attachments) for m in prompt)
+    prompt_chars = sum(len(m.content) + len(m.reasoning) for m in prompt) + sum(
+        IMAGE_COST_CHARS if a.is_image else len(a.name) + len(a.text) for m in prompt for a in m.attachments)
     return Usage(-(-prompt_chars // CHARS_PER_TOKEN), -(-len(answer) // CHARS_PER_TOKEN), estimated=True)
