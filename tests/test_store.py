@@ -21,7 +21,7 @@ from realtime_llm.store.compiled import Script, transaction
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.messages import MessageStore
-from realtime_llm.store.paths import MESSAGE_COST, PathCache, PromptPath
+from realtime_llm.store.paths import PathCache, PromptPath
 from realtime_llm.store.records import Message
 from realtime_llm.store.statements import INSERT_MESSAGE, NEXT_MESSAGE_ID
 from realtime_llm.store.users import UserStore
@@ -389,7 +389,7 @@ async def test_prompt_paths_kept_are_bounded() -> None:
     def path(leaf: int, chars: int) -> PromptPath:
         return PromptPath(1, leaf, (Message(leaf, "user", "x" * chars, 0),), 10_000, False, True)
 
-    cache = PathCache(max_cost=3 * (1_000 + MESSAGE_COST))
+    cache = PathCache(max_cost=3 * path(0, 1_000).cost)
     for cid in (1, 2, 3):
         cache.put(cid, path(cid, 1_000))
     assert cache.get(1) is not None  # 1 is now the most recently used
@@ -400,6 +400,8 @@ async def test_prompt_paths_kept_are_bounded() -> None:
     cache.drop(3)
     cache.put(6, path(6, 1_000))
     assert all(cache.get(cid) is not None for cid in (1, 4, 6))
+    wide = PromptPath(1, 8, (Message(8, "user", "\u20ac" * 1_000, 0),), 10_000, False, True)
+    assert wide.cost > path(8, 1_000).cost + 900  # bytes held, not characters: 2 a character here
     assert path(7, 10).covers(1, 10_000, False) and not path(7, 10).covers(2, 10_000, False)  # the owner's only
 
 

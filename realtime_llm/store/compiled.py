@@ -110,7 +110,6 @@ async def transaction(database: Database, script: Callable[[], Script[T]]) -> T:
 def _in_sqlite(connection: sqlite3.Connection, steps: Script[T]) -> T:
     connection.execute("BEGIN IMMEDIATE")  # writers queue for the busy timeout (sqlite_pool.py)
     try:
-        rows: list[Sequence[Any]] = []
         try:
             statement, params = next(steps)
             while True:

@@ -98,9 +98,9 @@ class MessageStore:
         if cached is not None and cached.covers(owner, budget_chars, with_reasoning):
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=leaf, page=NEWER_PAGE)
             ids = [r[0] for r in rows]
-            if cached.leaf in ids and not any(r[-1] for r in rows[:ids.index(cached.leaf)]):
-                newer = [message_from_row(r[:-1]) for r in rows[:ids.index(cached.leaf)]]
-                path = extend(newer, cached, leaf, budget_chars)
+            under = rows[:ids.index(cached.leaf)] if cached.leaf in ids else None  # newest first
+            if under is not None and not any(r[-1] for r in under):
+                path = extend([message_from_row(r[:-1]) for r in under], cached, leaf, budget_chars)
                 self.paths.put(conversation_id, path)
                 return list(path.messages)
         chosen: list[Message] = []

@@ -10,19 +10,20 @@ a few rows read up from the new leaf, to the last leaf, instead of the whole bra
 their own: nothing here can go stale.
 
 Only paths of messages without files are kept (a prompt reads a file's text or image
-with it, and a file may be deleted). Bounded in characters held; the least recently used
+with it, and a file may be deleted). Bounded in bytes held; the least recently used
 conversation goes first.
 """
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
 from realtime_llm.store.records import Message
 
-MAX_COST = 4 * 1024 * 1024  # characters held, plus MESSAGE_COST a message: about bytes, for ASCII
-MESSAGE_COST = 800  # about what a Message (its usage, its values) takes in memory, beside its text
+MAX_COST = 4 * 1024 * 1024  # bytes: the texts held, plus MESSAGE_COST a message
+MESSAGE_COST = 800  # about what a Message (its usage, its values) takes in memory, beside its texts
 MAX_PATHS = 10_000
 
 
@@ -43,7 +44,8 @@ class PromptPath:
 
     @property
     def cost(self) -> int:
-        return sum(len(m.content) + len(m.reasoning) + MESSAGE_COST for m in self.messages)
+        """About the bytes held: a text's in memory (1, 2 or 4 a character), not its length."""
+        return sum(sys.getsizeof(m.content) + sys.getsizeof(m.reasoning) + MESSAGE_COST for m in self.messages)
 
     def covers(self, owner: int, budget: int, with_reasoning: bool) -> bool:
         """Whether `owner`'s choice within `budget` is a part of this one."""
