@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Collection
@@ -23,6 +24,15 @@ class _Channel:
     last_id: int | None = None  # None: not counted in this process yet (restored from SQL)
     touched: float = field(default_factory=time.monotonic)
     settled: float | None = None  # when its latest event was a settling one (events.SETTLING)
+
+
+def _newer(buffer: collections.deque[Event], after: int) -> list[Event]:
+    """The buffered events with ids above `after`, oldest first: read from the newest end
+    (ids rise along the buffer), so a subscriber that saw nearly all of up to
+    replay_events costs the few it missed, not the whole buffer, every turn."""
+    newer = list(itertools.takewhile(lambda event: event.id > after, reversed(buffer)))
+    newer.reverse()
+    return newer
 
 
 class MemoryBroker(Broker):
@@ -72,7 +82,7 @@ class MemoryBroker(Broker):
         backlog = []
         if after is not None:
             latest = channel.last_id if channel.last_id is not None else baseline
-            backlog = resync_before(conversation_id, after, [e for e in channel.buffer if e.id > after], latest)
+            backlog = resync_before(conversation_id, after, _newer(channel.buffer, after), latest)
         subscription = Subscription(conversation_id, self.settings.subscriber_queue,
                                     self.settings.subscriber_queue_bytes, backlog)
         if after is None:
@@ -84,7 +94,7 @@ class MemoryBroker(Broker):
             self._remove_local(subscription)
 
     async def replay(self, conversation_id: int, after: int) -> list[Event]:
-        return [e for e in self._channel(conversation_id).buffer if e.id > after]
+        return _newer(self._channel(conversation_id).buffer, after)
 
     async def _counter(self, conversation_id: int) -> int | None:
         return self._channel(conversation_id).last_id

@@ -22,8 +22,8 @@ from typing import Sequence
 
 from realtime_llm.store.records import Message
 
-MAX_COST = 4 * 1024 * 1024  # bytes: the texts held, plus MESSAGE_COST a message
-MESSAGE_COST = 800  # about what a Message (its usage, its values) takes in memory, beside its texts
+MAX_COST = 8 * 1024 * 1024  # bytes: the texts held, plus MESSAGE_COST a message
+MESSAGE_COST = 256  # what a Message (its usage, its numbers) takes in memory beside its texts: about 200 (tracemalloc)
 MAX_PATHS = 10_000
 
 

@@ -25,7 +25,7 @@ class Conversation:
     active_leaf_id: int = 0  # where the active branch ends (0: no messages yet)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
     message_id: int
     role: str
