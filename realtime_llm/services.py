@@ -18,6 +18,7 @@ from realtime_llm.catalog import ModelCatalog
 from realtime_llm.config import Settings
 from realtime_llm.filesweeper import FileSweeper
 from realtime_llm.generation import GenerationEngine
+from realtime_llm.heaptrim import HeapTrimmer
 from realtime_llm.keys import APIKeyBox, load_or_create_secret, secret_file_path
 from realtime_llm.providers import Provider, create_provider
 from realtime_llm.ratelimit import RateLimiter, RedisRateLimiter
@@ -135,6 +136,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         sessions = SessionWatch(revocations, users)
         await sessions.start()
         stack.push_async_callback(sessions.close)
+
+        trimmer = HeapTrimmer()
+        await trimmer.start()
+        stack.push_async_callback(trimmer.close)
 
         hasher = await anyio.to_thread.run_sync(PasswordHasher, settings.auth.bcrypt_rounds)
         yield Services(
