@@ -384,6 +384,38 @@ async def test_a_kept_prompt_path_is_the_path_read_whole(db, monkeypatch: pytest
     assert len(extended) > 45, len(extended)
 
 
+async def test_a_turn_at_the_end_of_the_kept_path_reads_no_path(db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """add() moves the kept path on to each message added under its leaf, so the next
+    prompt, which ends at the new user message, reads no row; an edit (a sibling) reads
+    again. Each prompt is what a read of the whole branch gives."""
+    reads: list[int] = []
+    real_fetch = messages_module.PATH_UP.fetch_all
+    monkeypatch.setattr(messages_module.PATH_UP, "fetch_all", lambda *a, **k: reads.append(1) or real_fetch(*a, **k))
+    user = await UserStore(db).create("advance", "hash")
+    store = ConversationStore(db, APIKeyBox("s" * 40))
+    conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
+    whole = MessageStore(db, store.cache, store.files)  # keeps its own paths: reads whole each time
+
+    async def turn(text: str, parent: int | None = None) -> int:
+        question = await store.messages.add(conversation, "user", text, parent_id=parent)
+        before = len(reads)
+        kept = await store.messages.recent(conversation, 10_000, question.message_id)
+        read = len(reads) - before
+        assert kept == await whole.recent(conversation, 10_000, question.message_id)
+        await store.messages.add(conversation, "assistant", f"answer to {text}", Usage(3, 4, True))
+        return read
+
+    assert await turn("first") == 1  # nothing kept yet
+    assert [await turn(f"turn {i}") for i in range(5)] == [0] * 5
+    leaf = await store.messages.active_leaf(conversation)
+    edited = (await store.messages.get(conversation.id, leaf - 1))
+    assert edited is not None and edited.role == "user"
+    assert await turn("edited", parent=edited.parent_id) > 0  # another branch: read
+    assert await turn("after the edit") == 0
+    assert [m.content for m in await store.messages.recent(conversation, 10_000, leaf)][-2:] == \
+        ["turn 4", "answer to turn 4"]  # the old branch's path is still its own
+
+
 async def test_prompt_paths_kept_are_bounded() -> None:
     """The paths kept are bounded in characters, the least recently used dropped first."""
     def path(leaf: int, chars: int) -> PromptPath:

@@ -96,6 +96,8 @@ class MessageStore:
         conversation_id, owner = conversation.id, conversation.user_id
         cached = self.paths.get(conversation_id)
         if cached is not None and cached.covers(owner, budget_chars, with_reasoning):
+            if cached.leaf == leaf:  # kept up to date by add(): nothing to read
+                return list(extend((), cached, leaf, budget_chars).messages)
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=leaf, page=NEWER_PAGE)
             ids = [r[0] for r in rows]
             under = rows[:ids.index(cached.leaf)] if cached.leaf in ids else None  # newest first
@@ -177,5 +179,6 @@ class MessageStore:
 
         message_id, count, parent, siblings = await transaction(self.database, append)
         message = Message(message_id, role, content, now, usage, reasoning, parent, tuple(attachments))
+        self.paths.advance(cid, user_id, message)
         await self.cache.append(cid, message_json(message, siblings), count, parent)
         return message

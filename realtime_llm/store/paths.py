@@ -103,6 +103,18 @@ class PathCache:
             _, (_, oldest) = self._paths.popitem(last=False)
             self._cost -= oldest
 
+    def advance(self, conversation_id: int, owner: int, message: Message) -> None:
+        """`message` was just added under the kept path's leaf: the path to it is that one
+        and it, chosen within the kept budget, so the next prompt, which ends there, reads
+        nothing. A message under another (an edit's sibling, a regenerated answer) or with
+        files leaves the kept path as it is (still true of its own leaf)."""
+        found = self._paths.get(conversation_id)
+        if found is None:
+            return
+        cached = found[0]
+        if cached.owner == owner and not message.attachments and message.parent_id == cached.leaf:
+            self.put(conversation_id, extend((message,), cached, message.message_id, cached.budget))
+
     def drop(self, conversation_id: int) -> None:
         found = self._paths.pop(conversation_id, None)
         if found is not None:
