@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone, Subscription
+from realtime_llm.broker.base import Broker, BrokerUnavailable, ConversationGone, Subscription, resync_before
 from realtime_llm.broker.eventids import CounterMissing, Gathered
 from realtime_llm.broker.pubsub import PubSub, redis_call
 from realtime_llm.config import Settings
@@ -181,6 +181,21 @@ class RedisBroker(Broker):
             self.key(conversation_id, "events"), min=f"{after + 1}-0", max="+", count=self.settings.replay_events,
         ))
         return [_event(fields[b"e"]) for _, fields in entries]
+
+    async def resume(self, conversation_id: int, after: int) -> list[Event]:
+        """As Broker.resume, with the latest id and the buffer read in one round trip (a
+        pipeline's commands run in order: the id first, as there). A lost counter is
+        Broker.resume's case: the SQL ceiling stands for it, read before the buffer."""
+        if after <= 0:
+            return await self.replay(conversation_id, after)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.key(conversation_id, "seq"))
+            pipe.xrange(self.key(conversation_id, "events"), min=f"{after + 1}-0", max="+",
+                        count=self.settings.replay_events)
+            counter, entries = await self._call(pipe.execute())
+        if counter is None:
+            return await super().resume(conversation_id, after)
+        return resync_before(conversation_id, after, [_event(fields[b"e"]) for _, fields in entries], int(counter))
 
     @contextlib.asynccontextmanager
     async def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncIterator[Subscription]:
