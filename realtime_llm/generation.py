@@ -96,9 +96,10 @@ class GenerationEngine:
     async def start(self, conversation: Conversation, text: str, edit_message_id: int | None = None,
                     attachments: Sequence[StoredFile] | None = None) -> Generation:
         """Save and publish the user message (turns.user_message) and start the answer."""
+        plain = edit_message_id is None and not attachments  # its prompt may be the kept path and it
         return await self._begin(conversation, lambda: turns.user_message(
             self.store, self.broker, conversation, text, edit_message_id=edit_message_id, attachments=attachments,
-            reads_images=self.catalog.reads_images(conversation.model)))
+            reads_images=self.catalog.reads_images(conversation.model)), text if plain else None)
 
     async def regenerate(self, conversation: Conversation) -> Generation:
         """A new version of the last answer on the active branch (turns.last_answer), to the
@@ -107,18 +108,24 @@ class GenerationEngine:
         the old one stays, as a sibling."""
         return await self._begin(conversation, lambda: turns.last_answer(self.store, self.broker, conversation))
 
-    async def _begin(self, conversation: Conversation, prepare: Callable[[], Awaitable[turns.Turn]]) -> Generation:
+    async def _begin(self, conversation: Conversation, prepare: Callable[[], Awaitable[turns.Turn]],
+                     question: str | None = None) -> Generation:
         if self.draining:
             raise ServiceUnavailable("this server is shutting down: send the message again to reach another")
         self._starting += 1  # drain() waits for this start too
         try:
-            return await self._start(conversation, prepare)
+            return await self._start(conversation, prepare, question)
         finally:
             self._starting -= 1
 
-    async def _start(self, conversation: Conversation, prepare: Callable[[], Awaitable[turns.Turn]]) -> Generation:
+    async def _start(self, conversation: Conversation, prepare: Callable[[], Awaitable[turns.Turn]],
+                     question: str | None) -> Generation:
         """Take the conversation's lock, then (under it) `prepare` the turn (turns.py):
-        what comes before the answer, and the event id the answer follows."""
+        what comes before the answer, and the event id the answer follows. With `question`
+        (a new user message at the end of the active branch) the upstream may be asked
+        while it is saved (AnswerRelay.ask_early); that request is closed if the save fails,
+        or if the message went under another leaf than `conversation` saw (a switch of
+        branch meanwhile: the prompt is then made again)."""
         cid = conversation.id
         owner = f"{self.process_id}:{uuid.uuid4().hex[:8]}"
         if not await take_lock(self.locks, cid, owner, self.settings.stream.lock_ttl_seconds):
@@ -129,8 +136,13 @@ class GenerationEngine:
         listening = contextlib.AsyncExitStack()
         try:
             await listening.enter_async_context(self.locks.on_stop(cid, lambda: self.stop(generation)))
+            if question is not None:
+                generation.reader = self.relay.ask_early(generation, question)
             turn = await prepare()
+            if generation.reader is not None and turn.parent != conversation.active_leaf_id:
+                await self._forget_reader(generation)
         except BaseException:
+            await self._forget_reader(generation)
             await listening.aclose()
             await self.locks.release(cid, owner)
             raise
@@ -227,12 +239,21 @@ class GenerationEngine:
             await self.outcome.fail(generation, "the answer could not be saved: the database is unavailable"
                                     if database_error(exc) else "the answer failed because of an internal error")
         finally:
+            if generation.reader is not None:  # asked early, and the answer never read (a failure before)
+                await generation.reader.close()
             deadline.cancel()
             RUNNING_GENERATIONS.dec()
             GENERATIONS.labels(outcome).inc()
             generation.settle(None)  # stopped before the upstream answered: stream what there is
             self._running.pop(cid, None)
             await self._release(generation)
+
+    @staticmethod
+    async def _forget_reader(generation: Generation) -> None:
+        """Close an upstream request asked early whose answer will not be read."""
+        if generation.reader is not None:
+            reader, generation.reader, generation.prompt = generation.reader, None, ()
+            await reader.close()
 
     async def _release(self, generation: Generation) -> None:
         """Free the conversation at once: a client may send its next message the moment it

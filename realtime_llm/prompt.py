@@ -17,9 +17,28 @@ async def build_prompt(settings: LlmSettings, store: ConversationStore, conversa
     """System prompt, then the newest messages of the branch ending at message `last` (the
     one to answer) that fit the context budget; `with_reasoning`: earlier answers' thinking
     goes too, and counts against the budget."""
+    system, budget = _system_and_budget(settings, conversation)
+    history = await store.messages.recent(conversation, budget, last, with_reasoning=with_reasoning)
+    return _prompt(system, history, with_reasoning)
+
+
+def kept_prompt(settings: LlmSettings, store: ConversationStore, conversation: Conversation, text: str,
+                with_reasoning: bool = False) -> tuple[ChatMessage, ...] | None:
+    """build_prompt's prompt for a user message `text` about to be added at the end of the
+    conversation's active branch (as `conversation` saw it), made before it is saved, from
+    the prompt path kept in memory; None when that path is not kept (it must be read)."""
+    system, budget = _system_and_budget(settings, conversation)
+    history = store.messages.kept(conversation, budget, conversation.active_leaf_id, with_reasoning,
+                                  newer=(Message(0, "user", text, 0),))
+    return None if history is None else _prompt(system, history, with_reasoning)
+
+
+def _system_and_budget(settings: LlmSettings, conversation: Conversation) -> tuple[str, int]:
     system = conversation.system_prompt or settings.system_prompt
-    budget = settings.context_budget_tokens * CHARS_PER_TOKEN - len(system)
-    history = await store.messages.recent(conversation, max(budget, 1), last, with_reasoning=with_reasoning)
+    return system, max(settings.context_budget_tokens * CHARS_PER_TOKEN - len(system), 1)
+
+
+def _prompt(system: str, history: list[Message], with_reasoning: bool) -> tuple[ChatMessage, ...]:
     return (ChatMessage("system", system),
             *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "", _attachments(m))
               for m in history))

@@ -23,9 +23,10 @@ from realtime_llm.config import Settings
 from realtime_llm.events import MESSAGE, REASONING
 from realtime_llm.metrics import UPSTREAM_ERRORS, UPSTREAM_FIRST_TOKEN_SECONDS
 from realtime_llm.params import load_params
-from realtime_llm.prompt import build_prompt
-from realtime_llm.providers import ChatRequest, Provider, Thought, UpstreamError
+from realtime_llm.prompt import build_prompt, kept_prompt
+from realtime_llm.providers import ChatMessage, ChatRequest, Provider, Thought, UpstreamError
 from realtime_llm.store.conversations import ConversationStore
+from realtime_llm.store.records import Conversation
 from realtime_llm.tasks import finish_task
 from realtime_llm.usage import Usage
 
@@ -66,7 +67,20 @@ class UpstreamReader:
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.usage: Usage | None = None  # the upstream's own counts, once its stream ended
         self.finish_reason: str | None = None  # the model's, once its stream ended
+        self.began = 0.0  # when the upstream was asked
         self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Ask the upstream now (entering starts it, if this did not)."""
+        if self._task is None:
+            self.began = time.monotonic()
+            self._task = asyncio.create_task(self._read(), name="upstream-reader")
+
+    async def close(self) -> None:
+        """Close the upstream request, finished or not (what leaving does)."""
+        if self._task is not None:
+            self._task.cancel()  # done already, unless the answer was stopped or failed here
+            await finish_task(self._task)
 
     def stop(self) -> None:
         """Whoever waits on the queue sees the stop next, whatever the upstream is doing."""
@@ -81,13 +95,11 @@ class UpstreamReader:
         return item is ACCEPTED
 
     async def __aenter__(self) -> UpstreamReader:
-        self._task = asyncio.create_task(self._read(), name="upstream-reader")
+        self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        assert self._task is not None
-        self._task.cancel()  # done already, unless the answer was stopped or failed here
-        await finish_task(self._task)
+        await self.close()
 
     async def _read(self) -> None:
         try:
@@ -117,19 +129,18 @@ class AnswerRelay:
         """Relay the model's answer into `answer`, published batch by batch; returns the
         done reason: "stop", "length" or "content_filter" (the model's), or "cancelled"
         when stopped (by the user, a limit, shutdown)."""
-        if generation.stop_requested:
-            return "cancelled"
-        conversation = generation.conversation
-        provider = self.provider_for(conversation.model)
-        generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, generation.answers,
-                                               with_reasoning=provider.sends_reasoning)
-        request = ChatRequest(model=conversation.model, messages=generation.prompt,
-                              api_key=self.store.box.open(conversation.api_key_sealed),
-                              params=load_params(conversation.params))
-        began = time.monotonic()
+        reader = generation.reader  # asked already while the user message was saved (ask_early)
+        if reader is None:
+            if generation.stop_requested:
+                return "cancelled"
+            conversation = generation.conversation
+            provider = self.provider_for(conversation.model)
+            generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, generation.answers,
+                                                   with_reasoning=provider.sends_reasoning)
+            reader = generation.reader = UpstreamReader(provider, self._request(conversation, generation.prompt))
+        provider = reader.provider
         try:
-            async with UpstreamReader(provider, request) as reader:
-                generation.reader = reader
+            async with reader:
                 if generation.stop_requested or not await reader.accepted():
                     return "cancelled"  # stopped before the model took the request
                 if generation.replaces is not None:  # taken off the screens; it stays, a sibling
@@ -138,7 +149,7 @@ class AnswerRelay:
                     generation.replaced_hidden = True
                 generation.settle(None)
                 await self._relay(generation, reader, answer, UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name),
-                                  began)
+                                  reader.began)
             generation.usage = reader.usage
             return reader.finish_reason if reader.finish_reason in FINISH_REASONS else "stop"
         except Stopped:
@@ -150,6 +161,29 @@ class AnswerRelay:
         except UpstreamError:
             UPSTREAM_ERRORS.labels(provider.name).inc()
             raise
+
+    def ask_early(self, generation: Generation, text: str) -> UpstreamReader | None:
+        """Ask the upstream for the answer to the user message `text` before it is saved
+        (DESIGN.md, Generation lifecycle: the request goes while the save is in flight, and
+        is closed if the save fails): when the prompt needs nothing read, the path kept in
+        memory ending where the message goes. Else None: answer() asks once it is saved."""
+        conversation = generation.conversation
+        try:
+            provider = self.provider_for(conversation.model)
+        except UpstreamError:
+            return None  # answer() says so, once the message is saved
+        prompt = kept_prompt(self.settings.llm, self.store, conversation, text, provider.sends_reasoning)
+        if prompt is None:
+            return None
+        generation.prompt = prompt
+        reader = UpstreamReader(provider, self._request(conversation, prompt))
+        reader.start()
+        return reader
+
+    def _request(self, conversation: Conversation, prompt: tuple[ChatMessage, ...]) -> ChatRequest:
+        return ChatRequest(model=conversation.model, messages=prompt,
+                           api_key=self.store.box.open(conversation.api_key_sealed),
+                           params=load_params(conversation.params))
 
     async def _relay(self, generation: Generation, reader: UpstreamReader, answer: Answer,
                      first_token: Histogram, began: float) -> None:

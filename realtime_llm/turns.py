@@ -20,6 +20,7 @@ class Turn:
     answers: int  # the user message the answer is to: its parent, where the prompt ends
     after_event_id: int  # the answer's events are the conversation's events after this id
     replaces: int | None = None  # regenerate: the answer the new one is another version of
+    parent: int | None = None  # a user message's: the message it was added under
 
 
 async def user_message(store: ConversationStore, broker: Broker, conversation: Conversation, text: str, *,
@@ -52,7 +53,7 @@ async def user_message(store: ConversationStore, broker: Broker, conversation: C
         after = await announce_truncate(broker, cid, edited.message_id, old_leaf)
     event = await broker.publish(cid, USER_MESSAGE, text, message_id=message.message_id,
                                  attachments=[f.json() for f in message.attachments])
-    return Turn(message.message_id, event.id - 1 if after is None else after)
+    return Turn(message.message_id, event.id - 1 if after is None else after, parent=message.parent_id)
 
 
 async def last_answer(store: ConversationStore, broker: Broker, conversation: Conversation) -> Turn:

@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import PASSWORD, Api, base_config
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerProcess, write_config
+from tests.sse import parse_stream
 from tests.test_chat import chat
 from tests.wsclient import Socket
 
@@ -141,4 +142,33 @@ def test_an_answer_ending_while_the_lock_is_held_is_saved_after(
     messages = api.http.get(f"/api/conversations/history/{cid}", headers=headers).json()["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"] == answer
     assert "not saved yet" in server.log() and "Traceback" not in server.log()
+    api.http.close()
+
+
+def test_a_message_not_saved_closes_the_upstream_request_asked_meanwhile(
+        busy_server: tuple[ServerProcess, Path], database: str, upstream: FakeUpstream) -> None:
+    """From the second turn the prompt is the path kept in memory and the new message, so
+    the upstream is asked while the message is saved (DESIGN.md, Generation lifecycle). A
+    save that fails closes that request: a 503, nothing saved, nothing published; and the
+    next turn's prompt is the one a read of the history gives."""
+    server, path = busy_server
+    api = Api(server.url)
+    headers = api.new_user()
+    cid = api.create_conversation(headers, model="fake-model")["conversation_id"]
+    assert chat(api, headers, cid, "#fake tokens=2\nfirst").status_code == 200
+    marker = f"#fake tokens=40 delay_ms=50\n{uuid.uuid4().hex}"
+    with WriteLock(database, path), Socket(server.url, cid, headers) as socket:
+        assert socket.recv()["event"] == "ready"
+        assert_busy(chat(api, headers, cid, marker))
+        asked = upstream.request_for(marker)  # asked before the save failed
+        assert upstream.wait_for(lambda: asked.closed_early, 5), "the upstream request was left running"
+        socket.send({"type": "ping"})
+        assert socket.recv()["event"] == "pong"  # nothing was published before it
+    events = parse_stream(chat(api, headers, cid, "#fake tokens=2\nsecond").content)
+    assert [e["event"] for e in events][-2:] == ["done", "full_response"]
+    messages = api.http.get(f"/api/conversations/history/{cid}", headers=headers).json()["messages"]
+    assert [m["content"] for m in messages] == ["#fake tokens=2\nfirst", "t0 t1 ", "#fake tokens=2\nsecond", "t0 t1 "]
+    sent = upstream.request_for("#fake tokens=2\nsecond").body["messages"]
+    assert [(m["role"], m["content"]) for m in sent[1:]] == [(m["role"], m["content"]) for m in messages[:-1]]
+    assert "Traceback" not in server.log()
     api.http.close()

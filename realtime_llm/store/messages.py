@@ -94,10 +94,11 @@ class MessageStore:
         budget. A branch without files is kept for the next turn (store/paths.py), which
         then reads only the messages under it."""
         conversation_id, owner = conversation.id, conversation.user_id
+        kept = self.kept(conversation, budget_chars, leaf, with_reasoning)  # kept up to date by add()
+        if kept is not None:
+            return kept
         cached = self.paths.get(conversation_id)
         if cached is not None and cached.covers(owner, budget_chars, with_reasoning):
-            if cached.leaf == leaf:  # kept up to date by add(): nothing to read
-                return list(extend((), cached, leaf, budget_chars).messages)
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=leaf, page=NEWER_PAGE)
             ids = [r[0] for r in rows]
             under = rows[:ids.index(cached.leaf)] if cached.leaf in ids else None  # newest first
@@ -133,6 +134,17 @@ class MessageStore:
             return await self._with_contents(conversation_id, chosen)
         self.paths.put(conversation_id, PromptPath(owner, leaf, tuple(chosen), budget_chars, with_reasoning, complete))
         return chosen
+
+    def kept(self, conversation: Conversation, budget_chars: int, leaf: int, with_reasoning: bool = False,
+             newer: Sequence[Message] = ()) -> list[Message] | None:
+        """What recent() chooses for the branch of `newer` (newest first, not saved yet)
+        under `leaf`, from the kept path alone: None unless it ends at `leaf` (a read would
+        be needed)."""
+        cached = self.paths.get(conversation.id)
+        if cached is None or cached.leaf != leaf or not cached.covers(conversation.user_id, budget_chars,
+                                                                       with_reasoning):
+            return None
+        return list(extend(newer, cached, leaf, budget_chars).messages)
 
     async def _with_contents(self, conversation_id: int, chosen: list[Message]) -> list[Message]:
         """The messages with what a model reads of their files: loaded only for those sent."""
