@@ -87,6 +87,7 @@ class GenerationEngine:
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._running: dict[int, Generation] = {}
         self._starting = 0  # start() calls past the draining check, not yet in _running
+        self._asking: dict[str, Generation] = {}  # by owner: starts whose upstream was asked before their save ended
         self._helpers: set[asyncio.Task[None]] = set()
         self.titles = Titler(settings, store, broker, self.provider_for)
         self.outcome = Outcome(store, broker)
@@ -138,14 +139,17 @@ class GenerationEngine:
             await listening.enter_async_context(self.locks.on_stop(cid, lambda: self.stop(generation)))
             if question is not None:
                 generation.reader = self.relay.ask_early(generation, question)
+                self._asking[owner] = generation
             turn = await prepare()
             if generation.reader is not None and turn.parent != conversation.active_leaf_id:
-                await self._forget_reader(generation)
+                self._forget_reader(generation)
         except BaseException:
-            await self._forget_reader(generation)
+            self._forget_reader(generation)
             await listening.aclose()
             await self.locks.release(cid, owner)
             raise
+        finally:
+            self._asking.pop(owner, None)
         generation.answers, generation.replaces = turn.answers, turn.replaces
         generation.after_event_id = turn.after_event_id
         self._running[cid] = generation
@@ -180,6 +184,8 @@ class GenerationEngine:
             helper.cancel()
         if helpers:  # nothing may outlive the providers, broker and database it uses
             await asyncio.wait(helpers, timeout=1.0)
+        for starting in list(self._asking.values()):  # still saving their user message: no answer will be read
+            self._forget_reader(starting)
         generations = list(self._running.values())
         for generation in generations:
             self.stop(generation)
@@ -239,8 +245,8 @@ class GenerationEngine:
             await self.outcome.fail(generation, "the answer could not be saved: the database is unavailable"
                                     if database_error(exc) else "the answer failed because of an internal error")
         finally:
-            if generation.reader is not None:  # asked early, and the answer never read (a failure before)
-                await generation.reader.close()
+            if generation.reader is not None:  # closed by answer(), unless a failure came before it
+                generation.reader.cancel()
             deadline.cancel()
             RUNNING_GENERATIONS.dec()
             GENERATIONS.labels(outcome).inc()
@@ -249,11 +255,12 @@ class GenerationEngine:
             await self._release(generation)
 
     @staticmethod
-    async def _forget_reader(generation: Generation) -> None:
-        """Close an upstream request asked early whose answer will not be read."""
+    def _forget_reader(generation: Generation) -> None:
+        """Close an upstream request asked early whose answer will not be read (without
+        waiting: nothing may hold up the lock's release or the answer's start)."""
         if generation.reader is not None:
             reader, generation.reader, generation.prompt = generation.reader, None, ()
-            await reader.close()
+            reader.cancel()
 
     async def _release(self, generation: Generation) -> None:
         """Free the conversation at once: a client may send its next message the moment it

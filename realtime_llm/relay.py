@@ -68,6 +68,7 @@ class UpstreamReader:
         self.usage: Usage | None = None  # the upstream's own counts, once its stream ended
         self.finish_reason: str | None = None  # the model's, once its stream ended
         self.began = 0.0  # when the upstream was asked
+        self.first_delta = 0.0  # when its first delta came (0: none yet)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -76,10 +77,15 @@ class UpstreamReader:
             self.began = time.monotonic()
             self._task = asyncio.create_task(self._read(), name="upstream-reader")
 
-    async def close(self) -> None:
-        """Close the upstream request, finished or not (what leaving does)."""
+    def cancel(self) -> None:
+        """Close the upstream request, finished or not, without waiting for it to end."""
         if self._task is not None:
             self._task.cancel()  # done already, unless the answer was stopped or failed here
+
+    async def close(self) -> None:
+        """Close the upstream request and wait for its reading to end (what leaving does)."""
+        self.cancel()
+        if self._task is not None:
             await finish_task(self._task)
 
     def stop(self) -> None:
@@ -106,6 +112,8 @@ class UpstreamReader:
             async with self.provider.stream(self.request) as completion:
                 self.queue.put_nowait(ACCEPTED)
                 async for delta in completion:
+                    if not self.first_delta:
+                        self.first_delta = time.monotonic()
                     self.queue.put_nowait(delta)
                 self.usage, self.finish_reason = completion.usage, completion.finish_reason
             self.queue.put_nowait(END)
@@ -148,8 +156,7 @@ class AnswerRelay:
                         self.broker, generation.conversation_id, generation.replaces, generation.replaces)
                     generation.replaced_hidden = True
                 generation.settle(None)
-                await self._relay(generation, reader, answer, UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name),
-                                  reader.began)
+                await self._relay(generation, reader, answer, UPSTREAM_FIRST_TOKEN_SECONDS.labels(provider.name))
             generation.usage = reader.usage
             return reader.finish_reason if reader.finish_reason in FINISH_REASONS else "stop"
         except Stopped:
@@ -168,15 +175,18 @@ class AnswerRelay:
         is closed if the save fails): when the prompt needs nothing read, the path kept in
         memory ending where the message goes. Else None: answer() asks once it is saved."""
         conversation = generation.conversation
+        if generation.stop_requested:
+            return None
         try:
             provider = self.provider_for(conversation.model)
-        except UpstreamError:
-            return None  # answer() says so, once the message is saved
-        prompt = kept_prompt(self.settings.llm, self.store, conversation, text, provider.sends_reasoning)
-        if prompt is None:
+            prompt = kept_prompt(self.settings.llm, self.store, conversation, text, provider.sends_reasoning)
+            request = None if prompt is None else self._request(conversation, prompt)
+        except Exception:  # an unknown model, unreadable params: answer() meets it again and says so
+            return None
+        if prompt is None or request is None:
             return None
         generation.prompt = prompt
-        reader = UpstreamReader(provider, self._request(conversation, prompt))
+        reader = UpstreamReader(provider, request)
         reader.start()
         return reader
 
@@ -186,7 +196,7 @@ class AnswerRelay:
                            params=load_params(conversation.params))
 
     async def _relay(self, generation: Generation, reader: UpstreamReader, answer: Answer,
-                     first_token: Histogram, began: float) -> None:
+                     first_token: Histogram) -> None:
         """Publish the deltas, batched (batching.py), until the answer ends, is stopped
         (Stopped), or reaches `max_answer_chars`, thinking included (it is cut there:
         AnswerTooLong)."""
@@ -195,8 +205,8 @@ class AnswerRelay:
         # Closed at once (its timer with it) when the answer is cut short, not when collected.
         async with contextlib.aclosing(coalesce(reader.queue, self.settings.stream.batch_ms / 1000)) as texts:
             async for text in texts:
-                if not (answer.parts or answer.thoughts):
-                    first_token.observe(time.monotonic() - began)
+                if not (answer.parts or answer.thoughts):  # the upstream's time, not the save's
+                    first_token.observe((reader.first_delta or time.monotonic()) - reader.began)
                 cut = len(text) >= room
                 thinking = isinstance(text, Thought)
                 text = text[:room]

@@ -394,13 +394,13 @@ async def test_a_turn_at_the_end_of_the_kept_path_reads_no_path(db, monkeypatch:
     user = await UserStore(db).create("advance", "hash")
     store = ConversationStore(db, APIKeyBox("s" * 40))
     conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
-    whole = MessageStore(db, store.cache, store.files)  # keeps its own paths: reads whole each time
 
     async def turn(text: str, parent: int | None = None) -> int:
         question = await store.messages.add(conversation, "user", text, parent_id=parent)
         before = len(reads)
         kept = await store.messages.recent(conversation, 10_000, question.message_id)
         read = len(reads) - before
+        whole = MessageStore(db, store.cache, store.files)  # nothing kept: reads the whole branch
         assert kept == await whole.recent(conversation, 10_000, question.message_id)
         await store.messages.add(conversation, "assistant", f"answer to {text}", Usage(3, 4, True))
         return read
