@@ -180,10 +180,10 @@ class AnswerRelay:
         try:
             provider = self.provider_for(conversation.model)
             prompt = kept_prompt(self.settings.llm, self.store, conversation, text, provider.sends_reasoning)
-            request = None if prompt is None else self._request(conversation, prompt)
+            if prompt is None:
+                return None
+            request = self._request(conversation, prompt)
         except Exception:  # an unknown model, unreadable params: answer() meets it again and says so
-            return None
-        if prompt is None or request is None:
             return None
         generation.prompt = prompt
         reader = UpstreamReader(provider, request)
