@@ -435,6 +435,16 @@ async def test_prompt_paths_kept_are_bounded() -> None:
     wide = PromptPath(1, 8, (Message(8, "user", "\u20ac" * 1_000, 0),), 10_000, False, True)
     assert wide.cost > path(8, 1_000).cost + 900  # bytes held, not characters: 2 a character here
     assert path(7, 10).covers(1, 10_000, False) and not path(7, 10).covers(2, 10_000, False)  # the owner's only
+    cache.put(9, path(9, 10))
+    cache.advance(9, 2, Message(10, "user", "another user's", 0, parent_id=9))  # not the owner: not moved on
+    cache.advance(9, 1, Message(11, "user", "a sibling", 0, parent_id=8))  # under another message
+    cache.advance(9, 1, Message(12, "user", "with a file", 0, parent_id=9,
+                                attachments=(object(),)))  # type: ignore[arg-type]
+    kept = cache.get(9)
+    assert kept is not None and kept.leaf == 9 and [m.content for m in kept.messages] == ["x" * 10]
+    cache.advance(9, 1, Message(13, "user", "next", 0, parent_id=9))
+    kept = cache.get(9)
+    assert kept is not None and kept.leaf == 13 and [m.content for m in kept.messages] == ["x" * 10, "next"]
 
 
 async def test_deleting_a_user_cascades(db) -> None:
