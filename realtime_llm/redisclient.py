@@ -13,6 +13,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from realtime_llm.config import RedisSettings
+from realtime_llm.redispipeline import PipelinedConnection, PipelinedRedis
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 # What a Redis call can fail with: its own errors, the cluster client's (a slot without a
@@ -27,7 +28,9 @@ def redis_client(settings: RedisSettings) -> RedisClient:
 def single_client(settings: RedisSettings) -> aioredis.Redis:
     """A client on a blocking pool: under load a call waits for a free connection (up to
     the socket timeout) instead of failing at once with MaxConnectionsError, which had a
-    live answer's lock lapse and the answer declared dead."""
+    live answer's lock lapse and the answer declared dead. Its Lua scripts (every event
+    published, the locks' renewals, the cache's appends, ...) go over one pipelined
+    connection instead (redispipeline.py), on plain TCP or a unix socket."""
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.connection_url(), max_connections=settings.max_connections, timeout=settings.socket_timeout,
         socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.socket_timeout,
@@ -37,6 +40,9 @@ def single_client(settings: RedisSettings) -> aioredis.Redis:
         # timeouts (a slow Redis must not double the wait).
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
+    if PipelinedConnection.supports(settings.connection_url()):  # its Lua scripts pipelined on one connection
+        return PipelinedRedis(PipelinedConnection(settings.connection_url(), settings.socket_timeout),
+                              connection_pool=pool)
     return aioredis.Redis(connection_pool=pool)
 
 
