@@ -92,6 +92,12 @@ end
 return current
 """
 
+# The latest event id and the buffered events after ARGV[1], read together (the id first:
+# Broker.resume says why). KEYS as PUBLISH; ARGV[2] = at most how many.
+RESUME = """
+return {redis.call('GET', KEYS[1]), redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
+"""
+
 GONE = b"gone"
 MAX_SUSPECT = 10_000
 CONVERSATION_CHANNEL = re.compile(rb"\{conv:(\d+)\}:(?:live|stop)$")
@@ -114,7 +120,7 @@ class RedisBroker(Broker):
         self._scripts: dict[str, Any] = {
             name: redis.register_script(source.replace("'PUBLISH'", f"'{publish}'"))
             for name, source in (("publish", PUBLISH), ("publish_gathered", PUBLISH_GATHERED),
-                                 ("floor", RAISE_FLOOR), ("restore", RESTORE_COUNTER))
+                                 ("floor", RAISE_FLOOR), ("restore", RESTORE_COUNTER), ("resume", RESUME))
         }
         # Conversations whose counter a failover may have set back: how many losses were seen.
         self._suspect: dict[int, int] = {}
@@ -183,19 +189,18 @@ class RedisBroker(Broker):
         return [_event(fields[b"e"]) for _, fields in entries]
 
     async def resume(self, conversation_id: int, after: int) -> list[Event]:
-        """As Broker.resume, with the latest id and the buffer read in one round trip (a
-        pipeline's commands run in order: the id first, as there). A lost counter is
-        Broker.resume's case: the SQL ceiling stands for it, read before the buffer."""
+        """As Broker.resume, with the latest id and the buffer read in one script. A lost
+        counter is Broker.resume's case: the SQL ceiling stands for it, read before the buffer."""
         if after <= 0:
             return await self.replay(conversation_id, after)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.key(conversation_id, "seq"))
-            pipe.xrange(self.key(conversation_id, "events"), min=f"{after + 1}-0", max="+",
-                        count=self.settings.replay_events)
-            counter, entries = await self._call(pipe.execute())
+        counter, entries = await self._call(self._scripts["resume"](
+            keys=[self.key(conversation_id, "seq"), self.key(conversation_id, "events")],
+            args=[f"{after + 1}-0", self.settings.replay_events],
+        ))
         if counter is None:
             return await super().resume(conversation_id, after)
-        return resync_before(conversation_id, after, [_event(fields[b"e"]) for _, fields in entries], int(counter))
+        # Each entry is [its id, [field, value]]: the one field "e", the event.
+        return resync_before(conversation_id, after, [_event(fields[1]) for _, fields in entries], int(counter))
 
     @contextlib.asynccontextmanager
     async def subscribe(self, conversation_id: int, after: int | None = None) -> AsyncIterator[Subscription]:

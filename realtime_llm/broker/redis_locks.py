@@ -28,6 +28,9 @@ end
 return 0
 """
 
+# A script, not a SET command: scripts go over the pipelined connection (redispipeline.py).
+ACQUIRE_LOCK = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])"
+
 RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -45,6 +48,7 @@ class RedisLocks(GenerationLocks):
         self.pubsub = pubsub
         self._held: dict[int, str] = {}  # generations running here: alive by definition
         self._stop_callbacks: dict[int, set[Callable[[], None]]] = {}
+        self._acquire: Any = redis.register_script(ACQUIRE_LOCK)
         self._refresh: Any = redis.register_script(REFRESH_LOCK)
         self._release: Any = redis.register_script(RELEASE_LOCK)
 
@@ -52,8 +56,8 @@ class RedisLocks(GenerationLocks):
         return f"{self.prefix}:{{conv:{conversation_id}}}:{suffix}"
 
     async def acquire(self, conversation_id: int, owner: str, ttl: float) -> bool:
-        taken = bool(await redis_call(self.redis.set(self.key(conversation_id, "lock"), owner, nx=True,
-                                                     px=int(ttl * 1000))))
+        taken = bool(await redis_call(self._acquire(keys=[self.key(conversation_id, "lock")],
+                                                    args=[owner, int(ttl * 1000)])))
         if taken:
             self._held[conversation_id] = owner
         return taken
