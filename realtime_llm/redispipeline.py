@@ -30,7 +30,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-MAX_WAITING = 10_000  # calls in flight on the connection; more fail at once (Redis is not keeping up)
+# Bounds of a connection Redis does not keep up with: past them, a call fails at once.
+MAX_WAITING = 10_000  # calls waiting for their answers
+MAX_UNSENT_BYTES = 16 * 2**20  # written but not yet taken by the socket (one call alone may be larger)
+HEALTH_SECONDS = 30.0  # an idle connection is pinged this often: one dropped silently fails then, not under load
 
 
 class _Link(asyncio.Protocol):
@@ -45,9 +48,13 @@ class _Link(asyncio.Protocol):
         self.failure: Exception | None = None
         self._loop = asyncio.get_running_loop()
         self._watch: asyncio.TimerHandle | None = None  # the timeout of the oldest call waiting
+        self._health: asyncio.TimerHandle | None = None  # the idle ping's
+        self._last_sent = time.monotonic()
+        self._unsent = 0  # bytes in `outgoing`
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+        self._health = self._loop.call_later(HEALTH_SECONDS, self._ping_if_idle)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -74,11 +81,18 @@ class _Link(asyncio.Protocol):
             raise RedisConnectionError(str(self.failure))
         if len(self.waiting) >= MAX_WAITING:
             raise RedisConnectionError("too many Redis calls waiting")
+        assert self.transport is not None
+        unsent = self._unsent + self.transport.get_write_buffer_size()
+        if unsent > MAX_UNSENT_BYTES:
+            raise RedisConnectionError("Redis is not reading what is written to it")
         if not self.outgoing:
             self._loop.call_soon(self._flush)
-        self.outgoing.append(hiredis.pack_command(tuple(args)))
+        command = hiredis.pack_command(tuple(args))
+        self.outgoing.append(command)
+        self._unsent += len(command)
         future = self._loop.create_future()
-        self.waiting.append((future, time.monotonic()))
+        self._last_sent = time.monotonic()
+        self.waiting.append((future, self._last_sent))
         if self._watch is None:
             self._watch = self._loop.call_later(self.timeout, self._check)
         return future
@@ -87,6 +101,12 @@ class _Link(asyncio.Protocol):
         if self.failure is None and self.transport is not None:
             self.transport.write(b"".join(self.outgoing))
         self.outgoing.clear()
+        self._unsent = 0
+
+    def _ping_if_idle(self) -> None:
+        if time.monotonic() - self._last_sent >= HEALTH_SECONDS:
+            self.send(("PING",)).add_done_callback(_retrieved)  # its answer matters only if it never comes
+        self._health = self._loop.call_later(HEALTH_SECONDS, self._ping_if_idle)
 
     def _check(self) -> None:
         """The oldest call's time is up, or the timer moves on to the next oldest."""
@@ -104,11 +124,13 @@ class _Link(asyncio.Protocol):
         if self.failure is not None:
             return
         self.failure = error
+        if self._health is not None:
+            self._health.cancel()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
-        if self.transport is not None:
-            self.transport.close()
+        if self.transport is not None:  # at once: what was not sent is not sent later
+            self.transport.abort()
         while self.waiting:
             future, _ = self.waiting.popleft()
             if not future.done():
@@ -163,7 +185,15 @@ class PipelinedConnection:
                     task.exception()  # retrieved: each waiter has it raised anyway
 
             connecting.add_done_callback(done)
-        return await asyncio.shield(self._connecting)
+        try:
+            return await asyncio.shield(self._connecting)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # this caller was cancelled
+                raise
+            raise RedisConnectionError("closed") from None  # close() cancelled the connect
+        except Exception as exc:  # one exception for each waiter (a shared one gathers their tracebacks)
+            raise type(exc)(*exc.args) from None
 
     async def _connect(self) -> _Link:
         loop = asyncio.get_running_loop()
@@ -194,6 +224,11 @@ class PipelinedConnection:
         return link
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _raise(reply: Any) -> Any:
     if isinstance(reply, ResponseError):
         raise reply
@@ -212,6 +247,8 @@ class PipelinedScript(AsyncScript):
 
     async def __call__(self, keys: Sequence[Any] | None = None, args: Iterable[Any] | None = None,
                        client: Any = None) -> Any:
+        if client is not None:  # in a pipeline of redis-py's: as redis-py does
+            return await super().__call__(keys, args, client)
         keys, args = keys or (), tuple(args or ())
         reply = await self.connection.call("EVALSHA", self.sha, len(keys), *keys, *args)
         if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):

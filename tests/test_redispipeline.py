@@ -4,6 +4,7 @@ goes away or stops answering, a password and a database, a cancelled caller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
 import uuid
@@ -11,11 +12,13 @@ from typing import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime_llm.config import RedisSettings
 from realtime_llm.redisclient import REDIS_FAILURES, redis_client
-from realtime_llm.redispipeline import PipelinedConnection, PipelinedRedis
+from realtime_llm.redispipeline import MAX_UNSENT_BYTES, PipelinedConnection, PipelinedRedis, PipelinedScript
 from tests.backends import PrivateRedis, redis_url
 from tests.servers import free_port
 
@@ -47,6 +50,7 @@ def key() -> str:
 async def test_a_single_redis_runs_its_scripts_pipelined(client: aioredis.Redis) -> None:
     assert isinstance(client, PipelinedRedis)
     add, name = client.register_script(ADD), key()
+    assert isinstance(add, PipelinedScript)  # and so are the scripts of the tests below
     try:
         assert await add(keys=[name], args=[5, "x"]) == [5, b"x"]
         assert await client.get(name) == b"5"  # the pool's commands see the same Redis
@@ -90,7 +94,8 @@ async def test_a_cancelled_caller_leaves_the_answers_in_order(client: aioredis.R
         assert await add(keys=[name], args=[0, "connected"]) == [0, b"connected"]
         first = asyncio.ensure_future(add(keys=[name], args=[1, "cancelled"]))
         second = asyncio.ensure_future(add(keys=[name], args=[1, "kept"]))
-        await asyncio.sleep(0)  # both sent
+        for _ in range(3):  # both written to the socket
+            await asyncio.sleep(0)
         first.cancel()  # its answer comes all the same, and goes to no one
         assert await second == [2, b"kept"]
         assert await add(keys=[name], args=[1, "next"]) == [3, b"next"]
@@ -128,9 +133,11 @@ async def test_a_redis_that_does_not_answer_times_out_every_call_waiting() -> No
             results = await asyncio.gather(*(connection.call("PING") for _ in range(50)), return_exceptions=True)
         assert all(isinstance(result, REDIS_FAILURES) for result in results), results
         assert 0.4 < time.monotonic() - started < 2
-        with pytest.raises(REDIS_FAILURES):  # the next call connects anew, and waits again
-            async with asyncio.timeout(5):
+        started = time.monotonic()
+        async with asyncio.timeout(5):  # not a hang
+            with pytest.raises(RedisTimeoutError):  # the next call connects anew, and waits again
                 await connection.call("PING")
+        assert 0.4 < time.monotonic() - started < 2
     finally:
         await connection.close()
         server.close()
@@ -141,26 +148,61 @@ async def test_a_password_and_a_database_from_the_url() -> None:
     process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no", "--requirepass", "s3cret"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    plain = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{port}/3")
+    right = PipelinedConnection(f"redis://:s3cret@127.0.0.1:{port}/3", timeout=3)
+    wrong = PipelinedConnection(f"redis://:nope@127.0.0.1:{port}/3", timeout=3)
     try:
-        plain = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{port}/3")
-        for _ in range(100):
+        deadline = time.monotonic() + 10
+        while True:
             try:
                 await plain.ping()
                 break
             except REDIS_FAILURES:
+                assert time.monotonic() < deadline, "redis-server with a password did not start"
                 await asyncio.sleep(0.05)
-        right = PipelinedConnection(f"redis://:s3cret@127.0.0.1:{port}/3", timeout=3)
         assert await right.call("SET", "k", "in 3") == b"OK"
         assert await plain.get("k") == b"in 3"  # database 3, as the URL says
-        await right.close()
-        wrong = PipelinedConnection(f"redis://:nope@127.0.0.1:{port}/3", timeout=3)
         with pytest.raises(REDIS_FAILURES):
             await wrong.call("GET", "k")
+    finally:
+        await right.close()
         await wrong.close()
         await plain.aclose()
-    finally:
         process.terminate()
         process.wait(10)
+
+
+async def test_a_redis_that_does_not_read_is_bounded_in_bytes_and_closing_ends_a_connect() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing: what is written piles up in the sender's buffer
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(deaf, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = PipelinedConnection(f"redis://127.0.0.1:{port}/0", timeout=3)
+    waiting = []
+    try:
+        chunk = b"x" * 2**20
+        with pytest.raises(RedisConnectionError, match="not reading"):
+            for _ in range(4 * MAX_UNSENT_BYTES // len(chunk)):
+                waiting.append(asyncio.ensure_future(connection.call("SET", "k", chunk)))
+                await asyncio.sleep(0.001)  # written out, as far as the socket takes it
+                if waiting[-1].done():
+                    waiting.pop().result()
+        password = PipelinedConnection(f"redis://:pw@127.0.0.1:{port}/0", timeout=3)
+        connecting = asyncio.ensure_future(password.call("PING"))  # its AUTH is never answered
+        await asyncio.sleep(0.1)
+        await password.close()
+        with pytest.raises(RedisConnectionError):  # a Redis error, not a cancelled caller
+            await connecting
+    finally:
+        await connection.close()
+        for call in waiting:
+            with contextlib.suppress(Exception):
+                await call
+        server.close()
 
 
 async def test_a_closed_connection_refuses_calls() -> None:
