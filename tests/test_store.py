@@ -21,7 +21,7 @@ from realtime_llm.store.compiled import Script, transaction
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.messages import MessageStore
-from realtime_llm.store.paths import PathCache, PromptPath
+from realtime_llm.store.paths import PathCache, PromptPath, read_path
 from realtime_llm.store.records import Message
 from realtime_llm.store.statements import INSERT_MESSAGE, NEXT_MESSAGE_ID
 from realtime_llm.store.users import UserStore
@@ -381,6 +381,10 @@ async def test_a_kept_prompt_path_is_the_path_read_whole(db, monkeypatch: pytest
         whole = await MessageStore(db, store.cache, store.files).recent(conversation, budget, leaf,
                                                                         with_reasoning=with_reasoning)
         assert kept == whole, f"step {step}"
+        path = store.messages.paths.get(conversation.id)
+        if path is not None:  # its sums, kept as it grew, are those of a count over it
+            recount = read_path(path.owner, path.leaf, path.messages, path.budget, path.with_reasoning, path.complete)
+            assert (path.used, path.cost) == (recount.used, recount.cost), f"step {step}"
     assert len(extended) > 45, len(extended)
 
 
@@ -419,7 +423,7 @@ async def test_a_turn_at_the_end_of_the_kept_path_reads_no_path(db, monkeypatch:
 async def test_prompt_paths_kept_are_bounded() -> None:
     """The paths kept are bounded in characters, the least recently used dropped first."""
     def path(leaf: int, chars: int) -> PromptPath:
-        return PromptPath(1, leaf, (Message(leaf, "user", "x" * chars, 0),), 10_000, False, True)
+        return read_path(1, leaf, (Message(leaf, "user", "x" * chars, 0),), 10_000, False, True)
 
     cache = PathCache(max_cost=3 * path(0, 1_000).cost)
     for cid in (1, 2, 3):
@@ -432,7 +436,7 @@ async def test_prompt_paths_kept_are_bounded() -> None:
     cache.drop(3)
     cache.put(6, path(6, 1_000))
     assert all(cache.get(cid) is not None for cid in (1, 4, 6))
-    wide = PromptPath(1, 8, (Message(8, "user", "\u20ac" * 1_000, 0),), 10_000, False, True)
+    wide = read_path(1, 8, (Message(8, "user", "\u20ac" * 1_000, 0),), 10_000, False, True)
     assert wide.cost > path(8, 1_000).cost + 900  # bytes held, not characters: 2 a character here
     assert path(7, 10).covers(1, 10_000, False) and not path(7, 10).covers(2, 10_000, False)  # the owner's only
     cache.put(9, path(9, 10))

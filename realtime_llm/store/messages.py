@@ -12,7 +12,7 @@ from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.store.compiled import Script, transaction
 from realtime_llm.store.files import FileStore, StoredFile, attach
-from realtime_llm.store.paths import PathCache, PromptPath, extend, text_size
+from realtime_llm.store.paths import PathCache, extend, read_path, text_size
 from realtime_llm.store.records import Conversation, Message, message_from_row
 from realtime_llm.store.shapes import branch_json, message_json
 from realtime_llm.store.statements import (
@@ -132,7 +132,7 @@ class MessageStore:
         if files or not chosen:
             self.paths.drop(conversation_id)
             return await self._with_contents(conversation_id, chosen)
-        self.paths.put(conversation_id, PromptPath(owner, leaf, tuple(chosen), budget_chars, with_reasoning, complete))
+        self.paths.put(conversation_id, read_path(owner, leaf, tuple(chosen), budget_chars, with_reasoning, complete))
         return chosen
 
     def kept(self, conversation: Conversation, budget_chars: int, leaf: int, with_reasoning: bool = False,
