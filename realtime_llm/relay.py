@@ -2,8 +2,8 @@
 request (read by a task of its own), the deltas published in batches.
 
 The upstream reader is the one thing a stop interrupts. The generation's own task awaits the
-reader's queue and is never cancelled to stop, so a publish or a save under way always
-runs to its end: a stop is STOPPED put into that queue (batching.py).
+reader's inbox and is never cancelled to stop, so a publish or a save under way always
+runs to its end: a stop is STOPPED put into that inbox (batching.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import Histogram
 
-from realtime_llm.batching import ACCEPTED, END, STOPPED, Item, Stopped, coalesce
+from realtime_llm.batching import ACCEPTED, END, STOPPED, Inbox, Stopped, coalesce
 from realtime_llm.branches import announce_truncate
 from realtime_llm.broker import Broker
 from realtime_llm.config import Settings
@@ -57,14 +57,15 @@ class Answer:
 
 
 class UpstreamReader:
-    """Inside `async with`, the upstream's answer arrives in `queue`: ACCEPTED once the
-    request is taken, the text deltas, then END (or the UpstreamError that broke it).
-    Leaving closes the upstream request, finished or not."""
+    """Inside `async with`, the upstream's answer arrives in `inbox`: ACCEPTED once the
+    request is taken, the text deltas, then END (or the UpstreamError that broke it),
+    handed out in batches `window` seconds apart (batching.Inbox). Leaving closes the
+    upstream request, finished or not."""
 
-    def __init__(self, provider: Provider, request: ChatRequest) -> None:
+    def __init__(self, provider: Provider, request: ChatRequest, window: float = 0.0) -> None:
         self.provider = provider
         self.request = request
-        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.inbox = Inbox(window)
         self.usage: Usage | None = None  # the upstream's own counts, once its stream ended
         self.finish_reason: str | None = None  # the model's, once its stream ended
         self.began = 0.0  # when the upstream was asked
@@ -89,13 +90,13 @@ class UpstreamReader:
             await finish_task(self._task)
 
     def stop(self) -> None:
-        """Whoever waits on the queue sees the stop next, whatever the upstream is doing."""
-        self.queue.put_nowait(STOPPED)
+        """Whoever waits on the inbox sees the stop next, whatever the upstream is doing."""
+        self.inbox.put_nowait(STOPPED)
 
     async def accepted(self) -> bool:
         """True once the upstream has taken the request; False if a stop came first. A
         refusal raises its UpstreamError."""
-        item = await self.queue.get()
+        item = await self.inbox.first()
         if isinstance(item, BaseException):
             raise item
         return item is ACCEPTED
@@ -110,17 +111,17 @@ class UpstreamReader:
     async def _read(self) -> None:
         try:
             async with self.provider.stream(self.request) as completion:
-                self.queue.put_nowait(ACCEPTED)
+                self.inbox.put_nowait(ACCEPTED)
                 async for delta in completion:
                     if not self.first_delta:
                         self.first_delta = time.monotonic()
-                    self.queue.put_nowait(delta)
+                    self.inbox.put_nowait(delta)
                 self.usage, self.finish_reason = completion.usage, completion.finish_reason
-            self.queue.put_nowait(END)
+            self.inbox.put_nowait(END)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # handed to the generation, which raises it in its own task
-            self.queue.put_nowait(exc)
+            self.inbox.put_nowait(exc)
 
 
 class AnswerRelay:
@@ -132,6 +133,7 @@ class AnswerRelay:
         self.store = store
         self.broker = broker
         self.provider_for = provider_for
+        self._window = settings.stream.batch_ms / 1000  # deltas closer together go out as one event
 
     async def answer(self, generation: Generation, answer: Answer) -> str:
         """Relay the model's answer into `answer`, published batch by batch; returns the
@@ -145,7 +147,8 @@ class AnswerRelay:
             provider = self.provider_for(conversation.model)
             generation.prompt = await build_prompt(self.settings.llm, self.store, conversation, generation.answers,
                                                    with_reasoning=provider.sends_reasoning)
-            reader = generation.reader = UpstreamReader(provider, self._request(conversation, generation.prompt))
+            reader = generation.reader = UpstreamReader(provider, self._request(conversation, generation.prompt),
+                                                        self._window)
         provider = reader.provider
         try:
             async with reader:
@@ -186,7 +189,7 @@ class AnswerRelay:
         except Exception:  # an unknown model, unreadable params: answer() meets it again and says so
             return None
         generation.prompt = prompt
-        reader = UpstreamReader(provider, request)
+        reader = UpstreamReader(provider, request, self._window)
         reader.start()
         return reader
 
@@ -203,7 +206,7 @@ class AnswerRelay:
         cid = generation.conversation_id
         room = self.settings.stream.max_answer_chars  # what the answer may still grow by
         # Closed at once (its timer with it) when the answer is cut short, not when collected.
-        async with contextlib.aclosing(coalesce(reader.queue, self.settings.stream.batch_ms / 1000)) as texts:
+        async with contextlib.aclosing(coalesce(reader.inbox)) as texts:
             async for text in texts:
                 if not (answer.parts or answer.thoughts):  # the upstream's time, not the save's
                     first_token.observe((reader.first_delta or time.monotonic()) - reader.began)
@@ -216,8 +219,8 @@ class AnswerRelay:
                 if cut:
                     raise AnswerTooLong()
                 room -= len(text)
-                # The in-process publish and a non-empty queue never suspend: without this, a
-                # fast upstream would fill every subscriber's queue before one of them sends.
+                # The in-process publish and the batches of one take never suspend: without
+                # this, a fast upstream would fill every subscriber's queue before one sends.
                 await asyncio.sleep(0)
 
 
