@@ -1,13 +1,51 @@
-"""JSON responses rendered by orjson (Starlette's own uses the json module: for a
-10,000-message history that was 13-22 ms of a ~130 ms request, orjson takes about 1 ms)."""
+"""Responses of our own: JSON rendered by orjson (Starlette's own uses the json module: for
+a 10,000-message history that was 13-22 ms of a ~130 ms request, orjson takes about 1 ms),
+and event streams that watch for the client leaving without an anyio task group."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from starlette import responses
+from starlette.types import Receive, Scope, Send
 
 
 class JSONResponse(responses.JSONResponse):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+class EventStreamResponse(responses.StreamingResponse):
+    """Server-Sent Events, streamed until the iterator ends or the client leaves.
+
+    Starlette's StreamingResponse watches for the client leaving in an anyio task group,
+    which cost about 50 µs of CPU a response here (against 7 µs for this; a throwaway
+    timeit of one-event streams under uvloop), and every chat message is one. This
+    watches in one asyncio task: on http.disconnect it cancels the streaming task, and
+    that cancellation, its own, ends the response quietly, as the task group's did."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        left = False
+
+        async def watch() -> None:
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left = True
+            streaming.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not left or streaming.uncancel() > 0:  # not (only) the client's leaving
+                raise
+        finally:
+            watcher.cancel()
+        if self.background is not None:
+            await self.background()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Api
+from tests.conftest import Api, base_config
+from tests.fake_upstream import FakeUpstream
+from tests.servers import ServerProcess, write_config
 from tests.test_chat import chat, new_chat
 from tests.wsclient import Socket
 
@@ -121,3 +124,33 @@ def test_open_sockets_streams_and_running_generations_are_gauges(api: Api) -> No
     assert value(after, "realtime_llm_open_websockets") == base_sockets
     assert value(after, "realtime_llm_open_sse_streams") == base_streams
     assert value(after, "realtime_llm_running_generations") == base_running
+
+
+def test_an_event_stream_ends_when_its_client_leaves_not_at_the_next_write(
+        upstream: FakeUpstream, tmp_path: Path) -> None:
+    """With a keep-alive of a minute and nothing to send, an event stream whose client hangs
+    up is closed at once (its subscription with it), not when a write would fail; and a
+    hang-up mid-answer is no server error."""
+    config = base_config(tmp_path, "sqlite", upstream)
+    config["stream"]["keepalive_seconds"] = 60
+    server = ServerProcess(write_config(tmp_path / "config.yaml", config), tmp_path).start()
+    api = Api(server.url)
+    try:
+        headers, cid = new_chat(api)
+        streams = "realtime_llm_open_sse_streams"
+        for method, path, body in (("GET", f"/api/chat/{cid}/events", None),
+                                   ("POST", f"/api/chat/{cid}", {"message": "#fake tokens=400 delay_ms=20"})):
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                with client.stream(method, path, headers=headers, json=body) as response:
+                    assert response.status_code == 200
+                    assert value(scrape_until(api, lambda s: value(s, streams) == 1), streams) == 1
+                    if body is not None:
+                        next(response.iter_lines())  # the answer is under way
+            left = time.monotonic()
+            assert value(scrape_until(api, lambda s: value(s, streams) == 0), streams) == 0
+            assert time.monotonic() - left < 3  # well before the minute's keep-alive
+        assert api.http.post(f"/api/chat/{cid}/stop", headers=headers).status_code == 200
+    finally:
+        api.http.close()
+        server.stop()
+    assert "Traceback" not in server.log() and "Exception in ASGI" not in server.log()

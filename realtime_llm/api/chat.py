@@ -7,7 +7,6 @@ import contextlib
 from typing import AsyncIterator, Callable
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
 
 from realtime_llm.api.access import Caller, check_message_rate, require_caller, services_of, ticket_caller
 from realtime_llm.api.docs import ERROR_RESPONSE, event_stream, json_response, operation, ref
@@ -35,7 +34,7 @@ from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_
 from realtime_llm.generation import Generation
 from realtime_llm.httpprotocol import ABORT
 from realtime_llm.metrics import OPEN_SSE_STREAMS
-from realtime_llm.responses import JSONResponse
+from realtime_llm.responses import EventStreamResponse, JSONResponse
 from realtime_llm.services import Services
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -44,7 +43,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connecti
 @operation("Send a message; the answer streams as Server-Sent Events",
            {"200": event_stream("events until full_response or error"), "409": ERROR_RESPONSE, "502": ERROR_RESPONSE},
            body="ChatMessage", params=True, limited=True)
-async def chat(request: Request) -> StreamingResponse:
+async def chat(request: Request) -> EventStreamResponse:
     """Start an answer to a new message (with `edit_message_id`: to that user message,
     edited, with everything after it dropped) and stream it."""
     caller = await require_caller(request)
@@ -62,7 +61,7 @@ async def chat(request: Request) -> StreamingResponse:
 @operation("Replace the last answer with a new one; it streams as Server-Sent Events",
            {"200": event_stream("events until full_response or error"), "409": ERROR_RESPONSE, "502": ERROR_RESPONSE},
            params=True, limited=True)
-async def regenerate(request: Request) -> StreamingResponse:
+async def regenerate(request: Request) -> EventStreamResponse:
     """Replace the last answer with a new one, streamed like chat."""
     caller = await require_caller(request)
     conversation_id = path_id(request)
@@ -75,7 +74,7 @@ async def regenerate(request: Request) -> StreamingResponse:
 ACCEPT_PATIENCE_SECONDS = 1.0
 
 
-async def answer_stream(request: Request, caller: Caller, generation: Generation) -> StreamingResponse:
+async def answer_stream(request: Request, caller: Caller, generation: Generation) -> EventStreamResponse:
     # Hold the response until the upstream has accepted, so a refusal is a plain 502; but
     # not past a second: an upstream slow to answer (a queue, a long prompt) must not leave
     # the client without a byte (proxies cut silent streams), so the stream then starts with
@@ -91,7 +90,7 @@ async def answer_stream(request: Request, caller: Caller, generation: Generation
         raise UpstreamError(refusal)
     events = stream_events(request, caller, generation.conversation_id, after=generation.after_event_id,
                            until_terminal=True, greet=waiting)
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStreamResponse(events, headers=SSE_HEADERS)
 
 
 @operation("The conversation's events, live; replays after Last-Event-ID first",
@@ -100,7 +99,7 @@ async def answer_stream(request: Request, caller: Caller, generation: Generation
                   {"name": "Last-Event-ID", "in": "header", "required": False, "schema": EVENT_ID_SCHEMA},
                   {"name": "ticket", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 64},
                    "description": "a stream ticket (POST /api/tickets) instead of the Authorization header"}))
-async def events(request: Request) -> StreamingResponse:
+async def events(request: Request) -> EventStreamResponse:
     conversation_id = path_id(request)
     services = services_of(request)
     after = last_event_id(request)  # (checked before a ticket is used up)
@@ -109,7 +108,7 @@ async def events(request: Request) -> StreamingResponse:
     await services.conversations.get_owned(conversation_id, caller.user.id)
     await align_event_ids(services, conversation_id, after)
     stream = stream_events(request, caller, conversation_id, after=after, until_terminal=False)
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStreamResponse(stream, headers=SSE_HEADERS)
 
 
 @operation("Stop the running generation (the partial answer is saved)",

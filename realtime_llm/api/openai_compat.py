@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from realtime_llm.api.access import Caller, check_message_rate, require_caller, services_of
 from realtime_llm.api.docs import documented
@@ -28,7 +28,7 @@ from realtime_llm.errors import BadRequest, NotFound, UpstreamError, as_api_erro
 from realtime_llm.params import parse_params
 from realtime_llm.prompt import answer_usage
 from realtime_llm.providers import ChatMessage, ChatRequest, Thought
-from realtime_llm.responses import JSONResponse
+from realtime_llm.responses import EventStreamResponse, JSONResponse
 from realtime_llm.services import Services
 from realtime_llm.usage import Usage
 
@@ -153,7 +153,7 @@ async def completions(request: Request) -> Response:
     else:
         pieces = await _relayed(services, caller, ask)
     if ask.stream:
-        return StreamingResponse(_chunks(completion_id, ask, pieces), media_type="text/event-stream", headers=SSE)
+        return EventStreamResponse(_chunks(completion_id, ask, pieces), headers=SSE)
     return JSONResponse(await _whole(completion_id, ask, pieces))
 
 

@@ -7,7 +7,7 @@ import re
 import time
 
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import FileResponse, StreamingResponse
+from starlette.responses import FileResponse
 
 from realtime_llm.api.access import Caller, require_caller, services_of
 from realtime_llm.api.chat import SSE_HEADERS, last_event_id, stream_events
@@ -17,7 +17,7 @@ from realtime_llm.auth import NEVER, TokenClaims
 from realtime_llm.bodies import path_id
 from realtime_llm.errors import NotFound
 from realtime_llm.params import load_params
-from realtime_llm.responses import JSONResponse
+from realtime_llm.responses import EventStreamResponse, JSONResponse
 from realtime_llm.services import Services
 from realtime_llm.store.users import User
 
@@ -85,12 +85,12 @@ async def shared_history(request: Request) -> JSONResponse:
              "parameters": [SHARE_PARAM],
              "responses": {"200": event_stream("events, until the client leaves or the link is removed"),
                            **{code: ERROR_RESPONSE for code in ("400", "404", "429", "503")}}})
-async def shared_events(request: Request) -> StreamingResponse:
+async def shared_events(request: Request) -> EventStreamResponse:
     services = services_of(request)
     caller, conversation_id = await viewer(request, services)
     after = last_event_id(request)
     stream = stream_events(request, caller, conversation_id, after=after, until_terminal=False)
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStreamResponse(stream, headers=SSE_HEADERS)
 
 
 @documented({"summary": "The read-only page of a shared conversation",
