@@ -69,6 +69,17 @@ class SQLiteConnectionPool:
             self._slots.release()
             raise
 
+    def release_nowait(self, connection: aiosqlite.Connection) -> bool:
+        """Give a connection back without waiting, if nothing needs to be awaited (it is
+        not in a transaction, and it stays open): True if it was given back."""
+        born = self._born.get(id(connection), 0.0)
+        if (connection.in_transaction or time.monotonic() - born >= self.max_lifetime
+                or len(self._idle) >= self.max_idle):
+            return False
+        self._idle.append((born, connection))
+        self._slots.release()
+        return True
+
     async def release(self, connection: aiosqlite.Connection) -> None:
         try:
             if connection.in_transaction:
@@ -141,6 +152,18 @@ class ImmediateTransaction(SQLiteTransaction):
 class PooledSQLiteConnection(ReleaseSurvivesCancel, SQLiteConnection):
     def transaction(self) -> ImmediateTransaction:
         return ImmediateTransaction(self)
+
+    async def release(self) -> None:
+        """Back to the pool at once when that needs no wait (the usual case), so no
+        cancellation can land in it; else in a task a cancellation does not cut short
+        (ReleaseSurvivesCancel). Every statement releases its connection, and that task
+        and its loop turns were most of what `databases` adds to a statement: `SELECT 1`
+        through it took 75-83 µs of CPU before, 54 after, and 39-45 on aiosqlite alone
+        (a throwaway timeit under uvloop)."""
+        if self._connection is not None and self._pool.release_nowait(self._connection):  # type: ignore[attr-defined]
+            self._connection = None
+            return
+        await super().release()
 
 
 class PooledSQLiteBackend(SQLiteBackend):
