@@ -56,15 +56,18 @@ class Inbox:
         self._thinking = False  # the kind of the last text put
 
     def put_nowait(self, item: Item) -> None:
-        self._items.append(item)
         if isinstance(item, str):
-            turned = bool(item) and isinstance(item, Thought) != self._thinking
-            if item:
-                self._thinking = isinstance(item, Thought)
+            if not item:
+                return  # nothing to hand out, and no reason to wake anyone
+            turned = isinstance(item, Thought) != self._thinking
+            self._thinking = isinstance(item, Thought)
+            self._items.append(item)
             if not turned and self._loop.time() - self._last_batch < self.window:
                 if not self._due and self._timer is None:
                     self._timer = self._loop.call_at(self._last_batch + self.window, self._wake)
                 return
+        else:
+            self._items.append(item)
         self._wake()
 
     async def take(self) -> list[Item]:

@@ -34,7 +34,10 @@ class EventStreamResponse(responses.StreamingResponse):
 
         async def watch() -> None:
             nonlocal left
-            while (await receive())["type"] != "http.disconnect":
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except Exception:  # the connection broke under receive(): the client is gone too
                 pass
             left = True
             streaming.cancel()

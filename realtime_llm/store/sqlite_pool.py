@@ -73,8 +73,11 @@ class SQLiteConnectionPool:
         """Give a connection back without waiting, if nothing needs to be awaited (it is
         not in a transaction, and it stays open): True if it was given back."""
         born = self._born.get(id(connection), 0.0)
-        if (connection.in_transaction or time.monotonic() - born >= self.max_lifetime
-                or len(self._idle) >= self.max_idle):
+        try:
+            in_transaction = connection.in_transaction
+        except Exception:  # closed under its user (the pool closing): release() closes and frees it
+            return False
+        if in_transaction or time.monotonic() - born >= self.max_lifetime or len(self._idle) >= self.max_idle:
             return False
         self._idle.append((born, connection))
         self._slots.release()
