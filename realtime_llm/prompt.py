@@ -40,8 +40,8 @@ def _system_and_budget(settings: LlmSettings, conversation: Conversation) -> tup
 
 def _prompt(system: str, history: list[Message], with_reasoning: bool) -> tuple[ChatMessage, ...]:
     return (ChatMessage("system", system),
-            *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "", _attachments(m))
-              for m in history))
+            *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "",
+                          _attachments(m) if m.attachments else ()) for m in history))
 
 
 def _attachments(message: Message) -> tuple[Attachment, ...]:
