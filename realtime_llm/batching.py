@@ -72,12 +72,7 @@ class Inbox:
 
     async def take(self) -> list[Item]:
         """Everything put so far, oldest first, once something is due; a batch is taken."""
-        while not self._due:
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        await self._until_due()
         items, self._items = self._items, []
         self._due = False
         self._last_batch = self._loop.time()
@@ -87,18 +82,21 @@ class Inbox:
     async def first(self) -> Item:
         """The oldest item, once one is due (UpstreamReader.accepted: what the upstream did
         with the request); the rest stay, still due."""
-        while not self._due:
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        await self._until_due()
         item = self._items.pop(0)
         self._due = bool(self._items)
         return item
 
     def close(self) -> None:
         self._cancel_timer()
+
+    async def _until_due(self) -> None:
+        while not self._due:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     def _wake(self) -> None:
         self._cancel_timer()  # (the timer's own call, or made needless by what is due now)
