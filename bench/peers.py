@@ -3,9 +3,10 @@ from the same fake upstream and the same closed-loop client, in one run.
 
     .venv/bin/python -m bench.peers [--litellm PATH] [--streams 50] [--seconds 6] [--rounds 2] [--requests 100]
 
-The client speaks OpenAI's streamed chat completions to both: realtime-llm's façade
+The client speaks OpenAI's streamed chat completions to each: realtime-llm's façade
 (`POST /v1/chat/completions` with a `conversation_id`: each question and answer saved,
-and the answer published to the conversation's subscribers, as a chat message is) and
+and the answer published to the conversation's subscribers, as a chat message is), once
+with the in-process broker and once with a Redis of the benchmark's own, and
 the proxy's, which stores nothing and checks no ownership. The proxy runs when it is
 installed in a venv of its own (`--litellm`, default $LITELLM_BIN):
 
@@ -38,6 +39,7 @@ import orjson
 from bench.common import UpstreamProcess, make_users, median, start_server
 from bench.relay_cpu import cpu_seconds
 from realtime_llm.providers.sse_reader import sse_data
+from tests.backends import PrivateRedis
 from tests.servers import free_port, terminate
 
 ANSWER = "#fake tokens=50 delay_ms=5\nhello"
@@ -155,18 +157,22 @@ async def closed_loop(target: Target, streams: int, seconds: float) -> tuple[flo
 def run(litellm: str | None, streams: int, seconds: float, rounds: int, requests: int) -> list[tuple[str, float, float, float]]:
     """Rows (target, added first-token p50 ms, tokens/s, CPU ms per 1,000 tokens)."""
     upstream = UpstreamProcess()
+    private = PrivateRedis()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        ours = start_server(workdir, upstream)
+        ours = [start_server(workdir, upstream),
+                start_server(workdir, upstream, redis={"url": private.url, "key_prefix": f"peers-{secrets.token_hex(3)}"})]
         peer = None
         try:
             peer = LiteLLMProcess(litellm, upstream, workdir) if litellm else None
-            assert ours.process is not None
-            users = make_users(ours.url, streams)
             direct = Target("upstream, direct", upstream.base_url + "/chat/completions", [upstream.process.pid],
                             [({}, {})] * streams)
-            targets = [Target("realtime-llm (SQLite, in-process broker)", ours.url + "/v1/chat/completions",
-                              [ours.process.pid], [(headers, {"conversation_id": cid}) for headers, cid in users])]
+            targets = []
+            for server, broker in zip(ours, ("in-process broker", "Redis"), strict=True):
+                assert server.process is not None
+                targets.append(Target(f"realtime-llm (SQLite, {broker})", server.url + "/v1/chat/completions",
+                                      [server.process.pid],
+                                      [(headers, {"conversation_id": cid}) for headers, cid in make_users(server.url, streams)]))
             if peer is not None:
                 targets.append(Target("LiteLLM proxy 1.108.7", f"http://127.0.0.1:{peer.port}/chat/completions",
                                       [peer.process.pid], [({"Authorization": f"Bearer {peer.key}"}, {})] * streams))
@@ -179,10 +185,12 @@ def run(litellm: str | None, streams: int, seconds: float, rounds: int, requests
             return [(t.name, (median(firsts[t.name]) - baseline) * 1000, median([r for r, _ in loads[t.name]]),
                      median([c for _, c in loads[t.name]])) for t in targets]
         finally:
-            ours.stop()
+            for server in ours:
+                server.stop()
             if peer is not None:
                 peer.stop()
             upstream.stop()
+            private.stop()
 
 
 def main() -> None:
