@@ -16,6 +16,11 @@ class JSONResponse(responses.JSONResponse):
         return orjson.dumps(content)
 
 
+class Last(bytes):
+    """The last chunk of an event stream: it goes out with the response's end, in one
+    write (a write to a socket is the costliest step of relaying a batch of tokens)."""
+
+
 class EventStreamResponse(responses.StreamingResponse):
     """Server-Sent Events, streamed until the iterator ends or the client leaves.
 
@@ -44,7 +49,7 @@ class EventStreamResponse(responses.StreamingResponse):
 
         watcher = asyncio.ensure_future(watch())
         try:
-            await self.stream_response(send)
+            await self._stream(send, watcher)
         except asyncio.CancelledError:
             if not left or streaming.uncancel() > 0:  # not (only) the client's leaving
                 raise
@@ -52,3 +57,18 @@ class EventStreamResponse(responses.StreamingResponse):
             watcher.cancel()
         if self.background is not None:
             await self.background()
+
+    async def _stream(self, send: Send, watcher: asyncio.Future[None]) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        ended = False
+        async for chunk in self.body_iterator:
+            if ended:  # (an error leaving the subscription, say): the response is complete
+                continue
+            if isinstance(chunk, Last):
+                # The response completes with it, and receive() says http.disconnect from
+                # then on: the iterator's own end (leaving its subscription) is not cut short.
+                watcher.cancel()
+                ended = True
+            await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,6 +1,7 @@
 """Reading our SSE streams strictly: every frame exactly `id:`, `event:`, `data:` and a blank line."""
 from __future__ import annotations
 
+import socket
 from typing import Any, Iterator
 
 import orjson
@@ -44,3 +45,31 @@ def parse_stream(raw: bytes) -> list[dict[str, Any]]:
     assert text.endswith("\n\n"), text[-200:]
     lines = text.split("\n")  # our frames use LF only; a stray CR would show up as a bad field
     return [e for e in iter_frames(iter(lines)) if e is not None]
+
+
+def http_chunks(base_url: str, path: str, headers: dict[str, str], body: dict[str, Any]) -> list[bytes]:
+    """POST over a raw socket (`Connection: close`): the response body's HTTP/1.1 chunks as
+    the server framed them, one per write of the response, without the terminating one."""
+    host, port = base_url.removeprefix("http://").split(":")
+    payload = orjson.dumps(body)
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
+            f"Content-Length: {len(payload)}", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + payload)
+        received = b""
+        while chunk := raw.recv(65536):
+            received += chunk
+    status, _, rest = received.partition(b"\r\n")
+    assert b" 200 " in status, received[:500]
+    response_head, _, rest = rest.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in response_head.lower(), response_head
+    chunks = []
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert rest == b"\r\n", rest
+            return chunks
+        chunks.append(rest[:size])
+        assert rest[size:size + 2] == b"\r\n"
+        rest = rest[size + 2:]

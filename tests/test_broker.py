@@ -368,6 +368,35 @@ async def test_a_subscription_is_bounded_in_bytes_yet_takes_one_large_event() ->
     assert lagging.cut_off.is_set() and isinstance(lagging.failure, SubscriberOverflow)
 
 
+async def test_get_nowait_takes_what_is_at_hand_in_order_then_the_failure() -> None:
+    """What get() would return without waiting: the backlog, then the queue, repeats
+    dropped; None once nothing is at hand, and at the end's marker, which get() raises
+    (after the events queued before it)."""
+    from realtime_llm.broker.base import Subscription
+    from realtime_llm.events import make_event
+
+    subscription = Subscription(CID, max_queue=100, backlog=[make_event(i, "message", "b") for i in (1, 2)])
+    for i in (2, 3, 4):  # 2: the seam between replay and live
+        subscription.deliver(make_event(i, "message", "q"))
+    assert subscription.get_nowait().id == 1  # type: ignore[union-attr]
+    assert [subscription.get_nowait().id for _ in range(3)] == [2, 3, 4]  # type: ignore[union-attr]
+    assert subscription.get_nowait() is None
+    subscription.deliver(make_event(5, "message", "q"))
+    subscription.end(ConversationGone())
+    assert subscription.get_nowait().id == 5 and subscription.get_nowait() is None  # type: ignore[union-attr]
+    assert subscription.get_nowait() is None  # the marker stays for get()
+    with pytest.raises(ConversationGone):
+        await subscription.get(timeout=1)
+    with pytest.raises(ConversationGone):
+        await subscription.get(timeout=1)
+    waiting = Subscription(CID, max_queue=100)
+    reader = asyncio.create_task(waiting.get(timeout=5))
+    await asyncio.sleep(0.01)
+    waiting.deliver(make_event(7, "message", "live"))
+    waiting.deliver(make_event(8, "message", "live"))
+    assert (await reader).id == 7 and waiting.get_nowait().id == 8  # type: ignore[union-attr]
+
+
 async def test_a_lapsed_lock_nobody_took_is_its_owners_again(locks: GenerationLocks) -> None:
     """A heartbeat late by more than the ttl (a stalled loop, a busy Redis) keeps the lock
     unless someone else took it meanwhile: only another holder means it is lost."""

@@ -14,7 +14,7 @@ from realtime_llm.providers.base import ChatMessage, ChatRequest
 from realtime_llm.providers.demo import demo_reply
 from tests.conftest import PROVIDER_KEY, Api
 from tests.fake_upstream import FakeUpstream
-from tests.sse import iter_frames, parse_stream
+from tests.sse import http_chunks, iter_frames, parse_stream
 
 
 def chat(api: Api, headers: dict[str, str], cid: int, message: str) -> httpx.Response:
@@ -51,6 +51,20 @@ def assert_complete(events: list[dict[str, Any]], cid: int) -> str:
     full = events[-1]["data"]
     assert full == "".join(e["data"] for e in events if e["event"] == "message")
     return str(full)
+
+
+def test_events_at_hand_together_go_out_in_one_write(api: Api, broker: str) -> None:
+    """Each chunk of the response is one write to the socket. The answer's last events,
+    published one after the other, go in one, which also ends the response; with Redis
+    each publish is a round trip, so they may come a write apart."""
+    headers, cid = new_chat(api)
+    chunks = http_chunks(str(api.http.base_url).rstrip("/"), f"/api/chat/{cid}", headers,
+                         {"message": "#fake tokens=3\nhello"})
+    assert_complete(parse_stream(b"".join(chunks)), cid)
+    last = [e["event"] for e in parse_stream(chunks[-1])]
+    assert last[-1] == "full_response"
+    if broker == "memory":
+        assert last == ["done", "full_response"], chunks
 
 
 def test_event_sequence_framing_and_headers(api: Api, upstream: FakeUpstream) -> None:

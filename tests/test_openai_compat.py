@@ -6,10 +6,12 @@ from __future__ import annotations
 import uuid
 
 import openai
+import orjson
 import pytest
 
 from tests.conftest import Api
 from tests.fake_upstream import FakeUpstream
+from tests.sse import http_chunks
 from tests.test_chat import history, new_chat
 from tests.wsclient import Socket
 
@@ -51,6 +53,27 @@ def test_a_streamed_completion_with_usage(api: Api) -> None:
     thinking = list(sdk.chat.completions.create(model="demo-think", stream=True,
                                                 messages=[{"role": "user", "content": "think"}]))
     assert any(getattr(c.choices[0].delta, "reasoning_content", None) for c in thinking if c.choices)
+
+
+@pytest.mark.parametrize("in_conversation", [False, True])
+def test_a_streamed_completion_opens_and_ends_in_one_write_each(api: Api, in_conversation: bool) -> None:
+    """Each chunk of the response is one write to the socket: the role's chunk goes with
+    the first text (as OpenAI sends it), the finish, the usage and [DONE] together."""
+    headers, cid = new_chat(api)
+    body = {"model": "fake-model", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "#fake tokens=3 usage=5,3\nhi"}],
+            **({"conversation_id": cid} if in_conversation else {})}
+    chunks = http_chunks(str(api.http.base_url).rstrip("/"), "/v1/chat/completions", headers, body)
+    writes = [[line.removeprefix(b"data: ") for line in chunk.split(b"\n\n") if line] for chunk in chunks]
+    first = [orjson.loads(data) for data in writes[0]]
+    assert [c["choices"][0]["delta"] for c in first][0] == {"role": "assistant", "content": ""}
+    assert len(first) == 2 and first[1]["choices"][0]["delta"]["content"].startswith("t0"), writes[0]
+    assert writes[-1][-1] == b"[DONE]" and len(writes[-1]) == 3, writes[-1]
+    finish, usage = (orjson.loads(data) for data in writes[-1][:2])
+    assert finish["choices"][0]["finish_reason"] == "stop" and usage["usage"]["total_tokens"] == 8
+    text = "".join(orjson.loads(d)["choices"][0]["delta"].get("content", "") for w in writes for d in w
+                   if d != b"[DONE]" and orjson.loads(d)["choices"])
+    assert text == "t0 t1 t2 "
 
 
 def test_errors_come_in_openais_shape(api: Api) -> None:

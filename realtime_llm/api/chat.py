@@ -34,7 +34,7 @@ from realtime_llm.events import ERROR, SSE_KEEPALIVE, TERMINAL, local_json, sse_
 from realtime_llm.generation import Generation
 from realtime_llm.httpprotocol import ABORT
 from realtime_llm.metrics import OPEN_SSE_STREAMS
-from realtime_llm.responses import EventStreamResponse, JSONResponse
+from realtime_llm.responses import EventStreamResponse, JSONResponse, Last
 from realtime_llm.services import Services
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -153,7 +153,7 @@ async def stream_events(
                 async for frame in _frames(services, subscription, keepalive, until_terminal):
                     yield frame
     except BrokerUnavailable as exc:  # the response has started: the error can only go in-band
-        yield _local_error(conversation_id, exc)
+        yield Last(_local_error(conversation_id, exc))
     finally:
         OPEN_SSE_STREAMS.dec()
 
@@ -182,23 +182,31 @@ async def _dropped_when_cut_off(subscription: Subscription, abort: Callable[[], 
 
 async def _frames(services: Services, subscription: Subscription, keepalive: float,
                   until_terminal: bool) -> AsyncIterator[bytes]:
+    """The events as SSE frames; those at hand together (an answer's `done` and
+    `full_response`, a burst from Redis) in one chunk, one write to the socket."""
     conversation_id = subscription.conversation_id
     while True:
         try:
             event = await subscription.get(timeout=keepalive)
         except (SubscriberOverflow, ConversationGone, ShuttingDown, BrokerUnavailable, SessionEnded) as exc:
-            yield _local_error(conversation_id, exc)
+            yield Last(_local_error(conversation_id, exc))
             return
         if event is None:
             ended = await ended_unseen(services, subscription, until_terminal)
             if ended is not None:
-                yield _local_error(conversation_id, ended)
+                yield Last(_local_error(conversation_id, ended))
                 return
             yield SSE_KEEPALIVE
             continue
-        yield sse_frame(event)
-        if until_terminal and event.type in TERMINAL:
+        frames = [sse_frame(event)]
+        last = until_terminal and event.type in TERMINAL
+        while not last and (more := subscription.get_nowait()) is not None:
+            frames.append(sse_frame(more))
+            last = until_terminal and more.type in TERMINAL
+        if last:
+            yield Last(b"".join(frames))
             return
+        yield b"".join(frames)
 
 
 def _local_error(conversation_id: int, exc: Exception) -> bytes:

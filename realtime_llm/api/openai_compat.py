@@ -28,7 +28,7 @@ from realtime_llm.errors import BadRequest, NotFound, UpstreamError, as_api_erro
 from realtime_llm.params import parse_params
 from realtime_llm.prompt import answer_usage
 from realtime_llm.providers import ChatMessage, ChatRequest, Thought
-from realtime_llm.responses import EventStreamResponse, JSONResponse
+from realtime_llm.responses import EventStreamResponse, JSONResponse, Last
 from realtime_llm.services import Services
 from realtime_llm.usage import Usage
 
@@ -240,23 +240,27 @@ def _chunk(completion_id: str, model: str, delta: dict[str, Any] | None, finish:
 
 
 async def _chunks(completion_id: str, ask: Asked, pieces: AsyncIterator[Piece]) -> AsyncIterator[bytes]:
-    yield _chunk(completion_id, ask.model, {"role": "assistant", "content": ""})
+    """The chunks, each in one write to the socket: the role's goes with the first piece
+    (as OpenAI sends it), and the end's, the usage and [DONE] with the response's end."""
+    opening = _chunk(completion_id, ask.model, {"role": "assistant", "content": ""})
     async for piece in pieces:
         if piece is None:
-            yield b": ping\n\n"
+            yield opening + b": ping\n\n"
         elif piece[0] == "error":
             error = {"error": {"message": piece[1], "type": "api_error", "code": None}}
-            yield b"data: " + orjson.dumps(error) + b"\n\n"
+            yield Last(opening + b"data: " + orjson.dumps(error) + b"\n\n")
             return
         elif piece[0] == "end":
-            yield _chunk(completion_id, ask.model, {}, piece[1])
+            end = opening + _chunk(completion_id, ask.model, {}, piece[1])
             if ask.include_usage and piece[2] is not None:
-                yield _chunk(completion_id, ask.model, None, usage=piece[2])
-            yield b"data: [DONE]\n\n"
+                end += _chunk(completion_id, ask.model, None, usage=piece[2])
+            yield Last(end + b"data: [DONE]\n\n")
             return
         else:
             field = "content" if piece[0] == "content" else "reasoning_content"
-            yield _chunk(completion_id, ask.model, {field: piece[1]})
+            yield opening + _chunk(completion_id, ask.model, {field: piece[1]})
+        opening = b""
+    yield Last(opening)  # (the pieces always end with an end or an error)
 
 
 async def _whole(completion_id: str, ask: Asked, pieces: AsyncIterator[Piece]) -> dict[str, Any]:

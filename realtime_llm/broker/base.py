@@ -120,30 +120,54 @@ class Subscription:
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event after the last one returned, or None when `timeout` passes first."""
         while True:
-            if self._backlog:
-                event = self._backlog.popleft()
-            else:
-                if self._failure is not None and self._queue.empty():
-                    raise self._failure
-                self._waiting = True
-                try:
-                    if timeout is None:  # a socket's pump, for every event of every socket: no timer
-                        event = await self._queue.get()
-                    else:
-                        async with asyncio.timeout(timeout):
-                            event = await self._queue.get()
-                except TimeoutError:
-                    return None
-                finally:
-                    self._waiting = False
-                if event is _FAILED:
-                    self._queue.put_nowait(_FAILED)
-                    assert self._failure is not None
-                    raise self._failure
-                self._queued_bytes -= len(event.json)
-            if event.id > self.last_id:  # replay and live may overlap at the seam; drop repeats
-                self.last_id = event.id
+            event = self.get_nowait()
+            if event is not None:
                 return event
+            if self._failure is not None:
+                raise self._failure
+            self._waiting = True
+            try:
+                if timeout is None:  # a socket's pump, for every event of every socket: no timer
+                    item = await self._queue.get()
+                else:
+                    async with asyncio.timeout(timeout):
+                        item = await self._queue.get()
+            except TimeoutError:
+                return None
+            finally:
+                self._waiting = False
+            event = self._taken(item)
+            if event is not None:
+                return event
+
+    def get_nowait(self) -> Event | None:
+        """The next event after the last one returned if one is at hand; None if get()
+        would wait (or raise the failure that ended the subscription)."""
+        while self._backlog:
+            event = self._unseen(self._backlog.popleft())
+            if event is not None:
+                return event
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            event = self._taken(item)
+            if event is not None or item is _FAILED:
+                return event
+        return None
+
+    def _taken(self, item: Any) -> Event | None:
+        """An item taken off the queue: its event, unless a repeat or the failure's marker
+        (put back for get(), which raises the failure)."""
+        if item is _FAILED:
+            self._queue.put_nowait(_FAILED)
+            return None
+        self._queued_bytes -= len(item.json)
+        return self._unseen(item)
+
+    def _unseen(self, event: Event) -> Event | None:
+        if event.id <= self.last_id:  # replay and live may overlap at the seam; drop repeats
+            return None
+        self.last_id = event.id
+        return event
 
 
 def resync_before(conversation_id: int, after: int, buffered: list[Event], latest: int) -> list[Event]:
