@@ -28,34 +28,46 @@ async def take_lock(locks: GenerationLocks, cid: int, owner: str, ttl: float, pa
 @contextlib.asynccontextmanager
 async def kept_alive(locks: GenerationLocks, cid: int, owner: str, ttl: float,
                      on_lost: Callable[[], None]) -> AsyncIterator[None]:
-    """Renew the lock every ttl/3 while inside; `on_lost()` when another holder has it."""
-    done = asyncio.Event()
+    """Renew the lock every ttl/3 while inside; `on_lost()` when another holder has it.
 
-    async def heartbeat() -> None:
-        # Ends on `done`, not only on cancel: a cancel that lands inside a client's own
-        # timeout handling can be swallowed (Python 3.11), and this must still stop.
+    A timer waits for each renewal and a task runs only the renewal itself: most answers
+    end before the first one is due, and a task waiting out each of them (its event, its
+    timeout, the wait for it to end) was there for every turn. No task is cancelled on the
+    way out: a renewal under way is waited for (finish_task), and none is armed after."""
+    loop = asyncio.get_running_loop()
+    inside = True
+    renewal: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle
+
+    async def renew() -> None:
         pause = ttl / 3
-        while not done.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await done.wait()
-            if done.is_set():
-                return
-            try:
-                held = await locks.refresh(cid, owner, ttl)
-            except Exception:  # a busy or briefly absent broker: try again soon, keep answering
-                pause = min(0.25, ttl / 10)
-                continue
-            pause = ttl / 3
-            if not held:
-                # Another process holds it now and may start a generation: stop ours (saving it).
-                logger.warning("lost the lock of conversation %d; stopping", cid)
-                on_lost()
-                return
+        try:
+            held = await locks.refresh(cid, owner, ttl)
+        except Exception:  # a busy or briefly absent broker: try again soon, keep answering
+            held, pause = True, min(0.25, ttl / 10)
+        if not inside:
+            return
+        if not held:
+            # Another process holds it now and may start a generation: stop ours (saving it).
+            logger.warning("lost the lock of conversation %d; stopping", cid)
+            on_lost()
+            return
+        arm(pause)
 
-    beating = asyncio.create_task(heartbeat())
+    def due() -> None:
+        nonlocal renewal
+        if inside:
+            renewal = loop.create_task(renew())
+
+    def arm(pause: float) -> None:
+        nonlocal timer
+        timer = loop.call_later(pause, due)
+
+    timer = loop.call_later(ttl / 3, due)
     try:
         yield
     finally:
-        done.set()
-        await finish_task(beating)
+        inside = False
+        timer.cancel()
+        if renewal is not None:
+            await finish_task(renewal)

@@ -413,6 +413,28 @@ async def test_a_lapsed_lock_nobody_took_is_its_owners_again(locks: GenerationLo
     await locks.release(CID, "c")
 
 
+async def test_a_kept_lock_is_renewed_while_inside_and_lapses_after(locks: GenerationLocks) -> None:
+    """kept_alive renews a 0.3 s lock every 0.1 s: it outlives a second inside, lapses
+    once outside (no renewal left armed), and when another holder takes it meanwhile
+    the generation is told (on_lost), once."""
+    from realtime_llm.locks import kept_alive
+
+    lost: list[str] = []
+    assert await locks.acquire(CID, "a", ttl=0.3)
+    async with kept_alive(locks, CID, "a", 0.3, lambda: lost.append("a")):
+        await asyncio.sleep(1.0)
+        assert await locks.holder(CID) == "a"
+    await asyncio.sleep(0.5)
+    assert await locks.holder(CID) is None and lost == []
+    assert await locks.acquire(CID, "b", ttl=0.3)
+    async with kept_alive(locks, CID, "b", 0.3, lambda: lost.append("b")):
+        await locks.release(CID, "b")
+        assert await locks.acquire(CID, "c", ttl=5)
+        await asyncio.sleep(0.5)
+    assert lost == ["b"] and await locks.holder(CID) == "c"
+    await locks.release(CID, "c")
+
+
 @pytest.mark.parametrize("kind", ["memory", "redis", "cluster"])
 async def test_a_settled_answer_is_replayed_for_the_grace_then_resumed_with_resync(
         kind: str, request: pytest.FixtureRequest) -> None:
