@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import codecs
+import contextlib
 import os
 import secrets
 import subprocess
@@ -156,41 +157,36 @@ async def closed_loop(target: Target, streams: int, seconds: float) -> tuple[flo
 
 def run(litellm: str | None, streams: int, seconds: float, rounds: int, requests: int) -> list[tuple[str, float, float, float]]:
     """Rows (target, added first-token p50 ms, tokens/s, CPU ms per 1,000 tokens)."""
-    upstream = UpstreamProcess()
-    private = PrivateRedis()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as running:  # stopped before tmp goes
         workdir = Path(tmp)
-        ours = [start_server(workdir, upstream),
-                start_server(workdir, upstream, redis={"url": private.url, "key_prefix": f"peers-{secrets.token_hex(3)}"})]
-        peer = None
-        try:
-            peer = LiteLLMProcess(litellm, upstream, workdir) if litellm else None
-            direct = Target("upstream, direct", upstream.base_url + "/chat/completions", [upstream.process.pid],
-                            [({}, {})] * streams)
-            targets = []
-            for server, broker in zip(ours, ("in-process broker", "Redis"), strict=True):
-                assert server.process is not None
-                targets.append(Target(f"realtime-llm (SQLite, {broker})", server.url + "/v1/chat/completions",
-                                      [server.process.pid],
-                                      [(headers, {"conversation_id": cid}) for headers, cid in make_users(server.url, streams)]))
-            if peer is not None:
-                targets.append(Target("LiteLLM proxy 1.108.7", f"http://127.0.0.1:{peer.port}/chat/completions",
-                                      [peer.process.pid], [({"Authorization": f"Bearer {peer.key}"}, {})] * streams))
-            firsts = asyncio.run(first_tokens([direct, *targets], requests))
-            loads: dict[str, list[tuple[float, float]]] = {t.name: [] for t in targets}
-            for _ in range(rounds):
-                for target in targets:
-                    loads[target.name].append(asyncio.run(closed_loop(target, streams, seconds)))
-            baseline = median(firsts[direct.name])
-            return [(t.name, (median(firsts[t.name]) - baseline) * 1000, median([r for r, _ in loads[t.name]]),
-                     median([c for _, c in loads[t.name]])) for t in targets]
-        finally:
-            for server in ours:
-                server.stop()
-            if peer is not None:
-                peer.stop()
-            upstream.stop()
-            private.stop()
+        upstream = UpstreamProcess()
+        running.callback(upstream.stop)
+        private = PrivateRedis()
+        running.callback(private.stop)
+        targets = []
+        for broker, sections in (("in-process broker", {}),
+                                 ("Redis", {"redis": {"url": private.url, "key_prefix": f"peers-{secrets.token_hex(3)}"}})):
+            server = start_server(workdir, upstream, **sections)
+            running.callback(server.stop)
+            assert server.process is not None
+            targets.append(Target(f"realtime-llm (SQLite, {broker})", server.url + "/v1/chat/completions",
+                                  [server.process.pid],
+                                  [(headers, {"conversation_id": cid}) for headers, cid in make_users(server.url, streams)]))
+        if litellm:
+            peer = LiteLLMProcess(litellm, upstream, workdir)
+            running.callback(peer.stop)
+            targets.append(Target("LiteLLM proxy 1.108.7", f"http://127.0.0.1:{peer.port}/chat/completions",
+                                  [peer.process.pid], [({"Authorization": f"Bearer {peer.key}"}, {})] * streams))
+        direct = Target("upstream, direct", upstream.base_url + "/chat/completions", [upstream.process.pid],
+                        [({}, {})] * streams)
+        firsts = asyncio.run(first_tokens([direct, *targets], requests))
+        loads: dict[str, list[tuple[float, float]]] = {t.name: [] for t in targets}
+        for _ in range(rounds):
+            for target in targets:
+                loads[target.name].append(asyncio.run(closed_loop(target, streams, seconds)))
+        baseline = median(firsts[direct.name])
+        return [(t.name, (median(firsts[t.name]) - baseline) * 1000, median([r for r, _ in loads[t.name]]),
+                 median([c for _, c in loads[t.name]])) for t in targets]
 
 
 def main() -> None:

@@ -4,11 +4,14 @@ and event streams that watch for the client leaving without an anyio task group.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from typing import Any, AsyncIterator
 
 import orjson
 from starlette import responses
 from starlette.types import Receive, Scope, Send
+
+logger = logging.getLogger("realtime_llm.http")
 
 
 class JSONResponse(responses.JSONResponse):
@@ -18,7 +21,8 @@ class JSONResponse(responses.JSONResponse):
 
 class Last(bytes):
     """The last chunk of an event stream: it goes out with the response's end, in one
-    write (a write to a socket is the costliest step of relaying a batch of tokens)."""
+    write (a write to a socket is the costliest step of relaying a batch of tokens). The
+    iterator must end after it: nothing cancels it once the response is complete."""
 
 
 class EventStreamResponse(responses.StreamingResponse):
@@ -60,15 +64,25 @@ class EventStreamResponse(responses.StreamingResponse):
 
     async def _stream(self, send: Send, watcher: asyncio.Future[None]) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        ended = False
-        async for chunk in self.body_iterator:
-            if ended:  # (an error leaving the subscription, say): the response is complete
-                continue
+        chunks = aiter(self.body_iterator)
+        async for chunk in chunks:
             if isinstance(chunk, Last):
                 # The response completes with it, and receive() says http.disconnect from
                 # then on: the iterator's own end (leaving its subscription) is not cut short.
                 watcher.cancel()
-                ended = True
-            await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-        if not ended:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                await self._drain(chunks)
+                return
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _drain(chunks: AsyncIterator[Any]) -> None:
+        """Run the iterator to its end after its Last chunk. The response is complete and
+        its connection may already carry the client's next request: what comes now is
+        logged, not raised (uvicorn would close that connection)."""
+        try:
+            async for _ in chunks:
+                logger.warning("an event stream went on after its last chunk; dropped")
+        except Exception:
+            logger.exception("an event stream failed after its last chunk")

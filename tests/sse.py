@@ -47,29 +47,40 @@ def parse_stream(raw: bytes) -> list[dict[str, Any]]:
     return [e for e in iter_frames(iter(lines)) if e is not None]
 
 
-def http_chunks(base_url: str, path: str, headers: dict[str, str], body: dict[str, Any]) -> list[bytes]:
-    """POST over a raw socket (`Connection: close`): the response body's HTTP/1.1 chunks as
-    the server framed them, one per write of the response, without the terminating one."""
+def http_chunks(base_url: str, path: str, headers: dict[str, str], body: dict[str, Any] | None = None,
+                until: bytes | None = None) -> list[bytes]:
+    """POST `body` (GET without one) over a raw socket: the response body's HTTP/1.1 chunks
+    as the server framed them, one per write of the response, up to the terminating one
+    (or, with `until`, up to the first chunk that holds it)."""
     host, port = base_url.removeprefix("http://").split(":")
-    payload = orjson.dumps(body)
-    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
-            f"Content-Length: {len(payload)}", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+    payload = b"" if body is None else orjson.dumps(body)
+    head = [f"{'GET' if body is None else 'POST'} {path} HTTP/1.1", f"Host: {host}:{port}",
+            "Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close",
+            *(f"{k}: {v}" for k, v in headers.items())]
     with socket.create_connection((host, int(port)), timeout=30) as raw:
         raw.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + payload)
         received = b""
-        while chunk := raw.recv(65536):
-            received += chunk
-    status, _, rest = received.partition(b"\r\n")
-    assert b" 200 " in status, received[:500]
-    response_head, _, rest = rest.partition(b"\r\n\r\n")
-    assert b"transfer-encoding: chunked" in response_head.lower(), response_head
-    chunks = []
-    while True:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            assert rest == b"\r\n", rest
-            return chunks
-        chunks.append(rest[:size])
-        assert rest[size:size + 2] == b"\r\n"
-        rest = rest[size + 2:]
+        while b"\r\n\r\n" not in received:
+            part = raw.recv(65536)
+            assert part, f"the connection closed before the response's head: {received!r}"
+            received += part
+        status, _, rest = received.partition(b"\r\n")
+        assert b" 200 " in status, received[:500]
+        response_head, _, rest = rest.partition(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in response_head.lower(), response_head
+        chunks: list[bytes] = []
+        while True:
+            size_line, crlf, after = rest.partition(b"\r\n")
+            if crlf and len(after) >= int(size_line, 16) + 2:
+                size = int(size_line, 16)
+                if size == 0:
+                    return chunks
+                chunks.append(after[:size])
+                assert after[size:size + 2] == b"\r\n"
+                rest = after[size + 2:]
+                if until is not None and until in chunks[-1]:
+                    return chunks
+                continue
+            more = raw.recv(65536)
+            assert more, f"the response ended inside a chunk: {rest[:200]!r}"
+            rest += more

@@ -76,6 +76,20 @@ def test_a_streamed_completion_opens_and_ends_in_one_write_each(api: Api, in_con
     assert text == "t0 t1 t2 "
 
 
+@pytest.mark.parametrize("in_conversation", [False, True])
+def test_a_stream_that_breaks_raises_in_the_sdk(api: Api, in_conversation: bool) -> None:
+    """An upstream error mid-answer ends the stream with an error object (after the role's
+    chunk and the text so far), which the SDK raises."""
+    headers, cid = new_chat(api)
+    got: list[str] = []
+    with pytest.raises(openai.APIError, match="error"):
+        for chunk in client(api, headers).chat.completions.create(
+                model="fake-model", stream=True, messages=[{"role": "user", "content": "#fake tokens=6 error_after=2\nhi"}],
+                extra_body={"conversation_id": cid} if in_conversation else None):
+            got.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(got).startswith("t0 ")
+
+
 def test_errors_come_in_openais_shape(api: Api) -> None:
     headers = api.new_user()
     sdk = client(api, headers)

@@ -180,10 +180,16 @@ async def _dropped_when_cut_off(subscription: Subscription, abort: Callable[[], 
         watcher.cancel()
 
 
+# What one chunk joins at most: uvicorn's high-water mark, so that a reader drains the
+# subscription's bounded queue no faster than its connection takes the bytes.
+JOINED_BYTES = 64 * 1024
+
+
 async def _frames(services: Services, subscription: Subscription, keepalive: float,
                   until_terminal: bool) -> AsyncIterator[bytes]:
     """The events as SSE frames; those at hand together (an answer's `done` and
-    `full_response`, a burst from Redis) in one chunk, one write to the socket."""
+    `full_response`, a burst from Redis, a replay) in one chunk, one write to the socket,
+    up to JOINED_BYTES."""
     conversation_id = subscription.conversation_id
     while True:
         try:
@@ -199,9 +205,11 @@ async def _frames(services: Services, subscription: Subscription, keepalive: flo
             yield SSE_KEEPALIVE
             continue
         frames = [sse_frame(event)]
+        size = len(frames[0])
         last = until_terminal and event.type in TERMINAL
-        while not last and (more := subscription.get_nowait()) is not None:
+        while not last and size < JOINED_BYTES and (more := subscription.get_nowait()) is not None:
             frames.append(sse_frame(more))
+            size += len(frames[-1])
             last = until_terminal and more.type in TERMINAL
         if last:
             yield Last(b"".join(frames))
