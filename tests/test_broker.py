@@ -413,6 +413,35 @@ async def test_a_lapsed_lock_nobody_took_is_its_owners_again(locks: GenerationLo
     await locks.release(CID, "c")
 
 
+async def test_get_waits_for_an_event_or_the_timeout_and_serves_one_reader() -> None:
+    """get(timeout) returns an event delivered while it waits (at once, not at the
+    timeout), None once the timeout passes with nothing, and the failure when fail()
+    cuts it off while waiting; a second reader at the same time is a programming error."""
+    from realtime_llm.broker.base import Subscription
+    from realtime_llm.events import make_event
+
+    subscription = Subscription(CID, max_queue=100)
+    started = asyncio.get_running_loop().time()
+    assert await subscription.get(timeout=0.2) is None
+    assert asyncio.get_running_loop().time() - started >= 0.19
+    reader = asyncio.create_task(subscription.get(timeout=5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(RuntimeError):
+        await subscription.get(timeout=1)
+    started = asyncio.get_running_loop().time()
+    subscription.deliver(make_event(1, "message", "x"))
+    assert (await reader).id == 1 and asyncio.get_running_loop().time() - started < 1  # type: ignore[union-attr]
+    reader = asyncio.create_task(subscription.get(timeout=5))
+    await asyncio.sleep(0.05)
+    subscription.fail(ConversationGone())
+    with pytest.raises(ConversationGone):
+        await asyncio.wait_for(reader, 1)
+    overflowing = Subscription(CID, max_queue=2)
+    for i in range(1, 4):
+        overflowing.deliver(make_event(i, "message", "y"))
+    assert isinstance(overflowing.failure, SubscriberOverflow) and overflowing.get_nowait() is None
+
+
 async def test_a_kept_lock_is_renewed_while_inside_and_lapses_after(locks: GenerationLocks) -> None:
     """kept_alive renews a 0.3 s lock every 0.1 s: it outlives a second inside, lapses
     once outside (no renewal left armed), and when another holder takes it meanwhile
