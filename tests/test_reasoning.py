@@ -119,9 +119,9 @@ def test_resume_in_the_middle_of_thinking_has_no_gap_and_no_duplicate(api: Api) 
         done.set()
 
     thread = threading.Thread(target=run)
-    thread.start()
     with Socket(str(api.http.base_url).rstrip("/"), cid, headers) as socket:
-        assert socket.recv()["event"] == "ready"
+        assert socket.recv()["event"] == "ready"  # subscribed: the answer starts after, not before
+        thread.start()
         first = [socket.recv() for _ in range(4)]  # user_message and some thinking
     assert any(e["event"] == "reasoning" for e in first)
     with api.http.stream("GET", f"/api/chat/{cid}/events", headers={**headers, "Last-Event-ID": str(first[-1]["id"])},
