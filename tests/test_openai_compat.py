@@ -90,6 +90,42 @@ def test_a_stream_that_breaks_raises_in_the_sdk(api: Api, in_conversation: bool)
     assert "".join(got).startswith("t0 ")
 
 
+def test_a_turn_reads_its_caller_and_conversation_together_and_still_refuses_what_it_should(api: Api) -> None:
+    """Chat, regenerate and the façade read the token's holder and the conversation in one
+    query (a login token) or two (an API token): a logged-out token is 401 even on its own
+    conversation, someone else's conversation or a deleted one is 404, as a missing one,
+    with either kind of token; the owner's own turn goes through with either."""
+    from tests.test_tokens import bearer, make_token
+
+    username = api.register()
+    login = {"Authorization": f"Bearer {api.login(username)}"}
+    cid = api.create_conversation(login, model="fake-model")["conversation_id"]
+    api_token = bearer(make_token(api, login)["token"])
+    intruder_login = api.new_user()
+    intruder_token = bearer(make_token(api, intruder_login)["token"])
+    gone = api.create_conversation(login, model="fake-model")["conversation_id"]
+    assert api.http.post(f"/api/conversations/del/{gone}", headers=login).status_code == 200
+
+    def turn(headers: dict[str, str], conversation: int, via: str) -> int:
+        if via == "facade":
+            body = {"model": "fake-model", "conversation_id": conversation,
+                    "messages": [{"role": "user", "content": "#fake tokens=1\nhi"}]}
+            return api.http.post("/v1/chat/completions", json=body, headers=headers).status_code
+        path = f"/api/chat/{conversation}" + ("/regenerate" if via == "regenerate" else "")
+        return api.http.post(path, json={"message": "#fake tokens=1\nhi"}, headers=headers).status_code
+
+    for via in ("chat", "regenerate", "facade"):
+        assert turn(login, cid, via) == 200, via
+        assert turn(api_token, cid, via) == 200, via
+        for stranger in (intruder_login, intruder_token):
+            assert turn(stranger, cid, via) == turn(stranger, 2**52, via) == 404, via
+        assert turn(login, gone, via) == turn(api_token, gone, via) == 404, via
+    assert api.http.post("/api/users/logout", headers=login).status_code == 200
+    for via in ("chat", "regenerate", "facade"):
+        assert turn(login, cid, via) == 401, via
+        assert turn(api_token, cid, via) == 200, via  # an API token outlives a login session
+
+
 def test_errors_come_in_openais_shape(api: Api) -> None:
     headers = api.new_user()
     sdk = client(api, headers)

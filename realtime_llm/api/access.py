@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 from realtime_llm.auth import API_TOKEN_PREFIX, InvalidToken, TokenClaims
 from realtime_llm.errors import Unauthorized
 from realtime_llm.services import Services
+from realtime_llm.store.records import Conversation
 from realtime_llm.store.users import User
 
 
@@ -30,23 +31,54 @@ def bearer_token(connection: HTTPConnection) -> str | None:
     return token.strip()
 
 
-async def authenticate_token(services: Services, token: str | None) -> Caller:
-    """The user a token speaks for; any doubt (forged, expired, revoked, user gone) is a 401."""
+@dataclass(frozen=True)
+class Credentials:
+    """A bearer token checked as far as it can be without the database: a login token's
+    signature and expiry (its claims), or an API token (looked up by its hash)."""
+
+    token: str
+    claims: TokenClaims | None  # None: an API token
+
+
+def credentials(services: Services, token: str | None) -> Credentials:
+    """A 401 for a missing, forged or expired token, before anything else is read."""
     if not token:
         raise Unauthorized("missing bearer token")
     if token.startswith(API_TOKEN_PREFIX):
-        found = await services.users.api_token(token)
-        if found is None:
-            raise Unauthorized("invalid, expired or deleted API token")
-        return Caller(*found)
+        return Credentials(token, None)
     try:
-        claims = services.tokens.verify(token)
+        return Credentials(token, services.tokens.verify(token))
     except InvalidToken:
         raise Unauthorized("invalid or expired token") from None
-    user = await services.users.holder(claims)
+
+
+async def authenticate_token(services: Services, token: str | None) -> Caller:
+    """The user a token speaks for; any doubt (forged, expired, revoked, user gone) is a 401."""
+    caller, _ = await caller_of(services, credentials(services, token))
+    return caller
+
+
+async def caller_of(services: Services, checked: Credentials,
+                    conversation_id: int | None = None) -> tuple[Caller, Conversation | None]:
+    """The user checked credentials speak for (a 401 if revoked or gone), and with
+    `conversation_id` that conversation if it is theirs (None if not, or gone: the caller
+    answers 404 where it would have read it). For a login token both are one query."""
+    claims = checked.claims
+    if claims is None:
+        found = await services.users.api_token(checked.token)
+        if found is None:
+            raise Unauthorized("invalid, expired or deleted API token")
+        caller = Caller(*found)
+        conversation = (None if conversation_id is None
+                        else await services.conversations.find_owned(conversation_id, caller.user.id))
+        return caller, conversation
+    if conversation_id is None:
+        user, conversation = await services.users.holder(claims), None
+    else:
+        user, conversation = await services.users.holder_and_conversation(claims, conversation_id)
     if user is None:  # the user is gone, or this token was revoked by logout, or all sessions ended
         raise Unauthorized("invalid, expired or revoked token")
-    return Caller(user=user, claims=claims)
+    return Caller(user=user, claims=claims), conversation
 
 
 async def ticket_caller(services: Services, ticket: str, conversation_id: int) -> Caller:

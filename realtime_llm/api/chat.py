@@ -8,7 +8,16 @@ from typing import AsyncIterator, Callable
 
 from starlette.requests import Request
 
-from realtime_llm.api.access import Caller, check_message_rate, require_caller, services_of, ticket_caller
+from realtime_llm.api.access import (
+    Caller,
+    bearer_token,
+    caller_of,
+    check_message_rate,
+    credentials,
+    require_caller,
+    services_of,
+    ticket_caller,
+)
 from realtime_llm.api.docs import ERROR_RESPONSE, event_stream, json_response, operation, ref
 from realtime_llm.api.files import attachments_in
 from realtime_llm.api.streams import align_event_ids, ended_unseen, stream_end_message, watched_subscription
@@ -36,6 +45,7 @@ from realtime_llm.httpprotocol import ABORT
 from realtime_llm.metrics import OPEN_SSE_STREAMS
 from realtime_llm.responses import EventStreamResponse, JSONResponse, Last
 from realtime_llm.services import Services
+from realtime_llm.store.conversations import owned
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
@@ -46,13 +56,13 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connecti
 async def chat(request: Request) -> EventStreamResponse:
     """Start an answer to a new message (with `edit_message_id`: to that user message,
     edited, with everything after it dropped) and stream it."""
-    caller = await require_caller(request)
-    conversation_id = path_id(request)
     services = services_of(request)
+    checked = credentials(services, bearer_token(request))
+    caller, found = await caller_of(services, checked, path_id(request))  # one query for both
     body = await read_json_object(request, services.settings.server)
     text = validate_message(body.get("message"), services.settings.limits.max_message_chars)
     edit = bounded_int(body.get("edit_message_id"), "edit_message_id", 1, MAX_MESSAGE_ID)
-    conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    conversation = owned(found)
     files = await attachments_in(services, body.get("attachments"), caller.user.id)
     await check_message_rate(services, caller.user.id)
     return await answer_stream(request, caller, await services.engine.start(conversation, text, edit, files))
@@ -63,10 +73,10 @@ async def chat(request: Request) -> EventStreamResponse:
            params=True, limited=True)
 async def regenerate(request: Request) -> EventStreamResponse:
     """Replace the last answer with a new one, streamed like chat."""
-    caller = await require_caller(request)
-    conversation_id = path_id(request)
     services = services_of(request)
-    conversation = await services.conversations.get_owned(conversation_id, caller.user.id)
+    checked = credentials(services, bearer_token(request))
+    caller, found = await caller_of(services, checked, path_id(request))
+    conversation = owned(found)
     await check_message_rate(services, caller.user.id)
     return await answer_stream(request, caller, await services.engine.regenerate(conversation))
 

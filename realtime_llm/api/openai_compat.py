@@ -20,7 +20,15 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from realtime_llm.api.access import Caller, check_message_rate, require_caller, services_of
+from realtime_llm.api.access import (
+    Caller,
+    bearer_token,
+    caller_of,
+    check_message_rate,
+    credentials,
+    require_caller,
+    services_of,
+)
 from realtime_llm.api.docs import documented
 from realtime_llm.api.streams import generation_events
 from realtime_llm.bodies import MAX_ID, bounded_int, read_json_object
@@ -30,6 +38,8 @@ from realtime_llm.prompt import answer_usage
 from realtime_llm.providers import ChatMessage, ChatRequest, Thought
 from realtime_llm.responses import EventStreamResponse, JSONResponse, Last
 from realtime_llm.services import Services
+from realtime_llm.store.conversations import owned
+from realtime_llm.store.records import Conversation
 from realtime_llm.usage import Usage
 
 ROLES = frozenset({"system", "developer", "user", "assistant"})
@@ -92,8 +102,12 @@ class Asked:
     conversation_id: int | None
 
 
-async def asked(request: Request, services: Services) -> Asked:
-    body = await read_json_object(request, services.settings.server)
+def conversation_id_of(request: Request, body: dict[str, Any]) -> int | None:
+    header = request.headers.get("x-conversation-id")
+    return bounded_int(body.get("conversation_id", header), "conversation_id", 1, MAX_ID)
+
+
+def asked(request: Request, body: dict[str, Any], services: Services) -> Asked:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' must be the name of a model (GET /v1/models)")
@@ -109,10 +123,8 @@ async def asked(request: Request, services: Services) -> Asked:
     given = {name: body[name] for name in PARAMS if body.get(name) is not None}
     if body.get("max_completion_tokens") is not None:
         given["max_tokens"] = body["max_completion_tokens"]
-    header = request.headers.get("x-conversation-id")
-    cid = bounded_int(body.get("conversation_id", header), "conversation_id", 1, MAX_ID)
     return Asked(model, messages, bool(body.get("stream")), options.get("include_usage") is True,
-                 parse_params(given), cid)
+                 parse_params(given), conversation_id_of(request, body))
 
 
 def _message(value: Any) -> ChatMessage:
@@ -143,13 +155,17 @@ def _message(value: Any) -> ChatMessage:
                  **{code: OPENAI_ERROR for code in ("400", "401", "404", "409", "413", "429", "502", "503")}}})
 @openai_errors
 async def completions(request: Request) -> Response:
-    caller = await require_caller(request)
     services = services_of(request)
-    ask = await asked(request, services)
+    checked = credentials(services, bearer_token(request))
+    body = await read_json_object(request, services.settings.server)
+    # The caller and the conversation in one query, before the body is checked further: a
+    # revoked token is a 401 whatever the body says (schemathesis holds us to it).
+    caller, conversation = await caller_of(services, checked, conversation_id_of(request, body))
+    ask = asked(request, body, services)
     await check_message_rate(services, caller.user.id)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if ask.conversation_id is not None:
-        pieces = await _in_conversation(services, caller, ask)
+        pieces = await _in_conversation(services, caller, ask, conversation)
     else:
         pieces = await _relayed(services, caller, ask)
     if ask.stream:
@@ -192,15 +208,16 @@ async def _relayed(services: Services, caller: Caller, ask: Asked) -> AsyncItera
     return generator
 
 
-async def _in_conversation(services: Services, caller: Caller, ask: Asked) -> AsyncIterator[Piece]:
-    """The last user message joins the caller's conversation and is answered there, as a
-    chat message is (saved; every subscriber sees the answer)."""
+async def _in_conversation(services: Services, caller: Caller, ask: Asked,
+                           found: Conversation | None) -> AsyncIterator[Piece]:
+    """The last user message joins the caller's conversation (`found` as caller_of read
+    it) and is answered there, as a chat message is (saved; every subscriber sees it)."""
     last = next((m for m in reversed(ask.messages) if m.role == "user"), None)
     if last is None or not last.content.strip():
         raise BadRequest("with a conversation, the last user message is what is sent: there is none")
     if len(last.content) > services.settings.limits.max_message_chars:
         raise BadRequest(f"a message may be at most {services.settings.limits.max_message_chars} characters")
-    conversation = await services.conversations.get_owned(ask.conversation_id or 0, caller.user.id)
+    conversation = owned(found)
     generation = await services.engine.start(conversation, last.content)
     refusal = await asyncio.shield(generation.accepted)
     if refusal is not None:

@@ -60,10 +60,11 @@ class ConversationStore:
 
     async def get_owned(self, conversation_id: int, user_id: int) -> Conversation:
         """The conversation if this user owns it; otherwise exactly as if it did not exist."""
+        return owned(await self.find_owned(conversation_id, user_id))
+
+    async def find_owned(self, conversation_id: int, user_id: int) -> Conversation | None:
         row = await OWNED.fetch_one(self.database, cid=conversation_id, user_id=user_id)
-        if row is None:
-            raise ConversationNotFound()
-        return Conversation(*row)
+        return None if row is None else Conversation(*row)
 
     async def list_for_user(self, user_id: int, *, limit: int | None = None, before: int | None = None,
                             q: str | None = None) -> list[dict[str, object]]:
@@ -175,3 +176,12 @@ class ConversationStore:
 def _like_pattern(q: str) -> str:
     """`q` as a LIKE pattern that matches it literally anywhere: % _ and \\ escaped."""
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def owned(conversation: Conversation | None) -> Conversation:
+    """A conversation read as its caller's (find_owned, UserStore.holder_and_conversation),
+    or ConversationNotFound: one that is not theirs is answered exactly as one that does
+    not exist."""
+    if conversation is None:
+        raise ConversationNotFound()
+    return conversation

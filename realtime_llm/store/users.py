@@ -11,7 +11,8 @@ from databases import Database
 from realtime_llm.auth import API_JTI, NEVER, TokenClaims, api_token_hash
 from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import Compiled, fetch_all, fetch_one
-from realtime_llm.store.schema import api_tokens, revoked_tokens, users
+from realtime_llm.store.records import Conversation
+from realtime_llm.store.schema import api_tokens, conversations, revoked_tokens, users
 from realtime_llm.usage import Usage
 
 
@@ -33,10 +34,15 @@ class UsernameTaken(Exception):
 # or the user's sessions were all ended since it was issued; or the owner of an API token.
 USER_COLUMNS = (users.c.id, users.c.username, users.c.password_hash, users.c.created_time, users.c.session_epoch,
                 users.c.password_change_required)
-ACTIVE_USER = Compiled(
-    sa.select(*USER_COLUMNS)
-    .where(users.c.id == sa.bindparam("user_id"), users.c.session_epoch == sa.bindparam("epoch"),
-           ~sa.exists().where(revoked_tokens.c.jti == sa.bindparam("jti"))))
+_active = (users.c.id == sa.bindparam("user_id"), users.c.session_epoch == sa.bindparam("epoch"),
+           ~sa.exists().where(revoked_tokens.c.jti == sa.bindparam("jti")))
+ACTIVE_USER = Compiled(sa.select(*USER_COLUMNS).where(*_active))
+# ... and, in the same query, a conversation of theirs (NULLs if it is not theirs, or gone).
+ACTIVE_USER_AND_CONVERSATION = Compiled(
+    sa.select(*USER_COLUMNS, *(conversations.c[f] for f in Conversation.__dataclass_fields__))
+    .select_from(users.outerjoin(conversations, sa.and_(conversations.c.id == sa.bindparam("cid"),
+                                                         conversations.c.user_id == users.c.id)))
+    .where(*_active))
 _live = sa.or_(api_tokens.c.expires_time.is_(None), api_tokens.c.expires_time > sa.bindparam("now"))
 API_TOKEN_OWNER = Compiled(
     sa.select(*USER_COLUMNS, api_tokens.c.id, api_tokens.c.expires_time).join_from(
@@ -79,6 +85,18 @@ class UserStore:
             row = await ACTIVE_USER.fetch_one(self.database, user_id=claims.user_id, jti=claims.jti,
                                               epoch=claims.epoch)
         return None if row is None else User(*row)
+
+    async def holder_and_conversation(self, claims: TokenClaims,
+                                      conversation_id: int) -> tuple[User | None, Conversation | None]:
+        """holder() of a login token (not an API token's), and the conversation if that
+        user owns it (None if not, or gone), in one query: a chat turn asks for both before anything else, and
+        on SQLite every query is a hop to its thread and back."""
+        row = await ACTIVE_USER_AND_CONVERSATION.fetch_one(self.database, user_id=claims.user_id, jti=claims.jti,
+                                                           epoch=claims.epoch, cid=conversation_id)
+        if row is None:
+            return None, None
+        columns = len(USER_COLUMNS)
+        return User(*row[:columns]), None if row[columns] is None else Conversation(*row[columns:])
 
     async def api_token(self, token: str) -> tuple[User, TokenClaims] | None:
         """The owner of an API token and its claims; None for an unknown, deleted or expired one."""
