@@ -32,14 +32,17 @@ async def kept_alive(locks: GenerationLocks, cid: int, owner: str, ttl: float,
 
     A timer waits for each renewal and a task runs only the renewal itself: most answers
     end before the first one is due, and a task waiting out each of them (its event, its
-    timeout, the wait for it to end) was there for every turn. No task is cancelled on the
-    way out: a renewal under way is waited for (finish_task), and none is armed after."""
+    timeout, the wait for it to end) was there for every turn. On the way out none is armed
+    any more, and a renewal under way is waited for (finish_task), or cancelled if this is:
+    one that reached Redis after the lock's release would take it again."""
     loop = asyncio.get_running_loop()
     inside = True
     renewal: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle
 
     async def renew() -> None:
+        if not inside:  # due, but the block ended before this task started
+            return
         pause = ttl / 3
         try:
             held = await locks.refresh(cid, owner, ttl)
@@ -70,4 +73,8 @@ async def kept_alive(locks: GenerationLocks, cid: int, owner: str, ttl: float,
         inside = False
         timer.cancel()
         if renewal is not None:
-            await finish_task(renewal)
+            try:
+                await finish_task(renewal)
+            except asyncio.CancelledError:
+                renewal.cancel()
+                raise

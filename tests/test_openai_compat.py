@@ -126,6 +126,17 @@ def test_a_turn_reads_its_caller_and_conversation_together_and_still_refuses_wha
         assert turn(api_token, cid, via) == 200, via  # an API token outlives a login session
 
 
+def test_an_unknown_or_forged_token_is_401_before_the_body_is_read(api: Api) -> None:
+    """Whatever the body, a token that is no one's is refused first: an API token is
+    looked up, a login token's signature checked, before a byte of the body is taken."""
+    forged = api.new_user()["Authorization"][:-4] + "AAAA"
+    for authorization in ("Bearer rtllm_" + "0" * 40, forged):
+        for path in ("/v1/chat/completions", "/api/chat/1"):
+            response = api.http.post(path, content=b"{not json", headers={"Authorization": authorization,
+                                                                          "Content-Type": "application/json"})
+            assert response.status_code == 401, (path, authorization[:20], response.text)
+
+
 def test_errors_come_in_openais_shape(api: Api) -> None:
     headers = api.new_user()
     sdk = client(api, headers)

@@ -33,45 +33,48 @@ def bearer_token(connection: HTTPConnection) -> str | None:
 
 @dataclass(frozen=True)
 class Credentials:
-    """A bearer token checked as far as it can be without the database: a login token's
-    signature and expiry (its claims), or an API token (looked up by its hash)."""
+    """A bearer token, checked as far as it is before a request is read further: a login
+    token's signature and expiry (its claims; whether it was revoked since is read with
+    the conversation, caller_of), or an API token looked up (its caller). Made by
+    credentials() alone."""
 
-    token: str
-    claims: TokenClaims | None  # None: an API token
+    claims: TokenClaims | None = None
+    caller: Caller | None = None
 
 
-def credentials(services: Services, token: str | None) -> Credentials:
-    """A 401 for a missing, forged or expired token, before anything else is read."""
+async def credentials(services: Services, token: str | None) -> Credentials:
+    """A 401 for a missing, forged or expired login token, or an unknown API token."""
     if not token:
         raise Unauthorized("missing bearer token")
     if token.startswith(API_TOKEN_PREFIX):
-        return Credentials(token, None)
+        found = await services.users.api_token(token)
+        if found is None:
+            raise Unauthorized("invalid, expired or deleted API token")
+        return Credentials(caller=Caller(*found))
     try:
-        return Credentials(token, services.tokens.verify(token))
+        return Credentials(claims=services.tokens.verify(token))
     except InvalidToken:
         raise Unauthorized("invalid or expired token") from None
 
 
 async def authenticate_token(services: Services, token: str | None) -> Caller:
     """The user a token speaks for; any doubt (forged, expired, revoked, user gone) is a 401."""
-    caller, _ = await caller_of(services, credentials(services, token))
+    caller, _ = await caller_of(services, await credentials(services, token))
     return caller
 
 
 async def caller_of(services: Services, checked: Credentials,
                     conversation_id: int | None = None) -> tuple[Caller, Conversation | None]:
-    """The user checked credentials speak for (a 401 if revoked or gone), and with
-    `conversation_id` that conversation if it is theirs (None if not, or gone: the caller
-    answers 404 where it would have read it). For a login token both are one query."""
-    claims = checked.claims
-    if claims is None:
-        found = await services.users.api_token(checked.token)
-        if found is None:
-            raise Unauthorized("invalid, expired or deleted API token")
-        caller = Caller(*found)
+    """The user checked credentials speak for (a 401 if the login token was revoked, or
+    its user is gone), and with `conversation_id` that conversation if it is theirs (None
+    if not, or gone: the caller answers 404 where it would have read it). For a login
+    token both are one query."""
+    if checked.caller is not None:
         conversation = (None if conversation_id is None
-                        else await services.conversations.find_owned(conversation_id, caller.user.id))
-        return caller, conversation
+                        else await services.conversations.find_owned(conversation_id, checked.caller.user.id))
+        return checked.caller, conversation
+    claims = checked.claims
+    assert claims is not None
     if conversation_id is None:
         user, conversation = await services.users.holder(claims), None
     else:

@@ -57,9 +57,10 @@ async def chat(request: Request) -> EventStreamResponse:
     """Start an answer to a new message (with `edit_message_id`: to that user message,
     edited, with everything after it dropped) and stream it."""
     services = services_of(request)
-    checked = credentials(services, bearer_token(request))
-    caller, found = await caller_of(services, checked, path_id(request))  # one query for both
-    body = await read_json_object(request, services.settings.server)
+    checked = await credentials(services, bearer_token(request))
+    conversation_id = path_id(request)
+    body = await read_json_object(request, services.settings.server)  # (then the conversation as it is now)
+    caller, found = await caller_of(services, checked, conversation_id)  # one query for both
     text = validate_message(body.get("message"), services.settings.limits.max_message_chars)
     edit = bounded_int(body.get("edit_message_id"), "edit_message_id", 1, MAX_MESSAGE_ID)
     conversation = owned(found)
@@ -74,7 +75,7 @@ async def chat(request: Request) -> EventStreamResponse:
 async def regenerate(request: Request) -> EventStreamResponse:
     """Replace the last answer with a new one, streamed like chat."""
     services = services_of(request)
-    checked = credentials(services, bearer_token(request))
+    checked = await credentials(services, bearer_token(request))
     caller, found = await caller_of(services, checked, path_id(request))
     conversation = owned(found)
     await check_message_rate(services, caller.user.id)

@@ -107,7 +107,7 @@ def conversation_id_of(request: Request, body: dict[str, Any]) -> int | None:
     return bounded_int(body.get("conversation_id", header), "conversation_id", 1, MAX_ID)
 
 
-def asked(request: Request, body: dict[str, Any], services: Services) -> Asked:
+def asked(body: dict[str, Any], services: Services, conversation_id: int | None) -> Asked:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' must be the name of a model (GET /v1/models)")
@@ -124,7 +124,7 @@ def asked(request: Request, body: dict[str, Any], services: Services) -> Asked:
     if body.get("max_completion_tokens") is not None:
         given["max_tokens"] = body["max_completion_tokens"]
     return Asked(model, messages, bool(body.get("stream")), options.get("include_usage") is True,
-                 parse_params(given), conversation_id_of(request, body))
+                 parse_params(given), conversation_id)
 
 
 def _message(value: Any) -> ChatMessage:
@@ -156,12 +156,13 @@ def _message(value: Any) -> ChatMessage:
 @openai_errors
 async def completions(request: Request) -> Response:
     services = services_of(request)
-    checked = credentials(services, bearer_token(request))
+    checked = await credentials(services, bearer_token(request))
     body = await read_json_object(request, services.settings.server)
     # The caller and the conversation in one query, before the body is checked further: a
     # revoked token is a 401 whatever the body says (schemathesis holds us to it).
-    caller, conversation = await caller_of(services, checked, conversation_id_of(request, body))
-    ask = asked(request, body, services)
+    conversation_id = conversation_id_of(request, body)
+    caller, conversation = await caller_of(services, checked, conversation_id)
+    ask = asked(body, services, conversation_id)
     await check_message_rate(services, caller.user.id)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if ask.conversation_id is not None:

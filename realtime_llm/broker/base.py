@@ -61,7 +61,7 @@ class Subscription:
         self._max_bytes = max_bytes
         self._queued_bytes = 0
         self._failure: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None  # the reader's, while it waits in get()
+        self._waiter: asyncio.Future[bool] | None = None  # the reader's, while it waits in get(): True if timed out
         self.cut_off = asyncio.Event()  # set by fail(): a reader blocked elsewhere can see it
         self.sink: Callable[[Event], bool] | None = None
 
@@ -114,28 +114,29 @@ class Subscription:
         self._wake()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._waiter is not None:
+            _wake_up(self._waiter, False)
 
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event after the last one returned, or None when `timeout` passes first."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        timed_out = False
         while True:
             event = self.get_nowait()
             if event is not None:
                 return event
             if self._failure is not None:
                 raise self._failure
-            if deadline is not None and loop.time() >= deadline:
+            if timed_out:  # (the timer says so: the clock, re-read, may be a hair short of the deadline)
                 return None
             if self._waiter is not None:
                 raise RuntimeError("a subscription has one reader at a time")
             waiter = self._waiter = loop.create_future()
             # (a socket's pump waits without a timeout, for every event of every socket: no timer)
-            timer = None if deadline is None else loop.call_at(deadline, _wake_up, waiter)
+            timer = None if deadline is None else loop.call_at(deadline, _wake_up, waiter, True)
             try:
-                await waiter
+                timed_out = await waiter
             finally:
                 self._waiter = None
                 if timer is not None:
@@ -162,9 +163,9 @@ class Subscription:
         return event
 
 
-def _wake_up(waiter: asyncio.Future[None]) -> None:
+def _wake_up(waiter: asyncio.Future[bool], timed_out: bool) -> None:
     if not waiter.done():
-        waiter.set_result(None)
+        waiter.set_result(timed_out)
 
 
 def resync_before(conversation_id: int, after: int, buffered: list[Event], latest: int) -> list[Event]:

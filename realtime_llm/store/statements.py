@@ -15,8 +15,11 @@ MESSAGE_COLUMNS = (
     messages.c.reasoning, messages.c.reasoning_tokens, messages.c.parent_id,
 )
 
+# In the order of Conversation's fields.
+CONVERSATION_COLUMNS = tuple(conversations.c[f] for f in Conversation.__dataclass_fields__)
+
 _cid: sa.BindParameter[int] = sa.bindparam("cid")
-OWNED = Compiled(sa.select(*(conversations.c[f] for f in Conversation.__dataclass_fields__))
+OWNED = Compiled(sa.select(*CONVERSATION_COLUMNS)
                  .where(conversations.c.id == _cid, conversations.c.user_id == sa.bindparam("user_id")))
 EXISTS = Compiled(sa.select(conversations.c.id).where(conversations.c.id == _cid))
 EVENT_CEILING = Compiled(sa.select(conversations.c.last_event_id).where(conversations.c.id == _cid))

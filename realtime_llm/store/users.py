@@ -13,6 +13,7 @@ from realtime_llm.store.cancelsafe import atomically
 from realtime_llm.store.compiled import Compiled, fetch_all, fetch_one
 from realtime_llm.store.records import Conversation
 from realtime_llm.store.schema import api_tokens, conversations, revoked_tokens, users
+from realtime_llm.store.statements import CONVERSATION_COLUMNS
 from realtime_llm.usage import Usage
 
 
@@ -39,7 +40,7 @@ _active = (users.c.id == sa.bindparam("user_id"), users.c.session_epoch == sa.bi
 ACTIVE_USER = Compiled(sa.select(*USER_COLUMNS).where(*_active))
 # ... and, in the same query, a conversation of theirs (NULLs if it is not theirs, or gone).
 ACTIVE_USER_AND_CONVERSATION = Compiled(
-    sa.select(*USER_COLUMNS, *(conversations.c[f] for f in Conversation.__dataclass_fields__))
+    sa.select(*USER_COLUMNS, *CONVERSATION_COLUMNS)
     .select_from(users.outerjoin(conversations, sa.and_(conversations.c.id == sa.bindparam("cid"),
                                                          conversations.c.user_id == users.c.id)))
     .where(*_active))
