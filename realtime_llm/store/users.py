@@ -90,8 +90,8 @@ class UserStore:
     async def holder_and_conversation(self, claims: TokenClaims,
                                       conversation_id: int) -> tuple[User | None, Conversation | None]:
         """holder() of a login token (not an API token's), and the conversation if that
-        user owns it (None if not, or gone), in one query: a chat turn asks for both before anything else, and
-        on SQLite every query is a hop to its thread and back."""
+        user owns it (None if not, or gone), in one query: a chat turn needs both, and on
+        SQLite every query is a hop to its thread and back."""
         row = await ACTIVE_USER_AND_CONVERSATION.fetch_one(self.database, user_id=claims.user_id, jti=claims.jti,
                                                            epoch=claims.epoch, cid=conversation_id)
         if row is None:
