@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import time
 from typing import AsyncIterator, Callable
 
 import pytest
 
 from realtime_llm.config import ProviderSettings
-from realtime_llm.providers import ChatMessage, ChatRequest, UpstreamError
+from realtime_llm.providers import ChatMessage, ChatRequest, Thought, UpstreamError
 from realtime_llm.providers.openai import OpenAIProvider
 from tests.fake_upstream import FakeUpstream
 
@@ -91,6 +93,37 @@ async def test_a_chunk_that_cannot_be_parsed_ends_the_answer_within_the_read_tim
         assert time.monotonic() - began < 5
 
 
+async def test_an_answer_cut_anywhere_across_reads_comes_whole_and_the_connection_is_reused() -> None:
+    """The body read in one generator (_deltas): an event, a CRLF and a UTF-8 character
+    each split across reads 0.2 s apart; [DONE] with no finish_reason before it still
+    ends the answer, flushing what the think-tag splitter held; the connection goes back
+    to the pool for the next answer."""
+    events = ('data: {"choices":[{"delta":{"content":"<think>hé"}}]}\r\n\r\n'
+              'data: {"choices":[{"delta":{"content":" café </th"}}]}\n\n'  # "</th": held, maybe a tag
+              'data: [DONE]\n\n').encode()
+    cuts = sorted((0, 20, events.index("é".encode()) + 1, events.index(b"\r\n") + 1, len(events)))
+    body = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in
+                    (events[a:b] for a, b in itertools.pairwise(cuts))) + b"0\r\n\r\n"
+    pieces = [HEAD + b"\r\n" + body[:30], *(body[i:i + 37] for i in range(30, len(body), 37))]
+
+    async def answer(provider: OpenAIProvider) -> list[str]:
+        async with provider.stream(ChatRequest("m", (ChatMessage("user", "hello"),))) as completion:
+            return [piece async for piece in completion]
+
+    async with raw_upstream(lambda n: pieces) as (upstream, plain):
+        think = OpenAIProvider(dataclasses.replace(plain.settings, think_tags=True))
+        await think.start()
+        try:
+            async with asyncio.timeout(30):
+                first, second = await answer(think), await answer(think)
+                assert "".join(first) == "hé café </th" and first == second
+                assert all(isinstance(piece, Thought) for piece in first)
+                assert "".join(await answer(plain)) == "<think>hé café </th"
+        finally:
+            await think.close()
+        assert len(upstream.heads) == 3
+
+
 async def test_a_redirect_is_a_refusal_and_is_not_followed() -> None:
     redirect = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"
     async with raw_upstream(lambda n: redirect) as (upstream, provider):
@@ -120,7 +153,7 @@ async def test_a_pooled_connection_is_not_poisoned_after_a_long_answer_read_slow
     slower than it comes) goes back to the pool, and draining it re-armed the socket read
     timeout on the idle pooled connection; the next answer on it then failed at once with
     'timed out' (aio-libs/aiohttp#12953 fixed only the case without a pause). Silence is
-    ours to time (_text), not aiohttp's. (The fake upstream: uvicorn's chunked writes, one
+    ours to time (_deltas), not aiohttp's. (The fake upstream: uvicorn's chunked writes, one
     per token, are what it takes; one write of the whole answer did not show it.)"""
     upstream = FakeUpstream().start()
     provider = OpenAIProvider(ProviderSettings(name="fake", kind="openai", base_url=upstream.base_url,

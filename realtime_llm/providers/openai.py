@@ -145,7 +145,6 @@ async def _deltas(response: aiohttp.ClientResponse, key: str, completion: Comple
             watchdog = loop.call_at(heard + silence, watch)
 
     watchdog = loop.call_at(heard + silence, watch)
-    finished = False
     try:
         while True:
             raw = await content.readany()
@@ -156,41 +155,51 @@ async def _deltas(response: aiohttp.ClientResponse, key: str, completion: Comple
                 events = parser.feed(decoder.decode(b"", final=True)) + parser.end()
             for data in events:
                 if data.strip() == "[DONE]":
-                    if splitter is not None and not finished:  # [DONE] with no finish_reason before it
+                    if splitter is not None and completion.finish_reason is None:  # no finish_reason came
                         for piece in splitter.end():
                             yield piece
                     if raw:
-                        with contextlib.suppress(TimeoutError, aiohttp.ClientError):
-                            async with asyncio.timeout(DRAIN_AFTER_DONE_SECONDS):
-                                while await content.readany():
-                                    pass
+                        await _drain(content)
                     return
-                chunk = _parse_chunk(data, key)
-                usage = _usage(chunk.get("usage"))
-                if usage is not None:
-                    completion.usage = usage
-                for choice in chunk.get("choices") or ():
-                    if not isinstance(choice, dict):
-                        continue
-                    delta = choice.get("delta")
-                    if isinstance(delta, dict):
-                        for piece in _pieces(delta, splitter):
-                            yield piece
-                    reason = choice.get("finish_reason")
-                    if reason:
-                        finished = True
-                        completion.finish_reason = str(reason)[:40]
-                        if splitter is not None:
-                            for piece in splitter.end():
-                                yield piece
+                for piece in _chunk_pieces(_parse_chunk(data, key), completion, splitter):
+                    yield piece
             if not raw:
                 break
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamError(_network_message(exc, "upstream")) from None
     finally:
         watchdog.cancel()
-    if not finished:
+    if completion.finish_reason is None:
         raise UpstreamError("the model's stream ended before the answer was complete")
+
+
+def _chunk_pieces(chunk: dict[str, Any], completion: Completion, splitter: ThinkTagSplitter | None) -> list[str]:
+    """A chunk's pieces, its choices' in order; its usage and finish reason noted on `completion`."""
+    usage = _usage(chunk.get("usage"))
+    if usage is not None:
+        completion.usage = usage
+    pieces: list[str] = []
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            pieces.extend(_pieces(delta, splitter))
+        reason = choice.get("finish_reason")
+        if reason:
+            completion.finish_reason = str(reason)[:40]
+            if splitter is not None:
+                pieces.extend(splitter.end())
+    return pieces
+
+
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read the body's end after [DONE] (it usually came with it), within
+    DRAIN_AFTER_DONE_SECONDS, so that the connection goes back to the pool."""
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+        async with asyncio.timeout(DRAIN_AFTER_DONE_SECONDS):
+            while await content.readany():
+                pass
 
 
 def _pieces(delta: dict[str, Any], splitter: ThinkTagSplitter | None) -> list[str]:
