@@ -82,8 +82,8 @@ async def read_answer(provider: OpenAIProvider) -> str:
 
 
 async def test_a_chunk_that_cannot_be_parsed_ends_the_answer_within_the_read_timeout() -> None:
-    """A good chunk, then a chunk size that is not hex: aiohttp's parser fails without
-    telling the body's reader (nor keeping its timer), which waited for good."""
+    """A good chunk, then a chunk size that is not hex. (aiohttp's parser, the client
+    before ours, failed without telling the body's reader, which waited for good.)"""
     pieces = [HEAD + b"\r\n%x\r\n%s\r\n" % (len(CHUNK), CHUNK), b"zz\r\nbroken\r\n"]
     async with raw_upstream(lambda n: pieces) as (_, provider):
         began = time.monotonic()
@@ -149,12 +149,12 @@ async def test_a_cookie_the_upstream_sets_is_never_sent_back() -> None:
 
 
 async def test_a_pooled_connection_is_not_poisoned_after_a_long_answer_read_slowly() -> None:
-    """aiohttp 3.14.5: an answer that ends while its reading is paused (a long one, read
-    slower than it comes) goes back to the pool, and draining it re-armed the socket read
-    timeout on the idle pooled connection; the next answer on it then failed at once with
-    'timed out' (aio-libs/aiohttp#12953 fixed only the case without a pause). Silence is
-    ours to time (_deltas), not aiohttp's. (The fake upstream: uvicorn's chunked writes, one
-    per token, are what it takes; one write of the whole answer did not show it.)"""
+    """An answer that ends while its reading is paused (a long one, read slower than it
+    comes) goes back to the pool, and the next answer on that connection works. (Under
+    aiohttp 3.14.5, the client before ours, draining it re-armed the socket read timeout
+    on the idle pooled connection, and the next answer failed at once with 'timed out':
+    aio-libs/aiohttp#12953. The fake upstream: uvicorn's chunked writes, one per token, are
+    what it takes; one write of the whole answer did not show it.)"""
     upstream = FakeUpstream().start()
     provider = OpenAIProvider(ProviderSettings(name="fake", kind="openai", base_url=upstream.base_url,
                                                connect_timeout=1.0, read_timeout=1.0))

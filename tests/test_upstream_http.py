@@ -1,0 +1,188 @@
+"""The upstream client's own duties (providers/upstream_http.py), against raw servers on
+loopback: TLS, what goes in the request's head, the bounds on what comes back, and which
+connections are kept."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import ipaddress
+import ssl
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from realtime_llm.config import ProviderSettings
+from realtime_llm.providers import ChatMessage, ChatRequest, UpstreamError
+from realtime_llm.providers.openai import OpenAIProvider
+from realtime_llm.providers.upstream_http import MAX_HELD
+
+pytestmark = pytest.mark.anyio
+
+DONE = b'data: {"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(DONE), DONE)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Upstream:
+    """Answers every request with `answer`; keeps each request's head, counts connections."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                self.heads.append(head)
+                writer.write(self.answer)
+                await writer.drain()
+                if b"connection: close" in self.answer.lower() or b"content-length" not in self.answer.lower():
+                    break
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(upstream: Upstream, base: str = "http://127.0.0.1:{port}/v1", tls: ssl.SSLContext | None = None,
+                  api_key: str = "") -> AsyncIterator[OpenAIProvider]:
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    provider = OpenAIProvider(ProviderSettings(name="raw", kind="openai", base_url=base.format(port=port),
+                                               api_key=api_key, connect_timeout=2.0, read_timeout=2.0))
+    await provider.start()
+    try:
+        async with asyncio.timeout(30):
+            yield provider
+    finally:
+        await provider.close()
+        server.close()
+
+
+async def answer(provider: OpenAIProvider, api_key: str = "") -> str:
+    async with provider.stream(ChatRequest("m", (ChatMessage("user", "hello"),), api_key=api_key)) as completion:
+        return "".join([piece async for piece in completion])
+
+
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_https_with_a_trusted_certificate_and_not_with_an_untrusted_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    upstream = Upstream(OK)
+    async with serving(upstream, "https://localhost:{port}/v1", tls) as untrusting:  # the system's CAs only
+        with pytest.raises(UpstreamError, match="could not reach the model provider 'raw'"):
+            await answer(untrusting)
+    assert upstream.heads == []
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read when the provider starts
+    async with serving(upstream, "https://localhost:{port}/v1", tls) as provider:
+        assert await answer(provider) == "hi" and await answer(provider) == "hi"
+    assert len(upstream.heads) == 2 and upstream.heads[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+
+
+async def test_an_api_key_with_a_line_break_is_refused_before_anything_is_sent() -> None:
+    upstream = Upstream(OK)
+    async with serving(upstream) as provider:
+        with pytest.raises(UpstreamError, match="cannot be sent"):
+            await answer(provider, api_key="sk-x\r\nX-Injected: 1")
+        assert await answer(provider, api_key="sk-fine") == "hi"
+    assert len(upstream.heads) == 1 and b"X-Injected" not in upstream.heads[0]
+    assert b"\r\nAuthorization: Bearer sk-fine\r\n" in upstream.heads[0]
+
+
+async def test_credentials_in_the_base_url_go_as_basic_auth_and_never_in_the_host() -> None:
+    upstream = Upstream(OK)
+    async with serving(upstream, "http://us%40er:p%3Ass@127.0.0.1:{port}/v1") as provider:
+        assert await answer(provider) == "hi"
+        assert await answer(provider, api_key="sk-key") == "hi"  # a key goes instead
+    basic = base64.b64encode(b"us@er:p:ss")
+    assert b"\r\nAuthorization: Basic " + basic + b"\r\n" in upstream.heads[0]
+    assert b"\r\nHost: 127.0.0.1:" in upstream.heads[0] and b"us%40er" not in upstream.heads[0]
+    assert b"\r\nAuthorization: Bearer sk-key\r\n" in upstream.heads[1] and basic not in upstream.heads[1]
+
+
+@pytest.mark.parametrize("answer_bytes", [
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",  # headers past 64 KiB
+    b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(DONE), DONE),
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk size\r\n",
+    b"this is not HTTP at all\r\n\r\n",
+])
+async def test_what_is_not_a_well_formed_uncompressed_answer_is_an_error(answer_bytes: bytes) -> None:
+    upstream = Upstream(answer_bytes)
+    async with serving(upstream) as provider:
+        with pytest.raises(UpstreamError, match="closed in the middle"):
+            await answer(provider)
+    assert len(upstream.heads) == 1 and b"\r\nAccept-Encoding: identity\r\n" in upstream.heads[0]
+
+
+async def test_a_reader_that_falls_behind_stops_the_socket_being_read_and_then_gets_everything() -> None:
+    event = b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % (b"x" * 1000)
+    body = event * 8000 + b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    upstream = Upstream(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    async with serving(upstream) as provider:
+        async with provider.stream(ChatRequest("m", (ChatMessage("user", "hello"),))) as completion:
+            pieces = aiter(completion)
+            got = len(await anext(pieces))
+            await asyncio.sleep(1.0)  # 8 MB sent at once; the reader takes nothing
+            assert provider._pool is not None
+            (exchange,) = provider._pool._open
+            assert exchange._paused and exchange._held <= MAX_HELD + 262_144  # one read past the bound at most
+            assert upstream.writers[0].transport.get_write_buffer_size() > 0  # the rest waits at the upstream
+            async for piece in pieces:
+                got += len(piece)
+        assert got == 8000 * 1000
+
+
+async def test_connections_are_kept_between_answers_and_one_the_upstream_closed_is_replaced() -> None:
+    upstream = Upstream(OK)
+    async with serving(upstream) as provider:
+        for _ in range(3):
+            assert await answer(provider) == "hi"
+        assert upstream.connections == 1
+        upstream.writers[0].close()  # the upstream ends the idle connection
+        await asyncio.sleep(0.2)
+        assert await answer(provider) == "hi"
+        assert upstream.connections == 2
+
+
+async def test_a_body_ended_by_closing_the_connection_is_read_whole_and_the_connection_not_kept() -> None:
+    upstream = Upstream(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + DONE)
+    async with serving(upstream) as provider:
+        assert await answer(provider) == "hi" and await answer(provider) == "hi"
+    assert upstream.connections == 2
