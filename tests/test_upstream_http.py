@@ -7,8 +7,8 @@ import asyncio
 import base64
 import contextlib
 import datetime
-import ipaddress
 import ssl
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from realtime_llm.config import ProviderSettings
-from realtime_llm.providers import ChatMessage, ChatRequest, UpstreamError
+from realtime_llm.providers import ChatMessage, ChatRequest, UpstreamError, upstream_http
 from realtime_llm.providers.openai import OpenAIProvider
 from realtime_llm.providers.upstream_http import MAX_HELD
 
@@ -35,10 +35,14 @@ def anyio_backend() -> str:
 
 
 class Upstream:
-    """Answers every request with `answer`; keeps each request's head, counts connections."""
+    """Answers every request with `answer`, in `pieces` writes 0.2 s apart; keeps each
+    request's head, counts connections. An answer without a Content-Length is ended by
+    closing the connection, unless `hold`: then it stays open."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, pieces: int = 1, hold: bool = False) -> None:
         self.answer = answer
+        self.pieces = pieces
+        self.hold = hold
         self.heads: list[bytes] = []
         self.connections = 0
         self.writers: list[asyncio.StreamWriter] = []
@@ -53,9 +57,15 @@ class Upstream:
                                if line.lower().startswith(b"content-length:")), 0)
                 await reader.readexactly(length)
                 self.heads.append(head)
-                writer.write(self.answer)
-                await writer.drain()
-                if b"connection: close" in self.answer.lower() or b"content-length" not in self.answer.lower():
+                size = -(-len(self.answer) // self.pieces)
+                for start in range(0, len(self.answer), size):
+                    writer.write(self.answer[start:start + size])
+                    await writer.drain()
+                    if start + size < len(self.answer):
+                        await asyncio.sleep(0.2)
+                if self.hold:
+                    await asyncio.sleep(10)
+                if b"content-length" not in self.answer.lower():
                     break
         writer.close()
 
@@ -81,19 +91,18 @@ async def answer(provider: OpenAIProvider, api_key: str = "") -> str:
         return "".join([piece async for piece in completion])
 
 
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, and its key."""
+def certificate(tmp_path: Path, host: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `host` only, and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
             .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path, key_path = tmp_path / f"{host}.pem", tmp_path / f"{host}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
@@ -102,13 +111,20 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
 
 async def test_https_with_a_trusted_certificate_and_not_with_an_untrusted_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cert, key = certificate(tmp_path)
+    cert, key = certificate(tmp_path, "localhost")
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
     upstream = Upstream(OK)
     async with serving(upstream, "https://localhost:{port}/v1", tls) as untrusting:  # the system's CAs only
         with pytest.raises(UpstreamError, match="could not reach the model provider 'raw'"):
             await answer(untrusting)
+    other, other_key = certificate(tmp_path, "other.example")  # trusted, but for another name
+    elsewhere = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    elsewhere.load_cert_chain(other, other_key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    async with serving(upstream, "https://localhost:{port}/v1", elsewhere) as misnamed:
+        with pytest.raises(UpstreamError, match="could not reach the model provider 'raw'"):
+            await answer(misnamed)
     assert upstream.heads == []
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read when the provider starts
     async with serving(upstream, "https://localhost:{port}/v1", tls) as provider:
@@ -138,17 +154,48 @@ async def test_credentials_in_the_base_url_go_as_basic_auth_and_never_in_the_hos
 
 
 @pytest.mark.parametrize("answer_bytes", [
-    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",  # headers past 64 KiB
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n" + DONE,  # headers past 64 KiB, read whole
     b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(DONE), DONE),
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk size\r\n",
     b"this is not HTTP at all\r\n\r\n",
-])
-async def test_what_is_not_a_well_formed_uncompressed_answer_is_an_error(answer_bytes: bytes) -> None:
-    upstream = Upstream(answer_bytes)
+    OK + b"HTTP/1.1 200 OK\r\nContent-Le",  # the answer, then bytes past it
+], ids=["big-head", "gzip", "bad-chunk", "not-http", "past-the-end"])
+async def test_what_is_not_one_well_formed_uncompressed_answer_is_an_error_at_once(answer_bytes: bytes) -> None:
+    """The upstream keeps the connection open: each is found in what came, not by a close
+    or the read timeout (2 s). An answer followed by bytes past its end is still whole,
+    but its connection is not kept."""
+    upstream = Upstream(answer_bytes, hold=True)
     async with serving(upstream) as provider:
-        with pytest.raises(UpstreamError, match="closed in the middle"):
-            await answer(provider)
-    assert len(upstream.heads) == 1 and b"\r\nAccept-Encoding: identity\r\n" in upstream.heads[0]
+        began = time.monotonic()
+        if answer_bytes.startswith(OK):
+            assert await answer(provider) == "hi" and await answer(provider) == "hi"
+            assert upstream.connections == 2
+        else:
+            with pytest.raises(UpstreamError, match="closed in the middle"):
+                await answer(provider)
+        assert time.monotonic() - began < 1.5
+    assert b"\r\nAccept-Encoding: identity\r\n" in upstream.heads[0]
+
+
+async def test_interim_responses_are_skipped() -> None:
+    upstream = Upstream(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+                        b"HTTP/1.1 100 Continue\r\n\r\n" + OK, pieces=2)
+    async with serving(upstream) as provider:
+        assert await answer(provider) == "hi" and await answer(provider) == "hi"
+    assert upstream.connections == 1
+
+
+async def test_one_event_larger_than_the_reading_bound_comes_whole_and_one_past_8_mib_is_an_error() -> None:
+    for size, expected in ((300_000, "x" * 300_000), (9 * 2**20, None)):
+        event = b'data: {"choices":[{"delta":{"content":"%s"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n' % (
+            b"x" * size)
+        upstream = Upstream(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(event), event), pieces=3)
+        async with serving(upstream) as provider:
+            if expected is None:
+                with pytest.raises(UpstreamError, match="closed in the middle"):
+                    await answer(provider)
+            else:
+                assert await answer(provider) == expected
 
 
 async def test_a_reader_that_falls_behind_stops_the_socket_being_read_and_then_gets_everything() -> None:
@@ -163,10 +210,32 @@ async def test_a_reader_that_falls_behind_stops_the_socket_being_read_and_then_g
             assert provider._pool is not None
             (exchange,) = provider._pool._open
             assert exchange._paused and exchange._held <= MAX_HELD + 262_144  # one read past the bound at most
-            assert upstream.writers[0].transport.get_write_buffer_size() > 0  # the rest waits at the upstream
             async for piece in pieces:
                 got += len(piece)
         assert got == 8000 * 1000
+
+
+async def test_an_answer_given_up_while_its_reading_is_paused_leaves_a_connection_that_works(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """All of it came and reading paused (the events not taken); the reader stops there
+    (a stop, a client gone): the connection goes back to the pool reading again. (The bound
+    is lowered so that the last read, one of 20 KB, both passes it and ends the answer.)"""
+    monkeypatch.setattr(upstream_http, "MAX_HELD", 10_000)
+    event = b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % (b"x" * 1000)
+    body = event * 40 + b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    upstream = Upstream(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body), pieces=2)
+    async with serving(upstream) as provider:
+        async with provider.stream(ChatRequest("m", (ChatMessage("user", "hello"),))) as completion:
+            pieces = aiter(completion)
+            await anext(pieces)
+            await asyncio.sleep(0.5)  # the second half comes: more than the bound, not taken
+            assert provider._pool is not None
+            (exchange,) = provider._pool._open
+            assert exchange._paused and exchange.complete
+            await pieces.aclose()  # type: ignore[attr-defined]
+        upstream.answer, upstream.pieces = OK, 1
+        assert await answer(provider) == "hi"
+    assert upstream.connections == 1
 
 
 async def test_connections_are_kept_between_answers_and_one_the_upstream_closed_is_replaced() -> None:

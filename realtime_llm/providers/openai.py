@@ -1,6 +1,6 @@
 """Any OpenAI-compatible /chat/completions endpoint, streamed, through one pooled client
-(upstream_http.py, on httptools; aiohttp's before it, and httpx's before that, each
-replaced by measurement).
+(upstream_pool.py and upstream_http.py, on httptools; aiohttp's before it and httpx's
+before that, each replaced by measurement).
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from realtime_llm.providers.upstream_http import (
     ConnectTimedOut,
     Exchange,
     UpstreamHTTPError,
-    UpstreamPool,
     header_safe,
 )
+from realtime_llm.providers.upstream_pool import UpstreamPool
 from realtime_llm.usage import Usage
 
 logger = logging.getLogger("realtime_llm.providers")
@@ -58,7 +58,7 @@ class OpenAIProvider(Provider):
         assert pool is not None, "provider not started"
         key = request.api_key or self.settings.api_key
         if not header_safe(key):
-            raise UpstreamError("the API key holds characters that cannot be sent (a line break)")
+            raise UpstreamError("the API key holds characters that cannot be sent in a header")
         headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"

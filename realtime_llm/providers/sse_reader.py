@@ -41,6 +41,10 @@ class SSEParser:
             self._line(line, events)
         return events
 
+    def pending(self) -> int:
+        """Characters held of the event under way (its data lines, an unfinished line)."""
+        return len(self._buffer) + sum(map(len, self._data))
+
     def end(self) -> list[str]:
         """The stream has ended: a last line without its end, and an event without the
         blank line that should have closed it, still count."""
