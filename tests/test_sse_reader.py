@@ -1,11 +1,12 @@
 """The upstream SSE reader splits lines as the SSE specification does, however chunks fall."""
 from __future__ import annotations
 
+import time
 from typing import AsyncIterator
 
 import pytest
 
-from realtime_llm.providers.sse_reader import sse_data
+from realtime_llm.providers.sse_reader import SSEParser, sse_data
 
 pytestmark = pytest.mark.anyio
 
@@ -47,3 +48,22 @@ async def test_events_whatever_the_chunking(size: int) -> None:
 
 async def test_event_without_data_dispatches_nothing() -> None:
     assert [d async for d in sse_data(_chunks("event: x\n\n: c\n\nid: 1\n\n", 4))] == []
+
+
+def test_a_long_line_in_tiny_chunks_is_joined_once_and_what_is_held_is_counted() -> None:
+    """A line under way is kept as its pieces, not copied anew with each one: 400,000
+    one-character chunks take well under a second (copied each time, they were hundreds
+    of gigabytes of copying). pending() counts the event under way, an empty data line
+    included (each holds a list entry), so that a bound on it cannot be slipped past."""
+    parser = SSEParser()
+    began = time.process_time()
+    assert parser.feed("data: ") == []
+    for _ in range(400_000):
+        assert parser.feed("x") == []
+    assert parser.pending() == 400_006
+    assert parser.feed("\n") == [] and parser.pending() == 400_001
+    assert parser.feed("\n") == ["x" * 400_000] and parser.pending() == 0
+    assert time.process_time() - began < 10
+    assert parser.feed("data:\n" * 1000) == [] and parser.pending() == 1000
+    assert parser.feed("data: a\r") == [] and parser.feed("\nda") == [] and parser.pending() == 1004
+    assert parser.feed("ta: b\n\n") == ["\n" * 1000 + "a\nb"] and parser.pending() == 0

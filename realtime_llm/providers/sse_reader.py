@@ -20,14 +20,20 @@ class SSEParser:
     data dispatches nothing."""
 
     def __init__(self) -> None:
-        self._buffer = ""  # an unfinished line
+        self._parts: list[str] = []  # an unfinished line, as it came (joined once it ends)
         self._data: list[str] = []  # the data lines of the event under way
+        self._pending = 0  # characters of both
 
     def feed(self, chunk: str) -> list[str]:
-        buffer = self._buffer + chunk
+        if "\n" not in chunk and "\r" not in chunk and not (self._parts and self._parts[-1].endswith("\r")):
+            self._parts.append(chunk)  # a line still under way: kept, not copied again per chunk
+            self._pending += len(chunk)
+            return []
+        buffer = "".join(self._parts) + chunk if self._parts else chunk
+        self._pending -= sum(map(len, self._parts))
         if "\r" not in buffer:  # the usual case: LF only, no regular expression
             lines = buffer.split("\n")
-            self._buffer = lines.pop()
+            rest = lines.pop()
         else:
             lines, start = [], 0
             for match in END_OF_LINE.finditer(buffer):
@@ -35,26 +41,30 @@ class SSEParser:
                     break  # maybe the first half of a CRLF split across chunks
                 lines.append(buffer[start:match.start()])
                 start = match.end()
-            self._buffer = buffer[start:]
+            rest = buffer[start:]
+        self._parts = [rest] if rest else []
+        self._pending += len(rest)
         events: list[str] = []
         for line in lines:
             self._line(line, events)
         return events
 
     def pending(self) -> int:
-        """Characters held of the event under way (its data lines, an unfinished line)."""
-        return len(self._buffer) + sum(map(len, self._data))
+        """Characters held of the event under way: its data lines (each one more, for its
+        line break) and an unfinished line."""
+        return self._pending
 
     def end(self) -> list[str]:
         """The stream has ended: a last line without its end, and an event without the
         blank line that should have closed it, still count."""
         events: list[str] = []
-        if self._buffer:
-            self._line(self._buffer.rstrip("\r"), events)
-            self._buffer = ""
+        if self._parts:
+            self._line("".join(self._parts).rstrip("\r"), events)
+            self._parts = []
         if self._data:
             events.append("\n".join(self._data))
             self._data = []
+        self._pending = 0
         return events
 
     def _line(self, line: str, events: list[str]) -> None:
@@ -62,12 +72,14 @@ class SSEParser:
             if self._data:
                 events.append("\n".join(self._data))
                 self._data = []
+                self._pending = sum(map(len, self._parts))
             return
         if line[0] == ":":
             return
         name, _, value = line.partition(":")
         if name == "data":
             self._data.append(value[1:] if value.startswith(" ") else value)
+            self._pending += len(self._data[-1]) + 1
 
 
 async def sse_data(chunks: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -77,7 +77,7 @@ class Exchange(asyncio.Protocol):
         self._spoiled = False  # bytes came past the response's end: it stands, the connection does not
         self.error: Exception | None = None
         self.keep_alive = False
-        self._head_bytes = 0  # bytes received before the end of the head (one read at a time)
+        self._unparsed = 0  # bytes come since the last step (the head's end, body, the end): head, trailers
         self._header_bytes = 0  # the headers' own, as parsed
         self._framed = False  # Content-Length or chunked: not ended by the connection's close
         self._compressed = False  # a refusal's body
@@ -99,18 +99,20 @@ class Exchange(asyncio.Protocol):
             self._spoil()
             return
         self._heard = self._loop.time()
-        if not self.head_done:
-            self._head_bytes += len(data)
+        self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ConnectionBroken(f"the upstream's response is not valid HTTP ({exc})"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.complete:  # past the response's end: it stands
+                self._spoil()
+            else:
+                self._fail(ConnectionBroken(f"the upstream's response is not valid HTTP ({type(exc).__name__})"))
             return
         if self._spoiled:
             self._spoil()
         elif self.error is not None:  # found by a callback (a compressed body, an event too large)
             self._fail(self.error)
-        elif not self.head_done and self._head_bytes > MAX_HEAD:
+        elif self._unparsed > MAX_HEAD:  # a head, or trailers, that go on and on
             self._fail(ConnectionBroken("the upstream's response headers are too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -152,12 +154,13 @@ class Exchange(asyncio.Protocol):
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
-        self.head_done = True
+        self.head_done, self._unparsed = True, 0
         self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self.error is not None or self._spoiled:
             return
+        self._unparsed = 0
         if self.status != 200:
             if not self._compressed:
                 self.body += body[:MAX_ERROR_BODY - len(self.body)]
@@ -166,7 +169,7 @@ class Exchange(asyncio.Protocol):
         events = self._sse.feed(self._decoder.decode(body))
         if events:
             self._events += events
-            self._held += sum(map(len, events))
+            self._held += sum(map(len, events)) + len(events)  # (an empty one holds a list entry)
             self._wake()
             if self._held > MAX_HELD and not self._paused and self.transport is not None:
                 self._paused = True  # until the reader takes them (events())
@@ -177,9 +180,10 @@ class Exchange(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._spoiled:
             return
-        if self._interim:
+        if self._interim:  # (its bytes stay counted: a run of interim responses is bounded too)
             self._interim = False
             return
+        self._unparsed = 0
         if self.status == 200:
             self._events += self._sse.feed(self._decoder.decode(b"", final=True)) + self._sse.end()
         self.complete = True

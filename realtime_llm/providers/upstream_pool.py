@@ -67,6 +67,9 @@ class UpstreamPool:
             raise ConnectTimedOut("no connection to the upstream came free in time") from None
         try:
             exchange = self._pooled() or await self._connect(deadline)
+            if self._closed:  # closed while this waited
+                self._discard(exchange)
+                raise ConnectFailed("the provider's client is closed")
         except BaseException:
             self._slots.release()
             raise
