@@ -227,3 +227,12 @@ class FakeUpstream:
                 return True
             time.sleep(0.02)
         return False
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """A request's head (its body, of Content-Length bytes, read and dropped)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    await reader.readexactly(length)
+    return head

@@ -15,7 +15,7 @@ import pytest
 from realtime_llm.config import ProviderSettings
 from realtime_llm.providers import ChatMessage, ChatRequest, Thought, UpstreamError
 from realtime_llm.providers.openai import OpenAIProvider
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, read_request
 
 pytestmark = pytest.mark.anyio
 
@@ -39,11 +39,7 @@ class RawUpstream:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                await reader.readexactly(length)
-                self.heads.append(head)
+                self.heads.append(await read_request(reader))
                 answer = self.answer(len(self.heads))
                 for piece in [answer] if isinstance(answer, bytes) else answer:
                     writer.write(piece)

@@ -22,6 +22,7 @@ from realtime_llm.config import ProviderSettings
 from realtime_llm.providers import ChatMessage, ChatRequest, UpstreamError, upstream_http
 from realtime_llm.providers.openai import OpenAIProvider
 from realtime_llm.providers.upstream_http import MAX_HELD
+from tests.fake_upstream import read_request
 
 pytestmark = pytest.mark.anyio
 
@@ -52,11 +53,7 @@ class Upstream:
         self.writers.append(writer)
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                await reader.readexactly(length)
-                self.heads.append(head)
+                self.heads.append(await read_request(reader))
                 size = -(-len(self.answer) // self.pieces)
                 for start in range(0, len(self.answer), size):
                     writer.write(self.answer[start:start + size])
