@@ -2,7 +2,7 @@
 of CPU per relayed token (bench.relay_cpu): a bare Starlette app that opens the upstream
 stream and forwards each token as it comes, over a WebSocket (one frame a token) or as
 Server-Sent Events (one event a token). No auth, storage, batching or broker; the same
-uvicorn settings and the same upstream client (aiohttp) as the server.
+uvicorn settings and the same upstream client (providers/upstream_pool.py) as the server.
 
     python -m bench.bare_relay PORT UPSTREAM_BASE_URL
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 from typing import AsyncIterator
 
-import aiohttp
 import orjson
 import uvicorn
 from starlette.applications import Starlette
@@ -25,25 +24,29 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from realtime_llm.providers.sse_reader import sse_data
+from realtime_llm.providers.upstream_pool import UpstreamPool
 from realtime_llm.wsprotocol import WebSocketProtocol
 
 
 def app(upstream: str) -> Starlette:
-    session: list[aiohttp.ClientSession] = []  # made on the first request, inside the loop
+    pool: list[UpstreamPool] = []  # made on the first request, inside the loop
 
     async def tokens(content: str) -> AsyncIterator[str]:
-        if not session:
-            session.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        if not pool:
+            pool.append(UpstreamPool(upstream + "/chat/completions", connect_timeout=10, max_connections=2000))
         body = {"model": "fake-bare", "stream": True, "messages": [{"role": "user", "content": content}]}
-        async with session[0].post(upstream + "/chat/completions", data=orjson.dumps(body),
-                                   headers={"Content-Type": "application/json"}) as response:
-            async for data in sse_data(_text(response)):
-                if data == "[DONE]":
-                    continue
-                delta = orjson.loads(data)["choices"][0]["delta"].get("content")
-                if delta:
-                    yield delta
+        exchange = await pool[0].post({"Content-Type": "application/json"}, orjson.dumps(body))
+        try:
+            await exchange.head()
+            while (events := await exchange.events()) is not None:  # None at the body's end
+                for data in events:
+                    if data == "[DONE]":
+                        continue
+                    delta = orjson.loads(data)["choices"][0]["delta"].get("content")
+                    if delta:
+                        yield delta
+        finally:
+            pool[0].release(exchange)
 
     async def relay(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -71,11 +74,6 @@ def app(upstream: str) -> Starlette:
 
     return Starlette(routes=[WebSocketRoute("/ws/conversations/{id}", relay),
                              Route("/api/chat/{id}", chat, methods=["POST"])])
-
-
-async def _text(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    async for chunk in response.content.iter_any():
-        yield chunk.decode()  # the fake upstream's tokens are ASCII
 
 
 def main() -> None:
