@@ -6,6 +6,7 @@ from realtime_llm.config import LlmSettings
 from realtime_llm.providers import Attachment, ChatMessage
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.messages import IMAGE_COST_CHARS
+from realtime_llm.store.paths import sent_as
 from realtime_llm.store.records import Conversation, Message
 from realtime_llm.usage import Usage
 
@@ -18,6 +19,9 @@ async def build_prompt(settings: LlmSettings, store: ConversationStore, conversa
     one to answer) that fit the context budget; `with_reasoning`: earlier answers' thinking
     goes too, and counts against the budget."""
     system, budget = _system_and_budget(settings, conversation)
+    kept = store.messages.kept(conversation, budget, last, with_reasoning)
+    if kept is not None:
+        return ChatMessage("system", system), *kept.items
     history = await store.messages.recent(conversation, budget, last, with_reasoning=with_reasoning)
     return _prompt(system, history, with_reasoning)
 
@@ -28,9 +32,9 @@ def kept_prompt(settings: LlmSettings, store: ConversationStore, conversation: C
     conversation's active branch (as `conversation` saw it), made before it is saved, from
     the prompt path kept in memory; None when that path is not kept (it must be read)."""
     system, budget = _system_and_budget(settings, conversation)
-    history = store.messages.kept(conversation, budget, conversation.active_leaf_id, with_reasoning,
-                                  newer=(Message(0, "user", text, 0),))
-    return None if history is None else _prompt(system, history, with_reasoning)
+    kept = store.messages.kept(conversation, budget, conversation.active_leaf_id, with_reasoning,
+                               newer=(Message(0, "user", text, 0),))
+    return None if kept is None else (ChatMessage("system", system), *kept.items)
 
 
 def _system_and_budget(settings: LlmSettings, conversation: Conversation) -> tuple[str, int]:
@@ -40,15 +44,12 @@ def _system_and_budget(settings: LlmSettings, conversation: Conversation) -> tup
 
 def _prompt(system: str, history: list[Message], with_reasoning: bool) -> tuple[ChatMessage, ...]:
     return (ChatMessage("system", system),
-            *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "",
-                          _attachments(m) if m.attachments else ()) for m in history))
+            *(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "", _attachments(m))
+              if m.attachments else sent_as(m, with_reasoning) for m in history))
 
 
 def _attachments(message: Message) -> tuple[Attachment, ...]:
-    """A message's files as a model is given them (most messages have none: no generator
-    is made for them, a prompt being a whole conversation's messages every turn)."""
-    if not message.attachments:
-        return ()
+    """A message's files as a model is given them."""
     return tuple(Attachment(f.name, f.content_type, f.size, f.data, f.text, f.width, f.height)
                  for f in message.attachments)
 

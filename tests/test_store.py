@@ -14,6 +14,7 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from realtime_llm.config import Settings
 from realtime_llm.errors import BadRequest, ConversationNotFound, PayloadTooLarge
 from realtime_llm.keys import APIKeyBox
+from realtime_llm.providers import ChatMessage
 from realtime_llm.store import conversations as conversations_module
 from realtime_llm.store import messages as messages_module
 from realtime_llm.store import schema
@@ -362,6 +363,7 @@ async def test_a_kept_prompt_path_is_the_path_read_whole(db, monkeypatch: pytest
     store = ConversationStore(db, APIKeyBox("s" * 40))
     conversation = await store.create(user.id, title="t", model="demo", system_prompt="", api_key="")
     added: list[int] = []
+    checked_items = 0
     for step in range(150):
         parent = rng.choice(added[-6:]) if added and rng.random() < 0.1 else None  # mostly at the end, or an edit
         files = []
@@ -381,11 +383,17 @@ async def test_a_kept_prompt_path_is_the_path_read_whole(db, monkeypatch: pytest
         whole = await MessageStore(db, store.cache, store.files).recent(conversation, budget, leaf,
                                                                         with_reasoning=with_reasoning)
         assert kept == whole, f"step {step}"
+        kept_path = store.messages.kept(conversation, budget, leaf, with_reasoning)
+        if kept_path is not None:  # what a prompt takes from it: the messages as a model is sent them
+            assert kept_path.items == tuple(ChatMessage(m.role, m.content, m.reasoning if with_reasoning else "")
+                                            for m in whole), f"step {step}"
+            checked_items += 1
         path = store.messages.paths.get(conversation.id)
         if path is not None:  # its sums, kept as it grew, are those of a count over it
             recount = read_path(path.owner, path.leaf, path.messages, path.budget, path.with_reasoning, path.complete)
             assert (path.used, path.cost) == (recount.used, recount.cost), f"step {step}"
     assert len(extended) > 45, len(extended)
+    assert checked_items > 45, checked_items
 
 
 async def test_a_turn_at_the_end_of_the_kept_path_reads_no_path(db, monkeypatch: pytest.MonkeyPatch) -> None:

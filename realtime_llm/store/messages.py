@@ -12,7 +12,7 @@ from realtime_llm.cache import HistoryCache
 from realtime_llm.errors import ConversationNotFound
 from realtime_llm.store.compiled import Script, transaction
 from realtime_llm.store.files import FileStore, StoredFile, attach
-from realtime_llm.store.paths import PathCache, extend, read_path, text_size
+from realtime_llm.store.paths import PathCache, PromptPath, extend, read_path, text_size
 from realtime_llm.store.records import Conversation, Message, message_from_row
 from realtime_llm.store.shapes import branch_json, message_json
 from realtime_llm.store.statements import (
@@ -96,7 +96,7 @@ class MessageStore:
         conversation_id, owner = conversation.id, conversation.user_id
         kept = self.kept(conversation, budget_chars, leaf, with_reasoning)  # kept up to date by add()
         if kept is not None:
-            return kept
+            return list(kept.messages)
         cached = self.paths.get(conversation_id)
         if cached is not None and cached.covers(owner, budget_chars, with_reasoning):
             rows = await PATH_UP.fetch_all(self.database, cid=conversation_id, start=leaf, page=NEWER_PAGE)
@@ -136,15 +136,15 @@ class MessageStore:
         return chosen
 
     def kept(self, conversation: Conversation, budget_chars: int, leaf: int, with_reasoning: bool = False,
-             newer: Sequence[Message] = ()) -> list[Message] | None:
-        """What recent() chooses for the branch of `newer` (newest first, not saved yet)
-        under `leaf`, from the kept path alone: None unless it ends at `leaf` (a read would
-        be needed)."""
+             newer: Sequence[Message] = ()) -> PromptPath | None:
+        """The path whose messages recent() chooses for the branch of `newer` (newest
+        first, not saved yet) under `leaf`, from the kept path alone: None unless it ends
+        at `leaf` (a read would be needed)."""
         cached = self.paths.get(conversation.id)
         if cached is None or cached.leaf != leaf or not cached.covers(conversation.user_id, budget_chars,
                                                                        with_reasoning):
             return None
-        return list(extend(newer, cached, leaf, budget_chars).messages)
+        return extend(newer, cached, leaf, budget_chars)  # (within this budget, which may be smaller)
 
     async def _with_contents(self, conversation_id: int, chosen: list[Message]) -> list[Message]:
         """The messages with what a model reads of their files: loaded only for those sent."""
