@@ -35,46 +35,54 @@ async def kept_alive(locks: GenerationLocks, cid: int, owner: str, ttl: float,
     timeout, the wait for it to end) was there for every turn. On the way out none is armed
     any more, and a renewal under way is waited for (finish_task), or cancelled if this is:
     one that reached Redis after the lock's release would take it again."""
-    loop = asyncio.get_running_loop()
-    inside = True
-    renewal: asyncio.Task[None] | None = None
-    timer: asyncio.TimerHandle
-
-    async def renew() -> None:
-        if not inside:  # due, but the block ended before this task started
-            return
-        pause = ttl / 3
-        try:
-            held = await locks.refresh(cid, owner, ttl)
-        except Exception:  # a busy or briefly absent broker: try again soon, keep answering
-            held, pause = True, min(0.25, ttl / 10)
-        if not inside:
-            return
-        if not held:
-            # Another process holds it now and may start a generation: stop ours (saving it).
-            logger.warning("lost the lock of conversation %d; stopping", cid)
-            on_lost()
-            return
-        arm(pause)
-
-    def due() -> None:
-        nonlocal renewal
-        if inside:
-            renewal = loop.create_task(renew())
-
-    def arm(pause: float) -> None:
-        nonlocal timer
-        timer = loop.call_later(pause, due)
-
-    timer = loop.call_later(ttl / 3, due)
+    renewal = _Renewal(locks, cid, owner, ttl, on_lost)
     try:
         yield
     finally:
-        inside = False
-        timer.cancel()
-        if renewal is not None:
+        await renewal.end()
+
+
+class _Renewal:
+    """kept_alive's timer and renewal task. Methods, not closures: closures that arm one
+    another are a reference cycle, and through `on_lost` it held the whole generation (its
+    task and coroutine, its reader, its prompt: about 44 objects a turn) until the
+    collector found it, which its middle generation's passes then paid for."""
+
+    def __init__(self, locks: GenerationLocks, cid: int, owner: str, ttl: float,
+                 on_lost: Callable[[], None]) -> None:
+        self.locks, self.cid, self.owner, self.ttl, self.on_lost = locks, cid, owner, ttl, on_lost
+        self.inside = True
+        self.task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self.timer = self._loop.call_later(ttl / 3, self._due)
+
+    def _due(self) -> None:
+        if self.inside:
+            self.task = self._loop.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        if not self.inside:  # due, but the block ended before this task started
+            return
+        pause = self.ttl / 3
+        try:
+            held = await self.locks.refresh(self.cid, self.owner, self.ttl)
+        except Exception:  # a busy or briefly absent broker: try again soon, keep answering
+            held, pause = True, min(0.25, self.ttl / 10)
+        if not self.inside:
+            return
+        if not held:
+            # Another process holds it now and may start a generation: stop ours (saving it).
+            logger.warning("lost the lock of conversation %d; stopping", self.cid)
+            self.on_lost()
+            return
+        self.timer = self._loop.call_later(pause, self._due)
+
+    async def end(self) -> None:
+        self.inside = False
+        self.timer.cancel()  # (a cancelled timer lets go of its callback: no cycle is left)
+        if self.task is not None:
             try:
-                await finish_task(renewal)
+                await finish_task(self.task)
             except asyncio.CancelledError:
-                renewal.cancel()
+                self.task.cancel()
                 raise

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import uuid
+import weakref
 from typing import AsyncIterator, Callable
 
 import pytest
@@ -462,6 +464,35 @@ async def test_a_kept_lock_is_renewed_while_inside_and_lapses_after(locks: Gener
         await asyncio.sleep(0.5)
     assert lost == ["b"] and await locks.holder(CID) == "c"
     await locks.release(CID, "c")
+
+
+async def test_a_kept_lock_leaves_nothing_for_the_collector(locks: GenerationLocks) -> None:
+    """What kept_alive held (on_lost, and through it the generation) is freed when the block
+    ends, renewals and all, without waiting for the cyclic collector: its closures once
+    made a reference cycle that kept a whole generation alive until a collection."""
+    from realtime_llm.locks import kept_alive
+
+    class Generation:
+        def stop(self) -> None:
+            pass
+
+    def stopper(generation: Generation) -> Callable[[], None]:
+        return lambda: generation.stop()  # the only reference to it
+
+    generation = Generation()
+    freed = weakref.ref(generation)
+    on_lost = stopper(generation)
+    del generation
+    assert await locks.acquire(CID, "a", ttl=0.3)
+    gc.disable()
+    try:
+        async with kept_alive(locks, CID, "a", 0.3, on_lost):
+            await asyncio.sleep(0.25)  # a renewal (at 0.1 s) and the next one armed
+        del on_lost
+        assert freed() is None
+    finally:
+        gc.enable()
+        await locks.release(CID, "a")
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis", "cluster"])
