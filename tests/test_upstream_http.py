@@ -7,10 +7,12 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import gc
 import ssl
 import time
+import weakref
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest
 from cryptography import x509
@@ -249,6 +251,30 @@ async def test_connections_are_kept_between_answers_and_one_the_upstream_closed_
         await asyncio.sleep(0.2)
         assert await answer(provider) == "hi"
         assert upstream.connections == 2
+
+
+async def test_a_closed_connection_is_freed_without_the_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exchange whose connection ended goes once the pool and the reader let it go: it
+    let go of its transport and its parser, which both refer back to it (a cycle only the
+    collector would have found, for every connection an upstream closes)."""
+    made: list[weakref.ref[upstream_http.Exchange]] = []
+    real_init = upstream_http.Exchange.__init__
+
+    def init(self: upstream_http.Exchange, *args: Any) -> None:
+        real_init(self, *args)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(upstream_http.Exchange, "__init__", init)
+    upstream = Upstream(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + DONE)  # ended by a close
+    async with serving(upstream) as provider:
+        gc.collect()
+        gc.disable()
+        try:
+            assert await answer(provider) == "hi" and await answer(provider) == "hi"
+            await asyncio.sleep(0.1)  # (the second connection's end)
+            assert len(made) == 2 and [ref() for ref in made] == [None, None]
+        finally:
+            gc.enable()
 
 
 async def test_a_body_ended_by_closing_the_connection_is_read_whole_and_the_connection_not_kept() -> None:

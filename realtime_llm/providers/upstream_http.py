@@ -123,6 +123,11 @@ class Exchange(asyncio.Protocol):
         elif not self.complete and self.error is None:
             self.error = ConnectionBroken("the upstream closed the connection")
         self._wake()
+        # Nothing is read or written any more: let go of what refers back to this object
+        # (the transport, the parser's callbacks), so that it goes when the pool and the
+        # reader drop it, not at the collector's next pass (16 objects a connection).
+        self.transport = None
+        del self._parser
 
     # httptools' callbacks
 
