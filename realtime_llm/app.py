@@ -34,7 +34,15 @@ from realtime_llm.services import open_services
 
 
 def routes() -> list[Route | WebSocketRoute | Mount]:
+    # The router tries them in this order, a regular expression each, for every request:
+    # the ones every turn takes come first (no two of these paths match the same URL, so
+    # the order changes no answer; /v1/chat/completions was the 34th).
     return [
+        Route("/api/chat/{id}", chat.chat, methods=["POST"]),
+        Route("/v1/chat/completions", openai_compat.completions, methods=["POST"]),
+        WebSocketRoute("/ws/conversations/{id}", ws.conversation_socket),
+        Route("/api/chat/{id}/events", chat.events, methods=["GET"]),
+        Route("/api/conversations/history/{id}", conversations.history, methods=["GET"]),
         Route("/api/users/register", users.register, methods=["POST"]),
         Route("/api/users/login", users.login, methods=["POST"]),
         Route("/api/users/me", users.me, methods=["GET"]),
@@ -47,7 +55,6 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         Route("/api/models", health.models, methods=["GET"]),
         Route("/api/conversations/create", conversations.create, methods=["POST"]),
         Route("/api/conversations/list", conversations.list_conversations, methods=["GET"]),
-        Route("/api/conversations/history/{id}", conversations.history, methods=["GET"]),
         Route("/api/conversations/del/{id}", conversations.delete, methods=["POST"]),
         Route("/api/conversations/update/{id}", conversations.update, methods=["POST"]),
         Route("/api/conversations/export/{id}", conversations.export, methods=["GET"]),
@@ -61,14 +68,10 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         Route("/api/files", files.upload, methods=["POST"]),
         Route("/api/files/{file_id}", files.download, methods=["GET"]),
         Route("/api/import/chatgpt", imports.import_chatgpt, methods=["POST"]),
-        Route("/api/chat/{id}", chat.chat, methods=["POST"]),
         Route("/api/chat/{id}/regenerate", chat.regenerate, methods=["POST"]),
-        Route("/api/chat/{id}/events", chat.events, methods=["GET"]),
         Route("/api/chat/{id}/stop", chat.stop, methods=["POST"]),
-        WebSocketRoute("/ws/conversations/{id}", ws.conversation_socket),
         WebSocketRoute("/ws/shared/{share_id}", ws.shared_socket),
         Route("/v1/models", openai_compat.models, methods=["GET"]),
-        Route("/v1/chat/completions", openai_compat.completions, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),
