@@ -14,7 +14,7 @@ from realtime_llm.broker.base import Broker, ConversationGone, Subscription, res
 from realtime_llm.broker.eventids import CounterMissing
 from realtime_llm.config import StreamSettings
 from realtime_llm.events import SETTLING, Event, make_event
-from realtime_llm.metrics import EVENTS_PUBLISHED
+from realtime_llm.metrics import count_published
 from realtime_llm.tasks import stop_task
 
 
@@ -66,7 +66,7 @@ class MemoryBroker(Broker):
         channel = self._channel(conversation_id)
         if channel.last_id is None:
             raise CounterMissing()
-        EVENTS_PUBLISHED.labels(event_type).inc()
+        count_published(event_type)
         channel.last_id += 1
         event = make_event(channel.last_id, event_type, data, conversation_id=conversation_id, **metadata)
         channel.buffer.append(event)

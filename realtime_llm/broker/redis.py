@@ -23,7 +23,7 @@ from realtime_llm.broker.eventids import CounterMissing, Gathered
 from realtime_llm.broker.pubsub import PubSub, redis_call
 from realtime_llm.config import Settings
 from realtime_llm.events import SETTLING, Event, event_template
-from realtime_llm.metrics import EVENTS_PUBLISHED
+from realtime_llm.metrics import count_published
 from realtime_llm.redisclient import RedisClient
 
 # A missing counter (never used, expired, Redis restarted) is never started from 0: the
@@ -146,7 +146,7 @@ class RedisBroker(Broker):
         )))
         if event_id < 0:
             raise CounterMissing()
-        EVENTS_PUBLISHED.labels(event_type).inc()
+        count_published(event_type)
         return Event(event_id, event_type, prefix + str(event_id).encode() + suffix)
 
     async def _publish_gathered(self, conversation_id: int, event_type: str, data: str, gathered: Gathered,
@@ -170,7 +170,7 @@ class RedisBroker(Broker):
         )))
         if event_id < 0:  # the buffer lost some of them (Redis restarted, say): send it whole
             return await self._publish(conversation_id, event_type, data, **metadata)
-        EVENTS_PUBLISHED.labels(event_type).inc()
+        count_published(event_type)
         prefix, suffix = event_template(event_type, data, conversation_id=conversation_id, **metadata)
         return Event(event_id, event_type, prefix + str(event_id).encode() + suffix)
 
