@@ -37,7 +37,8 @@ def app(upstream: str) -> Starlette:
         body = {"model": "fake-bare", "stream": True, "messages": [{"role": "user", "content": content}]}
         exchange = await pool[0].post({"Content-Type": "application/json"}, orjson.dumps(body))
         try:
-            await exchange.head()
+            if (status := await exchange.head()) != 200:
+                raise RuntimeError(f"the upstream answered HTTP {status}")
             while (events := await exchange.events()) is not None:  # None at the body's end
                 for data in events:
                     if data == "[DONE]":

@@ -46,6 +46,14 @@ RUNNING_GENERATIONS = Gauge(
 )
 GENERATIONS = Counter("realtime_llm_generations_total", "Finished generations, by how they ended.", ["outcome"])
 EVENTS_PUBLISHED = Counter("realtime_llm_events_published_total", "Conversation events published, by type.", ["type"])
+UPSTREAM_ERRORS = Counter("realtime_llm_upstream_errors_total", "Model requests that failed, by provider.",
+                          ["provider"])
+UPSTREAM_FIRST_TOKEN_SECONDS = Histogram(
+    "realtime_llm_upstream_first_token_seconds", "Time from the model request to its first token, by provider.",
+    ["provider"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
 _published: dict[str, Any] = {}  # EVENTS_PUBLISHED's child of each event type
 
 
@@ -56,12 +64,6 @@ def count_published(event_type: str) -> None:
     if child is None:
         child = _published[event_type] = EVENTS_PUBLISHED.labels(event_type)
     child.inc()
-UPSTREAM_ERRORS = Counter("realtime_llm_upstream_errors_total", "Model requests that failed, by provider.",
-                          ["provider"])
-UPSTREAM_FIRST_TOKEN_SECONDS = Histogram(
-    "realtime_llm_upstream_first_token_seconds", "Time from the model request to its first token, by provider.",
-    ["provider"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
 
 
 @documented({"summary": "Prometheus metrics (all worker processes)", "responses": {"200": {

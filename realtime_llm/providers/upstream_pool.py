@@ -70,11 +70,12 @@ class UpstreamPool:
             if self._closed:  # closed while this waited
                 self._discard(exchange)
                 raise ConnectFailed("the provider's client is closed")
+            if exchange.transport is None:  # (its connection ended: not expected between the two)
+                raise ConnectFailed("the connection to the upstream closed before the request")
         except BaseException:
             self._slots.release()
             raise
         exchange.active = True
-        assert exchange.transport is not None
         exchange.transport.write(head + body)
         return exchange
 
