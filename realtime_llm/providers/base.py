@@ -39,9 +39,10 @@ class ChatMessage:
     """One message of a prompt; never changed once made: a kept prompt path's are shared by
     every prompt and request made from it, turn after turn (store/paths.py). Not frozen: a
     prompt read whole makes one for every message, and a frozen dataclass's __init__
-    (object.__setattr__ for each field) took 3.5 times as long. Over a prompt of 170 messages (bench.relay_cpu's
-    conversations reach that), making them, the provider's JSON of them and the usage
-    estimate took 138 µs frozen, 94 as a named tuple, 64 as this (a throwaway timeit)."""
+    (object.__setattr__ for each field) took 3.5 times as long. Over a prompt of 170
+    messages (bench.relay_cpu's conversations reach that), making them, the provider's JSON
+    of them and the usage estimate took 138 µs frozen, 94 as a named tuple, 64 as this (a
+    throwaway timeit)."""
 
     role: str
     content: str
