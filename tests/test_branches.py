@@ -254,7 +254,9 @@ def test_switch_while_answering_is_409_and_changes_nothing(api: Api) -> None:
 def test_a_switch_racing_a_new_message_never_interleaves(api: Api) -> None:
     """Both at once: either the answer runs first (the switch is a 409, the new message
     follows the old branch) or the switch does (the message waits for it and follows the
-    branch switched to). Never a message under a branch that was switched away from."""
+    branch switched to). Never a message under a branch that was switched away from.
+    (The switch answers the history as it is once the lock is free again: the message may
+    already be in it, under the leaf switched to.)"""
     headers, cid = new_chat(api)
     chat(api, headers, cid, "#fake tokens=1\nfirst")
     first = history(api, headers, cid)
@@ -264,6 +266,7 @@ def test_a_switch_racing_a_new_message_never_interleaves(api: Api) -> None:
         shown = history(api, headers, cid)
         leaf_before = shown[-1]["message_id"]
         other = next(v for v in shown[0]["sibling_ids"] if v != shown[0]["message_id"])  # the other version
+        switched_to = newest_leaf(history_all(api, headers, cid), other)  # where a switch to it goes
         message = {"message": f"#fake tokens=3 delay_ms=300\nr{round_}"}  # outlasts a switch's patience
         results = race(chat=functools.partial(api.http.post, f"/api/chat/{cid}", headers=headers, json=message),
                        switch=functools.partial(switch, api, headers, cid, {"message_id": other}))
@@ -275,7 +278,9 @@ def test_a_switch_racing_a_new_message_never_interleaves(api: Api) -> None:
         else:
             assert results["switch"].status_code == 200, results["switch"].text
             outcomes.add("switch first")
-            assert asked["parent_id"] == results["switch"].json()["messages"][-1]["message_id"] != leaf_before
+            assert asked["parent_id"] == switched_to != leaf_before
+            shown_by_switch = [m["message_id"] for m in results["switch"].json()["messages"]]
+            assert shown_by_switch[0] == other and switched_to in shown_by_switch  # (and what followed it)
         assert history(api, headers, cid)[-2]["message_id"] == asked["message_id"]  # on the active branch
     assert outcomes  # which won each round is up to the scheduler (here, both happen in six rounds)
 
@@ -295,6 +300,16 @@ def race(**calls: Any) -> dict[str, httpx.Response]:
     for racer in racers:
         racer.join(30)
     return results
+
+
+def newest_leaf(messages: list[dict[str, Any]], message_id: int) -> int:
+    """Where the branch through `message_id` ends: below it, the newest child at each step."""
+    children: dict[int, list[int]] = {}
+    for m in messages:
+        children.setdefault(m["parent_id"], []).append(m["message_id"])
+    while children.get(message_id):
+        message_id = max(children[message_id])
+    return message_id
 
 
 def history_all(api: Api, headers: dict[str, str], cid: int) -> list[dict[str, Any]]:
