@@ -7,6 +7,10 @@ model turns from one to the other, what is held goes out, and the other's first 
 goes out at once. The deltas arrive in an Inbox filled by a reader of their own
 (relay.UpstreamReader), so the window closes on time while the upstream is silent, and a
 stop, put into the same inbox, is seen at once: nothing is ever cancelled to stop.
+
+An HTTP upstream's reader is itself woken once a window (ChatRequest.batch_window,
+upstream_http.Exchange.hold), not for every token: a turn from thinking to answer that
+comes within a window reaches the inbox at that window's end.
 """
 from __future__ import annotations
 

@@ -196,7 +196,7 @@ class AnswerRelay:
     def _request(self, conversation: Conversation, prompt: tuple[ChatMessage, ...]) -> ChatRequest:
         return ChatRequest(model=conversation.model, messages=prompt,
                            api_key=self.store.box.open(conversation.api_key_sealed),
-                           params=load_params(conversation.params))
+                           params=load_params(conversation.params), batch_window=self._window)
 
     async def _relay(self, generation: Generation, reader: UpstreamReader, answer: Answer,
                      first_token: Histogram) -> None:

@@ -282,3 +282,51 @@ async def test_a_body_ended_by_closing_the_connection_is_read_whole_and_the_conn
     async with serving(upstream) as provider:
         assert await answer(provider) == "hi" and await answer(provider) == "hi"
     assert upstream.connections == 2
+
+
+@pytest.mark.parametrize("window", [0.0, 0.3])
+async def test_with_a_batch_window_events_close_together_reach_the_reader_together(window: float) -> None:
+    """Exchange.hold: with a window, an event after a quiet spell comes at once, one that
+    follows a take within the window waits for the window's end (with those after it),
+    and the body's end is not held. Without one, each comes as it arrives. The upstream
+    sends a at 0 s, b at 0.1 s, c at 1 s, d at 1.1 s and the end at 1.2 s."""
+    def event(text: str) -> bytes:
+        return b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % text.encode()
+    end = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    parts = [(0.0, event("a")), (0.1, event("b")), (1.0, event("c")), (1.1, event("d")), (1.2, end)]
+    body_length = sum(len(part) for _, part in parts)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body_length)
+        began = time.monotonic()
+        for at, part in parts:
+            await asyncio.sleep(began + at - time.monotonic())
+            writer.write(part)
+            await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = OpenAIProvider(ProviderSettings(name="raw", kind="openai", base_url=f"http://127.0.0.1:{port}/v1",
+                                               connect_timeout=2.0, read_timeout=5.0))
+    await provider.start()
+    arrived: dict[str, float] = {}
+    try:
+        request = ChatRequest("m", (ChatMessage("user", "hello"),), batch_window=window)
+        async with asyncio.timeout(10), provider.stream(request) as completion:
+            async for piece in completion:
+                arrived[piece] = time.monotonic()
+            ended = time.monotonic()
+    finally:
+        await provider.close()
+        server.close()
+    since = {piece: at - arrived["a"] for piece, at in arrived.items()}
+    assert list(since) == ["a", "b", "c", "d"]
+    if window:
+        assert 0.25 <= since["b"] < 0.6  # held to the window's end, 0.3 s after a was taken
+        assert 0.95 <= since["c"] < 1.1  # a quiet spell before it: at once
+        assert 1.15 <= since["d"] < 1.25 and ended - arrived["a"] < 1.3  # the body's end, at once, not at 1.3 s
+    else:
+        assert 0.05 <= since["b"] < 0.2 and 0.95 <= since["c"] < 1.05 and 1.05 <= since["d"] < 1.15

@@ -59,6 +59,10 @@ class ChatRequest:
     # The conversation's generation settings (temperature, top_p, max_tokens,
     # reasoning_effort): only those set, sent under the same names.
     params: dict[str, object] = field(default_factory=dict)
+    # Deltas closer together than this may reach the reader together (relay.UpstreamReader
+    # publishes them in batches this far apart anyway): a provider may wake its reader
+    # once a window instead of for every delta. 0: each as it comes.
+    batch_window: float = 0.0
 
 
 class Completion:

@@ -94,7 +94,8 @@ class OpenAIProvider(Provider):
             if status != 200:
                 raise UpstreamError(await _refusal(exchange, status, key, silence))
             splitter = ThinkTagSplitter() if self.settings.think_tags else None
-            yield Completion(lambda completion: _deltas(exchange, key, completion, splitter, silence))
+            yield Completion(lambda completion: _deltas(exchange, key, completion, splitter, silence,
+                                                        request.batch_window))
         finally:  # unread to its end, the connection is closed rather than pooled
             pool.release(exchange)
 
@@ -116,11 +117,13 @@ def content_part(attachment: Attachment) -> dict[str, object]:
 
 
 async def _deltas(exchange: Exchange, key: str, completion: Completion,
-                  splitter: ThinkTagSplitter | None, silence: float) -> AsyncIterator[str]:
+                  splitter: ThinkTagSplitter | None, silence: float, window: float) -> AsyncIterator[str]:
     """The answer's pieces as the body brings them: the exchange cuts the events as the
-    bytes come (upstream_http.py), and each event's chunk is parsed here. TimeoutError
-    after `silence` seconds without a byte (the exchange's watchdog)."""
+    bytes come (upstream_http.py), and each event's chunk is parsed here, those come within
+    `window` of each other together (Exchange.hold). TimeoutError after `silence` seconds
+    without a byte (the exchange's watchdog)."""
     exchange.watch(silence)
+    exchange.hold(window)
     try:
         while (events := await exchange.events()) is not None:
             for data in events:

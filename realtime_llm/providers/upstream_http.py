@@ -64,6 +64,7 @@ class Exchange(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._silence = 0.0
         self._heard = 0.0
+        self._batch: asyncio.TimerHandle | None = None  # the wake for events held, while they are (hold())
         self._paused = False
         self.begin()
 
@@ -84,6 +85,9 @@ class Exchange(asyncio.Protocol):
         self._events: list[str] = []
         self._held = 0
         self._paused = False
+        self._window = 0.0  # hold()
+        self._taken = float("-inf")  # when the reader last took events
+        self._cancel_batch()
         self.body = bytearray()  # an error's body (status other than 200)
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._sse = SSEParser()
@@ -175,10 +179,10 @@ class Exchange(asyncio.Protocol):
         if events:
             self._events += events
             self._held += sum(map(len, events)) + len(events)  # (an empty one holds a list entry)
-            self._wake()
             if self._held > MAX_HELD and not self._paused and self.transport is not None:
                 self._paused = True  # until the reader takes them (events())
                 self.transport.pause_reading()
+            self._events_came()
         if self._sse.pending() > MAX_EVENT:
             self.error = ConnectionBroken(f"the upstream sent an event of more than {MAX_EVENT // 2**20} MiB")
 
@@ -212,7 +216,7 @@ class Exchange(asyncio.Protocol):
                 return None
             await self._wait()
         events, self._events, self._held = self._events, [], 0
-        self._heard = self._loop.time()
+        self._heard = self._taken = self._loop.time()
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
@@ -248,9 +252,18 @@ class Exchange(asyncio.Protocol):
         else:
             self._watchdog = self._loop.call_at(self._heard + self._silence, self._check_silence)
 
+    def hold(self, window: float) -> None:
+        """From now on, events wake the reader at once only after `window` seconds
+        without a take; others are held until that window ends, and taken together. A
+        model's tokens come a few ms apart, and a wake of the reader's task for each was a
+        task step a token (relay.UpstreamReader batches them for `window` anyway). The
+        body's end, a failure and a pause of reading (too much held) wake it at once."""
+        self._window = window
+
     def done(self) -> None:
         """The response is given up: no more reading, the watchdog stops."""
         self.active = False
+        self._cancel_batch()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -270,9 +283,26 @@ class Exchange(asyncio.Protocol):
         if self.error is not None:
             raise self.error
 
+    def _events_came(self) -> None:
+        """Wake a waiting reader for the events come, at once or when the window since
+        its last take ends (hold())."""
+        if self._waiter is None or self._batch is not None:  # it comes by itself, or is to be woken
+            return
+        due = self._taken + self._window
+        if self._paused or due <= self._loop.time():
+            self._wake()
+        else:
+            self._batch = self._loop.call_at(due, self._wake)
+
     def _wake(self) -> None:
+        self._cancel_batch()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _cancel_batch(self) -> None:
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
 
     def _spoil(self) -> None:
         """Bytes nobody asked for: the response under way, if whole, stands; the connection
