@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -63,5 +66,37 @@ async def test_a_connection_past_its_lifetime_or_beyond_the_idle_bound_is_closed
         fresh = await connections.acquire()
         assert fresh is not connection
         await connections.release(fresh)
+    finally:
+        await connections.close()
+
+
+async def test_work_run_on_the_pool_gives_its_connection_back_rolled_back_after_an_error_or_a_cancel(
+        tmp_path: Path) -> None:
+    """SQLiteConnectionPool.run, the path of every statement outside a `databases`
+    transaction (run_on_sqlite): the one connection comes back after work that failed, or
+    was cancelled, inside a transaction, with that transaction rolled back."""
+    def begin_and_insert(connection: sqlite3.Connection, then: Callable[[], None]) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("INSERT INTO t VALUES (1)")
+        then()
+
+    def fail() -> None:
+        raise ValueError("no")
+
+    def count(connection: sqlite3.Connection, _: None) -> list[Any]:
+        return connection.execute("SELECT count(*) FROM t").fetchall()
+
+    connections = pool(tmp_path)
+    try:
+        await connections.run(lambda connection, _: connection.execute("CREATE TABLE t (x)"), None)
+        with pytest.raises(ValueError):
+            await connections.run(begin_and_insert, fail)
+        running = asyncio.create_task(connections.run(begin_and_insert, lambda: time.sleep(0.5)))
+        await asyncio.sleep(0.2)  # inside the transaction, on the connection's thread
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        async with asyncio.timeout(2):  # one slot: free again
+            assert await connections.run(count, None) == [(0,)]
     finally:
         await connections.close()

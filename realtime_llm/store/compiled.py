@@ -7,9 +7,10 @@ hops on SQLite (execute, fetch, close the cursor) and comes back wrapped in Reco
 3 ms a statement on this machine, and a request that starts an answer makes a dozen of
 them before the first token (bench.relay_overhead). A `Compiled` statement is compiled
 once per dialect to the driver's own SQL, with its parameters by name, and runs on the
-connection `databases` holds for the task (so inside a transaction it takes part in it):
-one `execute_fetchall` on SQLite, one prepared-and-cached statement on asyncpg. Rows are
-the driver's own: tuples in the order of the statement's columns.
+connection `databases` holds for the task (so inside a transaction it takes part in it),
+or on SQLite, when it holds none, straight on the pool's (sqlite_pool.run_on_sqlite): one
+hop to the connection's thread on SQLite, one prepared-and-cached statement on asyncpg.
+Rows are the driver's own: tuples in the order of the statement's columns.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import ClauseElement
 
 from realtime_llm.store.cancelsafe import atomically
-from realtime_llm.store.sqlite_pool import on_connection_thread
+from realtime_llm.store.sqlite_pool import run_on_sqlite
 
 T = TypeVar("T")
 
@@ -58,17 +59,19 @@ class Compiled:
         dialect = database.url.dialect
         sql, names, literals = self.form(dialect)
         args = _arguments(names, literals, params)
+        if dialect == "sqlite":
+            return await run_on_sqlite(database, _fetch_all, (sql, args))
         async with database.connection() as connection:
-            driver = connection.raw_connection
-            if dialect == "postgresql":
-                return list(await driver.fetch(sql, *args))
-            return list(await driver.execute_fetchall(sql, args))
+            return list(await connection.raw_connection.fetch(sql, *args))
 
     async def execute_many(self, database: Database, rows: Sequence[dict[str, Any]]) -> None:
         """The statement once for each row of parameters, in one driver call (bulk writes)."""
         dialect = database.url.dialect
         sql, names, literals = self.form(dialect)
         args = [_arguments(names, literals, row) for row in rows]
+        if dialect == "sqlite":
+            await run_on_sqlite(database, _execute_many, (sql, args))
+            return
         async with database.connection() as connection:
             await connection.raw_connection.executemany(sql, args)
 
@@ -98,13 +101,20 @@ async def transaction(database: Database, script: Callable[[], Script[T]]) -> T:
     and a message's transaction took seven. On PostgreSQL it runs statement by statement."""
     if database.url.dialect == "sqlite":
         async def run() -> T:
-            async with database.connection() as connection:
-                return await on_connection_thread(connection.raw_connection, _in_sqlite, script())
+            return await run_on_sqlite(database, _in_sqlite, script())
     else:
         async def run() -> T:
             async with database.transaction():
                 return await _in_postgres(database, script())
     return await atomically(run)
+
+
+def _fetch_all(connection: sqlite3.Connection, statement: tuple[str, list[Any]]) -> list[Sequence[Any]]:
+    return connection.execute(*statement).fetchall()
+
+
+def _execute_many(connection: sqlite3.Connection, statement: tuple[str, list[list[Any]]]) -> None:
+    connection.executemany(*statement).close()
 
 
 def _in_sqlite(connection: sqlite3.Connection, steps: Script[T]) -> T:
