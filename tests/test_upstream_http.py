@@ -286,14 +286,16 @@ async def test_a_body_ended_by_closing_the_connection_is_read_whole_and_the_conn
 
 @pytest.mark.parametrize("window", [0.0, 0.3])
 async def test_with_a_batch_window_events_close_together_reach_the_reader_together(window: float) -> None:
-    """Exchange.hold: with a window, an event after a quiet spell comes at once, one that
-    follows a take within the window waits for the window's end (with those after it),
-    and the body's end is not held. Without one, each comes as it arrives. The upstream
-    sends a at 0 s, b at 0.1 s, c at 1 s, d at 1.1 s and the end at 1.2 s."""
-    def event(text: str) -> bytes:
-        return b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % text.encode()
+    """Exchange.hold: with a window, the first piece comes at once (after a chunk with
+    none, as a role's is), an event after a quiet spell too, one that follows a take within
+    the window waits for the window's end (with those after it), and the body's end is not
+    held. Without one, each comes as it arrives. The upstream sends the role's chunk at
+    0 s, a at 0.1 s, b at 0.2 s, c at 1.1 s, d at 1.2 s and the end at 1.3 s."""
+    def event(delta: str) -> bytes:
+        return b'data: {"choices":[{"delta":%s}]}\n\n' % delta.encode()
     end = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
-    parts = [(0.0, event("a")), (0.1, event("b")), (1.0, event("c")), (1.1, event("d")), (1.2, end)]
+    parts = [(0.0, event('{"role":"assistant"}')), (0.1, event('{"content":"a"}')), (0.2, event('{"content":"b"}')),
+             (1.1, event('{"content":"c"}')), (1.2, event('{"content":"d"}')), (1.3, end)]
     body_length = sum(len(part) for _, part in parts)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -316,16 +318,18 @@ async def test_with_a_batch_window_events_close_together_reach_the_reader_togeth
     try:
         request = ChatRequest("m", (ChatMessage("user", "hello"),), batch_window=window)
         async with asyncio.timeout(10), provider.stream(request) as completion:
+            entered = time.monotonic()  # the head came, the role's chunk with it or just after
             async for piece in completion:
                 arrived[piece] = time.monotonic()
             ended = time.monotonic()
     finally:
         await provider.close()
         server.close()
+    assert 0.05 <= arrived["a"] - entered < 0.2  # at once, window or not
     since = {piece: at - arrived["a"] for piece, at in arrived.items()}
     assert list(since) == ["a", "b", "c", "d"]
     if window:
-        assert 0.25 <= since["b"] < 0.6  # held to the window's end, 0.3 s after a was taken
+        assert 0.25 <= since["b"] < 0.5  # held to the window's end, 0.3 s after a was taken
         assert 0.95 <= since["c"] < 1.1  # a quiet spell before it: at once
         assert 1.15 <= since["d"] < 1.25 and ended - arrived["a"] < 1.3  # the body's end, at once, not at 1.3 s
     else:

@@ -119,11 +119,11 @@ def content_part(attachment: Attachment) -> dict[str, object]:
 async def _deltas(exchange: Exchange, key: str, completion: Completion,
                   splitter: ThinkTagSplitter | None, silence: float, window: float) -> AsyncIterator[str]:
     """The answer's pieces as the body brings them: the exchange cuts the events as the
-    bytes come (upstream_http.py), and each event's chunk is parsed here, those come within
-    `window` of each other together (Exchange.hold). TimeoutError after `silence` seconds
-    without a byte (the exchange's watchdog)."""
+    bytes come (upstream_http.py), and each event's chunk is parsed here; after the first
+    piece, those come within `window` of each other together (Exchange.hold). TimeoutError
+    after `silence` seconds without a byte (the exchange's watchdog)."""
     exchange.watch(silence)
-    exchange.hold(window)
+    holding = False  # until the first piece, each event comes at once (a role's chunk has none)
     try:
         while (events := await exchange.events()) is not None:
             for data in events:
@@ -133,8 +133,12 @@ async def _deltas(exchange: Exchange, key: str, completion: Completion,
                             yield piece
                     await _drain(exchange)
                     return
-                for piece in _chunk_pieces(_parse_chunk(data, key), completion, splitter):
+                pieces = _chunk_pieces(_parse_chunk(data, key), completion, splitter)
+                for piece in pieces:
                     yield piece
+                if pieces and not holding:
+                    exchange.hold(window)
+                    holding = True
     except (UpstreamHTTPError, TimeoutError) as exc:
         raise UpstreamError(_network_message(exc, "upstream")) from None
     if completion.finish_reason is None:
