@@ -73,14 +73,16 @@ async def test_a_connection_past_its_lifetime_or_beyond_the_idle_bound_is_closed
 async def test_work_run_on_the_pool_gives_its_connection_back_rolled_back_after_an_error_or_a_cancel(
         tmp_path: Path) -> None:
     """SQLiteConnectionPool.run, the path of every statement outside a `databases`
-    transaction (run_on_sqlite): the one connection comes back after work that failed, or
-    was cancelled, inside a transaction, with that transaction rolled back."""
-    def begin_and_insert(connection: sqlite3.Connection, then: Callable[[], None]) -> None:
+    transaction (run_on_sqlite): the one connection comes back after work that failed
+    inside a transaction, or was cancelled before it began one (it goes on on the
+    connection's thread), with that transaction rolled back."""
+    def insert(connection: sqlite3.Connection, before: Callable[[], None]) -> None:
+        before()
         connection.execute("BEGIN IMMEDIATE")
         connection.execute("INSERT INTO t VALUES (1)")
-        then()
 
-    def fail() -> None:
+    def fail(connection: sqlite3.Connection, _: None) -> None:
+        insert(connection, lambda: None)
         raise ValueError("no")
 
     def count(connection: sqlite3.Connection, _: None) -> list[Any]:
@@ -90,9 +92,9 @@ async def test_work_run_on_the_pool_gives_its_connection_back_rolled_back_after_
     try:
         await connections.run(lambda connection, _: connection.execute("CREATE TABLE t (x)"), None)
         with pytest.raises(ValueError):
-            await connections.run(begin_and_insert, fail)
-        running = asyncio.create_task(connections.run(begin_and_insert, lambda: time.sleep(0.5)))
-        await asyncio.sleep(0.2)  # inside the transaction, on the connection's thread
+            await connections.run(fail, None)
+        running = asyncio.create_task(connections.run(insert, lambda: time.sleep(0.4)))
+        await asyncio.sleep(0.2)  # the work is under way on the connection's thread, not yet in its transaction
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running

@@ -284,30 +284,28 @@ async def test_a_body_ended_by_closing_the_connection_is_read_whole_and_the_conn
     assert upstream.connections == 2
 
 
-@pytest.mark.parametrize("window", [0.0, 0.3])
-async def test_with_a_batch_window_events_close_together_reach_the_reader_together(window: float) -> None:
-    """Exchange.hold: with a window, the first piece comes at once (after a chunk with
-    none, as a role's is), an event after a quiet spell too, one that follows a take within
-    the window waits for the window's end (with those after it), and the body's end is not
-    held. Without one, each comes as it arrives. The upstream sends the role's chunk at
-    0 s, a at 0.1 s, b at 0.2 s, c at 1.1 s, d at 1.2 s and the end at 1.3 s."""
-    def event(delta: str) -> bytes:
-        return b'data: {"choices":[{"delta":%s}]}\n\n' % delta.encode()
-    end = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
-    parts = [(0.0, event('{"role":"assistant"}')), (0.1, event('{"content":"a"}')), (0.2, event('{"content":"b"}')),
-             (1.1, event('{"content":"c"}')), (1.2, event('{"content":"d"}')), (1.3, end)]
+def sse_event(delta: str) -> bytes:
+    return b'data: {"choices":[{"delta":%s}]}\n\n' % delta.encode()
+
+
+async def timed_answer(parts: list[tuple[float, bytes]], window: float) -> tuple[dict[str, float], dict[bytes, float]]:
+    """An upstream that sends each part at its time (s after the head), read with a batch
+    window: when each piece arrived and when each part was sent, on the same clock."""
+    sent: dict[bytes, float] = {}
     body_length = sum(len(part) for _, part in parts)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body_length)
-        began = time.monotonic()
-        for at, part in parts:
-            await asyncio.sleep(began + at - time.monotonic())
-            writer.write(part)
-            await writer.drain()
-        await asyncio.sleep(1)
-        writer.close()
+        try:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body_length)
+            began = time.monotonic()
+            for at, part in parts:
+                await asyncio.sleep(began + at - time.monotonic())
+                sent[part] = time.monotonic()
+                writer.write(part)
+                await writer.drain()
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -318,19 +316,41 @@ async def test_with_a_batch_window_events_close_together_reach_the_reader_togeth
     try:
         request = ChatRequest("m", (ChatMessage("user", "hello"),), batch_window=window)
         async with asyncio.timeout(10), provider.stream(request) as completion:
-            entered = time.monotonic()  # the head came, the role's chunk with it or just after
             async for piece in completion:
                 arrived[piece] = time.monotonic()
-            ended = time.monotonic()
     finally:
         await provider.close()
         server.close()
-    assert 0.05 <= arrived["a"] - entered < 0.2  # at once, window or not
-    since = {piece: at - arrived["a"] for piece, at in arrived.items()}
-    assert list(since) == ["a", "b", "c", "d"]
+        await server.wait_closed()
+    return arrived, sent
+
+
+@pytest.mark.parametrize("window", [0.0, 0.5])
+async def test_with_a_batch_window_events_close_together_reach_the_reader_together(window: float) -> None:
+    """Exchange.hold: with a window, the first piece comes at once (after a chunk with
+    none, as a role's is), and one after a quiet spell; one that follows pieces taken
+    within the window waits for the window's end; the body's end is not held. Without a
+    window, each comes as it arrives. (Latencies: a piece's arrival less its part's send,
+    on one clock; at once is a few ms, held is about 0.4 s here.)"""
+    role, a, b, c, d = (sse_event(delta) for delta in (
+        '{"role":"assistant"}', '{"content":"a"}', '{"content":"b"}', '{"content":"c"}', '{"content":"d"}'))
+    end = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    arrived, sent = await timed_answer([(0.0, role), (0.1, a), (0.2, b), (2.0, c), (2.05, d), (2.1, end)], window)
+    assert list(arrived) == ["a", "b", "c", "d"]
+    assert arrived["a"] - sent[a] < 0.25 and arrived["c"] - sent[c] < 0.25  # at once
     if window:
-        assert 0.25 <= since["b"] < 0.5  # held to the window's end, 0.3 s after a was taken
-        assert 0.95 <= since["c"] < 1.1  # a quiet spell before it: at once
-        assert 1.15 <= since["d"] < 1.25 and ended - arrived["a"] < 1.3  # the body's end, at once, not at 1.3 s
+        assert arrived["b"] - sent[b] >= 0.3  # held to 0.5 s after a was taken
+        assert arrived["d"] - sent[end] < 0.25  # held, but the body's end took it at once (not at 2.5 s)
     else:
-        assert 0.05 <= since["b"] < 0.2 and 0.95 <= since["c"] < 1.05 and 1.05 <= since["d"] < 1.15
+        assert arrived["b"] - sent[b] < 0.25 and arrived["d"] - sent[d] < 0.25
+
+
+async def test_a_burst_past_the_reading_bound_is_not_held_by_the_batch_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading pauses once more than MAX_HELD waits for the reader: the window does not
+    hold the reader then, even with its timer already set."""
+    monkeypatch.setattr(upstream_http, "MAX_HELD", 2_000)
+    first, held = sse_event('{"content":"a"}'), sse_event('{"content":"b"}')
+    burst = sse_event('{"content":"%s"}' % ("x" * 3_000))
+    end = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    arrived, sent = await timed_answer([(0.0, first), (0.1, held), (0.2, burst), (2.0, end)], 1.0)
+    assert arrived["b"] - sent[burst] < 0.25 and arrived["x" * 3_000] - sent[burst] < 0.25  # not at 1 s

@@ -119,13 +119,13 @@ def content_part(attachment: Attachment) -> dict[str, object]:
 async def _deltas(exchange: Exchange, key: str, completion: Completion,
                   splitter: ThinkTagSplitter | None, silence: float, window: float) -> AsyncIterator[str]:
     """The answer's pieces as the body brings them: the exchange cuts the events as the
-    bytes come (upstream_http.py), and each event's chunk is parsed here; after the first
-    piece, those come within `window` of each other together (Exchange.hold). TimeoutError
-    after `silence` seconds without a byte (the exchange's watchdog)."""
+    bytes come (upstream_http.py), and each event's chunk is parsed here; those that come
+    within `window` of pieces taken are taken together (Exchange.hold). TimeoutError after
+    `silence` seconds without a byte (the exchange's watchdog)."""
     exchange.watch(silence)
-    holding = False  # until the first piece, each event comes at once (a role's chunk has none)
     try:
         while (events := await exchange.events()) is not None:
+            taken = False
             for data in events:
                 if data.strip() == "[DONE]":
                     if splitter is not None and completion.finish_reason is None:  # no finish_reason came
@@ -133,12 +133,11 @@ async def _deltas(exchange: Exchange, key: str, completion: Completion,
                             yield piece
                     await _drain(exchange)
                     return
-                pieces = _chunk_pieces(_parse_chunk(data, key), completion, splitter)
-                for piece in pieces:
+                for piece in _chunk_pieces(_parse_chunk(data, key), completion, splitter):
+                    taken = True
                     yield piece
-                if pieces and not holding:
-                    exchange.hold(window)
-                    holding = True
+            if taken:  # (not after chunks without any: a role's, a usage's, a tag held back)
+                exchange.hold(window)
     except (UpstreamHTTPError, TimeoutError) as exc:
         raise UpstreamError(_network_message(exc, "upstream")) from None
     if completion.finish_reason is None:

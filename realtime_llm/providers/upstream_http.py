@@ -85,8 +85,7 @@ class Exchange(asyncio.Protocol):
         self._events: list[str] = []
         self._held = 0
         self._paused = False
-        self._window = 0.0  # hold()
-        self._taken = float("-inf")  # when the reader last took events
+        self._hold_until = float("-inf")  # hold()
         self._cancel_batch()
         self.body = bytearray()  # an error's body (status other than 200)
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -209,14 +208,15 @@ class Exchange(asyncio.Protocol):
         return self.status
 
     async def events(self) -> list[str] | None:
-        """The `data` of the events come since the last call, waiting for one; None at the
-        body's end. Then raises ConnectionBroken, or TimeoutError after `watch`'s silence."""
+        """The `data` of the events come since the last call, waiting for one (and, within
+        a hold(), for its end); None at the body's end. Then raises ConnectionBroken, or
+        TimeoutError after `watch`'s silence."""
         while not self._events:
             if self.complete:
                 return None
             await self._wait()
         events, self._events, self._held = self._events, [], 0
-        self._heard = self._taken = self._loop.time()
+        self._heard = self._loop.time()
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
@@ -253,12 +253,14 @@ class Exchange(asyncio.Protocol):
             self._watchdog = self._loop.call_at(self._heard + self._silence, self._check_silence)
 
     def hold(self, window: float) -> None:
-        """From now on, events wake the reader at once only after `window` seconds
-        without a take; others are held until that window ends, and taken together. A
-        model's tokens come a few ms apart, and a wake of the reader's task for each was a
-        task step a token (relay.UpstreamReader batches them for `window` anyway). The
-        body's end, a failure and a pause of reading (too much held) wake it at once."""
-        self._window = window
+        """Events that come within `window` seconds from now wake the reader when that
+        window ends, together, not each at once; the reader calls it once it has taken
+        pieces of the answer (openai._deltas), so the first piece, and one after a quiet
+        spell, still come at once. A model's tokens come a few ms apart, and a wake of the
+        reader's task for each was a task step a token (relay.UpstreamReader batches them
+        for the same window anyway). The body's end, a failure and a pause of reading (too
+        much held) wake it at once."""
+        self._hold_until = self._loop.time() + window
 
     def done(self) -> None:
         """The response is given up: no more reading, the watchdog stops."""
@@ -284,15 +286,13 @@ class Exchange(asyncio.Protocol):
             raise self.error
 
     def _events_came(self) -> None:
-        """Wake a waiting reader for the events come, at once or when the window since
-        its last take ends (hold())."""
-        if self._waiter is None or self._batch is not None:  # it comes by itself, or is to be woken
+        """Wake a waiting reader for the events come, at once or when the hold() ends."""
+        if self._waiter is None or self._waiter.done():  # it comes by itself
             return
-        due = self._taken + self._window
-        if self._paused or due <= self._loop.time():
+        if self._paused or self._hold_until <= self._loop.time():
             self._wake()
-        else:
-            self._batch = self._loop.call_at(due, self._wake)
+        elif self._batch is None:
+            self._batch = self._loop.call_at(self._hold_until, self._wake)
 
     def _wake(self) -> None:
         self._cancel_batch()

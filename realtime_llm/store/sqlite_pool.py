@@ -18,7 +18,7 @@ from databases import Database
 from databases.backends.sqlite import SQLiteBackend, SQLiteConnection, SQLiteTransaction
 from databases.core import DatabaseURL
 
-from realtime_llm.store.cancelsafe import ReleaseSurvivesCancel
+from realtime_llm.store.cancelsafe import ReleaseSurvivesCancel, atomically
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -36,6 +36,11 @@ def on_connection_thread(connection: aiosqlite.Connection, work: typing.Callable
     aiosqlite has no public call for this; `_execute` is the one each of its own methods
     goes through (0.22), and every test that saves a message runs this."""
     return connection._execute(work, connection._conn, argument)  # type: ignore[no-untyped-call]
+
+
+def _roll_back(connection: sqlite3.Connection, _: None) -> None:
+    if connection.in_transaction:
+        connection.rollback()
 
 
 class SQLiteConnectionPool:
@@ -77,14 +82,14 @@ class SQLiteConnectionPool:
         connection = await self.acquire()
         try:
             return await on_connection_thread(connection, work, argument)
+        except asyncio.CancelledError:
+            # The work may still be under way on the connection's thread: a rollback of
+            # what it leaves open is queued behind it, so the next user gets a clean one.
+            await atomically(lambda: on_connection_thread(connection, _roll_back, None))
+            raise
         finally:
             if not self.release_nowait(connection):
-                releasing = asyncio.ensure_future(self.release(connection))
-                try:
-                    await asyncio.shield(releasing)
-                except asyncio.CancelledError:
-                    await asyncio.wait({releasing})
-                    raise
+                await atomically(lambda: self.release(connection))
 
     def release_nowait(self, connection: aiosqlite.Connection) -> bool:
         """Give a connection back without waiting, if nothing needs to be awaited (it is
@@ -176,10 +181,10 @@ class PooledSQLiteConnection(ReleaseSurvivesCancel, SQLiteConnection):
     async def release(self) -> None:
         """Back to the pool at once when that needs no wait (the usual case), so no
         cancellation can land in it; else in a task a cancellation does not cut short
-        (ReleaseSurvivesCancel). Every statement releases its connection, and that task
-        and its loop turns were most of what `databases` adds to a statement: `SELECT 1`
-        through it took 75-83 µs of CPU before, 54 after, and 39-45 on aiosqlite alone
-        (a throwaway timeit under uvloop)."""
+        (ReleaseSurvivesCancel). That task and its loop turns were most of what `databases`
+        added to a statement: `SELECT 1` through it took 75-83 µs of CPU before, 54 after,
+        and 39-45 on aiosqlite alone (a throwaway timeit under uvloop). (Statements outside
+        a `databases` transaction no longer come this way: run_on_sqlite.)"""
         if self._connection is not None and self._pool.release_nowait(self._connection):  # type: ignore[attr-defined]
             self._connection = None
             return
@@ -196,7 +201,8 @@ async def run_on_sqlite(database: Database, work: typing.Callable[[sqlite3.Conne
     `SELECT 1` took 44 µs of its CPU through it, 27 straight (a throwaway timeit under
     uvloop), and a turn makes three."""
     backend, task = database._backend, asyncio.current_task()
-    if isinstance(backend, PooledSQLiteBackend) and task is not None and database._connection_map.get(task) is None:
+    if (isinstance(backend, PooledSQLiteBackend) and task is not None and database._global_connection is None
+            and database._connection_map.get(task) is None):
         return await backend.pool.run(work, argument)
     async with database.connection() as connection:
         return await on_connection_thread(connection.raw_connection, work, argument)
