@@ -2,10 +2,13 @@
 live events) and the generation locks (its stop requests).
 
 A channel is subscribed once per process, and only while someone here needs it; each
-has one handler. When the connection fails, `on_lost` callbacks run (the event log ends
-its streams, which resume elsewhere or after a reconnect), the connection is made anew,
-and the channels marked `keep` (the stop channels of generations running here) are
-subscribed again.
+has one handler. A channel left with `linger` stays subscribed a while (LINGER_SECONDS),
+so that a client that asks again at once (an agent's loop of turns through SSE, each turn
+a new stream) costs no SUBSCRIBE and UNSUBSCRIBE, and their replies, each turn.
+
+When the connection fails, `on_lost` callbacks run (the event log ends its streams, which
+resume elsewhere or after a reconnect), the connection is made anew, and the channels
+marked `keep` (the stop channels of generations running here) are subscribed again.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from realtime_llm.tasks import stop_task
 logger = logging.getLogger("realtime_llm.broker.redis")
 
 CONFIRM_TIMEOUT = 5.0
+LINGER_SECONDS = 10.0
+LINGER_CHANNELS = 1000  # lingering at once at most: past it, the one left longest ago goes
 
 # Told which channels may have missed messages (None: every channel of the process).
 LostCallback = Callable[[frozenset[bytes] | None], None]
@@ -43,7 +48,7 @@ class PubSub(Protocol):
 
     async def subscribe(self, channel: bytes, handler: Callable[[bytes], None], *, keep: bool = False) -> None: ...
 
-    async def unsubscribe(self, channel: bytes) -> None: ...
+    async def unsubscribe(self, channel: bytes, *, linger: bool = False) -> None: ...
 
     async def publish(self, channel: str, data: bytes) -> int: ...
 
@@ -60,11 +65,14 @@ async def redis_call(awaitable: Any) -> Any:
 class RedisPubSub:
     publish_command = "PUBLISH"
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, linger: float = LINGER_SECONDS) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.linger = linger
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._lingering: dict[bytes, float] = {}  # channels left, with no handler: when each goes
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
         self._keep: set[bytes] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
@@ -82,8 +90,10 @@ class RedisPubSub:
         await redis_call(self.redis.ping())  # fail start-up clearly when Redis is absent
         await redis_call(self._connect())
         self._listener = asyncio.create_task(self._listen(), name="redis-pubsub-listener")
+        self._reaper = asyncio.create_task(self._reap(), name="redis-pubsub-lingering")
 
     async def close(self) -> None:
+        await stop_task(self._reaper)
         await stop_task(self._listener)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
@@ -91,7 +101,11 @@ class RedisPubSub:
 
     async def subscribe(self, channel: bytes, handler: Callable[[bytes], None], *, keep: bool = False) -> None:
         """Deliver the channel's messages to `handler` from the moment this returns (Redis
-        has confirmed the subscription). With `keep`, it survives a reconnect."""
+        has confirmed the subscription). With `keep`, it survives a reconnect. A channel
+        taken up from its linger may also hand on a message sent just before, still on its
+        way (as one that others here subscribe to already may): the event log drops
+        repeats by id."""
+        self._lingering.pop(channel, None)
         self._handlers[channel] = handler
         if keep:
             self._keep.add(channel)
@@ -116,13 +130,37 @@ class RedisPubSub:
         except TimeoutError:
             raise BrokerUnavailable() from None
 
-    async def unsubscribe(self, channel: bytes) -> None:
+    async def unsubscribe(self, channel: bytes, *, linger: bool = False) -> None:
+        """No more messages for the channel's handler. With `linger`, Redis is told only
+        once the channel has gone unasked for `self.linger` seconds; its messages meanwhile
+        are dropped. (Not for a channel whose subscribers are counted: a stop channel's.)"""
         self._handlers.pop(channel, None)
         self._keep.discard(channel)
+        confirmed = self._confirmations.get(channel)
+        if linger and confirmed is not None and confirmed.done() and confirmed.exception() is None:
+            self._lingering.pop(channel, None)  # (to the end of the order)
+            self._lingering[channel] = asyncio.get_running_loop().time() + self.linger
+            if len(self._lingering) <= LINGER_CHANNELS:
+                return
+            channel = next(iter(self._lingering))
+        await self._unsubscribe_now(channel)
+
+    async def _unsubscribe_now(self, channel: bytes) -> None:
+        self._lingering.pop(channel, None)
         self._confirmations.pop(channel, None)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.unsubscribe(channel)
+
+    async def _reap(self) -> None:
+        """Unsubscribe the channels whose linger is over."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.linger / 4)
+            now = loop.time()
+            for channel in [c for c, until in self._lingering.items() if until <= now]:
+                if self._lingering.get(channel, now + 1) <= now:  # not asked for again meanwhile
+                    await self._unsubscribe_now(channel)
 
     async def _connect(self) -> None:
         pubsub = self.redis.pubsub()
@@ -157,6 +195,7 @@ class RedisPubSub:
                         future.set_exception(BrokerUnavailable())
                         future.exception()  # retrieved here, so an unawaited one is not reported
                 self._confirmations.clear()
+                self._lingering.clear()  # gone with the connection
                 old, self._pubsub = self._pubsub, None
                 if old is not None:
                     with contextlib.suppress(Exception):

@@ -219,7 +219,7 @@ class RedisBroker(Broker):
             yield subscription
         finally:
             if self._remove_local(subscription):
-                await self.pubsub.unsubscribe(self.key(conversation_id, "live").encode())
+                await self.pubsub.unsubscribe(self.key(conversation_id, "live").encode(), linger=True)
 
     async def _counter(self, conversation_id: int) -> int | None:
         counter = await self._call(self.redis.get(self.key(conversation_id, "seq")))

@@ -143,7 +143,8 @@ class ShardedPubSub:
                     confirmed.exception()
             raise BrokerUnavailable() from None
 
-    async def unsubscribe(self, channel: bytes) -> None:
+    async def unsubscribe(self, channel: bytes, *, linger: bool = False) -> None:
+        """(`linger` is not done on a cluster: a channel goes at once.)"""
         self._handlers.pop(channel, None)
         self._keep.discard(channel)
         for link in list(self._links.values()):
