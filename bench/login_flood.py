@@ -9,10 +9,12 @@ the p99 with the flood minus the p99 without it, medians of the repeats. The ser
 event loop must never wait on bcrypt.
 
 The logins come from a process of their own, started and ready before the streams begin,
-as a flood would come from other machines. Sent from the process that times the streams
-(as until 2026-12-06), they stalled that process's own event loop and its receipt times
-with it. In one run of 5 rounds, each a flood from here and one from a process of its own:
-added p99 10.4 ms against 1.6 ms (medians); the timing loop's longest stall 46 against 25 ms.
+as a flood would come from other machines (though here it shares the two cores). Sent
+from the process that times the streams (as until 2026-12-06), they stalled that process's
+own event loop and its receipt times with it. In one run of 5 rounds, each a flood from
+here and one from a process of its own (a throwaway script, which started that process
+when the flood began): added p99 10.4 ms against 1.6 ms (medians); the timing loop's
+longest stall 46 against 25 ms.
 """
 from __future__ import annotations
 
@@ -44,27 +46,35 @@ async def flood(http: httpx.AsyncClient, names: list[str]) -> list[float]:
 
 async def flood_on_request(url: str, names: list[str]) -> None:
     """The flooding process: a fresh client made ready, then a flood for each `go` line on
-    stdin, each login's seconds printed back on one line."""
-    loop = asyncio.get_running_loop()
+    stdin (read blocking: nothing else runs here meanwhile), each login's seconds printed
+    back on one line."""
     while True:
         async with httpx.AsyncClient(base_url=url, timeout=120,
                                      limits=httpx.Limits(max_connections=len(names))) as http:
             print("ready", flush=True)
-            if (await loop.run_in_executor(None, sys.stdin.readline)).strip() != "go":
+            if sys.stdin.readline().strip() != "go":
                 return
             print(" ".join(f"{s:.6f}" for s in await flood(http, names)), flush=True)
 
 
 class FloodProcess:
+    """The logins' own process (see the module's docstring for why), driven over its stdin
+    and stdout: `run` is one flood."""
+
     def __init__(self, url: str, names: list[str]) -> None:
+        self.names = names
         self.process = subprocess.Popen([sys.executable, "-m", "bench.login_flood", "--flood-from", url, *names],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._expect_ready()
+        try:
+            self._expect_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def _expect_ready(self) -> None:
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "ready":
-            raise RuntimeError("the flooding process did not start")
+            raise RuntimeError("the flooding process ended (its stderr says why)")
 
     def run(self) -> list[float]:
         """One flood (blocking): each login's seconds."""
@@ -72,6 +82,8 @@ class FloodProcess:
         self.process.stdin.write("go\n")
         self.process.stdin.flush()
         seconds = [float(s) for s in self.process.stdout.readline().split()]
+        if len(seconds) != len(self.names):
+            raise RuntimeError("the flooding process ended (its stderr says why)")
         self._expect_ready()
         return seconds
 

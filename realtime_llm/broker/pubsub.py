@@ -140,9 +140,9 @@ class RedisPubSub:
         if linger and confirmed is not None and confirmed.done() and confirmed.exception() is None:
             self._lingering.pop(channel, None)  # (to the end of the order)
             self._lingering[channel] = asyncio.get_running_loop().time() + self.linger
-            if len(self._lingering) <= LINGER_CHANNELS:
-                return
-            channel = next(iter(self._lingering))
+            if len(self._lingering) > LINGER_CHANNELS:
+                await self._unsubscribe_now(next(iter(self._lingering)))
+            return
         await self._unsubscribe_now(channel)
 
     async def _unsubscribe_now(self, channel: bytes) -> None:
@@ -153,14 +153,16 @@ class RedisPubSub:
                 await self._pubsub.unsubscribe(channel)
 
     async def _reap(self) -> None:
-        """Unsubscribe the channels whose linger is over."""
+        """Unsubscribe the channels whose linger is over: the first in `_lingering` (all
+        linger as long, and one left again goes to the end), as many as are due."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.linger / 4)
-            now = loop.time()
-            for channel in [c for c, until in self._lingering.items() if until <= now]:
-                if self._lingering.get(channel, now + 1) <= now:  # not asked for again meanwhile
-                    await self._unsubscribe_now(channel)
+            while self._lingering:
+                channel, until = next(iter(self._lingering.items()))
+                if until > loop.time():
+                    break
+                await self._unsubscribe_now(channel)  # (out of `_lingering` before its await)
 
     async def _connect(self) -> None:
         pubsub = self.redis.pubsub()
