@@ -12,7 +12,7 @@ from typing import AsyncIterator, Callable
 import pytest
 
 from realtime_llm.broker import Broker, GenerationLocks, SubscriberOverflow, open_broker
-from realtime_llm.broker.base import ConversationGone
+from realtime_llm.broker.base import BrokerUnavailable, ConversationGone
 from realtime_llm.broker.eventids import Gathered
 from realtime_llm.broker.memory import MemoryBroker
 from realtime_llm.broker.redis import RedisBroker
@@ -535,3 +535,32 @@ async def test_the_idle_sweep_keeps_the_buffer_of_a_running_generation() -> None
         assert await broker.replay(CID + 1, 0) == []
     finally:
         await broker.close()
+
+
+async def test_a_pubsub_connection_killed_mid_stream_never_leaves_a_silent_gap() -> None:
+    """Redis drops the process's pub/sub connection (CLIENT KILL, a proxy's timeout, a
+    failover) and an event is published before it is back: the subscription either gets
+    every event or ends (BrokerUnavailable: the client resumes from the replay buffer),
+    never goes on past a gap."""
+    settings = broker_settings("redis")
+    async with contextlib.AsyncExitStack() as stack:
+        client = redis_client(settings.redis)
+        stack.push_async_callback(client.aclose)
+        broker, _ = await open_broker(settings, client, stack)
+        for _ in range(5):
+            async with broker.subscribe(CID) as subscription:
+                first = await broker.publish(CID, "message", "before")
+                assert (await subscription.get(timeout=2)).id == first.id
+                await client.client_kill_filter(_type="pubsub", skipme=True)
+                sent = [await broker.publish(CID, "message", f"after {i}") for i in range(3)]
+                await asyncio.sleep(0.3)  # reconnected by now
+                sent.append(await broker.publish(CID, "message", "later"))
+                got = []
+                try:
+                    while len(got) < len(sent):
+                        event = await subscription.get(timeout=2)
+                        assert event is not None, f"got {[e.id for e in got]} of {[e.id for e in sent]}"
+                        got.append(event)
+                except BrokerUnavailable:
+                    pass
+                assert [e.id for e in got] == [e.id for e in sent][:len(got)]

@@ -19,6 +19,7 @@ import os
 from typing import Any, Callable, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from realtime_llm.broker.base import BrokerUnavailable
 from realtime_llm.redisclient import REDIS_FAILURES
@@ -96,8 +97,7 @@ class RedisPubSub:
         await stop_task(self._reaper)
         await stop_task(self._listener)
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+            await self._let_go(self._pubsub)
 
     async def subscribe(self, channel: bytes, handler: Callable[[bytes], None], *, keep: bool = False) -> None:
         """Deliver the channel's messages to `handler` from the moment this returns (Redis
@@ -168,6 +168,8 @@ class RedisPubSub:
         pubsub = self.redis.pubsub()
         # Always subscribed to something, so the connection can be read from the start.
         await pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}")
+        assert pubsub.connection is not None  # (made by that subscribe)
+        pubsub.connection.register_connect_callback(self._reconnected)
         for channel in list(self._keep):
             self._confirmations[channel] = asyncio.get_running_loop().create_future()
             await pubsub.subscribe(channel)
@@ -200,10 +202,25 @@ class RedisPubSub:
                 self._lingering.clear()  # gone with the connection
                 old, self._pubsub = self._pubsub, None
                 if old is not None:
-                    with contextlib.suppress(Exception):
-                        await old.aclose()
+                    await self._let_go(old)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
+
+    def _reconnected(self, connection: Any) -> None:
+        """Called when redis-py has made the connection anew by itself: a read failed, and
+        its retry (the client's pool retries once) reconnected and subscribed every channel
+        again, and went on reading. Whatever was published in between is lost without a
+        word, and a stream would go on past a gap. Raised into `_listen`, it is the loss it
+        is: the owners are told, and the connection is made anew."""
+        raise RedisConnectionError("redis-py reconnected the pub/sub connection")
+
+    async def _let_go(self, pubsub: Any) -> None:
+        """Close a pub/sub connection. It goes back to the client's pool without our
+        callback, which would otherwise fail another command's reconnect."""
+        if pubsub.connection is not None:
+            pubsub.connection.deregister_connect_callback(self._reconnected)
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message["channel"]
