@@ -10,6 +10,7 @@ import weakref
 from typing import AsyncIterator, Callable
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from realtime_llm.broker import Broker, GenerationLocks, SubscriberOverflow, open_broker
 from realtime_llm.broker.base import BrokerUnavailable, ConversationGone
@@ -537,12 +538,15 @@ async def test_the_idle_sweep_keeps_the_buffer_of_a_running_generation() -> None
         await broker.close()
 
 
-async def test_a_pubsub_connection_killed_mid_stream_never_leaves_a_silent_gap() -> None:
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+async def test_a_pubsub_connection_killed_mid_stream_never_leaves_a_silent_gap(
+        kind: str, request: pytest.FixtureRequest) -> None:
     """Redis drops the process's pub/sub connection (CLIENT KILL, a proxy's timeout, a
     failover) and an event is published before it is back: the subscription either gets
     every event or ends (BrokerUnavailable: the client resumes from the replay buffer),
     never goes on past a gap."""
-    settings = broker_settings("redis")
+    cluster = request.getfixturevalue("redis_cluster") if kind == "cluster" else None
+    settings = broker_settings(kind, cluster)
     async with contextlib.AsyncExitStack() as stack:
         client = redis_client(settings.redis)
         stack.push_async_callback(client.aclose)
@@ -551,7 +555,12 @@ async def test_a_pubsub_connection_killed_mid_stream_never_leaves_a_silent_gap()
             async with broker.subscribe(CID) as subscription:
                 first = await broker.publish(CID, "message", "before")
                 assert (await subscription.get(timeout=2)).id == first.id
-                await client.client_kill_filter(_type="pubsub", skipme=True)
+                if isinstance(client, RedisCluster):  # (the conversation's shard's connection)
+                    killed = sum((await client.client_kill_filter(
+                        _type="pubsub", skipme=True, target_nodes=RedisCluster.ALL_NODES)).values())
+                else:
+                    killed = await client.client_kill_filter(_type="pubsub", skipme=True)
+                assert killed == 1
                 sent = [await broker.publish(CID, "message", f"after {i}") for i in range(3)]
                 await asyncio.sleep(0.3)  # reconnected by now
                 sent.append(await broker.publish(CID, "message", "later"))
