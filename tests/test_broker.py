@@ -20,7 +20,7 @@ from realtime_llm.broker.redis import RedisBroker
 from realtime_llm.config import Settings
 from realtime_llm.events import Event
 from realtime_llm.redisclient import redis_client
-from tests.backends import redis_url
+from tests.backends import PrivateRedis, redis_url
 from tests.rediscluster import RedisClusterNodes
 
 pytestmark = pytest.mark.anyio
@@ -548,6 +548,10 @@ async def test_a_pubsub_connection_killed_mid_stream_never_leaves_a_silent_gap(
     cluster = request.getfixturevalue("redis_cluster") if kind == "cluster" else None
     settings = broker_settings(kind, cluster)
     async with contextlib.AsyncExitStack() as stack:
+        if kind == "redis":  # its own: every pub/sub connection on it is killed
+            private = PrivateRedis()
+            stack.callback(private.stop)
+            settings = settings.replace(redis={"url": private.url})
         client = redis_client(settings.redis)
         stack.push_async_callback(client.aclose)
         broker, _ = await open_broker(settings, client, stack)

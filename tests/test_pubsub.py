@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -24,7 +24,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def private() -> AsyncIterator[PrivateRedis]:
+def private() -> Iterator[PrivateRedis]:
     server = PrivateRedis()
     yield server
     server.stop()

@@ -54,6 +54,25 @@ class PubSub(Protocol):
     async def publish(self, channel: str, data: bytes) -> int: ...
 
 
+class Reconnected(RedisConnectionError):
+    """redis-py made a pub/sub connection anew by itself (raise_on_reconnect)."""
+
+
+def raise_on_reconnect(pubsub: Any, callback: Callable[[Any], None]) -> None:
+    """Have `callback` (a bound method raising Reconnected) run first whenever redis-py
+    makes `pubsub`'s connection anew by itself. Its retry of a failed command (the single
+    Redis client's pool retries once; even with no retry, the failure handler reconnects
+    before giving up) reconnects, subscribes every channel again and reads on: whatever
+    was published in between is lost without a word, and a stream would go on past the
+    gap. Raised, it reaches the listener, whose loss path tells the owners. First, before
+    the PubSub's own re-subscription, which is then not sent on a connection given up."""
+    connection = pubsub.connection
+    assert connection is not None  # (made by the first subscribe)
+    connection.deregister_connect_callback(pubsub.on_connect)
+    connection.register_connect_callback(callback)
+    connection.register_connect_callback(pubsub.on_connect)
+
+
 async def redis_call(awaitable: Any) -> Any:
     """A Redis command; its failure is BrokerUnavailable (a 503, or an `error` event)."""
     try:
@@ -122,7 +141,8 @@ class RedisPubSub:
             try:
                 await redis_call(self._pubsub.subscribe(channel))
             except BrokerUnavailable:
-                self._confirmations.pop(channel, None)
+                if self._confirmations.get(channel) is confirmed:  # (not a newer connection's)
+                    del self._confirmations[channel]
                 raise
         try:
             async with asyncio.timeout(CONFIRM_TIMEOUT):
@@ -166,13 +186,16 @@ class RedisPubSub:
 
     async def _connect(self) -> None:
         pubsub = self.redis.pubsub()
-        # Always subscribed to something, so the connection can be read from the start.
-        await pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}")
-        assert pubsub.connection is not None  # (made by that subscribe)
-        pubsub.connection.register_connect_callback(self._reconnected)
-        for channel in list(self._keep):
-            self._confirmations[channel] = asyncio.get_running_loop().create_future()
-            await pubsub.subscribe(channel)
+        try:
+            # Always subscribed to something, so the connection can be read from the start.
+            await pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}")
+            raise_on_reconnect(pubsub, self._reconnected)
+            for channel in list(self._keep):
+                self._confirmations[channel] = asyncio.get_running_loop().create_future()
+                await pubsub.subscribe(channel)
+        except BaseException:  # its connection goes back to the pool (PubSub.__del__ would keep it)
+            await self._let_go(pubsub)
+            raise
         self._pubsub = pubsub
         self._connected.set()
 
@@ -207,12 +230,11 @@ class RedisPubSub:
                 backoff = min(backoff * 2, 1.0)
 
     def _reconnected(self, connection: Any) -> None:
-        """Called when redis-py has made the connection anew by itself: a read failed, and
-        its retry (the client's pool retries once) reconnected and subscribed every channel
-        again, and went on reading. Whatever was published in between is lost without a
-        word, and a stream would go on past a gap. Raised into `_listen`, it is the loss it
-        is: the owners are told, and the connection is made anew."""
-        raise RedisConnectionError("redis-py reconnected the pub/sub connection")
+        """(raise_on_reconnect) Raised into `_listen`, a reconnect is the loss it is: the
+        owners are told, and the connection is made anew. A command of a subscriber's that
+        meets it fails (BrokerUnavailable), and leaves the connection closed, so the
+        listener's read fails too."""
+        raise Reconnected("redis-py reconnected the pub/sub connection")
 
     async def _let_go(self, pubsub: Any) -> None:
         """Close a pub/sub connection. It goes back to the client's pool without our

@@ -23,7 +23,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
 from realtime_llm.broker.base import BrokerUnavailable
-from realtime_llm.broker.pubsub import CONFIRM_TIMEOUT, LostCallback, redis_call
+from realtime_llm.broker.pubsub import CONFIRM_TIMEOUT, LostCallback, Reconnected, raise_on_reconnect, redis_call
 from realtime_llm.redisclient import REDIS_FAILURES, node_client
 from realtime_llm.tasks import stop_task
 
@@ -50,6 +50,10 @@ class _Link:
         self.confirmations: dict[bytes, asyncio.Future[None]] = {}
         self.leaving: set[bytes] = set()  # unsubscribed by us: their sunsubscribe is expected
         self.task: asyncio.Task[None] | None = None
+
+    def reconnected(self, connection: Any) -> None:
+        """(pubsub.raise_on_reconnect) A reconnect is a loss: the listener's path runs."""
+        raise Reconnected(f"redis-py reconnected the pub/sub connection to {self.name}")
 
     def fail_pending(self, error: BrokerUnavailable) -> None:
         for future in self.confirmations.values():
@@ -181,6 +185,7 @@ class ShardedPubSub:
         try:
             # Always subscribed to something, so the connection can be read from the start.
             await redis_call(link.pubsub.subscribe(f"{self.prefix}:process:{os.getpid()}"))
+            raise_on_reconnect(link.pubsub, link.reconnected)  # (the link's own client: no need to take it off)
             if self._closing:
                 raise BrokerUnavailable()
         except BaseException:  # unreachable, closing, or cancelled: the connection goes with it
