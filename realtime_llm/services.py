@@ -119,6 +119,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         conversations = ConversationStore(database, APIKeyBox(secret), create_history_cache(settings, redis),
                                           fts=await has_sqlite_search_index(database))
         broker.keep_ceilings_in(conversations)  # event ids are reserved in SQL
+        if conversations.search_index is not None:
+            await conversations.search_index.start()
+            stack.push_async_callback(conversations.search_index.close)
         catalog = ModelCatalog(settings.llm.providers)
         engine = GenerationEngine(settings, conversations, broker, locks, providers, catalog)
         stack.push_async_callback(engine.close)

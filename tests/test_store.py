@@ -146,7 +146,7 @@ async def test_upgrade_from_version_1_keeps_data_and_indexes_it_for_search(db) -
     await db.execute(sa.text(f"INSERT INTO messages (conversation_id, message_id, role, content, created_time) "
                              f"VALUES ({cid}, 1, 'user', 'An archived Zanzibar itinerary', 1)"))
 
-    assert await migrate(db) == schema.SCHEMA_VERSION == 8
+    assert await migrate(db) == schema.SCHEMA_VERSION == 9
     store = ConversationStore(db, APIKeyBox("s" * 40), fts=await has_sqlite_search_index(db))
     assert store.fts == (dialect == "sqlite")
     assert [c["conversation_id"] for c in await store.list_for_user(user_id, q="zanzibar")] == [cid]

@@ -17,6 +17,7 @@ from realtime_llm.store.files import FileStore
 from realtime_llm.store.messages import MessageStore
 from realtime_llm.store.records import Conversation
 from realtime_llm.store.schema import conversations, messages
+from realtime_llm.store.searchindex import SearchIndex
 from realtime_llm.store.statements import (
     COPY_PATH,
     COPY_PATH_FILES,
@@ -38,6 +39,7 @@ class ConversationStore:
         self.box = box
         self.cache = cache or HistoryCache()
         self.fts = fts  # SQLite's messages_fts index exists (see schema.SEARCH_SQLITE)
+        self.search_index = SearchIndex(database) if fts else None  # written behind: caught up to search
         self.files = files or FileStore(database)
         self.messages = MessageStore(database, self.cache, self.files)
 
@@ -76,6 +78,8 @@ class ConversationStore:
         if before is not None:
             query = query.where(c.c.id < before)
         if q:
+            if self.search_index is not None and len(q) >= 3:
+                await self.search_index.catch_up()
             query = query.where(sa.or_(c.c.title.ilike(_like_pattern(q), escape="\\"),
                                        c.c.id.in_(self._conversations_mentioning(q))))
         query = query.order_by(c.c.id.desc())

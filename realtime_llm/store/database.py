@@ -157,11 +157,13 @@ async def _run_extras(database: Database, statements: tuple[str, ...]) -> None:
 
 
 async def has_sqlite_search_index(database: Database) -> bool:
-    """Whether migrate could create SQLite's FTS5 trigram index (SQLite 3.34 or later)."""
+    """Whether migrate could create SQLite's FTS5 trigram index (SQLite 3.34 or later),
+    written behind the messages (schema.SEARCH_SQLITE_BEHIND)."""
     if database.url.dialect != "sqlite":
         return False
-    found = await database.fetch_val(sa.text("SELECT count(*) FROM sqlite_master WHERE name = 'messages_fts'"))
-    return bool(found)
+    found = await database.fetch_val(sa.text(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('messages_fts', 'messages_fts_pending')"))
+    return bool(found == 2)
 
 
 async def _current_version(database: Database) -> int | None:

@@ -216,6 +216,26 @@ SEARCH_SQLITE = (
     "INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content); END",
     "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
 )
+# Version 9: the index is written behind the messages (store/searchindex.py). A trigger
+# only notes a new message's id; deleting or changing one takes it out of the index at
+# once, or out of the notes when it is not indexed yet. (On a database without the index
+# the first statement fails and the rest are left out, as SEARCH_SQLITE was.)
+SEARCH_SQLITE_BEHIND = (
+    "DROP TRIGGER messages_fts_insert",
+    "DROP TRIGGER messages_fts_delete",
+    "DROP TRIGGER messages_fts_update",
+    "CREATE TABLE IF NOT EXISTS messages_fts_pending (id INTEGER PRIMARY KEY)",
+    "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN "
+    "INSERT INTO messages_fts_pending (id) VALUES (new.id); END",
+    "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN "
+    "INSERT INTO messages_fts (messages_fts, rowid, content) SELECT 'delete', old.id, old.content "
+    "WHERE NOT EXISTS (SELECT 1 FROM messages_fts_pending WHERE id = old.id); "
+    "DELETE FROM messages_fts_pending WHERE id = old.id; END",
+    "CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN "
+    "INSERT INTO messages_fts (messages_fts, rowid, content) SELECT 'delete', old.id, old.content "
+    "WHERE NOT EXISTS (SELECT 1 FROM messages_fts_pending WHERE id = old.id); "
+    "INSERT OR IGNORE INTO messages_fts_pending (id) VALUES (new.id); END",
+)
 SEARCH_POSTGRESQL = (
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
     "CREATE INDEX IF NOT EXISTS ix_messages_content_trgm ON messages USING gin (content gin_trgm_ops)",
@@ -274,5 +294,6 @@ UPGRADES: list[Upgrade] = [
     Upgrade(  # 7 -> 8: imported users with a short password are asked to change it
         alter=("ALTER TABLE users ADD COLUMN password_change_required INTEGER NOT NULL DEFAULT 0",),
     ),
+    Upgrade(extras={"sqlite": SEARCH_SQLITE_BEHIND}),  # 8 -> 9: SQLite's search index written behind
 ]
 SCHEMA_VERSION = 1 + len(UPGRADES)
