@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -110,3 +111,19 @@ def redis_pair(name: str) -> Iterator[list[ServerProcess]]:
     finally:
         upstream.stop()
         private.stop()
+
+
+def wait_for_search_index(path: Path, timeout: float = 120.0) -> float:
+    """Rows written straight into a SQLite file are indexed for search by the server's
+    rounds, behind them (store/searchindex.py): wait until they are, so that what a
+    benchmark times next is not timed with that work; the seconds waited."""
+    began = time.monotonic()
+    database = sqlite3.connect(path)
+    try:
+        while database.execute("SELECT count(*) FROM messages_fts_pending").fetchone()[0]:
+            if time.monotonic() - began > timeout:
+                raise TimeoutError(f"the server did not index {path}'s messages in {timeout:g} s")
+            time.sleep(0.1)
+    finally:
+        database.close()
+    return time.monotonic() - began

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from bench.common import UpstreamProcess, make_users, median, percentile, start_server
+from bench.common import UpstreamProcess, make_users, median, percentile, start_server, wait_for_search_index
 from tests.backends import create_postgres_database, drop_postgres_database
 
 CONTENT = ("lorem ipsum dolor sit amet " * 8)[:200]
@@ -44,9 +45,10 @@ def rows(cid: int, count: int, branches: int) -> list[tuple[object, ...]]:
 
 
 def fill_sqlite(path: Path, cid: int, count: int, branches: int) -> None:
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.executemany(INSERT.format(*"??????"), rows(cid, count, branches))
         db.execute(UPDATE.format(n=count, cid=cid))
+    wait_for_search_index(path)
 
 
 async def fill_postgres(url: str, cid: int, count: int, branches: int) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from realtime_llm.store.files import FileStore
-from realtime_llm.tasks import stop_task
+from realtime_llm.tasks import every, stop_task
 
 logger = logging.getLogger("realtime_llm.files")
 
@@ -20,18 +20,13 @@ class FileSweeper:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sweep(), name="file-sweeper")
+        self._task = asyncio.create_task(every(self.interval, self._sweep, "could not sweep unattached files", logger),
+                                         name="file-sweeper")
 
     async def close(self) -> None:
         await stop_task(self._task)
 
     async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                gone = await self.files.sweep_unattached(self.ttl)
-            except Exception as exc:  # the database busy or away: the next round tries again
-                logger.warning("could not sweep unattached files (%s)", type(exc).__name__)
-                continue
-            if gone:
-                logger.info("deleted %d file(s) no message carries", gone)
+        gone = await self.files.sweep_unattached(self.ttl)
+        if gone:
+            logger.info("deleted %d file(s) no message carries", gone)

@@ -28,6 +28,7 @@ from realtime_llm.sessions import SessionWatch
 from realtime_llm.store.apitokens import ApiTokenStore
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
+from realtime_llm.store.searchindex import SearchIndex
 from realtime_llm.store.shares import ShareStore
 from realtime_llm.store.users import RevocationStore, UserStore
 from realtime_llm.tickets import RedisTickets, Tickets
@@ -116,12 +117,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await provider.start()
             stack.push_async_callback(provider.close)
 
-        conversations = ConversationStore(database, APIKeyBox(secret), create_history_cache(settings, redis),
-                                          fts=await has_sqlite_search_index(database))
+        fts = await has_sqlite_search_index(database)
+        conversations = ConversationStore(database, APIKeyBox(secret), create_history_cache(settings, redis), fts=fts)
         broker.keep_ceilings_in(conversations)  # event ids are reserved in SQL
-        if conversations.search_index is not None:
-            await conversations.search_index.start()
-            stack.push_async_callback(conversations.search_index.close)
+        if fts:  # written behind the messages, by every process
+            search_index = SearchIndex(database)
+            await search_index.start()
+            stack.push_async_callback(search_index.close)
         catalog = ModelCatalog(settings.llm.providers)
         engine = GenerationEngine(settings, conversations, broker, locks, providers, catalog)
         stack.push_async_callback(engine.close)

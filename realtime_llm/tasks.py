@@ -1,11 +1,12 @@
 """Ending the tasks a component owns: a generation's helpers (its upstream reader, its lock
 heartbeat), and the background loops of the broker, the locks' watchdog, the sessions and
-the seats."""
+the seats; and the body of a loop that does one thing every so often."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from typing import Awaitable, Callable
 
 logger = logging.getLogger("realtime_llm.generation")
 
@@ -32,3 +33,16 @@ async def stop_task(task: asyncio.Task[None] | None) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def every(interval: float, work: Callable[[], Awaitable[object]], failed: str, log: logging.Logger) -> None:
+    """Run `work` every `interval` seconds until cancelled. A failure (the database busy or
+    away) is logged as `failed`, with the error's type and first line, and the next round
+    tries again."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await work()
+        except Exception as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            log.warning("%s (%s: %s)", failed, type(exc).__name__, detail)

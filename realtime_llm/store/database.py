@@ -163,7 +163,7 @@ async def has_sqlite_search_index(database: Database) -> bool:
         return False
     found = await database.fetch_val(sa.text(
         "SELECT count(*) FROM sqlite_master WHERE name IN ('messages_fts', 'messages_fts_pending')"))
-    return bool(found == 2)
+    return int(found) == 2
 
 
 async def _current_version(database: Database) -> int | None:

@@ -201,7 +201,8 @@ class Upgrade:
 
 
 # Message search. SQLite: an FTS5 index with the trigram tokenizer (substring matches,
-# case-insensitive), kept in step with `messages` by triggers. PostgreSQL: a trigram GIN
+# case-insensitive), kept in step with `messages` by triggers (since version 9, written
+# behind them: SEARCH_SQLITE_BEHIND). PostgreSQL: a trigram GIN
 # index (pg_trgm) that ILIKE '%...%' uses; creating the extension needs a privileged role,
 # so where it is refused search still works, by scanning (migrate logs it).
 SEARCH_SQLITE = (
@@ -226,7 +227,7 @@ SEARCH_SQLITE_BEHIND = (
     "DROP TRIGGER messages_fts_update",
     "CREATE TABLE IF NOT EXISTS messages_fts_pending (id INTEGER PRIMARY KEY)",
     "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN "
-    "INSERT INTO messages_fts_pending (id) VALUES (new.id); END",
+    "INSERT OR IGNORE INTO messages_fts_pending (id) VALUES (new.id); END",
     "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN "
     "INSERT INTO messages_fts (messages_fts, rowid, content) SELECT 'delete', old.id, old.content "
     "WHERE NOT EXISTS (SELECT 1 FROM messages_fts_pending WHERE id = old.id); "

@@ -4,14 +4,16 @@ Written by a trigger in the transaction that adds a message, the FTS5 index cost
 transaction about 90 µs of CPU on this machine, most of it the new segment each commit
 writes; a turn adds two messages, and that was about 7 % of the server's CPU relaying
 50-token answers (bench.relay_cpu's load, an A/B with the trigger dropped). Now the
-trigger only notes a new message's id in messages_fts_pending, and this indexes what is
-noted in batches: every second in the background, and before every search, so that a
-search finds every message written before it. Twenty at a time, a message costs about
-18 µs to index (a throwaway timing of both ways with sqlite3).
+trigger only notes a new message's id in messages_fts_pending, and every process indexes
+what is noted every second, in batches: twenty at a time, a message costs about 18 µs to
+index (a throwaway timing of both ways with sqlite3). Their transactions take turns; a
+process that finds nothing noted writes nothing.
 
-Deleting or changing a message still takes it out of the index at once, or out of the
-notes when it is not indexed yet (the triggers). Every process indexes; their
-transactions take turns, and a process that finds nothing noted writes nothing.
+A search stays a read: it matches the index and scans the noted messages (about a
+second's worth; ConversationStore._conversations_mentioning). Deleting or changing a
+message takes it out of the index at once, or out of the notes when it is not indexed
+yet (the triggers). A rebuild of messages_fts ('rebuild') indexes every message: it must
+empty the notes in the same transaction, or the next round indexes those twice.
 """
 from __future__ import annotations
 
@@ -22,17 +24,21 @@ import sqlalchemy as sa
 from databases import Database
 
 from realtime_llm.store.compiled import Compiled, Script, transaction
-from realtime_llm.tasks import stop_task
+from realtime_llm.tasks import every, stop_task
 
 logger = logging.getLogger("realtime_llm.store")
 
 INTERVAL_SECONDS = 1.0
-# Messages indexed in one transaction: a long backlog (an import) goes in steps, each a
-# short hold of the write lock, not in one.
+# One transaction indexes at most this many messages, and this many characters past its
+# first message: a backlog (an import: its texts are not bounded by max_message_chars)
+# goes in steps, each a short hold of the write lock.
 CHUNK = 500
+CHUNK_CHARS = 1_000_000
 
-ANY_NOTED = Compiled(sa.text("SELECT 1 FROM messages_fts_pending LIMIT 1"))
-NOTED = Compiled(sa.text("SELECT id FROM messages_fts_pending ORDER BY id LIMIT :chunk"))
+LAST_NOTED = Compiled(sa.text("SELECT max(id) FROM messages_fts_pending"))
+NOTED = Compiled(sa.text("SELECT p.id, length(m.content) FROM messages_fts_pending p "  # (a note of no message:
+                         "LEFT JOIN messages m ON m.id = p.id "  # forgotten with the rest)
+                         "WHERE p.id <= :target ORDER BY p.id LIMIT :chunk"))
 INDEX = Compiled(sa.text("INSERT INTO messages_fts (rowid, content) SELECT m.id, m.content "
                          "FROM messages_fts_pending p JOIN messages m ON m.id = p.id WHERE p.id <= :last"))
 FORGET = Compiled(sa.text("DELETE FROM messages_fts_pending WHERE id <= :last"))
@@ -44,37 +50,37 @@ class SearchIndex:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
-    async def catch_up(self) -> int:
-        """Index every message noted before this call (and any noted meanwhile that fit in
-        the last step); how many were indexed."""
-        if await ANY_NOTED.fetch_one(self.database) is None:  # a read: no write lock for nothing
-            return 0
-        done = 0
-        while True:
-            indexed = await transaction(self.database, _index_some)
-            done += indexed
-            if indexed < CHUNK:  # the notes were empty when that step ended
-                return done
-
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="search-index")
+        self._task = asyncio.create_task(every(self.interval, self.catch_up, "could not update the search index",
+                                               logger), name="search-index")
 
     async def close(self) -> None:
         await stop_task(self._task)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.catch_up()
-            except Exception as exc:  # the database busy or away: the next round (or a search) catches up
-                logger.warning("could not update the search index (%s)", type(exc).__name__)
+    async def catch_up(self) -> int:
+        """Index the messages noted before this call (those noted meanwhile wait for the
+        next); how many were indexed."""
+        target = await LAST_NOTED.fetch_val(self.database)  # a read: no write lock for nothing
+        done = 0
+        while target is not None:
+            indexed, more = await transaction(self.database, lambda: _index_some(target))
+            done += indexed
+            if not more:
+                return done
+        return done
 
 
-def _index_some() -> Script[int]:
-    rows = yield NOTED.bind(chunk=CHUNK)
-    if rows:
-        last = rows[-1][0]
-        yield INDEX.bind(last=last)
-        yield FORGET.bind(last=last)
-    return len(rows)
+def _index_some(target: int) -> Script[tuple[int, bool]]:
+    """Index the oldest noted messages up to `target`, within CHUNK and CHUNK_CHARS: (how
+    many, whether any up to `target` are left)."""
+    rows = yield NOTED.bind(target=target, chunk=CHUNK)
+    if not rows:
+        return 0, False
+    taken, chars = 1, rows[0][1] or 0
+    while taken < len(rows) and chars + (rows[taken][1] or 0) <= CHUNK_CHARS:
+        chars += rows[taken][1] or 0
+        taken += 1
+    last = rows[taken - 1][0]
+    yield INDEX.bind(last=last)
+    yield FORGET.bind(last=last)
+    return taken, last < target
