@@ -35,14 +35,22 @@ async def stop_task(task: asyncio.Task[None] | None) -> None:
             await task
 
 
+MAX_BACKOFF_SECONDS = 60.0
+
+
 async def every(interval: float, work: Callable[[], Awaitable[object]], failed: str, log: logging.Logger) -> None:
     """Run `work` every `interval` seconds until cancelled. A failure (the database busy or
     away) is logged as `failed`, with the error's type and first line, and the next round
-    tries again."""
+    tries again, each one after a failure twice as late (up to MAX_BACKOFF_SECONDS): a
+    failure that lasts is logged about once a minute, not every round."""
+    wait = interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(wait)
         try:
             await work()
         except Exception as exc:
             detail = str(exc).splitlines()[0] if str(exc) else ""
             log.warning("%s (%s: %s)", failed, type(exc).__name__, detail)
+            wait = min(max(wait, interval) * 2, max(MAX_BACKOFF_SECONDS, interval))
+        else:
+            wait = interval

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -18,9 +19,11 @@ import sqlalchemy as sa
 from databases import Database
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
+from realtime_llm import tasks
 from realtime_llm.config import Settings
 from realtime_llm.keys import APIKeyBox
 from realtime_llm.store import schema, searchindex
+from realtime_llm.store.compiled import transaction
 from realtime_llm.store.conversations import ConversationStore
 from realtime_llm.store.database import create_database, has_sqlite_search_index, migrate
 from realtime_llm.store.records import Conversation
@@ -169,24 +172,39 @@ async def test_ids_used_again_after_the_newest_messages_went(db: Database) -> No
     assert len(await in_index(db, "zanzibar")) == 1 and len(await in_index(db, "serengeti")) == 2
 
 
+async def steps(db: Database) -> list[int]:
+    """How many messages each step of a round takes, driven one step at a time."""
+    target = await db.fetch_val("SELECT max(id) FROM messages_fts_pending")
+    taken: list[int] = []
+    more = True
+    while more:
+        indexed, more = await transaction(db, lambda: searchindex._index_some(target))
+        taken.append(indexed)
+    return taken
+
+
 async def test_a_backlog_goes_in_steps_bounded_by_messages_and_characters(db: Database,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(searchindex, "CHUNK", 3)
     monkeypatch.setattr(searchindex, "CHUNK_CHARS", 100)
     store = await a_store(db)
     mine = await a_conversation(db, store, "importer")
-    for n in range(7):
+    for n in range(7):  # 30 characters each: three fit in a step
+        await store.messages.add(mine, "user", f"Zanzibar {n} " + "x" * 19)
+    assert await steps(db) == [3, 3, 1]
+    for n in range(3):  # 51 characters each: one a step
         await store.messages.add(mine, "user", f"Zanzibar {n} " + "x" * 40)
     await store.messages.add(mine, "user", "Zanzibar, longer than a step " + "y" * 300)  # still indexed, alone
     await store.messages.add(mine, "user", "Zanzibar, the last")
-    async with asyncio.timeout(10):
-        assert await caught_up(db) == 9
-    assert len(await in_index(db, "zanzibar")) == 9
+    assert await steps(db) == [1, 1, 1, 1, 1]
+    await check_index(db)
+    assert len(await in_index(db, "zanzibar")) == 12
 
 
 async def test_a_round_ends_while_messages_keep_coming(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """It indexes what was noted when it began; what comes meanwhile waits for the next."""
-    monkeypatch.setattr(searchindex, "CHUNK", 1)  # a step indexes one; four writers note four meanwhile
+    monkeypatch.setattr(searchindex, "CHUNK", 1)  # a step indexes one; two writers note more meanwhile
+    monkeypatch.setattr(searchindex, "STEP_PAUSE_SECONDS", 0.02)
     store = await a_store(db)
     mine = await a_conversation(db, store, "busy")
     for n in range(10):
@@ -197,8 +215,9 @@ async def test_a_round_ends_while_messages_keep_coming(db: Database, monkeypatch
     async def write(k: int) -> None:
         while writing:
             await store.messages.add(mine, "user", f"Zanzibar from writer {k}")
+            await asyncio.sleep(0.005)
 
-    writers = [asyncio.create_task(write(k)) for k in range(4)]
+    writers = [asyncio.create_task(write(k)) for k in range(2)]
     try:
         async with asyncio.timeout(10):
             assert await SearchIndex(db).catch_up() >= 10
@@ -212,6 +231,7 @@ async def test_a_round_ends_while_messages_keep_coming(db: Database, monkeypatch
 async def test_rounds_of_two_processes_at_once_index_each_message_once(db: Database, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(searchindex, "CHUNK", 7)
+    monkeypatch.setattr(searchindex, "STEP_PAUSE_SECONDS", 0.0)
     store = await a_store(db)
     mine = await a_conversation(db, store, "crowd")
     for n in range(40):
@@ -304,3 +324,26 @@ def test_the_server_indexes_what_its_answers_write(tmp_path: Path) -> None:
             assert [c["conversation_id"] for c in listed] == [cid]
     finally:
         server.stop()
+
+
+async def test_a_failing_round_is_logged_and_tried_again_later_and_later(caplog: pytest.LogCaptureFixture,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """tasks.every, which runs the rounds: a failure that lasts is not logged every round."""
+    monkeypatch.setattr(tasks, "MAX_BACKOFF_SECONDS", 0.3)
+    calls: list[float] = []
+
+    async def work() -> None:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) <= 4:
+            raise sqlite3.OperationalError("database is locked\nmore")
+
+    loop = asyncio.create_task(tasks.every(0.01, work, "could not do it", logging.getLogger("test.every")))
+    async with asyncio.timeout(5):
+        while len(calls) < 7:
+            await asyncio.sleep(0.005)
+    await tasks.stop_task(loop)
+    gaps = [later - earlier for earlier, later in zip(calls, calls[1:], strict=False)]
+    assert gaps[0] >= 0.019 and gaps[1] >= 0.039 and gaps[2] >= 0.079 and gaps[3] >= 0.159  # twice as late each time
+    assert gaps[4] < 0.15 and gaps[5] < 0.15  # back to the interval (0.01 s) once it worked
+    warnings = [r.getMessage() for r in caplog.records if r.name == "test.every"]
+    assert warnings == ["could not do it (OperationalError: database is locked)"] * 4

@@ -5,12 +5,12 @@ transaction about 90 µs of CPU on this machine, most of it the new segment each
 writes; a turn adds two messages, and that was about 7 % of the server's CPU relaying
 50-token answers (bench.relay_cpu's load, an A/B with the trigger dropped). Now the
 trigger only notes a new message's id in messages_fts_pending, and every process indexes
-what is noted every second, in batches: twenty at a time, a message costs about 18 µs to
-index (a throwaway timing of both ways with sqlite3). Their transactions take turns; a
-process that finds nothing noted writes nothing.
+what is noted every second, in batches of up to CHUNK (twenty at a time already cost
+about 18 µs a message: a throwaway timing of both ways with sqlite3). Their transactions
+take turns; a process that finds nothing noted writes nothing.
 
-A search stays a read: it matches the index and scans the noted messages (about a
-second's worth; ConversationStore._conversations_mentioning). Deleting or changing a
+A search stays a read: it matches the index and scans the noted messages by id (about a
+second's worth while the rounds keep up; ConversationStore._conversations_mentioning). Deleting or changing a
 message takes it out of the index at once, or out of the notes when it is not indexed
 yet (the triggers). A rebuild of messages_fts ('rebuild') indexes every message: it must
 empty the notes in the same transaction, or the next round indexes those twice.
@@ -29,11 +29,14 @@ from realtime_llm.tasks import every, stop_task
 logger = logging.getLogger("realtime_llm.store")
 
 INTERVAL_SECONDS = 1.0
-# One transaction indexes at most this many messages, and this many characters past its
-# first message: a backlog (an import: its texts are not bounded by max_message_chars)
-# goes in steps, each a short hold of the write lock.
+# One transaction indexes at most this many messages, and at most this many characters
+# (but always its first message): a backlog (an import: its texts are not bounded by
+# max_message_chars) goes in steps, each a short hold of the write lock, with a pause
+# between them in which writers waiting in SQLite's busy handler (which sleeps up to
+# 100 ms between tries) get the lock.
 CHUNK = 500
 CHUNK_CHARS = 1_000_000
+STEP_PAUSE_SECONDS = 0.1
 
 LAST_NOTED = Compiled(sa.text("SELECT max(id) FROM messages_fts_pending"))
 NOTED = Compiled(sa.text("SELECT p.id, length(m.content) FROM messages_fts_pending p "  # (a note of no message:
@@ -66,7 +69,10 @@ class SearchIndex:
             indexed, more = await transaction(self.database, lambda: _index_some(target))
             done += indexed
             if not more:
-                return done
+                break
+            await asyncio.sleep(STEP_PAUSE_SECONDS)
+        if done > CHUNK:
+            logger.info("indexed a backlog of %d messages for search", done)
         return done
 
 
