@@ -5,8 +5,8 @@ SQLite and on PostgreSQL, through the real server.
 
 The rows are written straight into the database (as the server would have written them;
 on SQLite the server's rounds index them behind, and the run waits for that; PostgreSQL
-maintains its index itself); then N sequential requests of each kind go through HTTP. Medians and p99 in ms, with the
-bare /healthz round trip of the same server as the baseline.
+maintains its index itself); then N sequential requests of each kind go through HTTP.
+Medians and p99 in ms, with the bare /healthz round trip of the same server as the baseline.
 """
 from __future__ import annotations
 

@@ -51,6 +51,6 @@ async def every(interval: float, work: Callable[[], Awaitable[object]], failed: 
         except Exception as exc:
             detail = str(exc).splitlines()[0] if str(exc) else ""
             log.warning("%s (%s: %s)", failed, type(exc).__name__, detail)
-            wait = min(max(wait, interval) * 2, max(MAX_BACKOFF_SECONDS, interval))
+            wait = min(wait * 2, max(MAX_BACKOFF_SECONDS, interval))
         else:
             wait = interval

@@ -10,10 +10,11 @@ about 18 µs a message: a throwaway timing of both ways with sqlite3). Their tra
 take turns; a process that finds nothing noted writes nothing.
 
 A search stays a read: it matches the index and scans the noted messages by id (about a
-second's worth while the rounds keep up; ConversationStore._conversations_mentioning). Deleting or changing a
-message takes it out of the index at once, or out of the notes when it is not indexed
-yet (the triggers). A rebuild of messages_fts ('rebuild') indexes every message: it must
-empty the notes in the same transaction, or the next round indexes those twice.
+second's worth while the rounds keep up; ConversationStore._conversations_mentioning).
+Deleting or changing a message takes it out of the index at once, or out of the notes
+when it is not indexed yet (the triggers). A rebuild of messages_fts ('rebuild') indexes
+every message: it must empty the notes in the same transaction, or the next round
+indexes those twice.
 """
 from __future__ import annotations
 
