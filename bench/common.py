@@ -113,10 +113,10 @@ def redis_pair(name: str) -> Iterator[list[ServerProcess]]:
         private.stop()
 
 
-def wait_for_search_index(path: Path, timeout: float = 120.0) -> float:
+def wait_for_search_index(path: Path, timeout: float = 120.0) -> None:
     """Rows written straight into a SQLite file are indexed for search by the server's
     rounds, behind them (store/searchindex.py): wait until they are, so that what a
-    benchmark times next is not timed with that work; the seconds waited."""
+    benchmark times next is not timed with that work."""
     began = time.monotonic()
     database = sqlite3.connect(path)
     try:
@@ -126,4 +126,3 @@ def wait_for_search_index(path: Path, timeout: float = 120.0) -> float:
             time.sleep(0.1)
     finally:
         database.close()
-    return time.monotonic() - began

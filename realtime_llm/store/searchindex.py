@@ -65,13 +65,14 @@ class SearchIndex:
         """Index the messages noted before this call (those noted meanwhile wait for the
         next); how many were indexed."""
         target = await LAST_NOTED.fetch_val(self.database)  # a read: no write lock for nothing
-        done = 0
-        while target is not None:
+        if target is None:
+            return 0
+        done, more = 0, True
+        while more:
             indexed, more = await transaction(self.database, lambda: _index_some(target))
             done += indexed
-            if not more:
-                break
-            await asyncio.sleep(STEP_PAUSE_SECONDS)
+            if more:
+                await asyncio.sleep(STEP_PAUSE_SECONDS)
         if done > CHUNK:
             logger.info("indexed a backlog of %d messages for search", done)
         return done
