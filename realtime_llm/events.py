@@ -1,7 +1,6 @@
 """The one event shape of SSE and WebSocket, serialised once per event."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,12 +73,22 @@ def sse_frame(event: Event) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), event.json)
 
 
-@functools.lru_cache(maxsize=1)
+_last_frame: tuple[Event | None, bytes] = (None, b"")
+
+
 def ws_frame(event: Event) -> bytes:
     """The event as a server's WebSocket text frame (unmasked, no extension), built once
     for all the sockets it goes to: a broker hands each of them the same Event in turn.
-    (One is kept, until the next: at most a full_response of stream.max_answer_chars.)"""
-    return Frame(Opcode.TEXT, event.json).serialize(mask=False)
+    (One is kept, until the next: at most a full_response of stream.max_answer_chars.) The
+    one kept is found by identity: functools.lru_cache hashed the Event, a dataclass's
+    hash written in Python, for every socket (0.6 against 0.3 µs of a fan-out's Python a
+    socket, a timeit)."""
+    global _last_frame
+    last, frame = _last_frame
+    if last is not event:
+        frame = Frame(Opcode.TEXT, event.json).serialize(mask=False)
+        _last_frame = (event, frame)
+    return frame
 
 
 SSE_KEEPALIVE = b": ping\n\n"

@@ -23,7 +23,7 @@ why its socket closed (the close code DESIGN.md promises) instead of seeing 1006
 
 And one addition: a conversation's event goes to every socket watching it as the same
 bytes, framed once (`events.ws_frame`), written straight to each connection by the
-broker's delivery loop (`event_writer`, a Subscription's sink) instead of through a task
+broker's delivery loop (`write_event`, a Subscription's sink) instead of through a task
 per socket, Starlette's and uvicorn's `send` and a framing per socket. Flow control and
 the close are those of `send`: a paused or closing connection takes nothing, and its
 events wait in the subscription's bounded queue for its task.
@@ -39,27 +39,29 @@ from websockets.protocol import State
 
 from realtime_llm.events import Event, ws_frame
 
-FRAMES = "realtime_llm.frames"  # the ASGI scope's extension holding write_frame
+FRAMES = "realtime_llm.frames"  # the ASGI scope's extension holding the connection's event_writer
 
 
 def event_writer(scope: Mapping[str, Any]) -> Callable[[Event], bool] | None:
-    """Writes an event to the socket of `scope` at once, or returns False (see write_frame);
-    None when the server is not ours (a test client's)."""
+    """Writes an event to the socket of `scope` at once, or returns False (see write_event);
+    None when the server is not ours (a test client's) or the connection's frames are not
+    ours to build."""
     extension = scope.get("extensions", {}).get(FRAMES)
     if extension is None:
         return None
-    write_frame: Callable[[bytes], bool] = extension["write_frame"]
-    return lambda event: write_frame(ws_frame(event))
+    writer: Callable[[], Callable[[Event], bool] | None] = extension["event_writer"]
+    return writer()
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     lingering = False
+    paused = False  # by flow control: `writable`, as a plain flag for write_event
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # none when the handshake was refused (a 4xx sent)
         if scope is not None:
-            scope["extensions"][FRAMES] = {"write_frame": self.write_frame}
+            scope["extensions"][FRAMES] = {"event_writer": self.event_writer}
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -67,16 +69,30 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:  # the scope held this protocol: a cycle the GC would have to find
             scope["extensions"].pop(FRAMES, None)
 
-    def write_frame(self, frame: bytes) -> bool:
-        """Write a frame built by ws_frame, as `send` would write it, if the connection can
-        take it now: open, not closed or closing on either side, not paused by flow control,
-        and with no extension that would change frames. False otherwise."""
-        if (self.writable.is_set() and self.handshake_complete and not self.close_sent and not self.disconnected
-                and self.initial_response is None and not self.conn.extensions
-                and self.conn.state is State.OPEN):
-            self.transport.write(frame)
-            return True
-        return False
+    def event_writer(self) -> Callable[[Event], bool] | None:
+        """write_event, once the socket is open (the handshake done and accepted) with no
+        extension that would change frames; None otherwise. (None of that changes later.)"""
+        if self.handshake_complete and self.initial_response is None and not self.conn.extensions:
+            return self.write_event
+        return None
+
+    def write_event(self, event: Event) -> bool:
+        """Write an event's frame, as `send` would write it, if the connection can take it
+        now: not closed or closing on either side and not paused by flow control. False
+        otherwise. This runs for every socket and event of a fan-out, so its checks are
+        plain attributes (each Python call here showed in the fan-out's CPU per frame)."""
+        if self.paused or self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
+            return False
+        self.transport.write(ws_frame(event))
+        return True
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.paused = False
 
     async def send(self, message: ASGISendEvent) -> None:
         if message["type"] == "websocket.close" and self.handshake_complete:
