@@ -92,9 +92,9 @@ def make_users(base_url: str, count: int) -> list[tuple[dict[str, str], int]]:
 
 
 @contextlib.contextmanager
-def redis_pair(name: str) -> Iterator[list[ServerProcess]]:
+def redis_pair(name: str) -> Iterator[tuple[list[ServerProcess], str]]:
     """Two server processes sharing a redis-server of their own (key prefix `name`-...),
-    with a fake upstream; all stopped after."""
+    with a fake upstream, and that Redis's URL; all stopped after."""
     upstream = UpstreamProcess()
     private = PrivateRedis()
     try:
@@ -104,7 +104,7 @@ def redis_pair(name: str) -> Iterator[list[ServerProcess]]:
             pair = [first]
             try:
                 pair.append(ServerProcess(first.config_path, workdir).start())
-                yield pair
+                yield pair, private.url
             finally:
                 for server in pair:
                     server.stop()

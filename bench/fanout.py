@@ -5,26 +5,39 @@ target: delivery delay p99 <= 50 ms in issue 7, <= 15 ms in issue 21).
 
 Half the sockets on each process, all on one conversation; one of them asks for an
 answer from the fake upstream (20 tokens/s, each stamped with its emission time). Delay =
-receipt minus emission, over every token at every socket. The baseline in the same run is
-the same answer watched by one socket. The sockets are bench.leanws's Watchers (the
-`websockets` client, as before 2026-12-04, with --client websockets: it spends more CPU
-per frame than the server, on the same cores, and its own queueing shows in the delays).
+receipt minus emission, over every token at every socket. The baselines in the same run:
+the same answer watched by one socket, and the bare fan-out (bench.bare_fanout: two
+processes of a bare Starlette app writing each message of a Redis channel to all their
+sockets, the stack's own cost) to as many sockets of the same client, its tokens published
+on that channel as the fake upstream emits them. Beside the delays, the two processes' CPU
+from the ask to the answer's end per 1,000 frames the sockets received: less noisy than a
+p99, and the part of the fan-out that is ours. The sockets are bench.leanws's Watchers
+(the `websockets` client, as before 2026-12-04, with --client websockets, and then no bare
+fan-out: it spends more CPU per frame than the server, on the same cores, and its own
+queueing shows in the delays).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import re
+import subprocess
+import sys
 import time
+import uuid
+from typing import Awaitable, Callable, NamedTuple
 
+import httpx
 import orjson
+import redis.asyncio as aioredis
 import uvloop
 from websockets.asyncio.client import connect
 
 from bench import leanws
 from bench.common import make_users, median, percentile, redis_pair
+from bench.relay_cpu import cpu_seconds
 from bench.upload import status_kib
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, free_port
 
 STAMP = re.compile(r"<(\d+\.\d+)>")
 
@@ -51,45 +64,71 @@ def ask(tokens: int, delay_ms: int = 50) -> str:
     return orjson.dumps({"type": "message", "content": f"#fake tokens={tokens} delay_ms={delay_ms} stamp=1"}).decode()
 
 
-def rss_kib(servers: list[ServerProcess]) -> int:
-    return sum(status_kib(server.process.pid, "VmRSS") for server in servers if server.process is not None)
+class Fanned(NamedTuple):
+    delays: list[float]  # every token at every socket, in seconds
+    kib_per_socket: float  # the processes' RSS growth per socket once all were ready
+    cpu_ms: float  # the processes' CPU from the ask to the last socket's end, per 1,000 frames received
 
 
-async def answers(servers: list[ServerProcess], conversations: list[tuple[dict[str, str], int]],
-                  per_conversation: int, delay_ms: int = 50, tokens: int = 40) -> tuple[list[float], float]:
-    """Every conversation watched by `per_conversation` lean sockets over `servers`, then
-    all asked at once for `tokens` tokens `delay_ms` apart: (every delay, the servers' RSS
-    growth per socket once all were ready)."""
+def rss_kib(pids: list[int]) -> int:
+    return sum(status_kib(pid, "VmRSS") for pid in pids)
+
+
+def cpu_ms(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids) * 1000
+
+
+async def watched(urls: list[str], paths: list[tuple[dict[str, str], str]], per_path: int,
+                  pids: list[int], asks: Callable[[list[leanws.Watcher]], Awaitable[None]]) -> Fanned:
+    """Every path watched by `per_path` lean sockets spread over `urls`; then `asks` is given
+    each path's first socket and returns once every answer was asked or published, and the
+    sockets are read to their answers' ends."""
     delays: list[float] = []
-    before = rss_kib(servers)
+    before = rss_kib(pids)
     watchers: list[leanws.Watcher] = []
     askers = []
-    for headers, cid in conversations:
-        for k in range(per_conversation):
-            server = servers[len(watchers) % len(servers)]
-            watchers.append(await leanws.watch(server.url, f"/ws/conversations/{cid}", headers, delays))
+    for headers, path in paths:
+        for k in range(per_path):
+            watchers.append(await leanws.watch(urls[len(watchers) % len(urls)], path, headers, delays))
             if k == 0:
                 askers.append(watchers[-1])
             if len(watchers) % 100 == 0:  # connect in waves
                 await asyncio.gather(*(w.ready for w in watchers[-100:]))
-    async with asyncio.timeout(300):
-        await asyncio.gather(*(w.ready for w in watchers))
-    per_socket = (rss_kib(servers) - before) * 1024 / len(watchers)
-    for asker in askers:
-        asker.send_text(ask(tokens, delay_ms))
-    async with asyncio.timeout(300):
-        await asyncio.gather(*(w.done for w in watchers))
-    for watcher in watchers:
-        assert watcher.transport is not None
-        watcher.transport.close()
+    try:
+        async with asyncio.timeout(300):
+            await asyncio.gather(*(w.ready for w in watchers))
+        per_socket = (rss_kib(pids) - before) * 1024 / len(watchers)
+        cpu_before, frames_before = cpu_ms(pids), sum(w.frames for w in watchers)
+        await asks(askers)
+        async with asyncio.timeout(300):
+            await asyncio.gather(*(w.done for w in watchers))
+        cpu = (cpu_ms(pids) - cpu_before) * 1000 / max(1, sum(w.frames for w in watchers) - frames_before)
+    finally:
+        for watcher in watchers:
+            if watcher.transport is not None:
+                watcher.transport.close()
     await asyncio.sleep(1)  # the servers see the sockets go before the next round
-    return delays, per_socket
+    return Fanned(delays, per_socket / 1024, cpu)
+
+
+async def answers(servers: list[ServerProcess], conversations: list[tuple[dict[str, str], int]],
+                  per_conversation: int, delay_ms: int = 50, tokens: int = 40) -> Fanned:
+    """Every conversation watched by `per_conversation` lean sockets over `servers`, then
+    all asked at once for `tokens` tokens `delay_ms` apart."""
+    async def asks(askers: list[leanws.Watcher]) -> None:
+        for asker in askers:
+            asker.send_text(ask(tokens, delay_ms))
+
+    pids = [server.process.pid for server in servers if server.process is not None]
+    return await watched([server.url for server in servers],
+                         [(headers, f"/ws/conversations/{cid}") for headers, cid in conversations],
+                         per_conversation, pids, asks)
 
 
 async def one_answer(servers: list[ServerProcess], headers: dict[str, str], cid: int, sockets: int,
                      tokens: int, client: str = "lean") -> list[float]:
     if client == "lean":
-        return (await answers(servers, [(headers, cid)], sockets, tokens=tokens))[0]
+        return (await answers(servers, [(headers, cid)], sockets, tokens=tokens)).delays
     delays: list[float] = []
     go = asyncio.Event()
     readies = [asyncio.Event() for _ in range(sockets)]
@@ -105,16 +144,85 @@ async def one_answer(servers: list[ServerProcess], headers: dict[str, str], cid:
     return delays
 
 
+class BareFanout:
+    """Two bench.bare_fanout processes on one Redis channel: the stack's own fan-out."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url, self.channel = redis_url, f"bare-{uuid.uuid4().hex[:8]}"
+        self.ports = [free_port(), free_port()]
+        self.processes = [subprocess.Popen([sys.executable, "-m", "bench.bare_fanout", str(port), redis_url,
+                                            self.channel]) for port in self.ports]
+        deadline = time.monotonic() + 20
+        for url in self.urls:
+            while True:
+                try:
+                    httpx.get(url + "/healthz", timeout=1).raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError("bare fan-out did not start") from None
+                    time.sleep(0.05)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(10)
+
+    async def answer(self, sockets: int, tokens: int, delay_ms: int) -> Fanned:
+        """One answer of `tokens` stamped tokens `delay_ms` apart, published on the channel as
+        the server's fake upstream emits them, to `sockets` lean sockets over both processes."""
+        async def publish(askers: list[leanws.Watcher]) -> None:  # (there is no one to ask)
+            client = aioredis.Redis.from_url(self.redis_url, socket_timeout=10)
+            try:
+                for _ in range(tokens):
+                    await asyncio.sleep(delay_ms / 1000)
+                    message = {"event": "message", "data": f"<{time.time():.6f}>"}
+                    await client.publish(self.channel, orjson.dumps(message))
+                await client.publish(self.channel, b'{"event":"full_response","data":""}')
+            finally:
+                await client.aclose()
+
+        pids = [process.pid for process in self.processes]
+        return await watched(self.urls, [({}, "/ws/conversations/0")], sockets, pids, publish)
+
+
+def p99_ms(delays: list[float]) -> float:
+    return percentile(delays, 0.99) * 1000
+
+
 def measure(sockets: int, repeat: int, tokens: int = 40, client: str = "lean") -> dict[str, float]:
-    with redis_pair("fan") as pair:
+    """Medians over `repeat` rounds of the p99 delays (ms) of one socket, of `sockets` and,
+    with the lean client, of the bare fan-out to as many; and both fan-outs' CPU per 1,000
+    frames received (ms)."""
+    rounds: dict[str, list[float]] = {"p99_one_ms": [], "p99_ms": [], "p99_bare_ms": [], "cpu_ms": [],
+                                      "cpu_bare_ms": []}
+    with redis_pair("fan") as (pair, redis_url):
         [(headers, cid)] = make_users(pair[0].url, 1)
-        alone, crowd = [], []
+        bare = BareFanout(redis_url) if client == "lean" else None
         # (on uvloop, as the servers run, with the lean client; asyncio's loop as before with websockets)
         run = uvloop.run if client == "lean" else asyncio.run
-        for _ in range(repeat):
-            alone.append(percentile(run(one_answer(pair, headers, cid, 1, tokens, client)), 0.99) * 1000)
-            crowd.append(percentile(run(one_answer(pair, headers, cid, sockets, tokens, client)), 0.99) * 1000)
-    return {"sockets": sockets, "p99_one_ms": median(alone), "p99_ms": median(crowd)}
+        try:
+            for _ in range(repeat):
+                rounds["p99_one_ms"].append(p99_ms(run(one_answer(pair, headers, cid, 1, tokens, client))))
+                if bare is None:
+                    rounds["p99_ms"].append(p99_ms(run(one_answer(pair, headers, cid, sockets, tokens, client))))
+                    continue
+                ours = uvloop.run(answers(pair, [(headers, cid)], sockets, tokens=tokens))
+                floor = uvloop.run(bare.answer(sockets, tokens, 50))
+                rounds["p99_ms"].append(p99_ms(ours.delays))
+                rounds["cpu_ms"].append(ours.cpu_ms)
+                rounds["p99_bare_ms"].append(p99_ms(floor.delays))
+                rounds["cpu_bare_ms"].append(floor.cpu_ms)
+        finally:
+            if bare is not None:
+                bare.stop()
+    return {"sockets": sockets, **{name: median(values) if values else float("nan")
+                                   for name, values in rounds.items()}}
 
 
 def main() -> None:
@@ -126,7 +234,12 @@ def main() -> None:
     r = measure(args.sockets, args.repeat, client=args.client)
     print(f"One answer to {args.sockets} sockets over 2 processes + Redis ({args.client} client); "
           f"medians of {args.repeat} runs")
-    print(f"  delivery delay p99 {r['p99_ms']:.1f} ms (one socket: {r['p99_one_ms']:.1f} ms; target <= 15 ms)")
+    print(f"  delivery delay p99 {r['p99_ms']:.1f} ms (target <= 15 ms); one socket: {r['p99_one_ms']:.1f} ms")
+    if args.client == "lean":
+        print(f"  the bare fan-out (bench.bare_fanout), same sockets and client: p99 {r['p99_bare_ms']:.1f} ms "
+              f"({r['p99_ms'] / r['p99_bare_ms']:.2f}x)")
+        print(f"  the two processes' CPU per 1,000 frames received: {r['cpu_ms']:.1f} ms, bare "
+              f"{r['cpu_bare_ms']:.1f} ms ({r['cpu_ms'] / r['cpu_bare_ms']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class Watcher(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None  # set by watch()
         self._buffer = bytearray()
         self._open = False
+        self.frames = 0  # text frames received
 
     def send_text(self, text: str) -> None:
         assert self.transport is not None
@@ -71,6 +72,7 @@ class Watcher(asyncio.Protocol):
         elif opcode == CLOSE:
             self._end(None)
         elif opcode == TEXT:
+            self.frames += 1
             if payload.startswith(b'{"event":"message"'):
                 self.delays.extend(now - float(stamp) for stamp in STAMP.findall(payload))
             elif payload.startswith(b'{"event":"ready"') and not self.ready.done():
