@@ -2,8 +2,8 @@
 
 Each figure is measured against a baseline taken in the same run on the same machine
 (the fake upstream called directly, an unloaded run, a one-row request, the server
-before the sockets, the bare relay, the bare fan-out), as medians of repeats. Targets are issue 7's and
-issue 21's. Figures not built yet are listed as such rather than left out.
+before the sockets, the bare relay, the bare fan-out), as medians of repeats. Targets are
+issue 7's and issue 21's. Figures not built yet are listed as such rather than left out.
 """
 from __future__ import annotations
 

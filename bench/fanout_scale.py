@@ -70,5 +70,6 @@ def main() -> None:
     print(f"  {args.conversations} conversations answering at once (tokens 50 ms apart), 5 sockets each: "
           f"delivery delay p99 {r['p99_many_ms']:.1f} ms")
 
+
 if __name__ == "__main__":
     main()
