@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 
-from bench.common import UpstreamProcess, make_users, median, percentile, start_server
+from bench.common import UpstreamProcess, make_users, median, percentile, start_module, start_server, stop_processes
 from bench.ws_streams import run_load
 from tests.backends import PrivateRedis
 from tests.servers import free_port
@@ -32,23 +29,15 @@ from tests.servers import free_port
 class BareRelay:
     def __init__(self, upstream: UpstreamProcess) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.bare_relay", str(self.port), upstream.base_url])
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.url, timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("bare relay did not start")
+        self.process = start_module(["bench.bare_relay", str(self.port), upstream.base_url],
+                                    lambda: httpx.get(self.url, timeout=1), "the bare relay")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
+        stop_processes([self.process])
 
 
 def capacity(server, users, levels: list[int], repeat: int) -> tuple[int, dict[int, float]]:  # noqa: ANN001

@@ -10,7 +10,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import httpx
 
@@ -29,26 +29,52 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def start_module(args: list[str], probe: Callable[[], object], what: str,
+                 timeout: float = 20.0) -> subprocess.Popen[bytes]:
+    """`python -m <args>`, once `probe` (an HTTP request to it) succeeds; an error at once
+    if the process exits first, and the process stopped if it is not up in `timeout`."""
+    process = subprocess.Popen([sys.executable, "-m", *args])
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            probe()
+            return process
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                stop_processes([process])
+                raise RuntimeError(f"{what} did not start in {timeout:g} s") from None
+            time.sleep(0.05)
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Terminate them all, then wait for each; one that does not end in 10 s is killed."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class UpstreamProcess:
     def __init__(self) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.upstream", str(self.port)])
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.post(self.base_url + "/chat/completions", json={"messages": []}, timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("bench upstream did not start")
+        self.process = start_module(
+            ["bench.upstream", str(self.port)],
+            lambda: httpx.post(self.base_url + "/chat/completions", json={"messages": []}, timeout=1),
+            "the bench upstream")
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
+        stop_processes([self.process])
 
 
 NO_RATE_LIMITS = {"login_attempts_per_minute_per_username": 0, "login_attempts_per_minute_per_address": 0,

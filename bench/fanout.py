@@ -9,9 +9,12 @@ receipt minus emission, over every token at every socket. The baselines in the s
 the same answer watched by one socket, and the bare fan-out (bench.bare_fanout: two
 processes of a bare Starlette app writing each message of a Redis channel to all their
 sockets, the stack's own cost) to as many sockets of the same client, its tokens published
-on that channel as the fake upstream emits them. Beside the delays, the two processes' CPU
-from the ask to the answer's end per 1,000 frames the sockets received: less noisy than a
-p99, and the part of the fan-out that is ours. The sockets are bench.leanws's Watchers
+on that channel as the fake upstream emits them; the two run alternately, each round in the
+other order. Beside the delays, the two processes' CPU from the ask to the answer's end per
+1,000 frames the sockets received, steadier than a p99. The server's includes the answer's
+own generation (the upstream read, the publishes, the save, three more events to every
+socket), and its message events are about twice the bare ones' bytes (an id and the
+conversation's id): a few per cent at 1,000 sockets. The sockets are bench.leanws's Watchers
 (the `websockets` client, as before 2026-12-04, with --client websockets, and then no bare
 fan-out: it spends more CPU per frame than the server, on the same cores, and its own
 queueing shows in the delays).
@@ -20,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import re
 import subprocess
-import sys
 import time
 import uuid
-from typing import Awaitable, Callable, NamedTuple
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Coroutine, NamedTuple
 
 import httpx
 import orjson
@@ -34,8 +39,7 @@ import uvloop
 from websockets.asyncio.client import connect
 
 from bench import leanws
-from bench.common import make_users, median, percentile, redis_pair
-from bench.relay_cpu import cpu_seconds
+from bench.common import make_users, median, percentile, redis_pair, start_module, stop_processes
 from bench.upload import status_kib
 from tests.servers import ServerProcess, free_port
 
@@ -75,7 +79,14 @@ def rss_kib(pids: list[int]) -> int:
 
 
 def cpu_ms(pids: list[int]) -> float:
-    return sum(cpu_seconds(pid) for pid in pids) * 1000
+    """The CPU time so far of the processes' threads alive now, in nanoseconds' resolution
+    (schedstat; /proc's stat counts 10 ms ticks, a few per cent of a round here)."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # (a thread that ended meanwhile)
+                total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e6
 
 
 async def watched(urls: list[str], paths: list[tuple[dict[str, str], str]], per_path: int,
@@ -87,14 +98,14 @@ async def watched(urls: list[str], paths: list[tuple[dict[str, str], str]], per_
     before = rss_kib(pids)
     watchers: list[leanws.Watcher] = []
     askers = []
-    for headers, path in paths:
-        for k in range(per_path):
-            watchers.append(await leanws.watch(urls[len(watchers) % len(urls)], path, headers, delays))
-            if k == 0:
-                askers.append(watchers[-1])
-            if len(watchers) % 100 == 0:  # connect in waves
-                await asyncio.gather(*(w.ready for w in watchers[-100:]))
     try:
+        for headers, path in paths:
+            for k in range(per_path):
+                watchers.append(await leanws.watch(urls[len(watchers) % len(urls)], path, headers, delays))
+                if k == 0:
+                    askers.append(watchers[-1])
+                if len(watchers) % 100 == 0:  # connect in waves
+                    await asyncio.gather(*(w.ready for w in watchers[-100:]))
         async with asyncio.timeout(300):
             await asyncio.gather(*(w.ready for w in watchers))
         per_socket = (rss_kib(pids) - before) * 1024 / len(watchers)
@@ -150,28 +161,26 @@ class BareFanout:
     def __init__(self, redis_url: str) -> None:
         self.redis_url, self.channel = redis_url, f"bare-{uuid.uuid4().hex[:8]}"
         self.ports = [free_port(), free_port()]
-        self.processes = [subprocess.Popen([sys.executable, "-m", "bench.bare_fanout", str(port), redis_url,
-                                            self.channel]) for port in self.ports]
-        deadline = time.monotonic() + 20
-        for url in self.urls:
-            while True:
-                try:
-                    httpx.get(url + "/healthz", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError("bare fan-out did not start") from None
-                    time.sleep(0.05)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        try:
+            for port, url in zip(self.ports, self.urls, strict=True):
+                self.processes.append(start_module(["bench.bare_fanout", str(port), redis_url, self.channel],
+                                                   functools.partial(httpx.get, url + "/healthz", timeout=1),
+                                                   "the bare fan-out"))
+        except Exception:
+            self.stop()
+            raise
 
     @property
     def urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.ports]
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-            process.wait(10)
+        stop_processes(self.processes)
+
+    def missed(self) -> int:
+        """Frames the processes refused or failed to write so far."""
+        return sum(sum(httpx.get(url + "/healthz", timeout=5).json().values()) for url in self.urls)
 
     async def answer(self, sockets: int, tokens: int, delay_ms: int) -> Fanned:
         """One answer of `tokens` stamped tokens `delay_ms` apart, published on the channel as
@@ -187,12 +196,28 @@ class BareFanout:
             finally:
                 await client.aclose()
 
-        pids = [process.pid for process in self.processes]
-        return await watched(self.urls, [({}, "/ws/conversations/0")], sockets, pids, publish)
+        missed = self.missed()
+        try:
+            return await watched(self.urls, [({}, "/ws/conversations/0")], sockets,
+                                 [process.pid for process in self.processes], publish)
+        finally:
+            if (missed := self.missed() - missed) > 0:  # (a refused full_response leaves its socket waiting)
+                raise RuntimeError(f"the bare fan-out missed {missed} frames: its delays lack the late ones")
 
 
 def p99_ms(delays: list[float]) -> float:
     return percentile(delays, 0.99) * 1000
+
+
+def alternately(k: int, ours: Callable[[], Coroutine[Any, Any, Fanned]],
+                bare: Callable[[], Coroutine[Any, Any, Fanned]]) -> tuple[Fanned, Fanned]:
+    """Both rounds, ours first in even rounds `k` and second in odd ones, so that neither
+    always runs right after the other (what one leaves to do falls on the next)."""
+    if k % 2 == 0:
+        first = uvloop.run(ours())
+        return first, uvloop.run(bare())
+    second = uvloop.run(bare())
+    return uvloop.run(ours()), second
 
 
 def measure(sockets: int, repeat: int, tokens: int = 40, client: str = "lean") -> dict[str, float]:
@@ -212,8 +237,9 @@ def measure(sockets: int, repeat: int, tokens: int = 40, client: str = "lean") -
                 if bare is None:
                     rounds["p99_ms"].append(p99_ms(run(one_answer(pair, headers, cid, sockets, tokens, client))))
                     continue
-                ours = uvloop.run(answers(pair, [(headers, cid)], sockets, tokens=tokens))
-                floor = uvloop.run(bare.answer(sockets, tokens, 50))
+                ours, floor = alternately(len(rounds["p99_ms"]),
+                                          lambda: answers(pair, [(headers, cid)], sockets, tokens=tokens),
+                                          lambda: bare.answer(sockets, tokens, 50))
                 rounds["p99_ms"].append(p99_ms(ours.delays))
                 rounds["cpu_ms"].append(ours.cpu_ms)
                 rounds["p99_bare_ms"].append(p99_ms(floor.delays))
